@@ -1,0 +1,1 @@
+"""Landing, unpacking and parsing: pure functions with no Dagster import."""

@@ -1,0 +1,76 @@
+"""Load and validate `metadata/sources/*.yaml`, merging `_defaults.yaml` under every file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from medlake_assets.spec.models import SourceSpec
+
+DEFAULTS_FILE = "_defaults.yaml"
+
+
+class SpecError(ValueError):
+    """A source metadata file is invalid; the message names the file and the field."""
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise SpecError(f"{path}: not valid YAML: {error}") from error
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"{field}: {item['msg']}")
+    return "; ".join(lines)
+
+
+def load_source(path: Path, defaults: dict[str, Any] | None = None) -> SourceSpec:
+    """Validate one source file; the error names the file and every offending field."""
+    data = deep_merge(defaults or {}, _read_yaml(path))
+    try:
+        spec = SourceSpec.model_validate(data)
+    except ValidationError as error:
+        raise SpecError(f"{path}: {_describe(error)}") from None
+    if spec.name != path.stem:
+        raise SpecError(f"{path}: name: {spec.name!r} must equal the file name {path.stem!r}")
+    return spec
+
+
+def load_sources(directory: Path) -> dict[str, SourceSpec]:
+    """Every source in `directory`, by name; fails fast if the folder is missing or empty."""
+    if not directory.is_dir():
+        raise SpecError(f"{directory}: source metadata folder not found")
+    defaults_path = directory / DEFAULTS_FILE
+    defaults = _read_yaml(defaults_path) if defaults_path.exists() else {}
+    specs = {}
+    for path in sorted(directory.glob("*.yaml")):
+        if path.name == DEFAULTS_FILE:
+            continue
+        spec = load_source(path, defaults)
+        specs[spec.name] = spec
+    if not specs:
+        raise SpecError(f"{directory}: no source metadata files (*.yaml)")
+    return specs

@@ -1,0 +1,212 @@
+"""Pydantic models for one source type's metadata (design.md section 2).
+
+Every model forbids unknown keys so a typo in YAML fails the definitions load instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+IDENTIFIER = r"^[a-z][a-z0-9_]*$"
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PasswordRef(StrictModel):
+    """A reference to the secret holding an archive password, never the password itself.
+
+    With `per_facility`, `<env>__<FACILITY>` (facility upper-cased, non-alphanumerics as `_`) wins over `<env>`.
+    """
+
+    env: str = Field(pattern=r"^[A-Z][A-Z0-9_]*$")
+    per_facility: bool = True
+
+    def env_names(self, facility: str) -> list[str]:
+        names = [self.env]
+        if self.per_facility:
+            names.insert(0, f"{self.env}__{facility_env_suffix(facility)}")
+        return names
+
+    def resolve(self, facility: str, environ: dict[str, str] | None = None) -> str | None:
+        environ = os.environ if environ is None else environ
+        for name in self.env_names(facility):
+            if environ.get(name):
+                return environ[name]
+        return None
+
+
+def facility_env_suffix(facility: str) -> str:
+    return re.sub(r"[^A-Z0-9]", "_", facility.upper())
+
+
+class ArchiveLimits(StrictModel):
+    """Caps that stop zip bombs and oversized feeds before they exhaust memory."""
+
+    max_archive_bytes: int = 64 * 1024**2
+    max_total_uncompressed_bytes: int = 512 * 1024**2
+    max_member_bytes: int = 256 * 1024**2
+    max_ratio: float = 200.0
+    max_members: int = 10_000
+
+
+class LandingSpec(StrictModel):
+    key_pattern: str
+    archives: list[Literal["zip", "gzip", "none"]] = Field(
+        default_factory=lambda: ["zip"], min_length=1, description="accepted kinds, told apart by magic bytes"
+    )
+    password: PasswordRef | None = None
+    member_pattern: str = ".*"
+    encoding: str = "utf-8"
+    encoding_fallbacks: list[str] = Field(default_factory=lambda: ["cp1252", "latin-1"])
+    limits: ArchiveLimits = Field(default_factory=ArchiveLimits)
+
+    @field_validator("key_pattern", "member_pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            compiled = re.compile(value)
+        except re.error as error:
+            raise ValueError(f"not a valid regular expression: {error}") from error
+        del compiled
+        return value
+
+    @model_validator(mode="after")
+    def _key_pattern_groups(self) -> LandingSpec:
+        groups = set(re.compile(self.key_pattern).groupindex)
+        missing = {"facility", "yyyy", "mm", "dd"} - groups
+        if missing:
+            raise ValueError(f"key_pattern needs the named groups {sorted(missing)}")
+        if "zip" in self.archives and self.password is None:
+            raise ValueError("a zip source needs `password: {env: ...}` (a secret reference)")
+        return self
+
+    @property
+    def key_regex(self) -> re.Pattern[str]:
+        return re.compile(self.key_pattern)
+
+    @property
+    def member_regex(self) -> re.Pattern[str]:
+        return re.compile(self.member_pattern)
+
+
+class CsvFormat(StrictModel):
+    kind: Literal["csv"] = "csv"
+    delimiter: str = Field(default=",", min_length=1, max_length=1)
+    quote: str = Field(default='"', min_length=1, max_length=1)
+    header: bool = True
+    null_tokens: list[str] = Field(default_factory=lambda: [""])
+
+
+class Hl7Format(StrictModel):
+    kind: Literal["hl7v2"] = "hl7v2"
+    message_types: list[str] = Field(default_factory=list, description="e.g. ['ADT^A01']; empty = all")
+    repeat: Literal["first", "join"] = "first"
+    null_tokens: list[str] = Field(default_factory=lambda: ['""'])
+
+
+class XmlFormat(StrictModel):
+    kind: Literal["xml"] = "xml"
+    record_xpath: str
+    namespaces: dict[str, str] = Field(default_factory=dict)
+
+
+FormatSpec = Annotated[CsvFormat | Hl7Format | XmlFormat, Field(discriminator="kind")]
+
+ColumnType = Literal["string", "int", "long", "double", "boolean", "date", "timestamp", "decimal"]
+
+
+class ColumnSpec(StrictModel):
+    name: str = Field(pattern=IDENTIFIER)
+    type: ColumnType = "string"
+    source: str = Field(description="CSV header, HL7 path like PID-3.1, or an XPath string expression")
+    format: str | None = Field(default=None, description="parse format for dates and timestamps")
+    nullable: bool = True
+    pii: bool = False
+    description: str = ""
+
+
+class WriteSpec(StrictModel):
+    mode: Literal["append", "upsert", "scd2"] = "append"
+    primary_key: list[str] = Field(default_factory=list)
+    sequence_by: list[str] = Field(default_factory=list)
+    delete_marker: str | None = None
+    partition_by: list[str] = Field(
+        default_factory=list, description="Iceberg partition fields: `col` or `day(col)`/`month(col)`/`bucket(n, col)`"
+    )
+    sort_by: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _keys_for_merges(self) -> WriteSpec:
+        if self.mode != "append" and not (self.primary_key and self.sequence_by):
+            raise ValueError(f"write mode {self.mode!r} needs primary_key and sequence_by")
+        return self
+
+
+class CheckSpec(StrictModel):
+    rule: Literal["not_null", "unique", "range", "allowed", "regex", "freshness"]
+    column: str | None = None
+    columns: list[str] = Field(default_factory=list)
+    min: float | None = None
+    max: float | None = None
+    values: list[str] = Field(default_factory=list)
+    pattern: str | None = None
+    max_lag_minutes: int | None = None
+    severity: Literal["error", "warn"] = "error"
+
+
+class IngestSpec(StrictModel):
+    """How the sensor turns landed archives into runs."""
+
+    max_archives_per_run: int = Field(default=500, ge=1)
+    max_bytes_per_run: int = Field(default=256 * 1024**2, ge=1)
+    open_days: int = Field(default=2, ge=1, description="landing days before today the sensor still lists")
+    max_quarantine_rate: float = Field(default=0.05, ge=0, le=1)
+    start_date: str = "2024-01-01"
+
+
+class RetentionSpec(StrictModel):
+    snapshot_days: int = 30
+    min_snapshots: int = 5
+
+
+class SourceSpec(StrictModel):
+    name: str = Field(pattern=IDENTIFIER)
+    description: str = ""
+    owner: str = ""
+    tags: dict[str, str] = Field(default_factory=dict)
+    landing: LandingSpec
+    format: FormatSpec
+    columns: list[ColumnSpec] = Field(min_length=1)
+    write: WriteSpec = Field(default_factory=WriteSpec)
+    checks: list[CheckSpec] = Field(default_factory=list)
+    ingest: IngestSpec = Field(default_factory=IngestSpec)
+    retention: RetentionSpec = Field(default_factory=RetentionSpec)
+
+    @model_validator(mode="after")
+    def _columns_known(self) -> SourceSpec:
+        names = [column.name for column in self.columns]
+        duplicated = sorted({name for name in names if names.count(name) > 1})
+        if duplicated:
+            raise ValueError(f"duplicate column names {duplicated}")
+        referenced = [
+            *self.write.primary_key,
+            *self.write.sequence_by,
+            *self.write.sort_by,
+            *[name for check in self.checks for name in ([check.column] if check.column else []) + check.columns],
+        ]
+        unknown = sorted(set(referenced) - set(names))
+        if unknown:
+            raise ValueError(f"unknown columns referenced: {unknown}")
+        return self
+
+    def column_names(self) -> list[str]:
+        return [column.name for column in self.columns]
+
+    def pii_columns(self) -> list[str]:
+        return [column.name for column in self.columns if column.pii]
