@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 from medlake_assets.spec import SourceSpec, load_sources
+from medlake_assets_tests.s3_endpoint import s3_bucket, s3_endpoint
+
+__all__ = ["s3_bucket", "s3_endpoint"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SOURCES_DIR = REPO_ROOT / "metadata" / "sources"

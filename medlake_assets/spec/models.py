@@ -21,7 +21,7 @@ class StrictModel(BaseModel):
 class PasswordRef(StrictModel):
     """A reference to the secret holding an archive password, never the password itself.
 
-    With `per_facility`, `<env>__<FACILITY>` (facility upper-cased, non-alphanumerics as `_`) wins over `<env>`.
+    With `per_facility`, `<env>__<FACILITY>` (upper-cased, non-alphanumerics as `_`) wins over `<env>`.
     """
 
     env: str = Field(pattern=r"^[A-Z][A-Z0-9_]*$")
@@ -137,7 +137,8 @@ class WriteSpec(StrictModel):
     sequence_by: list[str] = Field(default_factory=list)
     delete_marker: str | None = None
     partition_by: list[str] = Field(
-        default_factory=list, description="Iceberg partition fields: `col` or `day(col)`/`month(col)`/`bucket(n, col)`"
+        default_factory=list,
+        description="Iceberg partition fields: `col` or `day(col)`/`month(col)`/`bucket(n, col)`",
     )
     sort_by: list[str] = Field(default_factory=list)
 
@@ -198,7 +199,11 @@ class SourceSpec(StrictModel):
             *self.write.primary_key,
             *self.write.sequence_by,
             *self.write.sort_by,
-            *[name for check in self.checks for name in ([check.column] if check.column else []) + check.columns],
+            *[
+                name
+                for check in self.checks
+                for name in ([check.column] if check.column else []) + check.columns
+            ],
         ]
         unknown = sorted(set(referenced) - set(names))
         if unknown:

@@ -1,0 +1,1 @@
+"""Benchmarks on production-shaped data, each against a baseline measured in the same run."""

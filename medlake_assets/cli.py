@@ -1,0 +1,186 @@
+"""The `medlake` command: generate feeds, ingest them, query the lake, benchmark."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from medlake_assets.config import load_settings
+
+app = typer.Typer(
+    help="medlake: EMR facility feeds into Apache Iceberg, driven by metadata.", no_args_is_help=True
+)
+bench_app = typer.Typer(help="Benchmarks on production-shaped data.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+console = Console(stderr=True)
+
+
+def _dagster_instance():
+    import dagster as dg
+
+    settings = load_settings()
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(settings.home / "dagster")))
+    home.mkdir(parents=True, exist_ok=True)
+    return dg.DagsterInstance.get()
+
+
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Option(help="Folder to write landing/<source>/... and manifest.json into")],
+    facilities: int = 8,
+    archives: int = 200,
+    seed: int = 0,
+    bad_rate: Annotated[float, typer.Option(help="Share of archives that are bad on purpose")] = 0.0,
+    day: Annotated[str, typer.Option(help="Landing day YYYY-MM-DD (default: today, UTC)")] = "",
+    size_scale: Annotated[float, typer.Option(help="Multiplies production archive sizes")] = 1.0,
+) -> None:
+    """Write a synthetic, production-shaped landing tree of password-protected facility archives."""
+    from medlake_assets.generate import write_feeds
+
+    landing_day = date.fromisoformat(day) if day else datetime.now(UTC).date()
+    started = time.perf_counter()
+    with console.status(f"generating {archives} archives for {facilities} facilities"):
+        manifest = write_feeds(
+            out,
+            facilities=facilities,
+            archives=archives,
+            seed=seed,
+            bad_rate=bad_rate,
+            day=landing_day,
+            size_scale=size_scale,
+        )
+    table = Table(title=f"generated into {out} in {time.perf_counter() - started:.1f} s")
+    for column in ("source", "archives", "quarantined (planned)", "records", "rejected records (planned)"):
+        table.add_column(column, justify="right" if column != "source" else "left")
+    for source, counts in sorted(manifest["sources"].items()):
+        table.add_row(
+            source,
+            str(counts["archives"]),
+            str(counts["archives_quarantined"]),
+            str(counts["records"]),
+            str(counts["rejected_records"]),
+        )
+    console.print(table)
+
+
+def _summary_table(title: str) -> Table:
+    from medlake_assets.lake import Lake
+    from medlake_assets.serving.sql import connect
+
+    con = connect(Lake(load_settings()))
+    rows = con.execute(
+        """
+        SELECT coalesce(source, '(no source)') AS source, count(*) AS archives,
+               count(*) FILTER (WHERE status = 'loaded') AS loaded,
+               count(*) FILTER (WHERE status = 'quarantined') AS quarantined,
+               count(*) FILTER (WHERE status = 'pending') AS pending,
+               coalesce(sum(records), 0) AS records, coalesce(sum(rejected_records), 0) AS rejected_records
+        FROM meta.files GROUP BY ALL ORDER BY 1
+        """
+    ).fetchall()
+    table = Table(title=title)
+    for column in ("source", "archives", "loaded", "quarantined", "pending", "records", "rejected records"):
+        table.add_column(column, justify="left" if column == "source" else "right")
+    for row in rows:
+        table.add_row(*[str(value) for value in row])
+    return table
+
+
+@app.command()
+def ingest(
+    once: Annotated[
+        bool, typer.Option("--once", help="Process what is in the landing zone now, then exit")
+    ] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between polls without --once")] = 30.0,
+) -> None:
+    """Run the landing sensors and their bronze runs in process (the same code the Dagster daemon runs)."""
+    from medlake_assets.definitions import build_definitions
+    from medlake_assets.defs.resources import LakeResource
+    from medlake_assets.defs.runner import ingest_once
+
+    settings = load_settings()
+    defs = build_definitions(settings)
+    instance = _dagster_instance()
+    lake = LakeResource.from_settings(settings).lake()
+    while True:
+        with Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
+        ) as bar:
+            task = bar.add_task("polling landing", total=None)
+
+            def on_run(sensor: str, _request: object, _success: bool, task=task) -> None:
+                bar.update(
+                    task, advance=1, description=f"runs: {bar.tasks[task].completed + 1:.0f} (last {sensor})"
+                )
+
+            summary = ingest_once(defs, instance, lake, on_run=on_run)
+        console.print(
+            _summary_table(f"{summary.runs} runs ({summary.failed_runs} failed) in {summary.seconds:.1f} s")
+        )
+        if once:
+            raise typer.Exit(1 if summary.failed_runs else 0)
+        time.sleep(interval)
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="SQL over bronze.*, quarantine.*, meta.files")],
+    format: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table",
+) -> None:
+    """Query the lake with DuckDB (Iceberg tables as views)."""
+    from medlake_assets.lake import Lake
+    from medlake_assets.serving.sql import connect
+
+    con = connect(Lake(load_settings()))
+    relation = con.sql(query)
+    if relation is None:
+        return
+    if format == "csv":
+        relation.to_df().to_csv(sys.stdout, index=False)
+    elif format == "json":
+        columns = relation.columns
+        for row in relation.fetchall():
+            print(json.dumps(dict(zip(columns, row, strict=True)), default=str))
+    elif format == "table":
+        table = Table(*relation.columns)
+        for row in relation.fetchall():
+            table.add_row(*["" if value is None else str(value) for value in row])
+        Console().print(table)
+    else:
+        raise typer.BadParameter("format must be table, csv or json")
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    archives: int = 300,
+    facilities: int = 20,
+    seed: int = 7,
+    size_scale: float = 1.0,
+    work_dir: Annotated[Path | None, typer.Option(help="Scratch folder (default: a temp dir)")] = None,
+) -> None:
+    """Generate a production-shaped batch, ingest it, and compare with the decrypt+decompress floor."""
+    from medlake_assets.bench.ingest import run_ingest_benchmark
+
+    report = run_ingest_benchmark(
+        archives=archives,
+        facilities=facilities,
+        seed=seed,
+        size_scale=size_scale,
+        work_dir=work_dir,
+        console=console,
+    )
+    Console().print(report)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""The thin Dagster layer: resources, the per-source builder, sensors and checks."""

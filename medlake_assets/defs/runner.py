@@ -1,0 +1,96 @@
+"""`medlake ingest`: evaluate the same sensors Dagster's daemon runs and execute their runs in process."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import dagster as dg
+
+from medlake_assets.ingest.landing import landed_days
+from medlake_assets.lake import Lake
+
+RunCallback = Callable[[str, dg.RunRequest, bool], None]
+RUNNER_PID_TAG = "medlake/runner_pid"
+UNFINISHED = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+def fail_orphaned_runs(instance: dg.DagsterInstance) -> int:
+    """Mark runs of an in-process runner that died (e.g. SIGKILL) as failed, so their batches are retried."""
+    import psutil
+
+    orphaned = 0
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=UNFINISHED)):
+        pid = run.tags.get(RUNNER_PID_TAG)
+        if pid and int(pid) != os.getpid() and not psutil.pid_exists(int(pid)):
+            instance.report_run_failed(run, f"the in-process runner (pid {pid}) is gone")
+            orphaned += 1
+    return orphaned
+
+
+@dataclass
+class IngestSummary:
+    runs: int = 0
+    failed_runs: int = 0
+    seconds: float = 0.0
+    sensors: dict[str, int] = field(default_factory=dict)
+
+
+def ingest_once(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    lake: Lake,
+    *,
+    on_run: RunCallback | None = None,
+    max_ticks: int = 1000,
+) -> IngestSummary:
+    """Tick every landing sensor until none requests a run, executing each requested run in process.
+
+    The first tick of each source lists every landing day present (not only the open ones), so a single
+    call processes everything currently in the landing zone.
+    """
+    started = time.perf_counter()
+    summary = IngestSummary()
+    fail_orphaned_runs(instance)
+    repository = defs.get_repository_def()
+    for sensor_def in repository.sensor_defs:
+        source = sensor_def.name.removeprefix("landing_")
+        days = landed_days(lake.store, source) if source in lake.sources else []
+        cursor = json.dumps({"since": days[0].isoformat()}) if days else None
+        for _ in range(max_ticks):
+            context = dg.build_sensor_context(
+                instance=instance,
+                cursor=cursor,
+                definitions=defs,
+                sensor_name=sensor_def.name,
+                resources=defs.resources,
+            )
+            result = sensor_def(context)
+            requests = list(result.run_requests or []) if isinstance(result, dg.SensorResult) else []
+            cursor = result.cursor if isinstance(result, dg.SensorResult) and result.cursor else cursor
+            if not requests:
+                break
+            for request in requests:
+                job = defs.resolve_job_def(request.job_name or sensor_def.job_name)
+                outcome = job.execute_in_process(
+                    run_config=request.run_config,
+                    instance=instance,
+                    partition_key=request.partition_key,
+                    tags={**request.tags, RUNNER_PID_TAG: str(os.getpid())},
+                    raise_on_error=False,
+                )
+                summary.runs += 1
+                summary.failed_runs += 0 if outcome.success else 1
+                summary.sensors[sensor_def.name] = summary.sensors.get(sensor_def.name, 0) + 1
+                if on_run:
+                    on_run(sensor_def.name, request, outcome.success)
+    summary.seconds = time.perf_counter() - started
+    return summary

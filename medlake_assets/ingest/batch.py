@@ -1,0 +1,146 @@
+"""Load one batch of archives into bronze: read, unpack, parse, commit once, then record in the ledger.
+
+Order matters for exactly-once: the Iceberg commit comes first and the ledger update second. A crash in
+between leaves the files `pending`; the retry sees the batch id in a snapshot summary and replaces the same
+archives' rows instead of appending them again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from medlake_assets.ingest.landing import quarantine_original
+from medlake_assets.ingest.pipeline import (
+    ArchiveContext,
+    ArchiveResult,
+    bronze_rows,
+    process_archive,
+    reject_rows,
+)
+from medlake_assets.lake import Lake
+from medlake_assets.spec import SourceSpec
+from medlake_assets.tables.bronze import (
+    arrow_schema,
+    batch_committed,
+    bronze_table,
+    commit_batch,
+    quarantine_table,
+)
+from medlake_assets.tables.ledger import FileResult, FileRow
+
+
+@dataclass
+class BatchReport:
+    batch_id: str
+    source: str
+    archives: int = 0
+    archives_quarantined: int = 0
+    members: int = 0
+    records: int = 0
+    rejected_records: int = 0
+    bytes_read: int = 0
+    seconds: float = 0.0
+    rules: Counter[str] = field(default_factory=Counter)
+    snapshot_id: int | None = None
+
+    @property
+    def quarantine_rate(self) -> float:
+        return self.archives_quarantined / self.archives if self.archives else 0.0
+
+
+def _reason_document(result: ArchiveResult) -> dict:
+    return {
+        "key": result.context.key,
+        "batch": result.context.batch_id,
+        "rule": result.rule,
+        "reason": result.reason,
+        "rejected_records": [
+            {"member": r.member, "record": r.record, "line": r.line, "rule": r.rule, "reason": r.reason}
+            for r in result.rejects
+        ],
+    }
+
+
+def load_batch(
+    lake: Lake, spec: SourceSpec, batch_id: str, files: Sequence[FileRow], *, replace: bool = False
+) -> BatchReport:
+    """Load `files` (ledger rows of one source) as `batch_id`; bad input is quarantined, never raised."""
+    started = time.perf_counter()
+    ingested_at = datetime.now(UTC)
+    password_ref = spec.landing.password
+    store = lake.store
+    results: list[tuple[FileRow, ArchiveResult, bytes]] = []
+    for row in files:
+        data = store.get(row.key)
+        context = ArchiveContext(row.key, row.facility or "", row.landing_day, batch_id, ingested_at)
+        password = password_ref.resolve(context.facility) if password_ref else None
+        result = process_archive(data, context, spec, password=password, engine=lake.settings.archive_engine)
+        results.append((row, result, data))
+
+    bronze = bronze_table(lake.catalog, spec)
+    rejects = quarantine_table(lake.catalog, spec)
+    archive_results = [result for _, result, _ in results]
+    keys = [row.key for row in files]
+    # Replace when this batch may already be in the table: a retry after a crash, or a backfill.
+    # Replace when these archives may already be in the table: a retry after a crash, a backfill, or a
+    # facility re-sending a file under the same key (a new version replaces the old one's rows).
+    replace = replace or batch_committed(bronze, batch_id) or bool(lake.ledger.loaded_keys(store.uri, keys))
+    commit_batch(
+        bronze,
+        bronze_rows(archive_results, arrow_schema(bronze), spec),
+        archives=keys,
+        batch_id=batch_id,
+        replace=replace,
+    )
+    commit_batch(
+        rejects,
+        reject_rows(archive_results, arrow_schema(rejects)),
+        archives=keys,
+        batch_id=batch_id,
+        replace=replace,
+    )
+
+    report = BatchReport(batch_id=batch_id, source=spec.name, archives=len(files))
+    loaded, quarantined = [], []
+    for row, result, data in results:
+        report.bytes_read += len(data)
+        quarantine_key = None
+        if result.quarantined or result.rejects:
+            quarantine_key = quarantine_original(store, row.key, data, _reason_document(result))
+        outcome = FileResult(
+            file_id=row.id,
+            members=result.members,
+            records=result.records,
+            rejected_records=len(result.rejects),
+            rule=result.rule or (result.rejects[0].rule if result.rejects else None),
+            reason=result.reason or _rejects_summary(result),
+            quarantine_key=quarantine_key,
+        )
+        if result.quarantined:
+            quarantined.append(outcome)
+            report.archives_quarantined += 1
+            report.rules[result.rule or ""] += 1
+        else:
+            loaded.append(outcome)
+            report.members += result.members
+            report.records += result.records
+            report.rejected_records += len(result.rejects)
+            report.rules.update(reject.rule for reject in result.rejects)
+    lake.ledger.mark_loaded(loaded)
+    lake.ledger.mark_quarantined(quarantined)
+    bronze.refresh()
+    report.snapshot_id = bronze.metadata.current_snapshot_id
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _rejects_summary(result: ArchiveResult) -> str | None:
+    if not result.rejects:
+        return None
+    rules = Counter(reject.rule for reject in result.rejects)
+    listed = ", ".join(f"{rule} x{count}" for rule, count in sorted(rules.items()))
+    return f"{len(result.rejects)} record(s) quarantined ({listed}); the rest of the archive loaded"

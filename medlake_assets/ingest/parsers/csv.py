@@ -1,0 +1,202 @@
+"""Parse one delimited-text member into columnar string lists, as received (bronze).
+
+The standard library's C reader does the splitting and quoting; this module only matches the header to the
+declared columns, counts records and physical lines, and turns bad rows into record-level rejects.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Sequence
+from operator import itemgetter
+from typing import TYPE_CHECKING
+
+from medlake_assets.ingest.text import decode_text
+from medlake_assets.ingest.types import MemberRejected, ParsedMember, RecordReject
+from medlake_assets.spec.models import ColumnSpec, CsvFormat
+
+if TYPE_CHECKING:
+    from _csv import Reader
+
+
+def parse_csv(
+    data: bytes,
+    *,
+    member: str,
+    columns: Sequence[ColumnSpec],
+    fmt: CsvFormat,
+    encoding: str,
+    fallbacks: Sequence[str],
+) -> ParsedMember:
+    """Parse a CSV member; each column's `source` is a header name, or a 1-based position without a header.
+
+    - Header names match after trimming whitespace, case-insensitively; undeclared header columns are ignored.
+    - A declared column absent from the file: `MemberRejected("csv.missing_column")` if it is not nullable,
+      otherwise all None. A declared header name present twice: `MemberRejected("csv.duplicate_column")`.
+    - Without a header the first record's field count plays the header's part.
+    - A record whose field count differs from the header's is a `csv.field_count` reject (raw = the fields
+      re-joined with the delimiter); one the reader cannot split (e.g. a field over the csv module's size
+      limit) is a `csv.malformed` reject and reading resumes on the next line.
+    - Blank lines are not records. Values are kept as received except that `fmt.null_tokens` become None.
+    - A reject's `line` is the record's first physical line (1-based, the header included); ordinals count
+      every record, rejected ones too.
+    - A member with no non-blank line: `MemberRejected("csv.empty")`; a header alone gives zero records.
+    """
+    text = decode_text(data, member=member, encoding=encoding, fallbacks=fallbacks)
+    # newline="" splits lines only on \r, \n and \r\n (never on \x1c or \u2028, as str.splitlines would) and
+    # leaves the endings to the csv reader, so no stray \r reaches a value and quoted newlines survive.
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=fmt.delimiter, quotechar=fmt.quote)
+    first_row = _first_row(reader, member)
+    width = len(first_row)
+    if fmt.header:
+        positions = _header_positions(first_row, columns, member)
+    else:
+        positions = _numbered_positions(width, columns, member)
+    declared = [(column.name, index) for column in columns if (index := positions[column.name]) is not None]
+    pending = [] if fmt.header else [first_row]
+    picked, rejects = _collect(
+        reader, width, [index for _, index in declared], pending, member, fmt.delimiter
+    )
+
+    nulls = frozenset(fmt.null_tokens)
+    found = {
+        name: _without_nulls(list(map(itemgetter(position), picked)), nulls)
+        for position, (name, _) in enumerate(declared)
+    }
+    parsed = {column.name: found.get(column.name) or [None] * len(picked) for column in columns}
+    ordinals = _ordinals(len(picked) + len(rejects), {reject.record for reject in rejects})
+    return ParsedMember(columns=parsed, ordinals=ordinals, rejects=rejects)
+
+
+def _first_row(reader: Reader, member: str) -> list[str]:
+    """The first non-blank record: the header, or the first data record of a headerless file."""
+    try:
+        for row in reader:
+            if row:
+                return row
+    except csv.Error as error:
+        raise MemberRejected(
+            "csv.malformed", f"first record cannot be read: {error}", member=member, line=reader.line_num
+        ) from None
+    raise MemberRejected("csv.empty", "no header and no records", member=member)
+
+
+def _header_positions(header: list[str], columns: Sequence[ColumnSpec], member: str) -> dict[str, int | None]:
+    """Each declared column's field index in the header, None for an absent nullable column."""
+    found: dict[str, list[int]] = {}
+    for index, name in enumerate(header):
+        found.setdefault(name.strip().casefold(), []).append(index)
+    positions: dict[str, int | None] = {}
+    missing, duplicated = [], []
+    for column in columns:
+        indexes = found.get(column.source.strip().casefold(), [])
+        if len(indexes) > 1:
+            duplicated.append(f"{column.name} (header {column.source!r})")
+        elif not indexes and not column.nullable:
+            missing.append(f"{column.name} (header {column.source!r})")
+        positions[column.name] = indexes[0] if indexes else None
+    if duplicated:
+        raise MemberRejected(
+            "csv.duplicate_column", f"header repeats declared columns: {', '.join(duplicated)}", member=member
+        )
+    if missing:
+        raise MemberRejected(
+            "csv.missing_column", f"header lacks required columns: {', '.join(missing)}", member=member
+        )
+    return positions
+
+
+def _numbered_positions(width: int, columns: Sequence[ColumnSpec], member: str) -> dict[str, int | None]:
+    """Field indexes from 1-based `source` positions; a position past the first record's width is absent."""
+    positions: dict[str, int | None] = {}
+    missing = []
+    for column in columns:
+        if not column.source.isdigit() or int(column.source) < 1:
+            raise ValueError(
+                f"column {column.name}: source must be a 1-based field position without a header"
+            )
+        index = int(column.source) - 1
+        if index >= width and not column.nullable:
+            missing.append(f"{column.name} (field {column.source})")
+        positions[column.name] = index if index < width else None
+    if missing:
+        raise MemberRejected(
+            "csv.missing_column",
+            f"records have {width} fields, too few for required columns: {', '.join(missing)}",
+            member=member,
+        )
+    return positions
+
+
+def _collect(
+    reader: Reader,
+    width: int,
+    indexes: list[int],
+    pending: list[list[str]],
+    member: str,
+    delimiter: str,
+) -> tuple[list[tuple[str, ...]], list[RecordReject]]:
+    """The declared fields of each well-shaped record (`pending` first) and the rejects: the hot loop.
+
+    Only small tuples of the declared fields are kept, never the reader's row lists: tuples of strings drop
+    out of the garbage collector's tracking, so millions of kept rows do not slow every collection.
+    """
+    pick = _picker(indexes)
+    picked = [pick(row) for row in pending]
+    rejects: list[RecordReject] = []
+    last_line = reader.line_num  # physical lines consumed before the next record
+    while True:
+        try:
+            for row in reader:
+                if len(row) == width:
+                    picked.append(pick(row))
+                elif row:
+                    rejects.append(
+                        RecordReject(
+                            member=member,
+                            record=len(picked) + len(rejects) + 1,
+                            line=last_line + 1,
+                            rule="csv.field_count",
+                            reason=f"expected {width} fields, got {len(row)}",
+                            raw=delimiter.join(row),
+                        )
+                    )
+                last_line = reader.line_num
+            return picked, rejects
+        except csv.Error as error:
+            # The C reader resets on the next call and resumes at the following physical line.
+            rejects.append(
+                RecordReject(
+                    member=member,
+                    record=len(picked) + len(rejects) + 1,
+                    line=last_line + 1,
+                    rule="csv.malformed",
+                    reason=f"record cannot be split: {error}",
+                )
+            )
+            last_line = reader.line_num
+
+
+def _picker(indexes: list[int]) -> Callable[[list[str]], tuple[str, ...]]:
+    """A C-speed function from a row to the tuple of its fields at `indexes` (always a tuple)."""
+    if len(indexes) == 1:
+        index = indexes[0]
+        return lambda row: (row[index],)
+    if not indexes:
+        return lambda row: ()
+    return itemgetter(*indexes)
+
+
+def _without_nulls(values: list[str | None], nulls: frozenset[str]) -> list[str | None]:
+    """`values` with null tokens as None; the C-speed disjointness test skips columns that hold none."""
+    if nulls.isdisjoint(values):
+        return values
+    return [None if value in nulls else value for value in values]
+
+
+def _ordinals(total: int, rejected: set[int | None]) -> list[int]:
+    """1-based ordinals of the kept records among `total` records."""
+    if not rejected:
+        return list(range(1, total + 1))
+    return [ordinal for ordinal in range(1, total + 1) if ordinal not in rejected]

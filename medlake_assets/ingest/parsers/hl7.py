@@ -1,0 +1,483 @@
+"""HL7 v2 text members -> columnar records, one record per message (pure functions, no Dagster).
+
+A member holds one or many messages, optionally inside FHS/BHS ... BTS/FTS batch envelopes. Each column's
+`source` is a path such as `MSH-10`, `PID-3.1`, `PV1-3.3`, `PID-5.1.2` (subcomponent), `PID-3(2).1`
+(explicit repetition) or `OBX[2]-5` (second occurrence of a segment).
+
+Messages are found on raw bytes (segment terminators and the MSH/envelope heads are ASCII in every supported
+charset), then each message is decoded with its own MSH-18 charset, split with its own MSH-1/MSH-2
+delimiters, and unescaped after splitting. With `repeat: join` repetitions are joined with `~` whatever the
+message's own repetition character; blanks at the ends of a segment line are dropped. A bad message is
+quarantined as a `RecordReject`; only a member with no message at all is rejected whole. Messages, errors
+and rejects name lines and rules, never values.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+from medlake_assets.ingest.types import MemberRejected, ParsedMember, RecordReject
+from medlake_assets.spec.models import ColumnSpec, Hl7Format
+
+__all__ = ["Hl7Path", "Hl7PathError", "parse_hl7", "parse_hl7_path"]
+
+# MLLP framing bytes (start block 0x0B, end block 0x1C) sometimes survive into files; treat them as blanks.
+_BLANK_BYTES = b" \t\x0b\x0c\x1c"
+_BLANK_TEXT = _BLANK_BYTES.decode("ascii")
+_ENVELOPES = frozenset({b"FHS", b"BHS", b"BTS", b"FTS"})
+_UTF8_BOM = codecs.BOM_UTF8
+
+# HL7 table 0211 (MSH-18) -> Python codec. Wide encodings (UTF-16/32) are left out on purpose: messages are
+# found by splitting bytes on ASCII terminators, which only holds for ASCII-compatible encodings.
+_HL7_CHARSETS = {
+    "ASCII": "ascii",
+    "ISO IR6": "ascii",
+    **{f"8859/{n}": f"iso-8859-{n}" for n in range(1, 10)},
+    "8859/15": "iso-8859-15",
+    "ISO IR100": "latin-1",
+    "ISO IR101": "iso-8859-2",
+    "ISO IR109": "iso-8859-3",
+    "ISO IR110": "iso-8859-4",
+    "ISO IR144": "iso-8859-5",
+    "ISO IR127": "iso-8859-6",
+    "ISO IR126": "iso-8859-7",
+    "ISO IR138": "iso-8859-8",
+    "ISO IR148": "iso-8859-9",
+    "UNICODE UTF-8": "utf-8",
+    "GB 18030-2000": "gb18030",
+    "KS X 1001": "euc-kr",
+    "BIG-5": "big5",
+}
+_WIDE_CODECS = ("utf-16", "utf-32")
+
+_PATH = re.compile(
+    r"^(?P<segment>[A-Z][A-Z0-9]{2})(?:\[(?P<occurrence>[1-9]\d*)\])?"
+    r"-(?P<field>[1-9]\d*)(?:\((?P<repetition>[1-9]\d*)\))?"
+    r"(?:\.(?P<component>[1-9]\d*)(?:\.(?P<subcomponent>[1-9]\d*))?)?$"
+)
+
+
+class Hl7PathError(ValueError):
+    """A column `source` is not an HL7 path; a metadata error, raised before any data is read."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hl7Path:
+    """One compiled column path; numbers are 1-based as in HL7, None means 'not given'."""
+
+    segment: str
+    field: int
+    occurrence: int = 1
+    repetition: int | None = None
+    component: int | None = None
+    subcomponent: int | None = None
+
+
+def parse_hl7_path(source: str) -> Hl7Path:
+    """Compile `SEG[occ]-F(rep).C.S` (all but SEG and F optional), e.g. `PID-3.1` or `OBX[2]-5(1).2`."""
+    match = _PATH.match(source.strip())
+    if match is None:
+        raise Hl7PathError(f"{source!r} is not an HL7 path like PID-3.1, PID-3(2).1.1 or OBX[2]-5")
+    groups = match.groupdict()
+    return Hl7Path(
+        segment=groups["segment"],
+        field=int(groups["field"]),
+        occurrence=int(groups["occurrence"] or 1),
+        repetition=int(groups["repetition"]) if groups["repetition"] else None,
+        component=int(groups["component"]) if groups["component"] else None,
+        subcomponent=int(groups["subcomponent"]) if groups["subcomponent"] else None,
+    )
+
+
+@lru_cache(maxsize=256)
+def _compile_plan(sources: tuple[str, ...]) -> tuple[tuple[str, int, tuple[tuple[int, Hl7Path], ...]], ...]:
+    """Group the paths by (segment, occurrence) so each segment is split once per message."""
+    groups: dict[tuple[str, int], list[tuple[int, Hl7Path]]] = {}
+    for index, source in enumerate(sources):
+        path = parse_hl7_path(source)
+        groups.setdefault((path.segment, path.occurrence), []).append((index, path))
+    return tuple((segment, occurrence, tuple(items)) for (segment, occurrence), items in groups.items())
+
+
+def _canonical_chain(names: Sequence[str]) -> tuple[str, ...]:
+    chain: list[str] = []
+    for name in names:
+        canonical = codecs.lookup(name).name
+        if canonical not in chain:
+            chain.append(canonical)
+    return tuple(chain)
+
+
+@lru_cache(maxsize=256)
+def _declared_chain(charset: str, default_chain: tuple[str, ...]) -> tuple[str, ...] | None:
+    """Codecs to try for a message whose MSH-18 is `charset` (upper-cased); None if it names no known one.
+
+    The declared charset comes first; the member encoding and its fallbacks follow because senders often
+    label messages wrongly (e.g. ASCII holding UTF-8), and a value decoded by a fallback beats losing it.
+    """
+    try:
+        declared = codecs.lookup(_HL7_CHARSETS.get(charset, charset)).name
+    except LookupError:
+        return None
+    if declared.startswith(_WIDE_CODECS):
+        return None
+    return _canonical_chain([declared, *default_chain])
+
+
+def _decode(raw: bytes, chain: Sequence[str]) -> tuple[str, str] | None:
+    """(text, codec) with the first codec that decodes all of `raw`, or None."""
+    for codec in chain:
+        try:
+            return raw.decode(codec), codec
+        except (UnicodeDecodeError, LookupError):
+            # LookupError: a name Python knows that is not a text encoding (e.g. MSH-18 `base64`).
+            continue
+    return None
+
+
+class _Delimiters:
+    """One message's separators; an encoding character the sender left out is '' and never splits."""
+
+    __slots__ = ("component", "escape", "field", "repetition", "subcomponent")
+
+    def __init__(self, field: str, encoding_characters: str):
+        chars = (encoding_characters + "\0\0\0\0")[:4]
+        self.field = field
+        self.component, self.repetition, self.escape, self.subcomponent = (
+            "" if char == "\0" else char for char in chars
+        )
+
+
+def _delimiters(msh: str) -> _Delimiters | None:
+    """The delimiters declared by an MSH segment (MSH-1 and MSH-2), or None if they are unusable."""
+    if len(msh) < 5:
+        return None
+    separator = msh[3]
+    return _delimiters_of(separator, msh[4:].split(separator, 1)[0][:4])
+
+
+@lru_cache(maxsize=64)
+def _delimiters_of(separator: str, encoding_characters: str) -> _Delimiters | None:
+    # Cached: nearly every message of a feed declares the same delimiters.
+    chars = separator + encoding_characters
+    if (
+        not encoding_characters
+        or len(set(chars)) != len(chars)
+        or any(char.isalnum() or char.isspace() for char in chars)
+    ):
+        return None
+    return _Delimiters(separator, encoding_characters)
+
+
+def _unescape(value: str, delimiters: _Delimiters, codec: str) -> str:
+    """Resolve \\F\\ \\S\\ \\T\\ \\R\\ \\E\\, \\Xhh..\\ and \\.br\\; keep unknown or unterminated ones."""
+    escape = delimiters.escape
+    known = {
+        "F": delimiters.field,
+        "S": delimiters.component,
+        "T": delimiters.subcomponent,
+        "R": delimiters.repetition,
+        "E": escape,
+        ".br": "\n",
+    }
+    parts = value.split(escape)
+    out = [parts[0]]
+    last = len(parts) - 1
+    index = 1
+    while index <= last:
+        sequence = parts[index]
+        if index == last:  # an escape character with no closing one is plain text
+            out.append(escape + sequence)
+            break
+        replacement = known.get(sequence)
+        if not replacement and sequence[:1] == "X" and len(sequence) > 1:
+            try:
+                replacement = bytes.fromhex(sequence[1:]).decode(codec)
+            except ValueError:  # odd or non-hex digits, or bytes the charset cannot decode
+                replacement = None
+        out.append(replacement if replacement else escape + sequence + escape)
+        out.append(parts[index + 1])
+        index += 2
+    return "".join(out)
+
+
+class _Extractor:
+    """Reads one path's value from a split segment with the current message's delimiters."""
+
+    __slots__ = ("codec", "delimiters", "join", "null_tokens")
+
+    def __init__(self, null_tokens: frozenset[str], join: bool):
+        self.null_tokens = null_tokens
+        self.join = join
+        self.delimiters: _Delimiters
+        self.codec = ""
+
+    def value(self, fields: list[str], path: Hl7Path, is_msh: bool) -> str | None:
+        if path.field >= len(fields):
+            return None
+        value = fields[path.field]
+        if not value:
+            return None
+        if is_msh and path.field <= 2:
+            # MSH-1 is the field separator and MSH-2 the encoding characters: atomic, never split.
+            wanted = (path.repetition or 1, path.component or 1, path.subcomponent or 1)
+            return value if wanted == (1, 1, 1) else None
+        repetition = self.delimiters.repetition
+        if not repetition or repetition not in value:
+            return self._finish(self._component(value, path)) if (path.repetition or 1) == 1 else None
+        repetitions = value.split(repetition)
+        if path.repetition is not None:
+            if path.repetition > len(repetitions):
+                return None
+            return self._finish(self._component(repetitions[path.repetition - 1], path))
+        if not self.join:
+            return self._finish(self._component(repetitions[0], path))
+        parts = [self._finish(self._component(item, path)) for item in repetitions]
+        if all(part is None for part in parts):
+            return None
+        return "~".join(part or "" for part in parts)
+
+    def _component(self, value: str, path: Hl7Path) -> str | None:
+        if path.component is None:
+            return value
+        component = self.delimiters.component
+        parts = value.split(component) if component else [value]
+        if path.component > len(parts):
+            return None
+        value = parts[path.component - 1]
+        if path.subcomponent is None:
+            return value
+        subcomponent = self.delimiters.subcomponent
+        parts = value.split(subcomponent) if subcomponent else [value]
+        return parts[path.subcomponent - 1] if path.subcomponent <= len(parts) else None
+
+    def _finish(self, value: str | None) -> str | None:
+        # Null tokens are wire markers (HL7 `""`), so they are compared before unescaping.
+        if not value or value in self.null_tokens:
+            return None
+        escape = self.delimiters.escape
+        if escape and escape in value:
+            return _unescape(value, self.delimiters, self.codec)
+        return value
+
+
+def _type_filter(message_types: Sequence[str]) -> tuple[frozenset[str], frozenset[tuple[str, str]]]:
+    """`ADT` matches MSH-9.1; `ADT^A01` matches MSH-9.1 and MSH-9.2 (metadata always uses `^`)."""
+    types, events = set(), set()
+    for entry in message_types:
+        parts = [part.strip().upper() for part in entry.split("^")]
+        if len(parts) == 1 or not parts[1]:
+            types.add(parts[0])
+        else:
+            events.add((parts[0], parts[1]))
+    return frozenset(types), frozenset(events)
+
+
+@dataclass(frozen=True, slots=True)
+class _MessageSpan:
+    ordinal: int
+    line: int  # 1-based line of the MSH segment
+    start: int  # index into the member's lines
+    end: int
+
+
+def _split_member(lines: list[bytes], member: str) -> tuple[list[_MessageSpan], list[tuple[int, int]]]:
+    """Messages and runs of orphan lines (start, end) as line-index spans; envelopes are dropped."""
+    messages: list[_MessageSpan] = []
+    orphans: list[tuple[int, int]] = []
+    start: int | None = None  # first line of the open message
+    orphan_start: int | None = None
+
+    def close(end: int) -> None:
+        nonlocal start
+        if start is not None:
+            messages.append(_MessageSpan(len(messages) + 1, start + 1, start, end))
+            start = None
+
+    for index, line in enumerate(lines):
+        head = line.lstrip(_BLANK_BYTES)[:3]
+        if head == b"MSH" or head in _ENVELOPES:
+            close(index)
+            if orphan_start is not None:
+                orphans.append((orphan_start, index))
+                orphan_start = None
+            if head == b"MSH":
+                start = index
+        elif start is None and orphan_start is None and line.strip(_BLANK_BYTES):
+            orphan_start = index
+    close(len(lines))
+    if orphan_start is not None:
+        orphans.append((orphan_start, len(lines)))
+    if not messages:
+        raise MemberRejected(
+            "hl7.no_msh", "no MSH segment found: the member holds no HL7 v2 message", member=member
+        )
+    return messages, orphans
+
+
+@dataclass(frozen=True, slots=True)
+class _Header:
+    """What the MSH segment says before the message is decoded (read from its ASCII-compatible bytes)."""
+
+    delimiters: _Delimiters
+    message_type: str  # MSH-9.1, upper-cased
+    event: str  # MSH-9.2, upper-cased
+    control_id: str  # MSH-10, '' when missing
+    charset: str  # MSH-18 first repetition and component, upper-cased, '' when absent
+
+
+def _read_header(msh: str, null_tokens: frozenset[str]) -> _Header | tuple[str, str]:
+    """The MSH header, or (rule, reason) when it cannot identify the message."""
+    delimiters = _delimiters(msh)
+    if delimiters is None:
+        return "hl7.malformed_msh", "MSH-1/MSH-2 delimiters are missing or invalid"
+    fields = msh.split(delimiters.field)  # fields[n - 1] is MSH-n for n >= 2
+
+    def first(number: int) -> str:
+        value = fields[number - 1] if len(fields) >= number else ""
+        if delimiters.repetition:
+            value = value.split(delimiters.repetition, 1)[0]
+        value = value.split(delimiters.component, 1)[0].strip()
+        return "" if value in null_tokens else value
+
+    message_type = first(9)
+    if not message_type:
+        return "hl7.missing_message_type", "MSH-9 message type is empty"
+    type_parts = fields[8].split(delimiters.component)
+    event = type_parts[1].strip().upper() if len(type_parts) > 1 else ""
+    return _Header(delimiters, message_type.upper(), event, first(10), first(18).upper())
+
+
+def _index_segments(text: str, separator: str, needed: frozenset[str]) -> dict[str, list[str]] | int:
+    """The segments named in `needed`, by name in message order, or the offset of the first bad line."""
+    found: dict[str, list[str]] = {}
+    for offset, part in enumerate(text.split("\r")):
+        segment = part.strip(_BLANK_TEXT)
+        if not segment:
+            continue
+        name = segment[:3]
+        if (
+            len(name) < 3
+            or not (name.isascii() and name.isalnum())
+            or (len(segment) > 3 and segment[3] != separator)
+        ):
+            return offset
+        if name in needed:
+            found.setdefault(name, []).append(segment)
+    return found
+
+
+def _lenient_text(raw: bytes, chain: Sequence[str]) -> str:
+    decoded = _decode(raw, chain)
+    return decoded[0] if decoded else raw.decode("latin-1")
+
+
+def parse_hl7(
+    data: bytes,
+    *,
+    member: str,
+    columns: Sequence[ColumnSpec],
+    fmt: Hl7Format,
+    encoding: str,
+    fallbacks: Sequence[str],
+) -> ParsedMember:
+    """Parse one member's HL7 v2 messages into one record per accepted message.
+
+    Ordinals count every message in file order (including rejected and type-filtered ones) so `_record`
+    stays stable whatever the filter. Raises `MemberRejected("hl7.no_msh")` when the member holds no
+    message, and `Hl7PathError` when a column source is not an HL7 path.
+    """
+    plan = _compile_plan(tuple(column.source for column in columns))
+    output: dict[str, list[str | None]] = {column.name: [] for column in columns}
+    targets = [output[column.name] for column in columns]
+    groups = [
+        (segment, occurrence, segment == "MSH", [(targets[index], path) for index, path in items])
+        for segment, occurrence, items in plan
+    ]
+    needed = frozenset(segment for segment, *_ in groups)
+    wanted_types, wanted_events = _type_filter(fmt.message_types)
+    filtering = bool(wanted_types or wanted_events)
+    null_tokens = frozenset(fmt.null_tokens)
+    extractor = _Extractor(null_tokens, join=fmt.repeat == "join")
+    default_chain = _canonical_chain([encoding, *fallbacks])
+
+    if data.startswith(_UTF8_BOM):
+        data = data[len(_UTF8_BOM) :]
+    lines = data.splitlines()
+    spans, orphans = _split_member(lines, member)
+
+    result = ParsedMember(columns=output)
+    for orphan_start, orphan_end in orphans:
+        raw = b"\r".join(line.strip(_BLANK_BYTES) for line in lines[orphan_start:orphan_end]).strip(b"\r")
+        result.rejects.append(
+            RecordReject(
+                member,
+                None,
+                orphan_start + 1,
+                "hl7.orphan_segments",
+                "lines outside any message (before its MSH segment or after a batch trailer) were skipped",
+                _lenient_text(raw, default_chain),
+            )
+        )
+
+    def reject(span: _MessageSpan, rule: str, reason: str, raw: bytes | str, chain: Sequence[str]) -> None:
+        text = raw if isinstance(raw, str) else _lenient_text(raw, chain)
+        # Trailing blank lines belong to no segment; keep the stored text to the message itself.
+        text = text.rstrip("\r" + _BLANK_TEXT)
+        result.rejects.append(RecordReject(member, span.ordinal, span.line, rule, reason, text))
+
+    for span in spans:
+        raw = b"\r".join(lines[span.start : span.end])
+        # The MSH head is ASCII in every supported charset; latin-1 reads it without failing.
+        header = _read_header(lines[span.start].strip(_BLANK_BYTES).decode("latin-1"), null_tokens)
+        if isinstance(header, tuple):
+            reject(span, *header, raw, default_chain)
+            continue
+        if filtering and (
+            header.message_type not in wanted_types
+            and (header.message_type, header.event) not in wanted_events
+        ):
+            continue
+        if not header.control_id:
+            reject(span, "hl7.missing_control_id", "MSH-10 message control id is empty", raw, default_chain)
+            continue
+        chain = _declared_chain(header.charset, default_chain) if header.charset else default_chain
+        if chain is None:
+            reason = "MSH-18 names an unsupported character set"
+            reject(span, "hl7.unknown_charset", reason, raw, default_chain)
+            continue
+        decoded = _decode(raw, chain)
+        if decoded is None:
+            reject(span, "hl7.undecodable", "the message does not decode in any configured charset", raw, ())
+            continue
+        text, codec = decoded
+        delimiters = header.delimiters
+        separator = delimiters.field
+        found = _index_segments(text, separator, needed)
+        if isinstance(found, int):
+            reason = (
+                f"line {span.line + found} is not a segment (3 letters or digits, then the field separator)"
+            )
+            reject(span, "hl7.bad_segment", reason, text, ())
+            continue
+
+        # One extractor per member, re-pointed per message, saves building an object per message.
+        extractor.delimiters = delimiters
+        extractor.codec = codec
+        for segment_name, occurrence, is_msh, items in groups:
+            occurrences = found.get(segment_name)
+            if occurrences is None or len(occurrences) < occurrence:
+                for target, _ in items:
+                    target.append(None)
+                continue
+            fields = occurrences[occurrence - 1].split(separator)
+            if is_msh:
+                fields.insert(1, separator)  # MSH-1 is the separator itself: align fields[n] with MSH-n
+            for target, path in items:
+                target.append(extractor.value(fields, path, is_msh))
+        result.ordinals.append(span.ordinal)
+    return result

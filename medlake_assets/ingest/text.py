@@ -1,0 +1,47 @@
+"""Turn a member's bytes into text: byte-order marks first, then the declared encoding and its fallbacks."""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Sequence
+
+from medlake_assets.ingest.types import MemberRejected
+
+# Longest marks first: the UTF-32-LE mark begins with the UTF-16-LE one.
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+
+
+def decode_text(data: bytes, *, member: str, encoding: str, fallbacks: Sequence[str]) -> str:
+    """Decode `data`, trying a byte-order mark's encoding, then `encoding`, then each fallback in order.
+
+    A byte-order mark is stripped and its encoding tried first, since it is stronger evidence than the
+    source's declaration. Single-byte encodings that map all 256 bytes (`latin-1`) never fail, so a fallback
+    list ending in `latin-1` always decodes (possibly into the wrong characters, never into an error).
+    An unknown encoding name is a metadata error and raises `LookupError`.
+
+    Raises `MemberRejected("text.undecodable")` when no candidate decodes; the reason names the encodings
+    tried and the first bad byte offset, never the bytes themselves.
+    """
+    candidates = [encoding, *fallbacks]
+    skipped = 0
+    for bom, bom_encoding in _BOMS:
+        if data.startswith(bom):
+            skipped = len(bom)
+            data = data[skipped:]
+            candidates.insert(0, bom_encoding)
+            break
+    first_error: UnicodeDecodeError | None = None
+    for candidate in dict.fromkeys(candidates):
+        try:
+            return data.decode(candidate)
+        except UnicodeDecodeError as error:
+            first_error = first_error or error
+    tried = ", ".join(dict.fromkeys(candidates))
+    where = f" (first bad byte at offset {skipped + first_error.start})" if first_error else ""
+    raise MemberRejected("text.undecodable", f"not valid text in any of {tried}{where}", member=member)

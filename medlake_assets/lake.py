@@ -1,0 +1,39 @@
+"""The lake: the object store, the Iceberg catalog and the ledger, opened from settings."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from pyiceberg.catalog import Catalog
+
+from medlake_assets.config import Settings
+from medlake_assets.ingest.objectstore import ObjectStore, open_store
+from medlake_assets.spec import SourceSpec, load_sources
+from medlake_assets.tables.catalog import open_catalog
+from medlake_assets.tables.ledger import Ledger
+
+
+class Lake:
+    """Opened lazily, so building definitions never touches storage."""
+
+    def __init__(self, settings: Settings, sources: dict[str, SourceSpec] | None = None):
+        self.settings = settings
+        self._sources = sources
+
+    @cached_property
+    def sources(self) -> dict[str, SourceSpec]:
+        return self._sources if self._sources is not None else load_sources(self.settings.sources_dir)
+
+    @cached_property
+    def store(self) -> ObjectStore:
+        return open_store(self.settings.store_url)
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        return open_catalog(self.settings)
+
+    @cached_property
+    def ledger(self) -> Ledger:
+        if self.settings.ledger_url.startswith("sqlite:///"):
+            self.settings.home.mkdir(parents=True, exist_ok=True)
+        return Ledger(self.settings.ledger_url)

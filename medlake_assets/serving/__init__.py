@@ -1,0 +1,1 @@
+"""Read paths over the lake: SQL through DuckDB on the Iceberg tables."""

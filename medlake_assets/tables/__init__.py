@@ -1,0 +1,1 @@
+"""Iceberg tables and the `meta.files` ledger: catalog, writes, merges, maintenance."""

@@ -1,0 +1,136 @@
+"""Bronze and record-quarantine Iceberg tables: schemas, creation and the idempotent batch commit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyarrow as pa
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.expressions import In
+from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.table import Table
+from pyiceberg.transforms import IdentityTransform
+from pyiceberg.types import (
+    DateType,
+    IcebergType,
+    LongType,
+    NestedField,
+    StringType,
+    TimestamptzType,
+)
+
+from medlake_assets.spec import SourceSpec
+
+LINEAGE: list[tuple[str, IcebergType]] = [
+    ("_archive", StringType()),
+    ("_member", StringType()),
+    ("_record", LongType()),
+    ("_facility", StringType()),
+    ("_landing_day", DateType()),
+    ("_ingested_at", TimestamptzType()),
+    ("_batch", StringType()),
+]
+QUARANTINE_FIELDS: list[tuple[str, IcebergType]] = [
+    ("_archive", StringType()),
+    ("_member", StringType()),
+    ("_record", LongType()),
+    ("_line", LongType()),
+    ("_facility", StringType()),
+    ("_landing_day", DateType()),
+    ("_ingested_at", TimestamptzType()),
+    ("_batch", StringType()),
+    ("stage", StringType()),
+    ("rule", StringType()),
+    ("reason", StringType()),
+    ("raw", StringType()),
+]
+BATCH_PROPERTY = "medlake.batch"
+TABLE_PROPERTIES = {
+    "write.parquet.compression-codec": "zstd",
+    # Full (untruncated) bounds on `_archive` let an overwrite skip files that cannot hold a batch's archives.
+    "write.metadata.metrics.column._archive": "full",
+    "commit.retry.num-retries": "10",
+}
+
+
+def _schema(fields: Sequence[tuple[str, IcebergType]]) -> Schema:
+    return Schema(
+        *[
+            NestedField(field_id=i, name=name, field_type=kind, required=False)
+            for i, (name, kind) in enumerate(fields, 1)
+        ]
+    )
+
+
+def bronze_schema(spec: SourceSpec) -> Schema:
+    """Declared columns as received (strings), then the lineage columns."""
+    return _schema([(name, StringType()) for name in spec.column_names()] + LINEAGE)
+
+
+def quarantine_schema() -> Schema:
+    return _schema(QUARANTINE_FIELDS)
+
+
+def _ensure_table(catalog: Catalog, identifier: str, schema: Schema) -> Table:
+    landing_day = schema.find_field("_landing_day")
+    partition_spec = PartitionSpec(
+        PartitionField(
+            source_id=landing_day.field_id, field_id=1000, transform=IdentityTransform(), name="_landing_day"
+        )
+    )
+    table = catalog.create_table_if_not_exists(
+        identifier, schema=schema, partition_spec=partition_spec, properties=TABLE_PROPERTIES
+    )
+    missing = [field.name for field in schema.fields if field.name not in table.schema().column_names]
+    if missing:
+        # A column added to the metadata: evolve the table rather than failing (older rows read as null).
+        with table.update_schema() as update:
+            update.union_by_name(schema)
+        table = catalog.load_table(identifier)
+    return table
+
+
+def bronze_table(catalog: Catalog, spec: SourceSpec) -> Table:
+    return _ensure_table(catalog, f"bronze.{spec.name}", bronze_schema(spec))
+
+
+def quarantine_table(catalog: Catalog, spec: SourceSpec) -> Table:
+    return _ensure_table(catalog, f"quarantine.{spec.name}", quarantine_schema())
+
+
+def arrow_schema(table: Table) -> pa.Schema:
+    return table.schema().as_arrow()
+
+
+def batch_committed(table: Table, batch_id: str) -> bool:
+    """Whether a snapshot already carries the batch (a crash after the commit, before the ledger)."""
+    return any(
+        snapshot.summary[BATCH_PROPERTY] == batch_id for snapshot in table.snapshots() if snapshot.summary
+    )
+
+
+def commit_batch(
+    table: Table, rows: pa.Table, *, archives: Sequence[str], batch_id: str, replace: bool
+) -> None:
+    """Write a batch's rows in one Iceberg commit.
+
+    `replace` overwrites exactly the rows of `archives` (a retry, a backfill, or a crash after an earlier
+    commit); otherwise the rows are appended, which skips reading existing files on the common first load.
+    """
+    properties = {BATCH_PROPERTY: batch_id}
+    for attempt in range(5):
+        try:
+            if replace:
+                table.overwrite(
+                    rows, overwrite_filter=In("_archive", list(archives)), snapshot_properties=properties
+                )
+            elif len(rows):
+                table.append(rows, snapshot_properties=properties)
+            return
+        except CommitFailedException:
+            # pyiceberg retries metadata conflicts itself; this guards the rare exhausted case.
+            if attempt == 4:
+                raise
+            table.refresh()
