@@ -45,20 +45,24 @@ def generate(
     size_scale: Annotated[float, typer.Option(help="Multiplies production archive sizes")] = 1.0,
 ) -> None:
     """Write a synthetic, production-shaped landing tree of password-protected facility archives."""
-    from medlake_assets.generate import write_feeds
+    from medlake_assets.generate import MissingPasswordError, write_feeds
 
     landing_day = date.fromisoformat(day) if day else datetime.now(UTC).date()
     started = time.perf_counter()
-    with console.status(f"generating {archives} archives for {facilities} facilities"):
-        manifest = write_feeds(
-            out,
-            facilities=facilities,
-            archives=archives,
-            seed=seed,
-            bad_rate=bad_rate,
-            day=landing_day,
-            size_scale=size_scale,
-        )
+    try:
+        with console.status(f"generating {archives} archives for {facilities} facilities"):
+            manifest = write_feeds(
+                out,
+                facilities=facilities,
+                archives=archives,
+                seed=seed,
+                bad_rate=bad_rate,
+                day=landing_day,
+                size_scale=size_scale,
+            )
+    except MissingPasswordError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
     table = Table(title=f"generated into {out} in {time.perf_counter() - started:.1f} s")
     for column in ("source", "archives", "quarantined (planned)", "records", "rejected records (planned)"):
         table.add_column(column, justify="right" if column != "source" else "left")

@@ -11,8 +11,10 @@ one exception is the random ZipCrypto encryption header libarchive writes (see `
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
+import itertools
 import json
 import math
 import os
@@ -20,8 +22,8 @@ import random
 import struct
 import tempfile
 import zipfile
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Literal
@@ -40,7 +42,7 @@ from medlake_assets.generate.writers import (
     zip_with_raw_names,
     zip_zipcrypto,
 )
-from medlake_assets.spec import SourceSpec, load_sources
+from medlake_assets.spec import ArchiveLimits, SourceSpec, load_sources
 
 __all__ = [
     "BAD_KINDS",
@@ -99,6 +101,10 @@ LAB_HEADER = (
 BED_HEADER = ("facility_id", "unit", "bed_id", "status", "patient_id", "updated_at")
 # The non-nullable column a `csv_missing_column` file leaves out.
 DROPPED_COLUMN = {LAB: "order_id", BED: "bed_id"}
+MIN_CSV_ROWS = 8  # every CSV member has at least this many rows, so a planned bad row always has a place
+# Good archives stay well inside the reader's limits: at most half its total and member caps, 64 MiB a member.
+MAX_MEMBER_TEXT = 64 * 1024**2
+_BED_STATUS_CUMULATIVE = tuple(itertools.accumulate(values.BED_STATUS_WEIGHTS))
 
 
 @dataclass(frozen=True)
@@ -193,12 +199,12 @@ class Outcome:
     key: str
     source: str | None
     data: bytes
+    packing: str  # aes, zipcrypto, gzip, or plain / rar for some bad files
     members: int = 0
     records: int = 0
     rejected: int = 0
     quarantined: bool = False
     bad: BadKind | None = None
-    extra: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------- planning
@@ -298,7 +304,7 @@ def _hl7_ts(moment: datetime) -> str:
 
 
 def _iso(moment: datetime) -> str:
-    return f"{moment:%Y-%m-%dT%H:%M:%S}"
+    return moment.isoformat(timespec="seconds")  # 2026-11-26T08:15:00; faster than strftime
 
 
 def _patient_id(rng: random.Random, facility: Facility) -> str:
@@ -351,21 +357,39 @@ def _split(total: int, parts: int) -> list[int]:
 # ------------------------------------------------------------------------------------------------------ CSV
 
 
-def _csv_bytes(
-    header: tuple[str, ...], rows: list[list[str]], *, crlf: bool, bom: bool, latin1: bool, drop: str | None
-) -> bytes:
-    if drop is not None:
-        position = header.index(drop)
-        header = header[:position] + header[position + 1 :]
-        rows = [row[:position] + row[position + 1 :] for row in rows]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n" if crlf else "\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    text = buffer.getvalue()
-    if latin1:
-        return text.encode("latin-1")
-    return ("\ufeff" + text).encode("utf-8") if bom else text.encode("utf-8")
+def _csv_member(
+    header: tuple[str, ...],
+    rows: Iterator[list[str]],
+    *,
+    crlf: bool,
+    bom: bool,
+    latin1: bool,
+    drop: str | None,
+    victim: int,
+) -> tuple[bytes, int]:
+    """Write `rows` as CSV while they are generated (a member may be tens of MB); returns (bytes, rows).
+
+    `drop` leaves a column out of the header and every row; the row numbered `victim` (0-based) gets one
+    field too many.
+    """
+    buffer = io.BytesIO()
+    if bom and not latin1:
+        buffer.write(codecs.BOM_UTF8)
+    text = io.TextIOWrapper(buffer, encoding="latin-1" if latin1 else "utf-8", newline="")
+    writer = csv.writer(text, lineterminator="\r\n" if crlf else "\n")
+    position = header.index(drop) if drop is not None else None
+    writer.writerow([name for name in header if name != drop])
+    count = 0
+    for count, row in enumerate(rows, start=1):
+        if position is not None:
+            del row[position]
+        if count - 1 == victim:
+            row.append("unexpected")
+        writer.writerow(row)
+    text.flush()
+    data = buffer.getvalue()
+    text.detach()
+    return data, count
 
 
 def _lab_value(rng: random.Random, test: LabTest, latin1: bool) -> tuple[str, str, str, str]:
@@ -389,11 +413,11 @@ def _lab_value(rng: random.Random, test: LabTest, latin1: bool) -> tuple[str, st
 
 def _lab_rows(
     rng: random.Random, plan: ArchivePlan, member: int, budget: int, latin1: bool
-) -> list[list[str]]:
+) -> Iterator[list[str]]:
+    """Orders of 1-8 tests; most results final (F), some preliminary then final, a few corrected after."""
     facility = plan.facility
-    rows: list[list[str]] = []
-    size = order = 0
-    while size < budget or not rows:
+    size = count = order = 0
+    while size < budget or count < MIN_CSV_ROWS:
         order += 1
         order_id = f"ORD{plan.index:05d}{member:02d}{order:05d}"
         patient = _patient_id(rng, facility)
@@ -410,13 +434,13 @@ def _lab_rows(
                     name, value, reference, flag = _lab_value(rng, test, latin1)
                 row = [facility.id, patient, order_id, test.code, name, value, test.unit, reference]
                 row += [flag if status != "P" else "", status, _iso(when)]
-                rows.append(row)
                 size += sum(map(len, row)) + 11
+                count += 1
+                yield row
                 when += timedelta(minutes=rng.randint(10, 90))
-    return rows
 
 
-def _bed_rows(rng: random.Random, plan: ArchivePlan, budget: int, latin1: bool) -> list[list[str]]:
+def _bed_rows(rng: random.Random, plan: ArchivePlan, budget: int, latin1: bool) -> Iterator[list[str]]:
     """A full census of every bed, then status changes up to the archive's time until `budget` is reached."""
     facility = plan.facility
     beds = []
@@ -427,28 +451,33 @@ def _bed_rows(rng: random.Random, plan: ArchivePlan, budget: int, latin1: bool) 
     span = min(max(expected_rows * 20, 900), 23 * 3600)
     start = plan.at - timedelta(seconds=span)
     step = span / (expected_rows - len(beds))
-    rows: list[list[str]] = []
     size = changes = 0
-
-    def add(unit: str, bed: str, moment: datetime) -> None:
-        nonlocal size
-        status = rng.choices(values.BED_STATUSES, weights=values.BED_STATUS_WEIGHTS)[0]
+    while size < budget or changes < len(beds) + MIN_CSV_ROWS:
+        if changes < len(beds):
+            (unit, bed), moment = beds[changes], start
+        else:
+            offset = round((changes - len(beds) + 1) * step)
+            (unit, bed), moment = rng.choice(beds), min(start + timedelta(seconds=offset), plan.at)
+        changes += 1
+        status = rng.choices(values.BED_STATUSES, cum_weights=_BED_STATUS_CUMULATIVE)[0]
         patient = _patient_id(rng, facility) if status == "occupied" else ""
         row = [facility.id, unit, bed, status, patient, _iso(moment)]
-        rows.append(row)
         size += sum(map(len, row)) + 6
-
-    for unit, bed in beds:
-        add(unit, bed, start)
-    while size < budget:
-        changes += 1
-        add(*rng.choice(beds), min(start + timedelta(seconds=round(changes * step)), plan.at))
-    return rows
+        yield row
 
 
-def _csv_payload(rng: random.Random, plan: ArchivePlan, budget: int) -> Payload:
+def _member_count(rng_choice: int, budget: int, member_cap: int) -> int:
+    """The sender's usual member count, or more so that no member exceeds `member_cap` bytes of text."""
+    return max(rng_choice, -(-budget // member_cap))
+
+
+def _csv_payload(rng: random.Random, plan: ArchivePlan, budget: int, member_cap: int) -> Payload:
     bad = plan.bad.name if plan.bad else None
-    count = 1 if plan.packing == "gzip" else rng.choices((1, 2, 3), weights=(6, 2.5, 1.5))[0]
+    if plan.packing == "gzip":
+        count, budget = 1, min(budget, member_cap)
+    else:
+        count = _member_count(rng.choices((1, 2, 3), weights=(6, 2.5, 1.5))[0], budget, member_cap)
+    drop = DROPPED_COLUMN[plan.source] if bad == "csv_missing_column" else None
     members, records, rejected = {}, 0, 0
     for number, share in enumerate(_split(budget, count), start=1):
         latin1 = rng.random() < 0.08
@@ -456,20 +485,14 @@ def _csv_payload(rng: random.Random, plan: ArchivePlan, budget: int) -> Payload:
             header, rows = LAB_HEADER, _lab_rows(rng, plan, number, share, latin1)
         else:
             header, rows = BED_HEADER, _bed_rows(rng, plan, share, latin1)
-        records += len(rows)
-        if bad == "csv_bad_row" and number == 1:
-            # One row with an extra field, quoted like the others: a field count the header does not allow.
-            victim = rng.randrange(len(rows))
-            rows[victim] = [*rows[victim], "unexpected"]
-            records, rejected = records - 1, 1
-        drop = DROPPED_COLUMN[plan.source] if bad == "csv_missing_column" else None
-        data = _csv_bytes(
-            header, rows, crlf=rng.random() < 0.25, bom=rng.random() < 0.10, latin1=latin1, drop=drop
-        )
+        crlf, bom = rng.random() < 0.25, rng.random() < 0.10
+        # One row of the first member gets an extra field: a field count the header does not allow.
+        victim = rng.randrange(MIN_CSV_ROWS) if bad == "csv_bad_row" and number == 1 else -1
+        data, written = _csv_member(header, rows, crlf=crlf, bom=bom, latin1=latin1, drop=drop, victim=victim)
         members[f"{plan.stem}_{number}.csv"] = data
-    if bad == "csv_missing_column":
-        records = 0
-    return Payload(members, records, rejected)
+        records += written - (victim >= 0)
+        rejected += victim >= 0
+    return Payload(members, 0 if drop else records, rejected)
 
 
 # ------------------------------------------------------------------------------------------------------ HL7
@@ -639,9 +662,9 @@ def _adt_member(
     return text.encode("latin-1" if latin1 else "utf-8"), good
 
 
-def _adt_payload(rng: random.Random, plan: ArchivePlan, budget: int) -> Payload:
+def _adt_payload(rng: random.Random, plan: ArchivePlan, budget: int, member_cap: int) -> Payload:
     bad = plan.bad.name if plan.bad else None
-    count = rng.randint(1, 5)
+    count = _member_count(rng.randint(1, 5), budget, member_cap)
     members, records = {}, 0
     for number, share in enumerate(_split(budget, count), start=1):
         data, good = _adt_member(rng, plan, number, share, bad)
@@ -805,12 +828,16 @@ def _document_payload(rng: random.Random, plan: ArchivePlan, budget: int) -> Pay
 # ------------------------------------------------------------------------------------------------ packing
 
 
-def _build_payload(rng: random.Random, plan: ArchivePlan) -> Payload:
-    budget = round(plan.target_bytes * EXPECTED_RATIO[plan.source])
+def _build_payload(rng: random.Random, plan: ArchivePlan, limits: ArchiveLimits) -> Payload:
+    """The archive's members: text of about target size x expected ratio, within half the reader's limits."""
+    budget = min(
+        round(plan.target_bytes * EXPECTED_RATIO[plan.source]), limits.max_total_uncompressed_bytes // 2
+    )
+    member_cap = min(MAX_MEMBER_TEXT, limits.max_member_bytes // 2)
     if plan.source in CSV_SOURCES:
-        return _csv_payload(rng, plan, budget)
+        return _csv_payload(rng, plan, budget, member_cap)
     if plan.source == ADT:
-        return _adt_payload(rng, plan, budget)
+        return _adt_payload(rng, plan, budget, member_cap)
     return _document_payload(rng, plan, budget)
 
 
@@ -905,23 +932,33 @@ def _no_source(rng: random.Random, plan: ArchivePlan, payload: Payload) -> tuple
     return key, b"Rar!\x1a\x07\x01\x00" + rng.randbytes(2048)
 
 
-def build_archive(plan: ArchivePlan, seed: int, password: str | None) -> Outcome:
+def build_archive(
+    plan: ArchivePlan, seed: int, password: str | None, limits: ArchiveLimits | None = None
+) -> Outcome:
     """One planned archive: its key, bytes and what a correct pipeline must do with it."""
     rng = random.Random(f"archive:{seed}:{plan.index}")
-    payload = _build_payload(rng, plan)
+    payload = _build_payload(rng, plan, limits or ArchiveLimits())
     bad = plan.bad
     level = bad.level if bad else None
     if level == "landing":
         key, data = _no_source(rng, plan, payload)
-        return Outcome(key, None, data, quarantined=True, bad=bad)
+        return Outcome(key, None, data, "rar" if key.endswith(".rar") else "plain", quarantined=True, bad=bad)
     if level == "archive":
         data = _bad_archive(rng, plan, payload, password)
-        return Outcome(plan.key, plan.source, data, quarantined=True, bad=bad)
+        packing = "plain" if bad and bad.name == "empty_archive" else plan.packing
+        return Outcome(plan.key, plan.source, data, packing, quarantined=True, bad=bad)
     data = _pack(plan, payload.members, password)
     if level == "member":
-        return Outcome(plan.key, plan.source, data, quarantined=True, bad=bad)
+        return Outcome(plan.key, plan.source, data, plan.packing, quarantined=True, bad=bad)
     return Outcome(
-        plan.key, plan.source, data, len(payload.members), payload.records, payload.rejected, bad=bad
+        plan.key,
+        plan.source,
+        data,
+        plan.packing,
+        len(payload.members),
+        payload.records,
+        payload.rejected,
+        bad=bad,
     )
 
 
@@ -980,7 +1017,8 @@ def generate_feeds(
     totals = _empty_counts()
     bad_files, listing = [], []
     for plan in plans:
-        outcome = build_archive(plan, seed, passwords.get((plan.source, plan.facility.id)))
+        password = passwords.get((plan.source, plan.facility.id))
+        outcome = build_archive(plan, seed, password, specs[plan.source].landing.limits)
         put(outcome.key, outcome.data)
         loaded = not outcome.quarantined
         row = {
@@ -1001,7 +1039,7 @@ def generate_feeds(
                 "key": outcome.key,
                 "source": outcome.source,
                 "facility": plan.facility.id,
-                "packing": "rar" if outcome.key.endswith(".rar") else plan.packing,
+                "packing": outcome.packing,
                 "bytes": len(outcome.data),
                 "members": outcome.members,
                 "records": outcome.records,

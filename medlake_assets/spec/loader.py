@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
-from medlake_assets.spec.models import SourceSpec
+from medlake_assets.spec.models import Hl7Format, SourceSpec, XmlFormat
 
 DEFAULTS_FILE = "_defaults.yaml"
 
@@ -56,7 +57,37 @@ def load_source(path: Path, defaults: dict[str, Any] | None = None) -> SourceSpe
         raise SpecError(f"{path}: {_describe(error)}") from None
     if spec.name != path.stem:
         raise SpecError(f"{path}: name: {spec.name!r} must equal the file name {path.stem!r}")
+    _check_parsable(spec, path)
     return spec
+
+
+def _check_parsable(spec: SourceSpec, path: Path) -> None:
+    """Compile what the parsers will use (HL7 paths, XPaths, codecs) so a typo fails at load, not per file."""
+    from lxml import etree
+
+    from medlake_assets.ingest.parsers.hl7 import Hl7PathError, parse_hl7_path
+
+    for field, name in [("landing.encoding", spec.landing.encoding)] + [
+        (f"landing.encoding_fallbacks.{i}", name) for i, name in enumerate(spec.landing.encoding_fallbacks)
+    ]:
+        try:
+            codecs.lookup(name)
+        except LookupError:
+            raise SpecError(f"{path}: {field}: unknown encoding {name!r}") from None
+    fmt = spec.format
+    if isinstance(fmt, XmlFormat):
+        try:
+            etree.XPath(fmt.record_xpath, namespaces=fmt.namespaces)
+        except etree.XPathError as error:
+            raise SpecError(f"{path}: format.record_xpath: invalid XPath ({error})") from None
+    for index, column in enumerate(spec.columns):
+        try:
+            if isinstance(fmt, Hl7Format):
+                parse_hl7_path(column.source)
+            elif isinstance(fmt, XmlFormat):
+                etree.XPath(column.source, namespaces=fmt.namespaces)
+        except (Hl7PathError, etree.XPathError) as error:
+            raise SpecError(f"{path}: columns.{index}.source: {error}") from None
 
 
 def load_sources(directory: Path) -> dict[str, SourceSpec]:

@@ -270,6 +270,7 @@ def test_every_clean_archive_opens_and_matches_its_source_metadata(
         members = unpack(key, store[key])
         assert len(members) == entry["members"] >= 1
         assert all(spec.landing.member_regex.search(name) for name in members)
+        assert ("gzip" if entry["packing"] == "gzip" else "zip") in spec.landing.archives
         if entry["packing"] != "gzip":
             methods = {method for _, method, _ in central_directory(store[key])}
             assert methods == ({99} if entry["packing"] == "aes" else {8})

@@ -97,6 +97,29 @@ def test_invalid_source_names_file_and_field(tmp_path, change, message):
     assert message in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (with_change(["landing", "encoding"], "utf-9"), "landing.encoding: unknown encoding 'utf-9'"),
+        (
+            with_change(["format"], {"kind": "hl7v2"}) | {"columns": [{"name": "id", "source": "PID3"}]},
+            "columns.0.source:",
+        ),
+        (
+            with_change(["format"], {"kind": "xml", "record_xpath": "/x:doc", "namespaces": {"x": "urn:x"}})
+            | {"columns": [{"name": "id", "source": "string(x:id/@"}]},
+            "columns.0.source:",
+        ),
+        (with_change(["format"], {"kind": "xml", "record_xpath": "//["}), "format.record_xpath: invalid"),
+    ],
+)
+def test_parser_inputs_are_compiled_at_load(tmp_path, data, message):
+    path = write_source(tmp_path, data)
+    with pytest.raises(SpecError) as raised:
+        load_sources(tmp_path)
+    assert f"{path}: {message}" in str(raised.value)
+
+
 def test_name_must_match_file(tmp_path):
     path = write_source(tmp_path, VALID, name="other")
     with pytest.raises(SpecError, match=f"{path}: name: 'feed' must equal the file name 'other'"):
