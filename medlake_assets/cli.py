@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import sys
@@ -150,7 +151,9 @@ def sql(
     if relation is None:
         return
     if format == "csv":
-        relation.to_df().to_csv(sys.stdout, index=False)
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(relation.columns)
+        writer.writerows(relation.fetchall())
     elif format == "json":
         columns = relation.columns
         for row in relation.fetchall():
