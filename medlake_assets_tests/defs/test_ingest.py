@@ -116,7 +116,7 @@ def test_sensor_batches_new_archives_into_runs(tmp_path, archive_password):
     lake = open_lake(settings)
     archives = manifest["sources"]["lab_results"]["archives"]
     with dg.instance_for_test() as instance:
-        sensor = defs.get_sensor_def("landing_lab_results")
+        sensor = defs.get_repository_def().get_sensor_def("landing_lab_results")
         context = dg.build_sensor_context(
             instance=instance,
             cursor=json.dumps({"since": DAY.isoformat()}),
