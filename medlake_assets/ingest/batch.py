@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -17,8 +17,9 @@ from medlake_assets.ingest.landing import quarantine_original
 from medlake_assets.ingest.pipeline import (
     ArchiveContext,
     ArchiveResult,
+    ArchiveWork,
     bronze_rows,
-    process_archive,
+    process_archives,
     reject_rows,
 )
 from medlake_assets.lake import Lake
@@ -73,17 +74,25 @@ def load_batch(
     ingested_at = datetime.now(UTC)
     password_ref = spec.landing.password
     store = lake.store
-    results: list[tuple[FileRow, ArchiveResult, bytes]] = []
-    for row in files:
-        data = store.get(row.key)
-        context = ArchiveContext(row.key, row.facility or "", row.landing_day, batch_id, ingested_at)
-        password = password_ref.resolve(context.facility) if password_ref else None
-        result = process_archive(data, context, spec, password=password, engine=lake.settings.archive_engine)
-        results.append((row, result, data))
+    engine = lake.settings.archive_engine
+
+    def work() -> Iterator[ArchiveWork]:
+        # Read here, in order, while the workers parse the archives already handed to them.
+        for row in files:
+            data = store.get(row.key)
+            context = ArchiveContext(row.key, row.facility or "", row.landing_day, batch_id, ingested_at)
+            password = password_ref.resolve(context.facility) if password_ref else None
+            yield ArchiveWork(data, context, spec, password, engine)
+
+    # Only the bytes of archives with something to quarantine are kept (the copy must be what was parsed).
+    results: list[tuple[FileRow, ArchiveResult, int, bytes | None]] = [
+        (row, result, len(item.data), item.data if result.quarantined or result.rejects else None)
+        for row, (item, result) in zip(files, process_archives(work()), strict=True)
+    ]
+    archive_results = [result for _, result, _, _ in results]
 
     bronze = bronze_table(lake.catalog, spec)
     rejects = quarantine_table(lake.catalog, spec)
-    archive_results = [result for _, result, _ in results]
     keys = [row.key for row in files]
     # Replace when this batch may already be in the table: a retry after a crash, or a backfill.
     # Replace when these archives may already be in the table: a retry after a crash, a backfill, or a
@@ -106,10 +115,10 @@ def load_batch(
 
     report = BatchReport(batch_id=batch_id, source=spec.name, archives=len(files))
     loaded, quarantined = [], []
-    for row, result, data in results:
-        report.bytes_read += len(data)
+    for row, result, size, data in results:
+        report.bytes_read += size
         quarantine_key = None
-        if result.quarantined or result.rejects:
+        if data is not None:
             quarantine_key = quarantine_original(store, row.key, data, _reason_document(result))
         outcome = FileResult(
             file_id=row.id,

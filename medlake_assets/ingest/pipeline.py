@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from multiprocessing import get_context
 
 import pyarrow as pa
 
 from medlake_assets.ingest.archives import read_members
 from medlake_assets.ingest.parsers import parse_member
-from medlake_assets.ingest.types import ArchiveRejected, MemberRejected, RecordReject
-from medlake_assets.spec import SourceSpec
+from medlake_assets.ingest.parsers.csv import ArrowMember, parse_csv_arrow
+from medlake_assets.ingest.types import ArchiveRejected, Member, MemberRejected, RecordReject
+from medlake_assets.spec import CsvFormat, SourceSpec
 
 
 @dataclass(frozen=True)
@@ -28,9 +37,8 @@ class ArchiveContext:
 class ArchiveResult:
     context: ArchiveContext
     members: int = 0
-    columns: dict[str, list[str | None]] = field(default_factory=dict)
-    member_names: list[str] = field(default_factory=list)
-    ordinals: list[int] = field(default_factory=list)
+    table: pa.Table | None = None
+    """The loaded records: the declared columns (large_string), then `_member` and `_record`."""
     rejects: list[RecordReject] = field(default_factory=list)
     rule: str | None = None
     reason: str | None = None
@@ -41,7 +49,7 @@ class ArchiveResult:
 
     @property
     def records(self) -> int:
-        return len(self.ordinals)
+        return self.table.num_rows if self.table is not None else 0
 
 
 def process_archive(
@@ -57,7 +65,7 @@ def process_archive(
     The whole archive is quarantined when it cannot be opened or when none of its members yields a record
     and at least one was rejected; otherwise good records load and bad ones become rejects.
     """
-    result = ArchiveResult(context=context, columns={name: [] for name in spec.column_names()})
+    result = ArchiveResult(context=context)
     landing = spec.landing
     try:
         members = read_members(
@@ -73,43 +81,170 @@ def process_archive(
         result.rule, result.reason = rejected.rule, rejected.reason
         return result
     result.members = len(members)
+    names = spec.column_names()
+    columns: dict[str, list[pa.Array]] = {name: [] for name in names}
+    member_names: list[pa.Array] = []
+    ordinals: list[pa.Array] = []
     for member in members:
         try:
-            parsed = parse_member(member, spec)
+            parsed = _parse_member(member, spec)
         except MemberRejected as rejected:
             result.rejects.append(
                 RecordReject(member.name, None, rejected.line, rejected.rule, rejected.reason, None)
             )
             continue
-        for name, values in parsed.columns.items():
-            result.columns[name].extend(values)
-        result.member_names.extend([member.name] * parsed.record_count)
-        result.ordinals.extend(parsed.ordinals)
+        for name in names:
+            columns[name].append(parsed.columns[name])
+        member_names.append(_repeat(member.name, pa.large_string(), parsed.record_count))
+        ordinals.append(parsed.ordinals)
         result.rejects.extend(parsed.rejects)
-    if not result.ordinals and result.rejects:
+    arrays = [_concat(columns[name], pa.large_string()) for name in names]
+    arrays += [_concat(member_names, pa.large_string()), _concat(ordinals, pa.int64())]
+    result.table = pa.Table.from_arrays(arrays, names=[*names, "_member", "_record"])
+    if not result.records and result.rejects:
         first = result.rejects[0]
         result.rule = first.rule
         result.reason = f"no record could be loaded; first problem in member {first.member!r}: {first.reason}"
+        result.table = None
     return result
+
+
+def _parse_member(member: Member, spec: SourceSpec) -> ArrowMember:
+    """CSV straight into Arrow (Polars when it can); the other formats' lists converted once per member."""
+    fmt = spec.format
+    if isinstance(fmt, CsvFormat):
+        return parse_csv_arrow(
+            member.data,
+            member=member.name,
+            columns=spec.columns,
+            fmt=fmt,
+            encoding=spec.landing.encoding,
+            fallbacks=spec.landing.encoding_fallbacks,
+        )
+    return ArrowMember.from_parsed(parse_member(member, spec))
+
+
+def _repeat(value: object, kind: pa.DataType, count: int) -> pa.Array:
+    return pa.repeat(pa.scalar(value, kind), count)
+
+
+def _concat(chunks: list[pa.Array], kind: pa.DataType) -> pa.Array:
+    return pa.concat_arrays(chunks) if chunks else pa.array([], kind)
+
+
+@dataclass(frozen=True)
+class ArchiveWork:
+    """One archive to process: what `process_archive` takes, picklable for a worker process."""
+
+    data: bytes
+    context: ArchiveContext
+    spec: SourceSpec
+    password: str | None
+    engine: str = "libarchive"
+
+
+def _process(work: ArchiveWork) -> ArchiveResult:
+    return process_archive(work.data, work.context, work.spec, password=work.password, engine=work.engine)
+
+
+def ingest_workers() -> int:
+    """Worker processes for archives: `MEDLAKE_INGEST_WORKERS`, default one per CPU; 1 = in process."""
+    configured = os.environ.get("MEDLAKE_INGEST_WORKERS", "").strip()
+    workers = int(configured) if configured else (os.cpu_count() or 1)
+    if workers < 1:
+        raise ValueError(f"MEDLAKE_INGEST_WORKERS must be at least 1, got {configured!r}")
+    return workers
+
+
+_pool: ProcessPoolExecutor | None = None
+_pool_size = 0
+
+
+def _init_worker() -> None:
+    # Each worker is one of the CPUs: Polars' own thread pool would only contend with the other workers.
+    os.environ["POLARS_MAX_THREADS"] = "1"
+    # An idle spawned worker never notices its parent being killed (it holds its own end of the task queue):
+    # leave when the parent is gone rather than linger forever.
+    parent = os.getppid()
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
+
+
+def _worker_pool(workers: int) -> ProcessPoolExecutor:
+    """The process's pool, started on first use and kept for later batches (spawned: no forked threads)."""
+    global _pool, _pool_size
+    if _pool is None or _pool_size != workers:
+        if _pool is not None:
+            _pool.shutdown()
+        _pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker)
+        _pool_size = workers
+    return _pool
+
+
+def process_archives(
+    work: Iterable[ArchiveWork], *, workers: int | None = None
+) -> Iterator[tuple[ArchiveWork, ArchiveResult]]:
+    """Each item of `work` with its `process_archive` result, in input order, on `workers` processes.
+
+    `workers` defaults to `ingest_workers()`. At most eight archives per worker are in flight: enough that
+    one slow archive at the head does not idle the others, few enough that a batch's bytes are not all held.
+    """
+    workers = ingest_workers() if workers is None else workers
+    if workers == 1:
+        yield from ((item, _process(item)) for item in work)
+        return
+    pool = _worker_pool(workers)
+    pending: deque[tuple[ArchiveWork, Future[ArchiveResult]]] = deque()
+    try:
+        for item in work:
+            pending.append((item, pool.submit(_process, item)))
+            if len(pending) >= 8 * workers:
+                done, future = pending.popleft()
+                yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
+    except BrokenProcessPool:
+        _discard_pool()
+        raise
+    finally:
+        for _, future in pending:
+            future.cancel()
+
+
+def _discard_pool() -> None:
+    """Forget a broken pool (a worker died) so that the next batch starts a fresh one."""
+    global _pool
+    if _pool is not None:
+        _pool.shutdown(wait=False, cancel_futures=True)
+    _pool = None
 
 
 def bronze_rows(results: list[ArchiveResult], schema: pa.Schema, spec: SourceSpec) -> pa.Table:
     """One Arrow table of the loaded archives' records, with lineage columns, in the bronze schema."""
-    loaded = [result for result in results if not result.quarantined]
-    arrays: dict[str, list] = {name: [] for name in schema.names}
-    for result in loaded:
-        count = result.records
-        context = result.context
-        for name in spec.column_names():
-            arrays[name].extend(result.columns[name])
-        arrays["_archive"].extend([context.key] * count)
-        arrays["_member"].extend(result.member_names)
-        arrays["_record"].extend(result.ordinals)
-        arrays["_facility"].extend([context.facility] * count)
-        arrays["_landing_day"].extend([context.landing_day] * count)
-        arrays["_ingested_at"].extend([context.ingested_at] * count)
-        arrays["_batch"].extend([context.batch_id] * count)
-    return pa.Table.from_pydict(arrays, schema=schema)
+    tables = []
+    for result in results:
+        if result.quarantined or result.table is None or not result.records:
+            continue
+        count, context, table = result.records, result.context, result.table
+        lineage = {
+            "_archive": context.key,
+            "_facility": context.facility,
+            "_landing_day": context.landing_day,
+            "_ingested_at": context.ingested_at,
+            "_batch": context.batch_id,
+        }
+        arrays = [
+            table.column(name) if name in table.column_names else _repeat(lineage[name], kind, count)
+            for name, kind in zip(schema.names, schema.types, strict=True)
+        ]
+        tables.append(pa.Table.from_arrays(arrays, schema=schema))
+    return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
 def reject_rows(results: list[ArchiveResult], schema: pa.Schema) -> pa.Table:

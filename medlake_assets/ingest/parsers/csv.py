@@ -2,15 +2,24 @@
 
 The standard library's C reader does the splitting and quoting; this module only matches the header to the
 declared columns, counts records and physical lines, and turns bad rows into record-level rejects.
+
+`parse_csv_arrow` (the ingest path) first tries Polars' native reader, which splits a well-formed member many
+times faster and straight into Arrow; on anything it cannot prove it reads exactly as the standard library
+does (ragged or blank lines, stray quotes, lone carriage returns, a reader error), it falls back to the
+standard library path, so values, ordinals and rejects are the same either way.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from operator import itemgetter
 from typing import TYPE_CHECKING
+
+import pyarrow as pa
 
 from medlake_assets.ingest.text import decode_text
 from medlake_assets.ingest.types import MemberRejected, ParsedMember, RecordReject
@@ -44,6 +53,139 @@ def parse_csv(
     - A member with no non-blank line: `MemberRejected("csv.empty")`; a header alone gives zero records.
     """
     text = decode_text(data, member=member, encoding=encoding, fallbacks=fallbacks)
+    return _parse_text(text, member, columns, fmt)
+
+
+@dataclass
+class ArrowMember:
+    """One member's records as Arrow arrays: each declared column (large_string) and the 1-based ordinals."""
+
+    columns: dict[str, pa.Array]
+    ordinals: pa.Array
+    rejects: list[RecordReject]
+    fast: bool = False
+    """Whether Polars read the member (else the standard library's reader did)."""
+
+    @property
+    def record_count(self) -> int:
+        return len(self.ordinals)
+
+    @classmethod
+    def from_parsed(cls, parsed: ParsedMember) -> ArrowMember:
+        return cls(
+            columns={name: pa.array(values, pa.large_string()) for name, values in parsed.columns.items()},
+            ordinals=pa.array(parsed.ordinals, pa.int64()),
+            rejects=parsed.rejects,
+        )
+
+
+def parse_csv_arrow(
+    data: bytes,
+    *,
+    member: str,
+    columns: Sequence[ColumnSpec],
+    fmt: CsvFormat,
+    encoding: str,
+    fallbacks: Sequence[str],
+) -> ArrowMember:
+    """`parse_csv` into Arrow arrays: the same values, ordinals, rejects and `MemberRejected` rules."""
+    text = decode_text(data, member=member, encoding=encoding, fallbacks=fallbacks)
+    fast = _read_with_polars(text, member, columns, fmt)
+    return fast if fast is not None else ArrowMember.from_parsed(_parse_text(text, member, columns, fmt))
+
+
+def _read_with_polars(
+    text: str, member: str, columns: Sequence[ColumnSpec], fmt: CsvFormat
+) -> ArrowMember | None:
+    """Polars' reader on a member it provably reads as the standard library does; None when not sure.
+
+    Polars pads a short record with nulls, keeps blank lines as all-null rows, reads an unquoted empty
+    field as null, only ends lines at \n, and treats quotes inside unquoted fields differently. So the
+    member qualifies only if: no NUL and no \r outside \r\n; every quote belongs to a well-formed quoted
+    field; Polars raises nothing (it raises on a long record); its first row is the standard library's
+    first record; the last column holds no null (no short record, no blank line); and no value reaches the
+    csv module's field size limit.
+    """
+    delimiter, quote = fmt.delimiter, fmt.quote
+    if (
+        not (delimiter.isascii() and quote.isascii())
+        or "\x00" in text
+        or text.count("\r") != text.count("\r\n")
+        or (quote in text and not _quotes_well_formed(text, delimiter, quote))
+    ):
+        return None
+    # The header (or first record) and the declared positions exactly as the standard library path finds
+    # them, MemberRejected included; only the first record is split here.
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quotechar=quote)
+    first_row = _first_row(reader, member)
+    width = len(first_row)
+    if fmt.header:
+        positions = _header_positions(first_row, columns, member)
+    else:
+        positions = _numbered_positions(width, columns, member)
+
+    import polars as pl  # imported here so that pool workers can size its thread pool first
+
+    try:
+        frame = pl.read_csv(
+            text.encode(),
+            has_header=False,
+            infer_schema=False,
+            separator=delimiter,
+            quote_char=quote,
+            truncate_ragged_lines=False,
+        )
+    except (pl.exceptions.PolarsError, pl.exceptions.PanicException):
+        return None
+    if frame.width != width or not len(frame) or frame.get_column(frame.columns[-1]).null_count():
+        return None
+    if tuple("" if value is None else value for value in frame.row(0)) != tuple(first_row):
+        return None
+    longest = frame.select(pl.max_horizontal(pl.all().str.len_chars().max())).item()
+    if (longest or 0) >= csv.field_size_limit():
+        return None
+
+    records = frame.slice(1) if fmt.header else frame
+    nulls = list(fmt.null_tokens)
+
+    def value(index: int) -> pl.Expr:
+        received = pl.nth(index).fill_null("")  # Polars' null for an unquoted empty field is the reader's ""
+        return pl.when(received.is_in(nulls)).then(None).otherwise(received) if nulls else received
+
+    declared = {column.name: index for column in columns if (index := positions[column.name]) is not None}
+    table = records.select([value(index).alias(name) for name, index in declared.items()]).to_arrow()
+    count = len(records)
+    found = {name: table.column(name).combine_chunks().cast(pa.large_string()) for name in declared}
+    return ArrowMember(
+        columns={
+            column.name: found.get(column.name, pa.nulls(count, pa.large_string())) for column in columns
+        },
+        ordinals=pl.int_range(1, count + 1, dtype=pl.Int64, eager=True).to_arrow(),
+        rejects=[],
+        fast=True,
+    )
+
+
+def _quotes_well_formed(text: str, delimiter: str, quote: str) -> bool:
+    """Whether every quote character opens or closes a whole field, or is a doubled quote inside one.
+
+    Polars finds line ends by quote parity over the whole text, so a stray quote in an unquoted field (read
+    literally by the standard library) can make it merge lines; text after a closing quote is read
+    differently too. Only quoted fields are visited, each from its opening quote.
+    """
+    q = re.escape(quote)
+    boundaries = (delimiter, "\r", "\n")
+    for match in re.finditer(f"{q}(?:[^{q}]|{q}{q})*{q}", text):
+        start, end = match.span()
+        if start and text[start - 1] not in boundaries:
+            return False
+        if end < len(text) and text[end] not in boundaries:
+            return False
+    return True
+
+
+def _parse_text(text: str, member: str, columns: Sequence[ColumnSpec], fmt: CsvFormat) -> ParsedMember:
+    """The standard library path of `parse_csv` on decoded text."""
     # newline="" splits lines only on \r, \n and \r\n (never on \x1c or \u2028, as str.splitlines would) and
     # leaves the endings to the csv reader, so no stray \r reaches a value and quoted newlines survive.
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=fmt.delimiter, quotechar=fmt.quote)

@@ -1,0 +1,238 @@
+"""The Arrow load path: Polars and standard-library CSV agree, archives become per-archive tables in order."""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import random
+from datetime import UTC, date, datetime
+
+import pyarrow as pa
+import pytest
+
+from medlake_assets.ingest.parsers.csv import ArrowMember, parse_csv, parse_csv_arrow
+from medlake_assets.ingest.pipeline import (
+    ArchiveContext,
+    ArchiveWork,
+    bronze_rows,
+    ingest_workers,
+    process_archive,
+    process_archives,
+)
+from medlake_assets.spec import ColumnSpec, CsvFormat, SourceSpec
+from medlake_assets.tables.bronze import bronze_schema
+
+COLUMNS = [
+    ColumnSpec(name="record_id", source="record_id", nullable=False),
+    ColumnSpec(name="note", source="Note"),
+    ColumnSpec(name="flag", source="flag"),
+    ColumnSpec(name="absent", source="not_in_file"),
+]
+FMT = CsvFormat(null_tokens=["", "NULL"])
+NOTES = ["plain", "Glucose, serum", 'Hb "A1c"', "two\r\nlines", "one\nline", "Müller 5€", "", "NULL", " "]
+
+
+def seeded_csv(seed: int, rows: int = 300) -> list[list[str]]:
+    rng = random.Random(seed)
+    return [["record_id", "Note", "flag", "extra"]] + [
+        [f"R{index:05d}", rng.choice(NOTES), rng.choice(["H", "L", "", "NULL"]), str(rng.random())]
+        for index in range(rows)
+    ]
+
+
+def encode(rows: list[list[str]], *, crlf: bool = True, encoding: str = "utf-8", bom: bool = False) -> bytes:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\r\n" if crlf else "\n").writerows(rows)
+    text = buffer.getvalue()
+    if encoding == "latin-1":
+        text = text.replace("€", "E")  # not in latin-1
+    return (codecs.BOM_UTF8 if bom else b"") + text.encode(encoding)
+
+
+def both(data: bytes, fmt: CsvFormat = FMT) -> tuple[ArrowMember, object]:
+    options = {
+        "member": "m.csv",
+        "columns": COLUMNS,
+        "fmt": fmt,
+        "encoding": "utf-8",
+        "fallbacks": ["latin-1"],
+    }
+    return parse_csv_arrow(data, **options), parse_csv(data, **options)
+
+
+def as_lists(member: ArrowMember) -> dict[str, list[str | None]]:
+    return {name: array.to_pylist() for name, array in member.columns.items()}
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize(
+    ("crlf", "encoding", "bom"),
+    [(True, "utf-8", False), (False, "utf-8", True), (True, "latin-1", False)],
+    ids=["crlf", "lf-bom", "latin-1"],
+)
+def test_polars_path_reads_well_formed_csv_exactly_as_the_standard_library(
+    seed: int, crlf: bool, encoding: str, bom: bool
+) -> None:
+    rows = seeded_csv(seed)
+    fast, reference = both(encode(rows, crlf=crlf, encoding=encoding, bom=bom))
+
+    assert fast.fast  # quotes, embedded newlines, null tokens and blanks are all well-formed here
+    assert as_lists(fast) == reference.columns
+    assert fast.ordinals.to_pylist() == reference.ordinals == list(range(1, len(rows)))
+    assert fast.rejects == reference.rejects == []
+    assert fast.columns["absent"].null_count == len(rows) - 1
+    assert all(array.type == pa.large_string() for array in fast.columns.values())
+
+
+def test_exact_values_through_polars() -> None:
+    data = b'record_id,Note,flag,extra\r\nR1,"a, ""b""\r\nc",NULL,x\r\nR2,,"",y\r\nR3, ,L,z\r\n'
+
+    fast, _ = both(data)
+
+    assert fast.fast
+    assert as_lists(fast) == {
+        "record_id": ["R1", "R2", "R3"],
+        "note": ['a, "b"\r\nc', None, " "],
+        "flag": [None, None, "L"],
+        "absent": [None, None, None],
+    }
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "record_id,Note,flag\nR1,a,b\nR2,c\nR3,d,e,f\n",  # ragged: rejects with line numbers
+        "record_id,Note,flag\nR1,a,b\n\nR2,c,d\n",  # a blank line is not a record
+        "record_id,Note,flag\nR1,a,\nR2,c,d\n",  # an empty last field, as a short record would read
+        'record_id,Note,flag\nR1,5" tube,b\nR2,c"d,e\n',  # stray quotes in unquoted fields
+        'record_id,Note,flag\nR1,"ab"c,d\n',  # text after a closing quote
+        "record_id,Note,flag\rR1,a,b\rR2,c,d\r",  # old-Mac line ends
+        "\n\nrecord_id,Note,flag\nR1,a,b\n",  # blank lines before the header
+        'record_id,Note,flag\nR1,"unterminated,b\nR2,c,d\n',
+    ],
+    ids=[
+        "ragged",
+        "blank",
+        "empty-last",
+        "stray-quote",
+        "after-quote",
+        "cr",
+        "leading-blank",
+        "unterminated",
+    ],
+)
+def test_anything_polars_might_read_differently_falls_back(text: str) -> None:
+    fast, reference = both(text.encode())
+
+    assert not fast.fast
+    assert as_lists(fast) == reference.columns
+    assert fast.ordinals.to_pylist() == reference.ordinals
+    assert fast.rejects == reference.rejects
+
+
+def test_ragged_records_keep_their_rejects_and_line_numbers() -> None:
+    fast, _ = both(b'record_id,Note,flag\nR1,"x\ny",b\nR2,c\nR3,d,e\n')
+
+    assert fast.ordinals.to_pylist() == [1, 3]
+    assert [(r.record, r.line, r.rule, r.raw) for r in fast.rejects] == [(2, 4, "csv.field_count", "R2,c")]
+
+
+def test_an_oversized_field_falls_back_to_the_malformed_reject() -> None:
+    text = "record_id,Note,flag\nR1," + "x" * (csv.field_size_limit() + 1) + ",b\nR2,c,d\n"
+
+    fast, reference = both(text.encode())
+
+    assert not fast.fast
+    assert [r.rule for r in fast.rejects] == ["csv.malformed"] == [r.rule for r in reference.rejects]
+    assert fast.columns["record_id"].to_pylist() == ["R2"]
+
+
+# --- archives to tables ---
+
+
+def _spec() -> SourceSpec:
+    return SourceSpec.model_validate(
+        {
+            "name": "notes",
+            "description": "test notes",
+            "landing": {
+                "key_pattern": r"^landing/notes/(?P<yyyy>\d{4})/(?P<mm>\d{2})/(?P<dd>\d{2})/"
+                r"(?P<facility>\w+)/",
+                "archives": ["gzip", "none"],
+                "member_pattern": r"\.csv$",
+            },
+            "format": {"kind": "csv", "null_tokens": ["", "NULL"]},
+            "columns": [column.model_dump() for column in COLUMNS],
+        }
+    )
+
+
+def _context(key: str) -> ArchiveContext:
+    return ArchiveContext(key, "F1", date(2026, 1, 2), "b-1", datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+
+
+def test_bronze_rows_add_lineage_in_schema_order_and_skip_quarantined_archives() -> None:
+    spec = _spec()
+    good = process_archive(
+        encode(seeded_csv(1, rows=3)), _context("landing/notes/2026/01/02/F1/a.csv"), spec, password=None
+    )
+    empty = process_archive(b"", _context("landing/notes/2026/01/02/F1/b.csv"), spec, password=None)
+    ragged = process_archive(
+        b"record_id,Note,flag\nR1,a,b\nR2\n",
+        _context("landing/notes/2026/01/02/F1/c.csv"),
+        spec,
+        password=None,
+    )
+
+    assert (good.records, good.quarantined) == (3, False)
+    assert (empty.rule, empty.table) == ("csv.empty", None)
+    assert ragged.records == 1 and [r.rule for r in ragged.rejects] == ["csv.field_count"]
+    schema = bronze_schema(spec).as_arrow()
+    rows = bronze_rows([good, empty, ragged], schema, spec)
+    assert rows.schema == schema
+    assert rows.column("_archive").to_pylist() == ["landing/notes/2026/01/02/F1/a.csv"] * 3 + [
+        "landing/notes/2026/01/02/F1/c.csv"
+    ]
+    assert rows.column("_member").to_pylist() == ["a.csv"] * 3 + ["c.csv"]
+    assert rows.column("_record").to_pylist() == [1, 2, 3, 1]
+    assert set(rows.column("_landing_day").to_pylist()) == {date(2026, 1, 2)}
+    assert set(rows.column("_batch").to_pylist()) == {"b-1"}
+    assert rows.column("record_id").to_pylist() == ["R00000", "R00001", "R00002", "R1"]
+
+
+def test_worker_processes_return_the_in_process_results_in_input_order() -> None:
+    spec = _spec()
+    work = [
+        ArchiveWork(
+            encode(seeded_csv(seed, rows=20 + seed)),
+            _context(f"landing/notes/2026/01/02/F1/{seed}.csv"),
+            spec,
+            None,
+        )
+        for seed in range(7)
+    ]
+
+    local = [result for _, result in process_archives(work, workers=1)]
+    pooled = list(process_archives(iter(work), workers=2))
+
+    assert [item.context.key for item, _ in pooled] == [item.context.key for item in work]
+    assert [result.records for _, result in pooled] == [20 + seed for seed in range(7)]
+    for (_, result), reference in zip(pooled, local, strict=True):
+        assert result.table.equals(reference.table)
+
+
+@pytest.mark.parametrize(("value", "expected"), [("1", 1), ("3", 3)])
+def test_worker_count_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: int
+) -> None:
+    monkeypatch.setenv("MEDLAKE_INGEST_WORKERS", value)
+
+    assert ingest_workers() == expected
+
+
+def test_worker_count_must_be_positive(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDLAKE_INGEST_WORKERS", "0")
+
+    with pytest.raises(ValueError, match="MEDLAKE_INGEST_WORKERS must be at least 1"):
+        ingest_workers()
