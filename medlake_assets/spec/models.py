@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import zoneinfo
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -125,17 +126,76 @@ class ColumnSpec(StrictModel):
     name: str = Field(pattern=IDENTIFIER)
     type: ColumnType = "string"
     source: str = Field(description="CSV header, HL7 path like PID-3.1, or an XPath string expression")
-    format: str | None = Field(default=None, description="parse format for dates and timestamps")
+    format: str | None = Field(
+        default=None,
+        description="dates and timestamps: `hl7`, `iso` (default) or a strptime pattern; decimals: `P,S`",
+    )
     nullable: bool = True
     pii: bool = False
     description: str = ""
+    transforms: list[str] = Field(
+        default_factory=list,
+        description="shared cleaning transforms (transforms/cleaning.py), in order, before the cast",
+    )
+    null_tokens: list[str] | None = Field(
+        default=None,
+        description="tokens the `null_tokens` transform nulls; default: the format's, else a shared list",
+    )
+    timezone: str | None = Field(
+        default=None, description="IANA zone of timestamps without an offset; default UTC"
+    )
+
+    @field_validator("transforms")
+    @classmethod
+    def _known_transforms(cls, value: list[str]) -> list[str]:
+        from medlake_assets.transforms.cleaning import TRANSFORMS
+
+        unknown = [name for name in value if name not in TRANSFORMS]
+        if unknown:
+            raise ValueError(f"unknown transforms {unknown}; known: {sorted(TRANSFORMS)}")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                zoneinfo.ZoneInfo(value)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {value!r} (an IANA name like Europe/Berlin)") from None
+        return value
+
+    @model_validator(mode="after")
+    def _settings_fit_type(self) -> ColumnSpec:
+        from medlake_assets.transforms.casts import check_format
+
+        try:
+            check_format(self.type, self.format)
+        except ValueError as error:
+            raise ValueError(f"format: {error}") from None
+        if self.timezone is not None and self.type != "timestamp":
+            raise ValueError("timezone: only timestamp columns take a time zone")
+        if self.null_tokens is not None and "null_tokens" not in self.transforms:
+            raise ValueError("null_tokens: given, but `null_tokens` is not among the column's transforms")
+        return self
+
+
+class DeleteMarker(StrictModel):
+    """A change row whose `column` equals `value` deletes its key."""
+
+    column: str
+    value: str
 
 
 class WriteSpec(StrictModel):
     mode: Literal["append", "upsert", "scd2"] = "append"
     primary_key: list[str] = Field(default_factory=list)
     sequence_by: list[str] = Field(default_factory=list)
-    delete_marker: str | None = None
+    delete_marker: DeleteMarker | None = None
+    sequence_ranks: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="ordinal ranks of text sequence columns, e.g. {result_status: [P, F, C]}",
+    )
     partition_by: list[str] = Field(
         default_factory=list,
         description="Iceberg partition fields: `col` or `day(col)`/`month(col)`/`bucket(n, col)`",
@@ -146,7 +206,14 @@ class WriteSpec(StrictModel):
     def _keys_for_merges(self) -> WriteSpec:
         if self.mode != "append" and not (self.primary_key and self.sequence_by):
             raise ValueError(f"write mode {self.mode!r} needs primary_key and sequence_by")
+        unranked = sorted(set(self.sequence_ranks) - set(self.sequence_by))
+        if unranked:
+            raise ValueError(f"sequence_ranks names columns not in sequence_by: {unranked}")
         return self
+
+    @property
+    def delete_marker_tuple(self) -> tuple[str, str] | None:
+        return (self.delete_marker.column, self.delete_marker.value) if self.delete_marker else None
 
 
 class CheckSpec(StrictModel):
@@ -171,6 +238,15 @@ class IngestSpec(StrictModel):
     start_date: str = "2024-01-01"
 
 
+class QualitySpec(StrictModel):
+    max_error_rate: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="share of a batch's rows failing error rules above which silver is not published",
+    )
+
+
 class RetentionSpec(StrictModel):
     snapshot_days: int = 30
     min_snapshots: int = 5
@@ -187,6 +263,7 @@ class SourceSpec(StrictModel):
     write: WriteSpec = Field(default_factory=WriteSpec)
     checks: list[CheckSpec] = Field(default_factory=list)
     ingest: IngestSpec = Field(default_factory=IngestSpec)
+    quality: QualitySpec = Field(default_factory=QualitySpec)
     retention: RetentionSpec = Field(default_factory=RetentionSpec)
 
     @model_validator(mode="after")
@@ -198,6 +275,7 @@ class SourceSpec(StrictModel):
         referenced = [
             *self.write.primary_key,
             *self.write.sequence_by,
+            *([self.write.delete_marker.column] if self.write.delete_marker else []),
             *self.write.sort_by,
             *[
                 name

@@ -103,6 +103,18 @@ files = Table(
     Index(f"ix_{TABLE_NAME}_source_day", "source", "landing_day"),
 )
 _RESULT_COLUMNS = ("members", "records", "rejected_records", "rule", "reason", "quarantine_key")
+# Which bronze batches a downstream table (e.g. silver.bed_census) has taken in: incremental processing.
+processed = Table(
+    "medlake_processed",
+    metadata,
+    Column("consumer", Text, nullable=False),
+    Column("batch_id", Text, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("landing_day", Date, nullable=False),
+    Column("processed_at", UtcDateTime, nullable=False),
+    UniqueConstraint("consumer", "batch_id", name="uq_medlake_processed"),
+    Index("ix_medlake_processed_consumer_day", "consumer", "landing_day"),
+)
 
 
 @dataclass(frozen=True)
@@ -418,6 +430,63 @@ class Ledger:
                 )
                 found.update(connection.scalars(query))
         return found
+
+    def loaded_batches(self, source: str, landing_day: date) -> set[str]:
+        """Batch ids with files loaded into bronze for a source and landing day."""
+        query = select(files.c.batch_id).distinct()
+        query = query.where(
+            files.c.source == source, files.c.landing_day == landing_day, files.c.status == LOADED
+        )
+        with self._engine.connect() as connection:
+            return set(connection.scalars(query))
+
+    def processed_batches(self, consumer: str, landing_day: date) -> set[str]:
+        """Batch ids a downstream table has already taken in for a landing day."""
+        query = select(processed.c.batch_id).where(
+            processed.c.consumer == consumer, processed.c.landing_day == landing_day
+        )
+        with self._engine.connect() as connection:
+            return set(connection.scalars(query))
+
+    def mark_processed(self, consumer: str, source: str, landing_day: date, batch_ids: Sequence[str]) -> None:
+        """Record batches as taken in by `consumer` (insert if absent: a repeat changes nothing)."""
+        rows = [
+            {
+                "consumer": consumer,
+                "batch_id": batch,
+                "source": source,
+                "landing_day": landing_day,
+                "processed_at": _now(),
+            }
+            for batch in sorted(batch_ids)
+        ]
+        if not rows:
+            return
+        with self._writer.begin() as connection:
+            for chunk in _chunks(rows, _MAX_ROWS_PER_INSERT):
+                statement = self._insert(processed).values(list(chunk))
+                connection.execute(statement.on_conflict_do_nothing(index_elements=["consumer", "batch_id"]))
+
+    def last_loaded_at(self, source: str) -> datetime | None:
+        """When a file of the source was last loaded (the freshness check's clock)."""
+        query = select(func.max(files.c.loaded_at)).where(files.c.source == source)
+        with self._engine.connect() as connection:
+            value = connection.scalar(query)
+        if isinstance(value, str):  # SQLite returns aggregates of the column as text
+            value = datetime.fromisoformat(value)
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+    def pending_days(self, consumer: str, source: str) -> list[date]:
+        """Landing days with bronze batches the consumer has not taken in yet."""
+        done = select(processed.c.batch_id).where(processed.c.consumer == consumer)
+        query = (
+            select(files.c.landing_day)
+            .distinct()
+            .where(files.c.source == source, files.c.status == LOADED, files.c.batch_id.not_in(done))
+            .order_by(files.c.landing_day)
+        )
+        with self._engine.connect() as connection:
+            return list(connection.scalars(query))
 
     def file(self, file_id: int) -> FileRow:
         """One row by id; LookupError if there is none."""
