@@ -167,6 +167,56 @@ def sql(
         raise typer.BadParameter("format must be table, csv or json")
 
 
+@app.command()
+def quality(
+    source: Annotated[str, typer.Option(help="Only this source")] = "",
+    day: Annotated[str, typer.Option(help="Only this landing day YYYY-MM-DD")] = "",
+) -> None:
+    """Rejected and warned rows per facility and rule (bronze parse rejects and silver rule failures)."""
+    from medlake_assets.lake import Lake
+    from medlake_assets.serving.sql import connect
+
+    lake = Lake(load_settings())
+    con = connect(lake)
+    filters, params = [], []
+    if source:
+        filters.append("source = ?")
+        params.append(source)
+    if day:
+        filters.append("landing_day = ?")
+        params.append(date.fromisoformat(day))
+    where = f"WHERE {' AND '.join(filters)}" if filters else ""
+    bronze = " UNION ALL ".join(
+        f"SELECT '{name}' AS source, 'bronze' AS stage, _landing_day AS landing_day, _facility AS facility, "
+        f"rule, 'error' AS severity, count(*) AS rows FROM quarantine.{name} "
+        "WHERE stage = 'bronze' GROUP BY ALL"
+        for name in lake.sources
+    )
+    silver = (
+        "SELECT source, stage, landing_day, facility, rule, severity, sum(rows) AS rows "
+        "FROM meta.quality GROUP BY ALL"
+    )
+    has_silver = con.execute(
+        "SELECT count(*) FROM duckdb_views() WHERE schema_name = 'meta' AND view_name = 'quality'"
+    )
+    union = f"{bronze} UNION ALL {silver}" if has_silver.fetchone()[0] else bronze
+    rows = con.execute(
+        f"""
+        SELECT source, facility, stage, rule,
+               sum(rows) FILTER (WHERE severity = 'error') AS rejected,
+               sum(rows) FILTER (WHERE severity = 'warn') AS warned
+        FROM ({union}) {where} GROUP BY ALL ORDER BY source, facility, stage, rule
+        """,
+        params,
+    ).fetchall()
+    table = Table(title="quality: rows rejected (error rules) and warned, per facility and rule")
+    for column in ("source", "facility", "stage", "rule", "rejected", "warned"):
+        table.add_column(column, justify="right" if column in ("rejected", "warned") else "left")
+    for row in rows:
+        table.add_row(*["" if value is None else str(value) for value in row])
+    Console(width=160).print(table)
+
+
 @bench_app.command("ingest")
 def bench_ingest(
     archives: int = 300,
@@ -184,6 +234,34 @@ def bench_ingest(
         seed=seed,
         size_scale=size_scale,
         work_dir=work_dir,
+        console=console,
+    )
+    Console().print(report)
+
+
+@bench_app.command("merge")
+def bench_merge(
+    rows: int = 10_000_000,
+    changes: int = 100_000,
+    baseline_rows: Annotated[
+        int, typer.Option(help="Rows of the Table.upsert baseline table (0: skip)")
+    ] = 1_000_000,
+    facilities: int = 1000,
+    touched_facilities: Annotated[int, typer.Option(help="Facilities (partitions) the batch touches")] = 100,
+    baseline_limit: Annotated[float, typer.Option(help="Seconds before Table.upsert is stopped")] = 600.0,
+    work_dir: Annotated[Path | None, typer.Option(help="Scratch folder (default: a temp dir)")] = None,
+) -> None:
+    """Upsert one production-sized batch into a silver table; compare with pyiceberg's Table.upsert."""
+    from medlake_assets.bench.merge import run_merge_benchmark
+
+    report = run_merge_benchmark(
+        rows=rows,
+        changes=changes,
+        baseline_rows=baseline_rows,
+        work_dir=work_dir,
+        facilities=facilities,
+        touched_facilities=touched_facilities,
+        baseline_limit_seconds=baseline_limit,
         console=console,
     )
     Console().print(report)

@@ -7,17 +7,19 @@ import dagster as dg
 from medlake_assets.config import Settings, load_settings
 from medlake_assets.defs.landing import unrouted_sensor
 from medlake_assets.defs.resources import LakeResource
+from medlake_assets.defs.silver import build_silver_defs, silver_automation_sensor
 from medlake_assets.defs.sources import build_source_defs
 from medlake_assets.spec import load_sources
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
-    """Every source's assets, checks, jobs and sensors, plus shared resources and the executor."""
+    """Every source's bronze and silver assets, checks, jobs and sensors, plus resources and the executor."""
     sources = load_sources(settings.sources_dir)
     return dg.Definitions.merge(
         *[build_source_defs(spec) for spec in sources.values()],
+        *[build_silver_defs(spec) for spec in sources.values()],
         dg.Definitions(
-            sensors=[unrouted_sensor],
+            sensors=[unrouted_sensor, silver_automation_sensor()],
             resources={"lake": LakeResource.from_settings(settings)},
             # One process per step costs ~5 s a step (design.md section 3): run in process.
             executor=dg.in_process_executor,

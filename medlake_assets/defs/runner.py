@@ -61,7 +61,7 @@ def ingest_once(
     summary = IngestSummary()
     fail_orphaned_runs(instance)
     repository = defs.get_repository_def()
-    for sensor_def in repository.sensor_defs:
+    for sensor_def in [sensor for sensor in repository.sensor_defs if sensor.name.startswith("landing_")]:
         source = sensor_def.name.removeprefix("landing_")
         days = landed_days(lake.store, source) if source in lake.sources else []
         cursor = json.dumps({"since": days[0].isoformat()}) if days else None
@@ -92,5 +92,39 @@ def ingest_once(
                 summary.sensors[sensor_def.name] = summary.sensors.get(sensor_def.name, 0) + 1
                 if on_run:
                     on_run(sensor_def.name, request, outcome.success)
+    refine(defs, instance, lake, summary, on_run)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def refine(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    lake: Lake,
+    summary: IngestSummary,
+    on_run: RunCallback | None = None,
+) -> None:
+    """Run each source's silver job for every landing day with bronze batches silver has not taken in.
+
+    The daemon does this with the silver assets' eager automation; `ingest --once` cannot wait for it.
+    """
+    from medlake_assets.defs.silver import ENCOUNTERS_SOURCE, refine_job_name
+    from medlake_assets.silver.encounters_load import ENCOUNTERS
+    from medlake_assets.silver.load import consumer
+
+    for spec in lake.sources.values():
+        consumers = [consumer(spec.name)] + ([ENCOUNTERS] if spec.name == ENCOUNTERS_SOURCE else [])
+        days = sorted({day for name in consumers for day in lake.ledger.pending_days(name, spec.name)})
+        job = defs.resolve_job_def(refine_job_name(spec))
+        for day in days:
+            request = dg.RunRequest(partition_key=day.isoformat(), tags={"medlake/source": spec.name})
+            outcome = job.execute_in_process(
+                instance=instance,
+                partition_key=request.partition_key,
+                tags={**request.tags, RUNNER_PID_TAG: str(os.getpid())},
+                raise_on_error=False,
+            )
+            summary.runs += 1
+            summary.failed_runs += 0 if outcome.success else 1
+            if on_run:
+                on_run(job.name, request, outcome.success)

@@ -53,6 +53,13 @@ def _attach_ledger(con: duckdb.DuckDBPyConnection, catalog_url: str) -> None:
         con.execute(f"ATTACH {_quote(dsn)} AS medlake_state (TYPE postgres, READ_ONLY)")
     con.execute("CREATE SCHEMA IF NOT EXISTS meta")
     con.execute("CREATE OR REPLACE VIEW meta.files AS SELECT * FROM medlake_state.medlake_files")
+    for view, table in [("quality", "medlake_quality"), ("processed", "medlake_processed")]:
+        exists = con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE database_name = 'medlake_state' AND table_name = ?",
+            [table],
+        ).fetchone()[0]
+        if exists:
+            con.execute(f"CREATE OR REPLACE VIEW meta.{view} AS SELECT * FROM medlake_state.{table}")
 
 
 def connect(lake: Lake) -> duckdb.DuckDBPyConnection:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import pyarrow as pa
@@ -111,6 +112,13 @@ def batch_committed(table: Table, batch_id: str) -> bool:
     )
 
 
+def overwrite(table: Table, rows: pa.Table, overwrite_filter, properties: dict[str, str]) -> None:
+    """`table.overwrite` without pyiceberg's warning when the filter matches nothing (a first load)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Delete operation did not match any records")
+        table.overwrite(rows, overwrite_filter=overwrite_filter, snapshot_properties=properties)
+
+
 def commit_batch(
     table: Table, rows: pa.Table, *, archives: Sequence[str], batch_id: str, replace: bool
 ) -> None:
@@ -123,9 +131,7 @@ def commit_batch(
     for attempt in range(5):
         try:
             if replace:
-                table.overwrite(
-                    rows, overwrite_filter=In("_archive", list(archives)), snapshot_properties=properties
-                )
+                overwrite(table, rows, In("_archive", list(archives)), properties)
             elif len(rows):
                 table.append(rows, snapshot_properties=properties)
             return

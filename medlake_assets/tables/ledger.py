@@ -103,6 +103,21 @@ files = Table(
     Index(f"ix_{TABLE_NAME}_source_day", "source", "landing_day"),
 )
 _RESULT_COLUMNS = ("members", "records", "rejected_records", "rule", "reason", "quarantine_key")
+# Rows rejected (error) or warned per rule and facility, per batch and stage: `medlake quality`, meta.quality.
+quality = Table(
+    "medlake_quality",
+    metadata,
+    Column("source", Text, nullable=False),
+    Column("stage", Text, nullable=False),
+    Column("landing_day", Date, nullable=False),
+    Column("batch_id", Text, nullable=False),
+    Column("facility", Text, nullable=False),
+    Column("rule", Text, nullable=False),
+    Column("severity", Text, nullable=False),
+    Column("rows", BigInteger, nullable=False),
+    Column("recorded_at", UtcDateTime, nullable=False),
+    Index("ix_medlake_quality_source_day", "source", "landing_day"),
+)
 # Which bronze batches a downstream table (e.g. silver.bed_census) has taken in: incremental processing.
 processed = Table(
     "medlake_processed",
@@ -466,6 +481,26 @@ class Ledger:
             for chunk in _chunks(rows, _MAX_ROWS_PER_INSERT):
                 statement = self._insert(processed).values(list(chunk))
                 connection.execute(statement.on_conflict_do_nothing(index_elements=["consumer", "batch_id"]))
+
+    def record_quality(
+        self, source: str, stage: str, landing_day: date, batch_ids: Sequence[str], counts
+    ) -> None:
+        """Replace the counts of these batches and stage with `counts` rows (batch_id, facility, rule,
+        severity, rows): a re-run leaves one set of counts."""
+        now = _now()
+        rows = [
+            {"source": source, "stage": stage, "landing_day": landing_day, "recorded_at": now, **row}
+            for row in counts
+        ]
+        with self._writer.begin() as connection:
+            for chunk in _chunks(list(batch_ids), 500):
+                connection.execute(
+                    quality.delete().where(
+                        quality.c.source == source, quality.c.stage == stage, quality.c.batch_id.in_(chunk)
+                    )
+                )
+            for chunk in _chunks(rows, _MAX_ROWS_PER_INSERT):
+                connection.execute(quality.insert().values(list(chunk)))
 
     def last_loaded_at(self, source: str) -> datetime | None:
         """When a file of the source was last loaded (the freshness check's clock)."""

@@ -1,0 +1,1 @@
+"""Silver tables derived from other silver tables: pure Polars functions, no Dagster."""

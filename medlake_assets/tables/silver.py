@@ -1,0 +1,58 @@
+"""Silver tables: created from the typed schema plus the write mode's columns, partitioned as declared."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyarrow as pa
+from pyiceberg.catalog import Catalog
+from pyiceberg.table import Table
+from pyiceberg.transforms import (
+    BucketTransform,
+    DayTransform,
+    IdentityTransform,
+    MonthTransform,
+    Transform,
+    YearTransform,
+)
+
+from medlake_assets.tables.bronze import TABLE_PROPERTIES
+from medlake_assets.tables.merge import _parse_partition
+
+_TRANSFORMS: dict[str, type[Transform]] = {
+    "identity": IdentityTransform,
+    "day": DayTransform,
+    "month": MonthTransform,
+    "year": YearTransform,
+}
+
+
+def _transform(field: str) -> tuple[str, Transform]:
+    kind, column = _parse_partition(field)
+    if kind == "bucket":
+        buckets = int(field.split("(", 1)[1].split(",", 1)[0])
+        return column, BucketTransform(buckets)
+    return column, _TRANSFORMS[kind]()
+
+
+def ensure_table(catalog: Catalog, identifier: str, schema: pa.Schema, partition_by: Sequence[str]) -> Table:
+    """Create the table from an Arrow schema (all columns optional) and its partition spec, if absent.
+
+    A column added to the metadata later is added to the table (older rows read it as null).
+    """
+    schema = pa.schema([field.with_nullable(True) for field in schema])
+    if not catalog.table_exists(identifier):
+        table = catalog.create_table_if_not_exists(identifier, schema=schema, properties=TABLE_PROPERTIES)
+        if partition_by and not table.spec().fields:
+            with table.update_spec() as update:
+                for field in partition_by:
+                    column, transform = _transform(field)
+                    update.add_field(column, transform, f"{column}_{type(transform).__name__.lower()}")
+        return catalog.load_table(identifier)
+    table = catalog.load_table(identifier)
+    missing = [name for name in schema.names if name not in table.schema().column_names]
+    if missing:
+        with table.update_schema() as update:
+            update.union_by_name(schema)
+        table = catalog.load_table(identifier)
+    return table
