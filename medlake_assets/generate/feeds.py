@@ -3,7 +3,9 @@
 `generate_feeds` plans a day of archives (source, facility, time, packing, target size, and which ones are
 bad on purpose), builds each archive's members, packs it and hands `(key, bytes)` to `put`. It returns a
 manifest that says exactly what a correct pipeline loads and quarantines: archives, members, records (one CSV
-row, one HL7 message, one XML document) and the rule each planned bad file must be reported with.
+row, one HL7 message, one XML document) and the rule each planned bad file must be reported with. Bronze bad
+files are caught while ingesting; silver ones hold one record that bronze loads as text and silver's typing or
+quality gate rejects (`silver_rejected_records`).
 
 Everything derives from `seed` and `day` (no wall clock), so the same arguments give the same archives; the
 one exception is the random ZipCrypto encryption header libarchive writes (see `writers`).
@@ -114,6 +116,10 @@ class BadKind:
     `level` says where the defect is: `landing` (no source claims the key), `archive` (it cannot be opened
     safely), `member` (every member is rejected, so the archive loads nothing) or `record` (one record is
     rejected and the archive loads). Only `record` defects leave the archive loaded.
+
+    `stage` says which stage rejects it: `bronze` (ingestion) or `silver` (a `record` that bronze loads as
+    text and silver's casts or quality gate reject). A kind with `rotate_sources` takes its sources in turn
+    (sorted), so each variant appears; the others keep the archive's drawn source when they apply to it.
     """
 
     name: str
@@ -121,6 +127,8 @@ class BadKind:
     level: Literal["landing", "archive", "member", "record"]
     sources: frozenset[str]
     packings: frozenset[Packing] = frozenset({"aes", "zipcrypto"})
+    stage: Literal["bronze", "silver"] = "bronze"
+    rotate_sources: bool = False
 
     @property
     def expect(self) -> Literal["quarantined", "loaded"]:
@@ -129,10 +137,20 @@ class BadKind:
 
 _ALL = frozenset(SOURCES)
 _ANY_PACKING: frozenset[Packing] = frozenset({"aes", "zipcrypto", "gzip"})
-# Round-robin order: every kind appears once bad_rate x archives >= len(BAD_KINDS). `no_source` comes first so
-# its two variants (unknown folder, `.rar` under a real source) both appear at twice that.
+# Round-robin order: every kind appears once bad_rate x archives >= len(BAD_KINDS). `no_source` and
+# `silver_bad_timestamp` come first so that their two variants (unknown folder or `.rar` under a real source;
+# lab or ADT) both appear once bad_rate x archives >= len(BAD_KINDS) + 2.
 BAD_KINDS: tuple[BadKind, ...] = (
     BadKind("no_source", "landing.no_source", "landing", _ALL, _ANY_PACKING),
+    BadKind(
+        "silver_bad_timestamp",
+        "cast.timestamp",
+        "record",
+        frozenset({LAB, ADT}),
+        _ANY_PACKING,
+        stage="silver",
+        rotate_sources=True,
+    ),
     BadKind("wrong_password", "archive.bad_password", "archive", _ALL),
     BadKind("corrupt_zip", "archive.corrupt", "archive", _ALL),
     BadKind("truncated_zip", "archive.corrupt", "archive", _ALL),
@@ -148,7 +166,32 @@ BAD_KINDS: tuple[BadKind, ...] = (
     BadKind("xml_entity_bomb", "xml.doctype", "record", frozenset({DOC})),
     BadKind("xml_external_entity", "xml.doctype", "record", frozenset({DOC})),
     BadKind("xml_malformed", "xml.malformed", "record", frozenset({DOC})),
+    BadKind("silver_bad_status", "check.allowed:status", "record", frozenset({BED}), _ANY_PACKING, "silver"),
+    BadKind(
+        "silver_bad_result_status",
+        "check.allowed:result_status",
+        "record",
+        frozenset({LAB}),
+        _ANY_PACKING,
+        "silver",
+    ),
+    BadKind(
+        "silver_bad_test_code", "check.regex:test_code", "record", frozenset({LAB}), _ANY_PACKING, "silver"
+    ),
+    BadKind(
+        "silver_missing_required", "check.not_null:bed_id", "record", frozenset({BED}), _ANY_PACKING, "silver"
+    ),
 )
+# What a silver bad kind writes into one CSV row: (column, value). "" is a null token of both CSV sources, so
+# bronze loads a null bed_id and silver's not-null rule on the required column rejects it.
+SILVER_CSV_EDITS: dict[str, tuple[str, str]] = {
+    "silver_bad_status": ("status", "broken"),
+    "silver_bad_result_status": ("result_status", "X"),
+    "silver_bad_test_code": ("test_code", "GLU"),  # a local code where the feed promises LOINC
+    "silver_bad_timestamp": ("result_ts", "2026-13-45T99:00:00"),  # month 13, day 45, hour 99
+    "silver_missing_required": ("bed_id", ""),
+}
+BAD_HL7_TS = "2026BAD"  # MSH-7 of an ADT `silver_bad_timestamp` message: not an HL7 DTM
 
 
 class MissingPasswordError(LookupError):
@@ -174,6 +217,7 @@ class ArchivePlan:
     bad: BadKind | None = None
     occurrence: int = 0  # how many archives of the same bad kind came before this one
     size_scale: float = 1.0
+    since: datetime | None = None  # when the previous archive of the same source and facility was cut
 
     @property
     def stem(self) -> str:
@@ -187,11 +231,13 @@ class ArchivePlan:
 
 @dataclass
 class Payload:
-    """An archive's members before packing, with its good and rejected record counts."""
+    """An archive's members before packing: the records bronze loads, the ones it rejects, and how many of
+    the loaded ones silver rejects."""
 
     members: dict[str, bytes]
     records: int
     rejected: int = 0
+    silver_rejected: int = 0
 
 
 @dataclass
@@ -203,6 +249,7 @@ class Outcome:
     members: int = 0
     records: int = 0
     rejected: int = 0
+    silver_rejected: int = 0
     quarantined: bool = False
     bad: BadKind | None = None
 
@@ -261,19 +308,29 @@ def plan_archives(
     bad_indexes = sorted(rng.sample(range(archives), round(bad_rate * archives)))
     bad_by_index = {index: BAD_KINDS[turn % len(BAD_KINDS)] for turn, index in enumerate(bad_indexes)}
     seen: dict[str, int] = {}
+    last_cut: dict[tuple[str, str], datetime] = {}
     plans = []
     for index in range(archives):
         source, bad = sources[index], bad_by_index.get(index)
         occurrence = 0
         if bad is not None:
-            if source not in bad.sources:
-                source = rng.choice(sorted(bad.sources))
             occurrence = seen.get(bad.name, 0)
             seen[bad.name] = occurrence + 1
+            if bad.rotate_sources:
+                source = sorted(bad.sources)[occurrence % len(bad.sources)]
+            elif source not in bad.sources:
+                source = rng.choice(sorted(bad.sources))
         packing = _packing(rng, source, bad.packings if bad else _ANY_PACKING)
         at = midnight + timedelta(seconds=seconds[index])
+        since = last_cut.get((source, chosen[index].id))
+        if source == BED and since is not None and at <= since < midnight + timedelta(seconds=86_399):
+            # Census windows start at the facility's previous cut, so two cuts need different seconds.
+            at = since + timedelta(seconds=1)
+        last_cut[(source, chosen[index].id)] = at
         plans.append(
-            ArchivePlan(index, source, chosen[index], at, packing, sizes[index], bad, occurrence, size_scale)
+            ArchivePlan(
+                index, source, chosen[index], at, packing, sizes[index], bad, occurrence, size_scale, since
+            )
         )
     return plans
 
@@ -366,11 +423,12 @@ def _csv_member(
     latin1: bool,
     drop: str | None,
     victim: int,
+    edit: tuple[str, str] | None = None,
 ) -> tuple[bytes, int]:
     """Write `rows` as CSV while they are generated (a member may be tens of MB); returns (bytes, rows).
 
-    `drop` leaves a column out of the header and every row; the row numbered `victim` (0-based) gets one
-    field too many.
+    `drop` leaves a column out of the header and every row. The row numbered `victim` (0-based) gets one
+    field too many, or with `edit` = (column, value) that value instead.
     """
     buffer = io.BytesIO()
     if bom and not latin1:
@@ -378,13 +436,17 @@ def _csv_member(
     text = io.TextIOWrapper(buffer, encoding="latin-1" if latin1 else "utf-8", newline="")
     writer = csv.writer(text, lineterminator="\r\n" if crlf else "\n")
     position = header.index(drop) if drop is not None else None
+    edited = header.index(edit[0]) if edit is not None else -1
     writer.writerow([name for name in header if name != drop])
     count = 0
     for count, row in enumerate(rows, start=1):
+        if count - 1 == victim:
+            if edit is None:
+                row.append("unexpected")
+            else:
+                row[edited] = edit[1]
         if position is not None:
             del row[position]
-        if count - 1 == victim:
-            row.append("unexpected")
         writer.writerow(row)
     text.flush()
     data = buffer.getvalue()
@@ -440,30 +502,68 @@ def _lab_rows(
                 when += timedelta(minutes=rng.randint(10, 90))
 
 
-def _bed_rows(rng: random.Random, plan: ArchivePlan, budget: int, latin1: bool) -> Iterator[list[str]]:
-    """A full census of every bed, then status changes up to the archive's time until `budget` is reached."""
+def _census_window(plan: ArchivePlan, budget: int) -> tuple[datetime, datetime]:
+    """[start, end) of the changes a census archive reports: about 20 s a row (15 min to 23 h), starting no
+    earlier than the facility's previous census archive, so two archives never report the same bed at the
+    same moment (an upsert batch must not hold two different rows for one key and time)."""
+    span = timedelta(seconds=min(max(budget // 62 * 20, 900), 23 * 3600))
+    start = plan.at - span
+    if plan.since is not None and start < plan.since < plan.at:
+        start = plan.since
+    return start, plan.at
+
+
+# Timestamp steps, coarsest first: a census member writes whole seconds unless its rows are denser than that.
+_STEPS = (
+    (timedelta(seconds=1), "seconds"),
+    (timedelta(milliseconds=1), "milliseconds"),
+    (timedelta(microseconds=1), "microseconds"),
+)
+
+
+def _grid(start: datetime, end: datetime, changes: int) -> tuple[datetime, timedelta, int, str]:
+    """(first moment, step, steps that fit before `end`, isoformat timespec) of the coarsest step that gives
+    a census and `changes` later rows a moment each; the first moment is `start` rounded up to a step."""
+    for step, spec in _STEPS:
+        first = start + (-(start - datetime.min) % step)
+        slots = (end - first) // step
+        if slots > changes:
+            return first, step, slots, spec
+    return first, step, slots, spec  # an absurdly dense member: moments repeat rather than fail
+
+
+def _bed_rows(
+    rng: random.Random, plan: ArchivePlan, budget: int, latin1: bool, window: tuple[datetime, datetime]
+) -> Iterator[list[str]]:
+    """A full census of every bed at the window's start, then status changes inside it until `budget`.
+
+    Every row has its own moment (the census aside, where every bed differs), strictly before the window's
+    end: (bed, updated_at) never repeats within an archive or across the facility's archives.
+    """
     facility = plan.facility
     beds = []
     for position, (unit, count) in enumerate(facility.units):
         name = values.LATIN1_UNITS[position % len(values.LATIN1_UNITS)] if latin1 else unit
         beds += [(name, f"{unit}-{100 + bed // 2}{'AB'[bed % 2]}") for bed in range(count)]
-    expected_rows = max(len(beds) + 1, budget // 62)
-    span = min(max(expected_rows * 20, 900), 23 * 3600)
-    start = plan.at - timedelta(seconds=span)
-    step = span / (expected_rows - len(beds))
-    size = changes = 0
-    while size < budget or changes < len(beds) + MIN_CSV_ROWS:
-        if changes < len(beds):
-            (unit, bed), moment = beds[changes], start
-        else:
-            offset = round((changes - len(beds) + 1) * step)
-            (unit, bed), moment = rng.choice(beds), min(start + timedelta(seconds=offset), plan.at)
-        changes += 1
+
+    def row(unit: str, bed: str) -> list[str]:
         status = rng.choices(values.BED_STATUSES, cum_weights=_BED_STATUS_CUMULATIVE)[0]
         patient = _patient_id(rng, facility) if status == "occupied" else ""
-        row = [facility.id, unit, bed, status, patient, _iso(moment)]
-        size += sum(map(len, row)) + 6
-        yield row
+        return [facility.id, unit, bed, status, patient, ""]
+
+    census = [row(unit, bed) for unit, bed in beds]
+    census_bytes = sum(sum(map(len, fields)) + 25 for fields in census)  # + separators and a timestamp
+    changes = max(MIN_CSV_ROWS, -(-(budget - census_bytes) * len(census) // census_bytes))
+    first, step, slots, spec = _grid(*window, changes)
+    stamp = first.isoformat(timespec=spec)
+    for fields in census:
+        fields[5] = stamp
+        yield fields
+    for change in range(1, changes + 1):
+        fields = row(*rng.choice(beds))
+        # With slots > changes these are strictly increasing, above the census and below `end`.
+        fields[5] = (first + step * (change * slots // (changes + 1))).isoformat(timespec=spec)
+        yield fields
 
 
 def _member_count(rng_choice: int, budget: int, member_cap: int) -> int:
@@ -478,21 +578,30 @@ def _csv_payload(rng: random.Random, plan: ArchivePlan, budget: int, member_cap:
     else:
         count = _member_count(rng.choices((1, 2, 3), weights=(6, 2.5, 1.5))[0], budget, member_cap)
     drop = DROPPED_COLUMN[plan.source] if bad == "csv_missing_column" else None
+    edit = SILVER_CSV_EDITS.get(bad) if bad else None
+    # Census members cover consecutive parts of the archive's window, each starting with a full census.
+    start, end = _census_window(plan, budget)
+    bounds = [start + (end - start) * part / count for part in range(count + 1)]
     members, records, rejected = {}, 0, 0
     for number, share in enumerate(_split(budget, count), start=1):
         latin1 = rng.random() < 0.08
         if plan.source == LAB:
             header, rows = LAB_HEADER, _lab_rows(rng, plan, number, share, latin1)
         else:
-            header, rows = BED_HEADER, _bed_rows(rng, plan, share, latin1)
+            window = (bounds[number - 1], bounds[number])
+            header, rows = BED_HEADER, _bed_rows(rng, plan, share, latin1, window)
         crlf, bom = rng.random() < 0.25, rng.random() < 0.10
-        # One row of the first member gets an extra field: a field count the header does not allow.
-        victim = rng.randrange(MIN_CSV_ROWS) if bad == "csv_bad_row" and number == 1 else -1
-        data, written = _csv_member(header, rows, crlf=crlf, bom=bom, latin1=latin1, drop=drop, victim=victim)
+        # One row of the first member gets an extra field (a field count the header does not allow), or for a
+        # silver kind one value that bronze keeps as text and silver rejects.
+        planted = bad == "csv_bad_row" or edit is not None
+        victim = rng.randrange(MIN_CSV_ROWS) if planted and number == 1 else -1
+        data, written = _csv_member(
+            header, rows, crlf=crlf, bom=bom, latin1=latin1, drop=drop, victim=victim, edit=edit
+        )
         members[f"{plan.stem}_{number}.csv"] = data
-        records += written - (victim >= 0)
-        rejected += victim >= 0
-    return Payload(members, 0 if drop else records, rejected)
+        records += written - (victim >= 0 and edit is None)
+        rejected += victim >= 0 and edit is None
+    return Payload(members, 0 if drop else records, rejected, 1 if edit is not None else 0)
 
 
 # ------------------------------------------------------------------------------------------------------ HL7
@@ -640,15 +749,20 @@ def _adt_member(
         events += visit_events
         size += 700 * len(visit_events)  # a rendered message is about 700 characters
     events.sort(key=lambda event: event.at)
-    broken = rng.randrange(len(events)) if bad == "hl7_bad_message" and number == 1 else -1
+    planted = bad in {"hl7_bad_message", "silver_bad_timestamp"}
+    broken = rng.randrange(len(events)) if planted and number == 1 else -1
     segments: list[str] = []
     for ordinal, event in enumerate(events, start=1):
         control_id = f"{plan.facility.id}{plan.index:05d}{number:02d}{ordinal:06d}"
         message = _adt_segments(
             event, plan, control_id, charset, app, zpv=rng.random() < 0.2, msh=bad != "hl7_no_msh"
         )
-        if ordinal - 1 == broken:
+        if ordinal - 1 == broken and bad == "hl7_bad_message":
             message[0] = "MSH|"  # no MSH-2 delimiters, no MSH-9 type, no MSH-10 control id
+        elif ordinal - 1 == broken:
+            fields = message[0].split("|")
+            fields[6] = BAD_HL7_TS  # MSH-7 (fields[0] is the name, fields[1] MSH-2: MSH-1 is the separator)
+            message[0] = "|".join(fields)
         segments += message
     if envelope:
         head = f"|^~\\&|{app}|{plan.facility.id}|MEDLAKE|MEDLAKE|{_hl7_ts(plan.at)}"
@@ -658,7 +772,7 @@ def _adt_member(
     else:
         terminator = {"cr": "\r", "lf": "\n", "crlf": "\r\n"}[style]
         text = terminator.join(segments) + terminator
-    good = 0 if bad == "hl7_no_msh" else len(events) - (broken >= 0)
+    good = 0 if bad == "hl7_no_msh" else len(events) - (broken >= 0 and bad == "hl7_bad_message")
     return text.encode("latin-1" if latin1 else "utf-8"), good
 
 
@@ -670,7 +784,7 @@ def _adt_payload(rng: random.Random, plan: ArchivePlan, budget: int, member_cap:
         data, good = _adt_member(rng, plan, number, share, bad)
         members[f"{plan.stem}_{number}.txt"] = data
         records += good
-    return Payload(members, records, 1 if bad == "hl7_bad_message" else 0)
+    return Payload(members, records, int(bad == "hl7_bad_message"), int(bad == "silver_bad_timestamp"))
 
 
 # ------------------------------------------------------------------------------------------------------ C-CDA
@@ -958,6 +1072,7 @@ def build_archive(
         len(payload.members),
         payload.records,
         payload.rejected,
+        payload.silver_rejected,
         bad=bad,
     )
 
@@ -973,6 +1088,7 @@ def _empty_counts() -> dict[str, int]:
         "members",
         "records",
         "rejected_records",
+        "silver_rejected_records",
         "bytes",
     )
     return dict.fromkeys(keys, 0)
@@ -1028,6 +1144,7 @@ def generate_feeds(
             "members": outcome.members,
             "records": outcome.records,
             "rejected_records": outcome.rejected,
+            "silver_rejected_records": outcome.silver_rejected,
             "bytes": len(outcome.data),
         }
         for counts in ([per_source[outcome.source]] if outcome.source else []) + [totals]:
@@ -1044,6 +1161,7 @@ def generate_feeds(
                 "members": outcome.members,
                 "records": outcome.records,
                 "rejected_records": outcome.rejected,
+                "silver_rejected_records": outcome.silver_rejected,
                 "expect": expect,
                 "bad": outcome.bad.name if outcome.bad else None,
             }
@@ -1054,9 +1172,13 @@ def generate_feeds(
                     "key": outcome.key,
                     "source": outcome.source,
                     "kind": outcome.bad.name,
+                    "stage": outcome.bad.stage,
                     "rule": outcome.bad.rule,
                     "expect": expect,
-                    "rejected_records": outcome.rejected,
+                    # The records rejected at `stage`: bronze's quarantine rows, or silver's.
+                    "rejected_records": outcome.silver_rejected
+                    if outcome.bad.stage == "silver"
+                    else outcome.rejected,
                 }
             )
     totals["bad_files"] = len(bad_files)

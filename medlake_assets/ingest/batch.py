@@ -13,6 +13,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from pyiceberg.expressions import EqualTo
+
 from medlake_assets.ingest.landing import quarantine_original
 from medlake_assets.ingest.pipeline import (
     ArchiveContext,
@@ -111,6 +113,7 @@ def load_batch(
         archives=keys,
         batch_id=batch_id,
         replace=replace,
+        scope=EqualTo("stage", "bronze"),  # silver-stage rejects of these archives are silver's to replace
     )
 
     report = BatchReport(batch_id=batch_id, source=spec.name, archives=len(files))

@@ -136,7 +136,8 @@ def load_silver(lake: Lake, spec: SourceSpec, day: date, *, full: bool = False) 
     overwrite(
         rejects_table,
         quarantine.select(target.names).to_arrow().cast(target),
-        And(EqualTo("stage", "silver"), In("_batch", todo)),
+        # Every earlier silver reject of these archives: a bronze backfill gives them new batch ids.
+        And(EqualTo("stage", "silver"), In("_archive", rows.get_column("_archive").unique().to_list())),
         properties,
     )
     if report.error_rate > report.threshold:

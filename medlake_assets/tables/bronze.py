@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException
-from pyiceberg.expressions import In
+from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, In
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
@@ -48,6 +48,7 @@ QUARANTINE_FIELDS: list[tuple[str, IcebergType]] = [
     ("raw", StringType()),
 ]
 BATCH_PROPERTY = "medlake.batch"
+ALL_ROWS = AlwaysTrue()
 TABLE_PROPERTIES = {
     "write.parquet.compression-codec": "zstd",
     # Full (untruncated) bounds on `_archive` let an overwrite skip files that cannot hold a batch's archives.
@@ -120,18 +121,25 @@ def overwrite(table: Table, rows: pa.Table, overwrite_filter, properties: dict[s
 
 
 def commit_batch(
-    table: Table, rows: pa.Table, *, archives: Sequence[str], batch_id: str, replace: bool
+    table: Table,
+    rows: pa.Table,
+    *,
+    archives: Sequence[str],
+    batch_id: str,
+    replace: bool,
+    scope: BooleanExpression = ALL_ROWS,
 ) -> None:
     """Write a batch's rows in one Iceberg commit.
 
-    `replace` overwrites exactly the rows of `archives` (a retry, a backfill, or a crash after an earlier
-    commit); otherwise the rows are appended, which skips reading existing files on the common first load.
+    `replace` overwrites exactly the rows of `archives` within `scope` (a retry, a backfill, or a crash
+    after an earlier commit); otherwise the rows are appended, which skips reading existing files on the
+    common first load.
     """
     properties = {BATCH_PROPERTY: batch_id}
     for attempt in range(5):
         try:
             if replace:
-                overwrite(table, rows, In("_archive", list(archives)), properties)
+                overwrite(table, rows, And(scope, In("_archive", list(archives))), properties)
             elif len(rows):
                 table.append(rows, snapshot_properties=properties)
             return

@@ -126,7 +126,8 @@ def apply_types(frame: pl.DataFrame, spec: SourceSpec) -> TypedBatch:
     if missing:
         raise ValueError(f"source {spec.name}: the frame lacks declared columns {missing}")
     plans = [_plan_column(column, spec) for column in spec.columns]
-    lazy = frame.lazy().with_row_index(_ROW)
+    # One chunk per column: Polars 1.44 can panic evaluating these expressions over multi-chunk frames.
+    lazy = frame.rechunk().lazy().with_row_index(_ROW)
     # Step k of every column in one `with_columns`, so Polars runs the columns in parallel.
     for depth in range(max((len(plan.steps) for plan in plans), default=0)):
         lazy = lazy.with_columns(

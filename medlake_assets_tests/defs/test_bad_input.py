@@ -57,7 +57,7 @@ def test_bad_kind_is_quarantined_with_reason_and_batch_still_loads(bad_lake, kin
     for bad in cases:
         row = ledger[bad["key"]]
         if bad.get("stage") == "silver":
-            # Passes bronze, fails a silver rule: that row is held in quarantine with its rule, the rest lands.
+            # Passes bronze, fails a silver rule: that row is quarantined with its rule, the rest lands.
             assert (row["status"], row["rule"]) == ("loaded", None)
             rejects = table_rows(lake, f"quarantine.{bad['source']}").to_pylist()
             mine = [r for r in rejects if r["_archive"] == bad["key"] and r["stage"] == "silver"]

@@ -44,7 +44,9 @@ def assert_lake_matches_manifest(lake, manifest) -> None:
         assert len(set(keys)) == len(keys), f"{source}: duplicate records"
         rejected = table_rows(lake, f"quarantine.{source}").to_pylist()
         assert sum(row["stage"] == "bronze" for row in rejected) == expected["rejected_records"], source
-        silver_rejected = {(r["_archive"], r["_member"], r["_record"]) for r in rejected if r["stage"] == "silver"}
+        silver_rejected = {
+            (r["_archive"], r["_member"], r["_record"]) for r in rejected if r["stage"] == "silver"
+        }
         assert len(silver_rejected) == expected.get("silver_rejected_records", 0), source
         rows = [row for row in ledger.values() if row["source"] == source]
         assert sum(row["status"] == "loaded" for row in rows) == expected["archives_loaded"], source
@@ -53,7 +55,9 @@ def assert_lake_matches_manifest(lake, manifest) -> None:
     for bad in manifest["bad_files"]:
         if bad.get("stage") == "silver":
             rows = table_rows(lake, f"quarantine.{bad['source']}").to_pylist()
-            assert bad["rule"] in {r["rule"] for r in rows if r["_archive"] == bad["key"] and r["stage"] == "silver"}
+            assert bad["rule"] in {
+                r["rule"] for r in rows if r["_archive"] == bad["key"] and r["stage"] == "silver"
+            }
             continue
         row = ledger[bad["key"]]
         assert row["status"] == bad["expect"], bad

@@ -1,7 +1,8 @@
 """The synthetic feed generator: archive writers, reproducibility, exact manifest counts, planned bad files.
 
 Counts are checked against an independent reading of the archives (pyzipper, gzip, the csv module, raw MSH
-lines, lxml), never against the generator's own bookkeeping.
+lines, lxml), never against the generator's own bookkeeping. Silver-level bad records are also run through
+the real silver typing and quality gate, which must reject exactly the planted rows with the manifest's rule.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import struct
 import zipfile
 import zlib
 from collections import Counter
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
+import polars as pl
 import pytest
 import pyzipper
 from lxml import etree
@@ -38,7 +40,9 @@ from medlake_assets.generate.writers import (
     zip_with_raw_names,
     zip_zipcrypto,
 )
+from medlake_assets.quality.gate import evaluate
 from medlake_assets.spec import SourceSpec
+from medlake_assets.transforms.typed import apply_types
 
 DAY = date(2026, 11, 26)
 PASSWORD = "synthetic-Pa55"
@@ -63,8 +67,27 @@ EXPECTED_RULES = {
     "xml_entity_bomb": "xml.doctype",
     "xml_external_entity": "xml.doctype",
     "xml_malformed": "xml.malformed",
+    "silver_bad_status": "check.allowed:status",
+    "silver_bad_result_status": "check.allowed:result_status",
+    "silver_bad_test_code": "check.regex:test_code",
+    "silver_bad_timestamp": "cast.timestamp",
+    "silver_missing_required": "check.not_null:bed_id",
 }
 RECORD_LEVEL = {"csv_bad_row", "hl7_bad_message", "xml_entity_bomb", "xml_external_entity", "xml_malformed"}
+SILVER_KINDS = {name for name in EXPECTED_RULES if name.startswith("silver_")}
+# What silver accepts, written out here rather than read from the generator or the metadata.
+BED_STATUSES = {"occupied", "available", "cleaning", "blocked"}
+LOINC = re.compile(r"\d{1,7}-\d")
+HL7_TS = re.compile(rb"\d{4}(\d{2}){0,5}(\.\d{1,4})?([+-]\d{4})?")
+LINEAGE = {
+    "_archive": pl.String(),
+    "_member": pl.String(),
+    "_record": pl.Int64(),
+    "_facility": pl.String(),
+    "_landing_day": pl.Date(),
+    "_ingested_at": pl.Datetime("us", "UTC"),
+    "_batch": pl.String(),
+}
 
 
 def generate(**kwargs) -> tuple[dict, dict[str, bytes]]:
@@ -134,6 +157,84 @@ def parse_xml(data: bytes) -> etree._Element | None:
         )
     except etree.XMLSyntaxError:
         return None
+
+
+def csv_rows(data: bytes) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(decode(data), newline="")))
+
+
+def is_iso(text: str) -> bool:
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
+def silver_rejects(row: dict[str, str]) -> bool:
+    """Whether silver must reject a well-formed CSV row: the checks, written out independently."""
+    if "bed_id" in row:
+        return (
+            not row["bed_id"]
+            or row["status"].strip().lower() not in BED_STATUSES
+            or not is_iso(row["updated_at"])
+        )
+    return (
+        row["result_status"].strip().upper() not in {"P", "F", "C"}
+        or not LOINC.fullmatch(row["test_code"])
+        or not is_iso(row["result_ts"])
+    )
+
+
+def msh_headers(data: bytes) -> list[list[bytes]]:
+    return [line.split(b"|") for line in hl7_lines(data) if line.startswith(b"MSH|^~\\&|")]
+
+
+def count_silver(source: str, members: dict[str, bytes]) -> int:
+    """Records bronze loads and silver must reject (bad values in well-formed records)."""
+    bad = 0
+    for data in members.values():
+        if source in {"lab_results", "bed_census"}:
+            header = next(csv.reader(io.StringIO(decode(data), newline="")))
+            bad += sum(len(row) == len(header) and silver_rejects(row) for row in csv_rows(data))
+        elif source == "adt_events":
+            bad += sum(not HL7_TS.fullmatch(fields[6]) for fields in msh_headers(data) if len(fields) > 9)
+    return bad
+
+
+def bronze_frame(source: str, members: dict[str, bytes], spec: SourceSpec) -> pl.DataFrame:
+    """The well-formed records of an archive as bronze holds them: strings, "" as null, lineage columns."""
+    rows: list[dict[str, str | None]] = []
+    for name, data in members.items():
+        if source == "adt_events":
+            records = [
+                {
+                    "message_control_id": fields[9].decode(),
+                    "message_type": fields[8].split(b"^")[0].decode(),
+                    "trigger_event": fields[8].split(b"^")[1].decode(),
+                    "message_ts": fields[6].decode(),
+                    "patient_id": "P",
+                }
+                for fields in msh_headers(data)
+            ]
+        else:
+            width = len(next(csv.reader(io.StringIO(decode(data), newline=""))))
+            records = [row for row in csv_rows(data) if None not in row and len(row) == width]
+        for ordinal, record in enumerate(records, start=1):
+            rows.append({**record, "_archive": "a", "_member": name, "_record": ordinal, "_facility": "F"})
+    schema = dict.fromkeys(spec.column_names(), pl.String()) | LINEAGE
+    # Every column built from the rows themselves (no broadcast literals), as a table scan gives them.
+    frame = pl.DataFrame([{name: row.get(name) for name in schema} for row in rows], schema=schema)
+    return frame.with_columns(pl.col(spec.column_names()).replace("", None))
+
+
+def silver_rules(frame: pl.DataFrame, spec: SourceSpec) -> list[str]:
+    """The rule of every row silver rejects, as silver.load routes them: a failed cast, else the gate."""
+    typed = apply_types(frame, spec)
+    cast_failed = typed.failures["_row"].unique()
+    clean = typed.frame.with_row_index("_row").filter(~pl.col("_row").is_in(cast_failed.implode()))
+    gate = evaluate(clean.drop("_row"), spec)
+    return sorted([*typed.failures["rule"], *gate.rejected["rule"]])
 
 
 def count_records(source: str, members: dict[str, bytes]) -> tuple[int, int]:
@@ -304,13 +405,27 @@ def test_manifest_counts_equal_an_independent_count(with_bad_files: tuple[dict, 
             continue
         members = unpack(entry["key"], store[entry["key"]])
         good, bad = count_records(entry["source"], members)
-        assert (good, bad) == (entry["records"], entry["rejected_records"]), entry["key"]
-        counts.update(archives_loaded=1, members=len(members), records=good, rejected_records=bad)
+        silver = count_silver(entry["source"], members)
+        assert (good, bad, silver) == (
+            entry["records"],
+            entry["rejected_records"],
+            entry["silver_rejected_records"],
+        ), entry["key"]
+        counts.update(
+            archives_loaded=1,
+            members=len(members),
+            records=good,
+            rejected_records=bad,
+            silver_rejected_records=silver,
+        )
     for source, counts in manifest["sources"].items():
         assert counts == {name: expected[source][name] for name in counts}, source
     totals = manifest["totals"]
     assert totals["archives"] == 60 == len(store)
-    assert totals["records"] == sum(counts["records"] for counts in manifest["sources"].values())
+    for name in ("records", "rejected_records", "silver_rejected_records"):
+        assert totals[name] == sum(counts[name] for counts in manifest["sources"].values()), name
+    silver_files = [item for item in manifest["bad_files"] if item["stage"] == "silver"]
+    assert totals["silver_rejected_records"] == len(silver_files) > 0
     assert totals["bytes"] == sum(map(len, store.values()))
     assert json.loads(json.dumps(manifest)) == manifest
 
@@ -324,7 +439,8 @@ def test_clean_counts_are_exact_and_awkward_variations_are_present(
     for entry in manifest["archives"]:
         members = unpack(entry["key"], store[entry["key"]])
         good, bad = count_records(entry["source"], members)
-        assert bad == 0
+        assert (bad, count_silver(entry["source"], members)) == (0, 0)
+        assert entry["silver_rejected_records"] == 0
         records[entry["source"]] += good
         for data in members.values():
             seen["bom"] += data.startswith(b"\xef\xbb\xbf")
@@ -355,9 +471,28 @@ def test_every_bad_kind_appears_and_is_really_bad(
     for item in bad_files:
         key, kind, data = item["key"], item["kind"], store[item["key"]]
         assert item["rule"] == EXPECTED_RULES[kind]
-        assert item["expect"] == ("loaded" if kind in RECORD_LEVEL else "quarantined")
-        assert item["rejected_records"] == (1 if kind in RECORD_LEVEL else 0)
-        if kind == "no_source":
+        assert item["stage"] == ("silver" if kind in SILVER_KINDS else "bronze")
+        assert item["expect"] == ("loaded" if kind in RECORD_LEVEL | SILVER_KINDS else "quarantined")
+        assert item["rejected_records"] == (1 if kind in RECORD_LEVEL | SILVER_KINDS else 0)
+        if kind in SILVER_KINDS:
+            members = unpack(key, data)
+            # Bronze loads every record of it; silver rejects exactly one.
+            assert count_records(item["source"], members)[1] == 0
+            assert count_silver(item["source"], members) == 1
+            planted = {
+                "silver_bad_status": ("status", "broken"),
+                "silver_bad_result_status": ("result_status", "X"),
+                "silver_bad_test_code": ("test_code", "GLU"),
+                "silver_bad_timestamp": ("result_ts", "2026-13-45T99:00:00"),
+                "silver_missing_required": ("bed_id", ""),
+            }[kind]
+            if item["source"] == "adt_events":
+                stamps = [fields[6] for member in members.values() for fields in msh_headers(member)]
+                assert stamps.count(b"2026BAD") == 1
+            else:
+                values = [row[planted[0]] for member in members.values() for row in csv_rows(member)]
+                assert values.count(planted[1]) == 1
+        elif kind == "no_source":
             assert item["source"] is None
             assert not any(spec.landing.key_regex.match(key) for spec in sources.values())
         elif kind == "wrong_password":
@@ -402,9 +537,59 @@ def test_every_bad_kind_appears_and_is_really_bad(
                 assert b"<!DOCTYPE" not in bad_xml[0] and not bad_xml[0].rstrip().endswith(
                     b"</ClinicalDocument>"
                 )
+    timestamp_sources = {item["source"] for item in bad_files if item["kind"] == "silver_bad_timestamp"}
+    assert timestamp_sources == {"adt_events", "lab_results"}
     no_source_keys = [item["key"] for item in bad_files if item["kind"] == "no_source"]
     assert any(key.startswith("landing/unknown_feed/") for key in no_source_keys)
     assert any(key.startswith("landing/") and key.endswith(".rar") for key in no_source_keys)
+
+
+def test_silver_rejects_exactly_the_planted_records_with_their_rule(
+    with_bad_files: tuple[dict, dict[str, bytes]], sources: dict[str, SourceSpec]
+) -> None:
+    manifest, store = with_bad_files
+    rules: dict[str, list[str]] = {source: [] for source in manifest["sources"]}
+    frames: dict[str, list[pl.DataFrame]] = {source: [] for source in manifest["sources"]}
+    for entry in manifest["archives"]:
+        source = entry["source"]
+        if entry["expect"] == "loaded" and source != "patient_documents":
+            frame = bronze_frame(source, unpack(entry["key"], store[entry["key"]]), sources[source])
+            found = silver_rules(frame, sources[source])
+            assert len(found) == entry["silver_rejected_records"], entry["key"]
+            assert found == ([EXPECTED_RULES[entry["bad"]]] if found else []), entry["key"]
+            rules[source] += found
+            frames[source].append(frame.with_columns(pl.lit(entry["key"]).alias("_archive")))
+    planted = {source: [] for source in manifest["sources"]}
+    for item in manifest["bad_files"]:
+        if item["stage"] == "silver":
+            planted[item["source"]].append(item["rule"])
+    for source in ("adt_events", "lab_results", "bed_census"):
+        assert sorted(rules[source]) == sorted(planted[source]), source
+        assert len(rules[source]) == manifest["sources"][source]["silver_rejected_records"]
+        # The whole day as one batch: no conflicts between archives either (e.g. upsert keys).
+        # One chunk, as silver's `pl.from_arrow` scan gives it.
+        day = pl.concat(frames[source], how="diagonal_relaxed", rechunk=True)
+        assert silver_rules(day, sources[source]) == sorted(planted[source]), source
+
+
+def test_good_upsert_keys_never_conflict_within_a_day(clean: tuple[dict, dict[str, bytes]]) -> None:
+    """Two rows with the same key and version but different values would make an upsert batch ambiguous."""
+    manifest, store = clean
+    keys = {
+        "bed_census": ("facility_id", "bed_id", "updated_at"),
+        "lab_results": ("facility_id", "order_id", "test_code", "result_ts", "result_status"),
+    }
+    seen: dict[tuple, dict[str, str]] = {}
+    checked = Counter()
+    for entry in manifest["archives"]:
+        if entry["source"] not in keys:
+            continue
+        for data in unpack(entry["key"], store[entry["key"]]).values():
+            for row in csv_rows(data):
+                key = (entry["source"], *(row[name] for name in keys[entry["source"]]))
+                assert seen.setdefault(key, row) == row, key
+                checked[entry["source"]] += 1
+    assert checked == {source: manifest["sources"][source]["records"] for source in keys}
 
 
 def test_per_facility_password_overrides_the_shared_one() -> None:
