@@ -50,6 +50,9 @@ class IngestBenchmark:
     runs: int
     parse_peak_rss_mb: float
     pipeline_peak_rss_mb: float
+    silver_seconds: float
+    silver_runs: int
+    silver_peak_rss_mb: float
 
     @property
     def ratio(self) -> float:
@@ -91,6 +94,11 @@ class IngestBenchmark:
                 f"{self.parse_seconds / self.parallel_floor_seconds:.2f}",
             ),
             ("hours of production traffic per wall-clock hour", f"{self.production_hours_per_hour:.1f}"),
+            (
+                "then silver: type, check, merge the whole day (not in the ratios)",
+                f"{self.silver_seconds:.2f} s in {self.silver_runs} runs, "
+                f"peak RSS {self.silver_peak_rss_mb:.0f} MB",
+            ),
         ]
         for name, value in rows:
             table.add_row(name, value)
@@ -176,7 +184,7 @@ def run_ingest_benchmark(
     from medlake_assets.config import load_settings
     from medlake_assets.definitions import build_definitions
     from medlake_assets.defs.resources import LakeResource
-    from medlake_assets.defs.runner import ingest_once
+    from medlake_assets.defs.runner import IngestSummary, ingest_once, refine
     from medlake_assets.ingest.landing import route
     from medlake_assets.ingest.objectstore import LocalObjectStore
     from medlake_assets.ingest.pipeline import ArchiveContext, ArchiveWork, ingest_workers, process_archives
@@ -243,8 +251,18 @@ def run_ingest_benchmark(
     ):
         started = time.perf_counter()
         with console.status("ingesting through the Dagster sensors and runs"):
-            summary = ingest_once(defs, instance, lake)
+            summary = ingest_once(defs, instance, lake, refine_silver=False)
         pipeline_seconds = time.perf_counter() - started
+    with (
+        tempfile.TemporaryDirectory() as dagster_home,
+        dg.DagsterInstance.local_temp(dagster_home) as instance,
+        _PeakRss().watch() as silver_rss,
+    ):
+        started = time.perf_counter()
+        with console.status("bringing silver up to date"):
+            silver = IngestSummary()
+            refine(defs, instance, lake, silver)
+        silver_seconds = time.perf_counter() - started
     return IngestBenchmark(
         archives=len(files),
         members=members,
@@ -258,4 +276,7 @@ def run_ingest_benchmark(
         runs=summary.runs,
         parse_peak_rss_mb=parse_rss.megabytes,
         pipeline_peak_rss_mb=pipeline_rss.megabytes,
+        silver_seconds=silver_seconds,
+        silver_runs=silver.runs,
+        silver_peak_rss_mb=silver_rss.megabytes,
     )

@@ -51,6 +51,7 @@ def ingest_once(
     *,
     on_run: RunCallback | None = None,
     max_ticks: int = 1000,
+    refine_silver: bool = True,
 ) -> IngestSummary:
     """Tick every landing sensor until none requests a run, executing each requested run in process.
 
@@ -92,7 +93,8 @@ def ingest_once(
                 summary.sensors[sensor_def.name] = summary.sensors.get(sensor_def.name, 0) + 1
                 if on_run:
                     on_run(sensor_def.name, request, outcome.success)
-    refine(defs, instance, lake, summary, on_run)
+    if refine_silver:
+        refine(defs, instance, lake, summary, on_run)
     summary.seconds = time.perf_counter() - started
     return summary
 
