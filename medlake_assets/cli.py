@@ -23,7 +23,7 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Benchmarks on production-shaped data.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
-console = Console(stderr=True)
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 
 
 def _dagster_instance():
@@ -186,11 +186,17 @@ def quality(
         filters.append("landing_day = ?")
         params.append(date.fromisoformat(day))
     where = f"WHERE {' AND '.join(filters)}" if filters else ""
+    present = {
+        name
+        for (name,) in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'quarantine'"
+        ).fetchall()
+    }
     bronze = " UNION ALL ".join(
         f"SELECT '{name}' AS source, 'bronze' AS stage, _landing_day AS landing_day, _facility AS facility, "
         f"rule, 'error' AS severity, count(*) AS rows FROM quarantine.{name} "
         "WHERE stage = 'bronze' GROUP BY ALL"
-        for name in lake.sources
+        for name in sorted(present & set(lake.sources))
     )
     silver = (
         "SELECT source, stage, landing_day, facility, rule, severity, sum(rows) AS rows "
@@ -199,7 +205,11 @@ def quality(
     has_silver = con.execute(
         "SELECT count(*) FROM duckdb_views() WHERE schema_name = 'meta' AND view_name = 'quality'"
     )
-    union = f"{bronze} UNION ALL {silver}" if has_silver.fetchone()[0] else bronze
+    parts = [part for part in (bronze, silver if has_silver.fetchone()[0] else "") if part]
+    if not parts:
+        console.print("nothing ingested yet")
+        return
+    union = " UNION ALL ".join(parts)
     rows = con.execute(
         f"""
         SELECT source, facility, stage, rule,

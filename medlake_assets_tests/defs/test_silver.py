@@ -137,3 +137,19 @@ def test_batch_over_threshold_is_held_back(tmp_path, archive_password):
     assert {row["rule"] for row in rejects} == {"cast.timestamp"}
     assert all(row["stage"] == "silver" and "2026BAD" not in row["reason"] for row in rejects)
     assert lake.ledger.processed_batches("silver.adt_events", DAY) == set()
+
+    # `medlake quality` shows the held-back rows per facility and rule.
+    from typer.testing import CliRunner
+
+    from medlake_assets.cli import app
+
+    shown = CliRunner().invoke(app, ["quality", "--source", "adt_events"], env={"MEDLAKE_HOME": str(home)})
+    assert shown.exit_code == 0, shown.output
+    line = next(line for line in shown.output.splitlines() if "cast.timestamp" in line)
+    assert line.split("│")[1:6] == [
+        " adt_events ",
+        " F1       ",
+        " silver ",
+        " cast.timestamp ",
+        "       10 ",
+    ]
