@@ -81,18 +81,7 @@ def ingest_once(
                 break
             for request in requests:
                 job = defs.resolve_job_def(request.job_name or sensor_def.job_name)
-                outcome = job.execute_in_process(
-                    run_config=request.run_config,
-                    instance=instance,
-                    partition_key=request.partition_key,
-                    tags={**request.tags, RUNNER_PID_TAG: str(os.getpid())},
-                    raise_on_error=False,
-                )
-                summary.runs += 1
-                summary.failed_runs += 0 if outcome.success else 1
-                summary.sensors[sensor_def.name] = summary.sensors.get(sensor_def.name, 0) + 1
-                if on_run:
-                    on_run(sensor_def.name, request, outcome.success)
+                _execute(job, request, instance, summary, on_run, label=sensor_def.name)
     if refine_silver:
         refine(defs, instance, lake, summary, on_run)
     summary.seconds = time.perf_counter() - started
@@ -120,13 +109,28 @@ def refine(
         job = defs.resolve_job_def(refine_job_name(spec))
         for day in days:
             request = dg.RunRequest(partition_key=day.isoformat(), tags={"medlake/source": spec.name})
-            outcome = job.execute_in_process(
-                instance=instance,
-                partition_key=request.partition_key,
-                tags={**request.tags, RUNNER_PID_TAG: str(os.getpid())},
-                raise_on_error=False,
-            )
-            summary.runs += 1
-            summary.failed_runs += 0 if outcome.success else 1
-            if on_run:
-                on_run(job.name, request, outcome.success)
+            _execute(job, request, instance, summary, on_run, label=job.name)
+
+
+def _execute(
+    job: dg.JobDefinition,
+    request: dg.RunRequest,
+    instance: dg.DagsterInstance,
+    summary: IngestSummary,
+    on_run: RunCallback | None,
+    *,
+    label: str,
+) -> None:
+    """One requested run, in this process, tagged with our pid so a later runner can tell if we died."""
+    outcome = job.execute_in_process(
+        run_config=request.run_config,
+        instance=instance,
+        partition_key=request.partition_key,
+        tags={**request.tags, RUNNER_PID_TAG: str(os.getpid())},
+        raise_on_error=False,
+    )
+    summary.runs += 1
+    summary.failed_runs += 0 if outcome.success else 1
+    summary.sensors[label] = summary.sensors.get(label, 0) + 1
+    if on_run:
+        on_run(label, request, outcome.success)

@@ -7,6 +7,7 @@ import dagster as dg
 
 from medlake_assets.defs.resources import LakeResource
 from medlake_assets.defs.sources import bronze_key, landing_partitions
+from medlake_assets.quality.gate import freshness, freshness_sla
 from medlake_assets.silver.load import SilverReport, load_silver
 from medlake_assets.spec import SourceSpec
 
@@ -27,16 +28,16 @@ def refine_job_name(spec: SourceSpec) -> str:
 
 
 def _freshness(lake, spec: SourceSpec) -> dg.AssetCheckResult | None:
-    rules = [check for check in spec.checks if check.rule == "freshness" and check.max_lag_minutes]
-    if not rules:
+    """Minutes since the source last landed data, against its declared SLA."""
+    sla = freshness_sla(spec)
+    if sla is None:
         return None
-    last = lake.ledger.last_loaded_at(spec.name)
-    lag = (datetime.now(UTC) - last).total_seconds() / 60 if last else None
-    limit = rules[0].max_lag_minutes
+    limit, severity = sla
+    passed, lag = freshness(lake.ledger.last_loaded_at(spec.name), datetime.now(UTC), limit)
     return dg.AssetCheckResult(
         check_name="freshness",
-        passed=lag is not None and lag <= limit,
-        severity=dg.AssetCheckSeverity.WARN if rules[0].severity == "warn" else dg.AssetCheckSeverity.ERROR,
+        passed=passed,
+        severity=dg.AssetCheckSeverity.WARN if severity == "warn" else dg.AssetCheckSeverity.ERROR,
         metadata={"lag_minutes": round(lag, 1) if lag is not None else -1, "max_lag_minutes": limit},
     )
 

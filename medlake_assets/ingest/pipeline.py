@@ -16,10 +16,9 @@ from multiprocessing import get_context
 import pyarrow as pa
 
 from medlake_assets.ingest.archives import read_members
-from medlake_assets.ingest.parsers import parse_member
-from medlake_assets.ingest.parsers.csv import ArrowMember, parse_csv_arrow
-from medlake_assets.ingest.types import ArchiveRejected, Member, MemberRejected, RecordReject
-from medlake_assets.spec import CsvFormat, SourceSpec
+from medlake_assets.ingest.parsers import parse_member_arrow
+from medlake_assets.ingest.types import ArchiveRejected, MemberRejected, RecordReject
+from medlake_assets.spec import SourceSpec
 
 
 @dataclass(frozen=True)
@@ -87,7 +86,7 @@ def process_archive(
     ordinals: list[pa.Array] = []
     for member in members:
         try:
-            parsed = _parse_member(member, spec)
+            parsed = parse_member_arrow(member, spec)
         except MemberRejected as rejected:
             result.rejects.append(
                 RecordReject(member.name, None, rejected.line, rejected.rule, rejected.reason, None)
@@ -107,21 +106,6 @@ def process_archive(
         result.reason = f"no record could be loaded; first problem in member {first.member!r}: {first.reason}"
         result.table = None
     return result
-
-
-def _parse_member(member: Member, spec: SourceSpec) -> ArrowMember:
-    """CSV straight into Arrow (Polars when it can); the other formats' lists converted once per member."""
-    fmt = spec.format
-    if isinstance(fmt, CsvFormat):
-        return parse_csv_arrow(
-            member.data,
-            member=member.name,
-            columns=spec.columns,
-            fmt=fmt,
-            encoding=spec.landing.encoding,
-            fallbacks=spec.landing.encoding_fallbacks,
-        )
-    return ArrowMember.from_parsed(parse_member(member, spec))
 
 
 def _repeat(value: object, kind: pa.DataType, count: int) -> pa.Array:

@@ -24,11 +24,11 @@ from medlake_assets.lake import Lake
 from medlake_assets.quality.gate import evaluate
 from medlake_assets.spec import SourceSpec
 from medlake_assets.tables.bronze import arrow_schema, bronze_table, overwrite, quarantine_table
-from medlake_assets.tables.merge import MERGE_COLUMNS, merge_into
+from medlake_assets.tables.merge import LINEAGE_COLUMNS, MERGE_COLUMNS, merge_into
 from medlake_assets.tables.silver import ensure_table
 from medlake_assets.transforms.typed import apply_types, typed_schema
 
-LINEAGE = ("_archive", "_member", "_record", "_facility", "_landing_day", "_ingested_at", "_batch")
+LINEAGE = LINEAGE_COLUMNS
 
 
 @dataclass

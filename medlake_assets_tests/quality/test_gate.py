@@ -368,6 +368,6 @@ def test_freshness_sla_from_metadata(sources: dict[str, SourceSpec]) -> None:
     assert {name: freshness_sla(spec) for name, spec in sorted(sources.items())} == {
         "adt_events": (60, "warn"),
         "bed_census": (30, "warn"),
-        "lab_results": None,
-        "patient_documents": None,
+        "lab_results": (120, "warn"),
+        "patient_documents": (1440, "warn"),
     }

@@ -2,38 +2,42 @@
 
 from __future__ import annotations
 
+from medlake_assets.ingest.parsers.csv import ArrowMember
 from medlake_assets.ingest.types import Member, ParsedMember
 from medlake_assets.spec import CsvFormat, Hl7Format, SourceSpec, XmlFormat
 
 
 def parse_member(member: Member, spec: SourceSpec) -> ParsedMember:
-    """Parse one member with the parser its source's `format.kind` names."""
+    """Parse one member with the parser its source's `format.kind` names (Python lists of strings)."""
     fmt = spec.format
-    landing = spec.landing
+    text = {"encoding": spec.landing.encoding, "fallbacks": spec.landing.encoding_fallbacks}
     if isinstance(fmt, CsvFormat):
         from medlake_assets.ingest.parsers.csv import parse_csv
 
-        return parse_csv(
-            member.data,
-            member=member.name,
-            columns=spec.columns,
-            fmt=fmt,
-            encoding=landing.encoding,
-            fallbacks=landing.encoding_fallbacks,
-        )
+        return parse_csv(member.data, member=member.name, columns=spec.columns, fmt=fmt, **text)
     if isinstance(fmt, Hl7Format):
         from medlake_assets.ingest.parsers.hl7 import parse_hl7
 
-        return parse_hl7(
-            member.data,
-            member=member.name,
-            columns=spec.columns,
-            fmt=fmt,
-            encoding=landing.encoding,
-            fallbacks=landing.encoding_fallbacks,
-        )
+        return parse_hl7(member.data, member=member.name, columns=spec.columns, fmt=fmt, **text)
     if isinstance(fmt, XmlFormat):
         from medlake_assets.ingest.parsers.xml import parse_xml
 
         return parse_xml(member.data, member=member.name, columns=spec.columns, fmt=fmt)
     raise TypeError(f"source {spec.name}: no parser for format {type(fmt).__name__}")
+
+
+def parse_member_arrow(member: Member, spec: SourceSpec) -> ArrowMember:
+    """The same records as Arrow: CSV straight from Polars when the file is regular, others converted once."""
+    fmt = spec.format
+    if isinstance(fmt, CsvFormat):
+        from medlake_assets.ingest.parsers.csv import parse_csv_arrow
+
+        return parse_csv_arrow(
+            member.data,
+            member=member.name,
+            columns=spec.columns,
+            fmt=fmt,
+            encoding=spec.landing.encoding,
+            fallbacks=spec.landing.encoding_fallbacks,
+        )
+    return ArrowMember.from_parsed(parse_member(member, spec))
