@@ -139,14 +139,31 @@ def ingest(
 
 @app.command()
 def sql(
-    query: Annotated[str, typer.Argument(help="SQL over bronze.*, quarantine.*, meta.files")],
+    query: Annotated[
+        str | None,
+        typer.Argument(help="SQL over bronze.*, silver.*, gold.*, quarantine.*, meta.*; omit for a shell"),
+    ] = None,
     format: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table",
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of", help="Read every table as of a snapshot id or an ISO timestamp (UTC if naive)"
+        ),
+    ] = None,
 ) -> None:
-    """Query the lake with DuckDB (Iceberg tables as views)."""
+    """Query the lake with DuckDB (Iceberg tables as views); without a query, an interactive shell."""
     from medlake_assets.lake import Lake
-    from medlake_assets.serving.sql import connect
+    from medlake_assets.serving.catalog_info import AsOfError
+    from medlake_assets.serving.sql import connect, render, shell
 
-    con = connect(Lake(load_settings()))
+    settings = load_settings()
+    try:
+        con = connect(Lake(settings), as_of=as_of)
+    except AsOfError as error:
+        raise typer.BadParameter(str(error), param_hint="--as-of") from None
+    if query is None:
+        shell(con, Console(), history_file=settings.home / "sql_history")
+        return
     relation = con.sql(query)
     if relation is None:
         return
@@ -159,12 +176,33 @@ def sql(
         for row in relation.fetchall():
             print(json.dumps(dict(zip(columns, row, strict=True)), default=str))
     elif format == "table":
-        table = Table(*relation.columns)
-        for row in relation.fetchall():
-            table.add_row(*["" if value is None else str(value) for value in row])
-        Console().print(table)
+        Console().print(render(relation))
     else:
         raise typer.BadParameter("format must be table, csv or json")
+
+
+@app.command()
+def tables() -> None:
+    """Every Iceberg table with its rows, snapshots, last update and data size (current snapshot)."""
+    from rich.filesize import decimal
+
+    from medlake_assets.lake import Lake
+    from medlake_assets.serving.catalog_info import tables as list_tables
+
+    table = Table(title="tables")
+    for column in ("table", "rows", "snapshots", "last update (UTC)", "data files", "size"):
+        table.add_column(column, justify="left" if column in ("table", "last update (UTC)") else "right")
+    for info in list_tables(Lake(load_settings())):
+        updated = info.last_updated.strftime("%Y-%m-%d %H:%M:%S") if info.last_updated else ""
+        table.add_row(
+            info.name,
+            f"{info.rows:,}",
+            str(info.snapshots),
+            updated,
+            str(info.data_files),
+            decimal(info.size_bytes),
+        )
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
 @app.command()

@@ -62,3 +62,32 @@ def test_generate_without_secret_fails_clearly(tmp_path, monkeypatch):
     result = runner.invoke(app, ["generate", "--out", str(tmp_path), "--archives", "4"])
     assert result.exit_code == 2
     assert "MEDLAKE_ARCHIVE_PASSWORD" in result.output
+
+
+def test_sql_time_travel_shell_and_tables(tmp_path, monkeypatch):
+    from datetime import UTC, datetime
+
+    from medlake_assets_tests.serving.serving_lake import build_serving_lake
+
+    serving = build_serving_lake(tmp_path / "home")
+    monkeypatch.setenv("MEDLAKE_HOME", str(tmp_path / "home"))
+    query = "SELECT count(*) AS n FROM silver.lab_results"
+    now = runner.invoke(app, ["sql", query, "--format", "json"])
+    assert json.loads(now.stdout) == {"n": len(serving.current_rows)}
+    by_id = runner.invoke(app, ["sql", query, "--format", "json", "--as-of", str(serving.first_snapshot_id)])
+    assert json.loads(by_id.stdout) == {"n": len(serving.first_rows)}
+    iso = datetime.fromtimestamp(serving.first_timestamp_ms / 1000, UTC).isoformat()
+    by_time = runner.invoke(app, ["sql", query, "--format", "csv", "--as-of", iso])
+    assert by_time.stdout.splitlines() == ["n", str(len(serving.first_rows))]
+    assert runner.invoke(app, ["sql", query, "--as-of", "soon"]).exit_code == 2
+    shell = runner.invoke(
+        app,
+        ["sql", "--as-of", str(serving.first_snapshot_id)],
+        input=".tables\nSELECT count(*) AS n\nFROM silver.lab_results;\n",
+    )
+    assert shell.exit_code == 0, shell.output
+    assert "bronze.late_feed" not in shell.output  # created after that snapshot
+    assert f"│ {len(serving.first_rows)} │" in shell.output
+    listed = runner.invoke(app, ["tables"])
+    assert listed.exit_code == 0, listed.output
+    assert "│ silver.lab_results    │   53 │         3 │" in listed.output

@@ -1,1 +1,1 @@
-"""Read paths over the lake: SQL through DuckDB on the Iceberg tables."""
+"""Read paths over the lake: SQL through DuckDB (with time travel), the Python read API, table listings."""

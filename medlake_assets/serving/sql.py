@@ -1,4 +1,4 @@
-"""`medlake sql`: DuckDB with every Iceberg table attached as a view, and the ledger as `meta.files`.
+"""`medlake sql`: DuckDB with every Iceberg table attached as a view, the ledger as `meta.*`, and a shell.
 
 Views read each table's current metadata file with DuckDB's own Iceberg reader, so a query is also an
 independent check that the tables pyiceberg wrote are valid Iceberg. Extensions load offline from the
@@ -8,14 +8,22 @@ independent check that the tables pyiceberg wrote are valid Iceberg. Extensions 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from urllib.parse import urlparse
 
 import duckdb
 from duckdb_extensions import import_extension
+from pyiceberg.catalog import Catalog
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
 
 from medlake_assets.lake import Lake
+from medlake_assets.serving.catalog_info import AsOf, existed_at, resolve_as_of, snapshot_at, table_names
 
 EXTENSIONS = ("avro", "iceberg", "httpfs", "sqlite_scanner", "postgres_scanner")
+SHELL_ROW_LIMIT = 1000
+SHELL_HELP = "SQL ends with ';' (may span lines). .tables lists the relations, .quit (or Ctrl-D) leaves."
 
 
 def _local_path(location: str) -> str:
@@ -62,8 +70,38 @@ def _attach_ledger(con: duckdb.DuckDBPyConnection, catalog_url: str) -> None:
             con.execute(f"CREATE OR REPLACE VIEW meta.{view} AS SELECT * FROM medlake_state.{table}")
 
 
-def connect(lake: Lake) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with `<namespace>.<table>` views for every Iceberg table and `meta.files`."""
+def _create_views(con: duckdb.DuckDBPyConnection, catalog: Catalog, as_of: AsOf | None) -> None:
+    loaded = {name: catalog.load_table(name) for name in table_names(catalog)}
+    point = resolve_as_of(catalog, as_of, loaded) if as_of is not None else None
+    for namespace in catalog.list_namespaces():
+        con.execute(f'CREATE SCHEMA IF NOT EXISTS "{namespace[0]}"')
+    for name, table in loaded.items():
+        schema, table_name = name.rsplit(".", 1)
+        view = f'"{schema}"."{table_name}"'
+        if point is None:
+            snapshot = table.current_snapshot()
+        elif existed_at(table, point):
+            snapshot = snapshot_at(name, table, point)
+        else:
+            continue  # created after the point in time: absent, as it was then
+        if snapshot is None:
+            # A table with no snapshot yet: an empty relation with its schema, so queries still bind.
+            con.register("empty_table", table.schema().as_arrow().empty_table())
+            con.execute(f"CREATE OR REPLACE TABLE {view} AS SELECT * FROM empty_table")
+            con.unregister("empty_table")
+            continue
+        location = _quote(_local_path(table.metadata_location))
+        pinned = f", snapshot_from_id = {snapshot.snapshot_id}" if point is not None else ""
+        con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM iceberg_scan({location}{pinned})")
+
+
+def connect(lake: Lake, as_of: AsOf | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with `<namespace>.<table>` views for every Iceberg table and `meta.*`.
+
+    With `as_of` (a snapshot id, or an ISO timestamp / datetime, naive meaning UTC) every view reads the
+    snapshot that was current then, and tables created later are absent. `meta.*` (the ledger) is not
+    versioned and always shows the present.
+    """
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     con.execute(f"SET extension_directory = {_quote(str(lake.settings.home / 'duckdb_extensions'))}")
     for name in EXTENSIONS:
@@ -71,20 +109,79 @@ def connect(lake: Lake) -> duckdb.DuckDBPyConnection:
         con.execute(f"LOAD {name}")
     if lake.settings.warehouse.startswith("s3://"):
         _configure_s3(con, lake.settings.s3_endpoint_url)
-    catalog = lake.catalog
-    for namespace in catalog.list_namespaces():
-        schema = namespace[0]
-        con.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-        for identifier in catalog.list_tables(namespace):
-            table = catalog.load_table(identifier)
-            view = f'"{schema}"."{identifier[-1]}"'
-            if table.metadata.current_snapshot_id is None:
-                # A table with no snapshot yet: an empty relation with its schema, so queries still bind.
-                con.register("empty_table", table.schema().as_arrow().empty_table())
-                con.execute(f"CREATE OR REPLACE TABLE {view} AS SELECT * FROM empty_table")
-                con.unregister("empty_table")
-                continue
-            location = _quote(_local_path(table.metadata_location))
-            con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM iceberg_scan({location})")
+    _create_views(con, lake.catalog, as_of)
     _attach_ledger(con, lake.settings.catalog_url)
     return con
+
+
+def render(relation: duckdb.DuckDBPyRelation, limit: int | None = None) -> RenderableType:
+    """A rich table of a query's rows (at most `limit`, then a line saying the rest was left out)."""
+    table = Table(*relation.columns)
+    rows = relation.fetchall() if limit is None else relation.fetchmany(limit + 1)
+    for row in rows[:limit]:
+        # Text, not str: a value with [brackets] must not be read as rich markup.
+        table.add_row(*[Text("" if value is None else str(value)) for value in row])
+    if limit is not None and len(rows) > limit:
+        return Group(table, Text(f"first {limit} rows shown; add LIMIT or aggregate to see the rest"))
+    return table
+
+
+def relations(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The `<schema>.<name>` an analyst can query: the lake's views and tables, and `meta.*`."""
+    rows = con.execute(
+        """
+        SELECT schema_name || '.' || view_name FROM duckdb_views()
+        WHERE database_name = current_database() AND NOT internal
+        UNION
+        SELECT schema_name || '.' || table_name FROM duckdb_tables() WHERE database_name = current_database()
+        ORDER BY 1
+        """
+    ).fetchall()
+    return [name for (name,) in rows]
+
+
+def _run(con: duckdb.DuckDBPyConnection, console: Console, statement: str) -> None:
+    try:
+        relation = con.sql(statement)
+        if relation is not None:
+            console.print(render(relation, SHELL_ROW_LIMIT))
+    except duckdb.Error as error:
+        console.print(str(error), style="red", markup=False, highlight=False)
+
+
+def shell(con: duckdb.DuckDBPyConnection, console: Console, history_file: Path | None = None) -> None:
+    """An interactive SQL prompt over `con` (readline editing and history when stdin is a terminal)."""
+    import readline  # also gives input() line editing and history
+
+    if history_file is not None and history_file.exists():
+        readline.read_history_file(history_file)
+    console.print(SHELL_HELP, markup=False, highlight=False)
+    buffer: list[str] = []
+    try:
+        while True:
+            try:
+                line = input("  ...> " if buffer else "medlake> ")
+            except EOFError:
+                break
+            except KeyboardInterrupt:
+                buffer.clear()  # Ctrl-C drops the statement being typed, as psql and duckdb do
+                console.print()
+                continue
+            command = line.strip()
+            if not buffer and command.startswith("."):
+                if command in (".quit", ".exit"):
+                    break
+                if command == ".tables":
+                    console.print("\n".join(relations(con)), markup=False, highlight=False)
+                else:
+                    console.print(f"unknown command {command.split()[0]}. {SHELL_HELP}", markup=False)
+                continue
+            if command:
+                buffer.append(line)
+            if buffer and command.endswith(";"):
+                _run(con, console, "\n".join(buffer))
+                buffer.clear()
+    finally:
+        if history_file is not None:
+            history_file.parent.mkdir(parents=True, exist_ok=True)
+            readline.write_history_file(history_file)

@@ -9,7 +9,7 @@ from pyiceberg.catalog.sql import SqlCatalog
 
 from medlake_assets.config import Settings
 
-NAMESPACES = ("bronze", "silver", "quarantine")
+NAMESPACES = ("bronze", "silver", "quarantine", "gold")
 
 
 def catalog_properties(settings: Settings) -> dict[str, str]:

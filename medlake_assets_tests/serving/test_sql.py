@@ -1,0 +1,118 @@
+"""`connect()` views over every layer, time travel, and the interactive shell fed through stdin."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime
+
+import duckdb
+import pytest
+from rich.console import Console
+
+from medlake_assets.serving.catalog_info import AsOfError
+from medlake_assets.serving.sql import connect, relations, render, shell
+from medlake_assets_tests.serving.serving_lake import build_serving_lake, sorted_rows
+
+COLUMNS = "facility, patient_id, test_code, value, resulted_on, _record"
+
+
+@pytest.fixture(scope="module")
+def serving(tmp_path_factory):
+    return build_serving_lake(tmp_path_factory.mktemp("sql") / "home")
+
+
+def _rows(con: duckdb.DuckDBPyConnection, table: str) -> list[dict]:
+    relation = con.sql(f"SELECT {COLUMNS} FROM {table} ORDER BY _record")
+    return [dict(zip(relation.columns, row, strict=True)) for row in relation.fetchall()]
+
+
+def test_current_state_shows_every_layer_and_the_ledger(serving):
+    con = connect(serving.lake)
+    assert relations(con) == [
+        "bronze.late_feed",
+        "meta.files",
+        "meta.processed",
+        "meta.quality",
+        "quarantine.empty_feed",
+        "silver.lab_results",
+    ]
+    assert _rows(con, "silver.lab_results") == sorted_rows(serving.current_rows)
+    assert con.sql("SELECT count(*) FROM bronze.late_feed").fetchone() == (5,)
+    assert con.sql("SELECT count(*) FROM quarantine.empty_feed").fetchone() == (0,)
+    assert con.sql("SELECT count(*) FROM meta.files").fetchone() == (0,)
+
+
+@pytest.mark.parametrize("form", ["id", "id_text", "iso"])
+def test_as_of_returns_the_earlier_snapshots_rows(serving, form):
+    iso = datetime.fromtimestamp(serving.first_timestamp_ms / 1000, UTC).isoformat(timespec="milliseconds")
+    as_of = {"id": serving.first_snapshot_id, "id_text": str(serving.first_snapshot_id), "iso": iso}[form]
+    con = connect(serving.lake, as_of=as_of)
+    assert _rows(con, "silver.lab_results") == sorted_rows(serving.first_rows)
+    # Created after that moment: absent, as it was then. Empty then and now: still there, empty.
+    assert "bronze.late_feed" not in relations(con)
+    with pytest.raises(duckdb.CatalogException, match="late_feed"):
+        con.sql("SELECT count(*) FROM bronze.late_feed")
+    assert con.sql("SELECT count(*) FROM quarantine.empty_feed").fetchone() == (0,)
+
+
+def test_as_of_the_current_snapshot_equals_the_present(serving):
+    con = connect(serving.lake, as_of=serving.current_snapshot_id)
+    assert _rows(con, "silver.lab_results") == sorted_rows(serving.current_rows)
+    assert con.sql("SELECT count(*) FROM bronze.late_feed").fetchone() == (5,)
+
+
+def test_unknown_snapshot_is_refused(serving):
+    with pytest.raises(AsOfError, match="no table in the lake has snapshot 42"):
+        connect(serving.lake, as_of="42")
+
+
+def test_render_limits_rows_and_never_reads_values_as_markup():
+    con = duckdb.connect()
+    relation = con.sql("SELECT * FROM (VALUES ('[bold]x[/bold]'), ('b'), ('c')) AS t(v)")
+    console = Console(file=io.StringIO(), width=80)
+    console.print(render(relation, limit=2))
+    text = console.file.getvalue()
+    assert "[bold]x[/bold]" in text
+    assert "│ b " in text
+    assert "│ c " not in text
+    assert "first 2 rows shown" in text
+
+
+def test_shell_runs_multiline_statements_dot_commands_and_survives_errors(serving, monkeypatch, tmp_path):
+    script = "\n".join(
+        [
+            ".tables",
+            "SELECT facility, count(*) AS n",
+            "FROM silver.lab_results",
+            "GROUP BY facility ORDER BY facility;",
+            "SELECT * FROM no_such_table;",
+            ".bogus",
+            "SELECT 40 + 2 AS answer;",
+            ".quit",
+            "SELECT 'after quit';",
+        ]
+    )
+    monkeypatch.setattr("sys.stdin", io.StringIO(script + "\n"))
+    console = Console(file=io.StringIO(), width=120)
+    history = tmp_path / "history"
+    shell(connect(serving.lake), console, history_file=history)
+    text = console.file.getvalue()
+    counts = {}
+    for row in serving.current_rows:
+        counts[row["facility"]] = counts.get(row["facility"], 0) + 1
+    for facility, count in counts.items():
+        assert f"│ {facility}       │ {count:<2} │" in text
+    names = ["bronze.late_feed", "meta.files", "meta.processed", "meta.quality", "quarantine.empty_feed"]
+    assert "\n".join([*names, "silver.lab_results"]) in text
+    assert "Table with name no_such_table does not exist" in text
+    assert "unknown command .bogus" in text
+    assert "│ 42     │" in text
+    assert "after quit" not in text
+    assert history.exists()
+
+
+def test_shell_ends_at_end_of_input_and_drops_an_unfinished_statement(serving, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO("SELECT 1 AS one\n"))
+    console = Console(file=io.StringIO(), width=80)
+    shell(connect(serving.lake), console)
+    assert "one" not in console.file.getvalue()
