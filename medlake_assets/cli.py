@@ -206,6 +206,62 @@ def tables() -> None:
 
 
 @app.command()
+def report(
+    name: Annotated[str, typer.Argument(help="A report in metadata/reports/ (its file name without .sql)")],
+) -> None:
+    """Run one gold report now: its SQL over the lake, written to gold.<name>, then its checks."""
+    from medlake_assets.lake import Lake
+    from medlake_assets.reports import ReportSpecError, load_reports
+    from medlake_assets.reports.run import run_report
+
+    settings = load_settings()
+    try:
+        reports = {spec.name: spec for spec in load_reports(settings.reports_dir)}
+    except ReportSpecError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+    if name not in reports:
+        console.print(f"[red]unknown report {name!r}; known: {', '.join(sorted(reports))}[/red]")
+        raise typer.Exit(2)
+    run = run_report(Lake(settings), reports[name])
+    as_of = f"{run.as_of:%Y-%m-%d %H:%M:%S} UTC"
+    table = Table(title=f"{run.identifier}: {run.rows} rows in {run.seconds:.1f} s, as of {as_of}")
+    for column in ("check", "severity", "failing rows", "result"):
+        table.add_column(column, justify="right" if column == "failing rows" else "left")
+    for check in run.checks:
+        result = "passed" if check.passed else "[red]failed[/red]"
+        table.add_row(check.name, check.severity, str(check.failing_rows), result)
+    console.print(table)
+    if any(not check.passed and check.severity == "error" for check in run.checks):
+        raise typer.Exit(1)
+
+
+@app.command("serve-sql")
+def serve_sql(
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: all interfaces)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 5433,
+) -> None:
+    """Serve the lake read-only over the PostgreSQL protocol (psql, psycopg, PowerBI, Tableau, Metabase).
+
+    User from MEDLAKE_SQL_USER (default medlake), password from the secret MEDLAKE_SQL_PASSWORD (required).
+    No TLS: keep it on 127.0.0.1 or behind a TLS terminator.
+    """
+    password = os.environ.get("MEDLAKE_SQL_PASSWORD", "")
+    if not password:
+        console.print("[red]MEDLAKE_SQL_PASSWORD is not set: serve-sql will not start without one[/red]")
+        raise typer.Exit(2)
+    from medlake_assets.lake import Lake
+    from medlake_assets.serving.pgwire import serve
+
+    user = os.environ.get("MEDLAKE_SQL_USER", "medlake")
+    console.print(f"serve-sql: PostgreSQL protocol on {host}:{port}, user {user}, read-only")
+    try:
+        serve(Lake(load_settings()), host, port, user, password)
+    except KeyboardInterrupt:
+        console.print("serve-sql: stopped")
+
+
+@app.command()
 def quality(
     source: Annotated[str, typer.Option(help="Only this source")] = "",
     day: Annotated[str, typer.Option(help="Only this landing day YYYY-MM-DD")] = "",

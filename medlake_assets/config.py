@@ -14,6 +14,7 @@ from pathlib import Path
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 DEFAULT_SOURCES_DIR = PACKAGE_ROOT.parent / "metadata" / "sources"
+DEFAULT_REPORTS_DIR = PACKAGE_ROOT.parent / "metadata" / "reports"
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Settings:
     sources_dir: Path
     s3_endpoint_url: str | None = None
     archive_engine: str = "libarchive"
+    reports_dir: Path = DEFAULT_REPORTS_DIR
 
     @property
     def ledger_url(self) -> str:
@@ -44,4 +46,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         sources_dir=Path(env.get("MEDLAKE_SOURCES_DIR", str(DEFAULT_SOURCES_DIR))).resolve(),
         s3_endpoint_url=env.get("MEDLAKE_S3_ENDPOINT_URL") or None,
         archive_engine=env.get("MEDLAKE_ARCHIVE_ENGINE", "libarchive"),
+        reports_dir=Path(env.get("MEDLAKE_REPORTS_DIR", str(DEFAULT_REPORTS_DIR))).resolve(),
     )

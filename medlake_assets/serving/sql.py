@@ -51,6 +51,7 @@ def _configure_s3(con: duckdb.DuckDBPyConnection, endpoint_url: str | None) -> N
 
 
 def _attach_ledger(con: duckdb.DuckDBPyConnection, catalog_url: str) -> None:
+    """`meta.*` views over the ledger database (the caller makes sure its tables exist)."""
     parsed = urlparse(catalog_url)
     if parsed.scheme.startswith("sqlite"):
         con.execute(
@@ -110,6 +111,7 @@ def connect(lake: Lake, as_of: AsOf | None = None) -> duckdb.DuckDBPyConnection:
     if lake.settings.warehouse.startswith("s3://"):
         _configure_s3(con, lake.settings.s3_endpoint_url)
     _create_views(con, lake.catalog, as_of)
+    _ = lake.ledger  # opening the ledger creates its tables on a lake nothing reached yet
     _attach_ledger(con, lake.settings.catalog_url)
     return con
 

@@ -24,7 +24,8 @@ def describe(defs: dg.Definitions) -> dict:
         assets[key.to_user_string()] = {
             "group": node.group_name,
             "kinds": sorted(node.kinds),
-            "partitions": {
+            "partitions": partitions
+            and {
                 "type": type(partitions).__name__,
                 "start": partitions.start.strftime("%Y-%m-%d"),
                 "timezone": partitions.timezone,
@@ -40,6 +41,7 @@ def describe(defs: dg.Definitions) -> dict:
         "assets": assets,
         "jobs": sorted(job.name for job in repository.get_all_jobs() if not job.name.startswith("__")),
         "sensors": {s.name: s.job_name if s.has_jobs else None for s in repository.sensor_defs},
+        "schedules": {s.name: s.cron_schedule for s in repository.schedule_defs},
     }
 
 

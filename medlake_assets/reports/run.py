@@ -1,0 +1,128 @@
+"""Run one report: its SQL with DuckDB over the lake's views, then `gold.<name>` replaced in one commit.
+
+Gold tables are derived entirely from silver (and the ledger), so a run rewrites the whole table: a
+re-run gives the same table, and a report whose columns changed gets its table recreated.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import duckdb
+import pyarrow as pa
+from pyiceberg.catalog import Catalog
+
+from medlake_assets.lake import Lake
+from medlake_assets.reports.spec import NotNullCheck, RangeCheck, ReportCheck, ReportSpec, check_name
+from medlake_assets.serving.sql import connect
+from medlake_assets.tables.silver import ensure_table
+
+RESULT_VIEW = "report_result"
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    name: str
+    passed: bool
+    severity: str
+    failing_rows: int
+    description: str
+
+
+@dataclass(frozen=True)
+class ReportRun:
+    report: str
+    identifier: str
+    rows: int
+    snapshot_id: int | None
+    checks: list[CheckOutcome]
+    as_of: datetime
+    seconds: float
+
+
+def query_report(con: duckdb.DuckDBPyConnection, report: ReportSpec, as_of: datetime) -> pa.Table:
+    """The report's rows. Days and timestamps are UTC; `getvariable('as_of')` is the run's time."""
+    if as_of.tzinfo is None:
+        raise ValueError("as_of must be timezone-aware")
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET VARIABLE as_of = ?::TIMESTAMPTZ", [as_of.astimezone(UTC)])
+    return con.execute(report.sql).to_arrow_table()
+
+
+def _failing_rows_sql(check: ReportCheck) -> str:
+    if isinstance(check, NotNullCheck):
+        condition = " OR ".join(f'"{column}" IS NULL' for column in check.columns)
+        return f"SELECT count(*) FROM {RESULT_VIEW} WHERE {condition}"
+    if isinstance(check, RangeCheck):
+        bounds = []
+        if check.min is not None:
+            bounds.append(f'"{check.column}" < {check.min!r}')
+        if check.max is not None:
+            bounds.append(f'"{check.column}" > {check.max!r}')
+        return f"SELECT count(*) FROM {RESULT_VIEW} WHERE {' OR '.join(bounds)}"
+    # unique: every row of a key that occurs more than once fails (nulls compare equal).
+    columns = ", ".join(f'"{column}"' for column in check.columns)
+    return (
+        f"SELECT coalesce(sum(n), 0)::BIGINT FROM "
+        f"(SELECT count(*) AS n FROM {RESULT_VIEW} GROUP BY {columns} HAVING count(*) > 1)"
+    )
+
+
+def _describe_check(check: ReportCheck) -> str:
+    if isinstance(check, RangeCheck):
+        return f"{check.column} within [{check.min}, {check.max}]"
+    joined = ", ".join(check.columns)
+    return f"no null in {joined}" if isinstance(check, NotNullCheck) else f"one row per ({joined})"
+
+
+def evaluate_checks(rows: pa.Table, checks: list[ReportCheck]) -> list[CheckOutcome]:
+    """Each header check over the report's rows: the number of failing rows (counts, never values)."""
+    con = duckdb.connect()
+    con.register(RESULT_VIEW, rows)
+    outcomes = []
+    for check in checks:
+        failing = con.execute(_failing_rows_sql(check)).fetchone()[0]
+        outcomes.append(
+            CheckOutcome(
+                name=check_name(check),
+                passed=failing == 0,
+                severity=check.severity,
+                failing_rows=int(failing),
+                description=_describe_check(check),
+            )
+        )
+    return outcomes
+
+
+def write_gold(catalog: Catalog, report: ReportSpec, rows: pa.Table) -> int | None:
+    """Replace the gold table's contents with `rows` in one commit; recreate it if its columns changed."""
+    identifier = report.identifier
+    if catalog.table_exists(identifier):
+        existing = catalog.load_table(identifier).schema().column_names
+        if existing != rows.column_names:
+            catalog.drop_table(identifier)
+    table = ensure_table(catalog, identifier, rows.schema, report.header.partition_by)
+    rows = rows.cast(pa.schema([field.with_nullable(True) for field in rows.schema]))
+    # A first write appends: overwriting a table with no snapshot only warns that nothing matched.
+    (table.append if table.metadata.current_snapshot_id is None else table.overwrite)(rows)
+    return catalog.load_table(identifier).metadata.current_snapshot_id
+
+
+def run_report(lake: Lake, report: ReportSpec, as_of: datetime | None = None) -> ReportRun:
+    """Query the lake, check the rows, write `gold.<name>`; checks never stop the write (gold is derived)."""
+    started = time.perf_counter()
+    as_of = as_of or datetime.now(UTC)
+    rows = query_report(connect(lake), report, as_of)
+    checks = evaluate_checks(rows, report.header.checks)
+    snapshot_id = write_gold(lake.catalog, report, rows)
+    return ReportRun(
+        report=report.name,
+        identifier=report.identifier,
+        rows=rows.num_rows,
+        snapshot_id=snapshot_id,
+        checks=checks,
+        as_of=as_of,
+        seconds=time.perf_counter() - started,
+    )
