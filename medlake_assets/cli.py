@@ -210,9 +210,9 @@ def report(
     name: Annotated[str, typer.Argument(help="A report in metadata/reports/ (its file name without .sql)")],
 ) -> None:
     """Run one gold report now: its SQL over the lake, written to gold.<name>, then its checks."""
-    from medlake_assets.lake import Lake
+    from medlake_assets.definitions import build_definitions
+    from medlake_assets.defs.reports import report_job_name
     from medlake_assets.reports import ReportSpecError, load_reports
-    from medlake_assets.reports.run import run_report
 
     settings = load_settings()
     try:
@@ -223,16 +223,25 @@ def report(
     if name not in reports:
         console.print(f"[red]unknown report {name!r}; known: {', '.join(sorted(reports))}[/red]")
         raise typer.Exit(2)
-    run = run_report(Lake(settings), reports[name])
-    as_of = f"{run.as_of:%Y-%m-%d %H:%M:%S} UTC"
-    table = Table(title=f"{run.identifier}: {run.rows} rows in {run.seconds:.1f} s, as of {as_of}")
-    for column in ("check", "severity", "failing rows", "result"):
-        table.add_column(column, justify="right" if column == "failing rows" else "left")
-    for check in run.checks:
-        result = "passed" if check.passed else "[red]failed[/red]"
-        table.add_row(check.name, check.severity, str(check.failing_rows), result)
+    # Through the report's Dagster job, so the materialization and its checks show in the UI.
+    result = (
+        build_definitions(settings)
+        .resolve_job_def(report_job_name(reports[name]))
+        .execute_in_process(instance=_dagster_instance(), raise_on_error=False)
+    )
+    materialization = result.asset_materializations_for_node(
+        result.job_def.nodes_in_topological_order[0].name
+    )
+    rows = materialization[0].metadata["rows"].value if materialization else "no"
+    table = Table(title=f"gold.{reports[name].table}: {rows} rows, run {result.run_id}")
+    for column in ("check", "severity", "result"):
+        table.add_column(column)
+    for evaluation in result.get_asset_check_evaluations():
+        outcome = "passed" if evaluation.passed else "[red]failed[/red]"
+        table.add_row(evaluation.check_name, evaluation.severity.value.lower(), outcome)
     console.print(table)
-    if any(not check.passed and check.severity == "error" for check in run.checks):
+    failed = [e for e in result.get_asset_check_evaluations() if not e.passed and e.severity.value == "ERROR"]
+    if not result.success or failed:
         raise typer.Exit(1)
 
 

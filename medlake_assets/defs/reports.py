@@ -81,14 +81,15 @@ def build_report_defs(report: ReportSpec) -> dg.Definitions:
             check_results=[_check_result(outcome) for outcome in run.checks],
         )
 
-    if on_update:
-        return dg.Definitions(assets=[gold])
+    # Every report has a job (for `medlake report` and `ingest --once`); only scheduled ones a schedule.
     job = dg.define_asset_job(
         name=report_job_name(report),
         selection=[key],
         executor_def=dg.in_process_executor,
         description=f"Rebuild {report.identifier} ({report.header.schedule}).",
     )
+    if on_update:
+        return dg.Definitions(assets=[gold], jobs=[job])
     schedule = dg.ScheduleDefinition(
         name=f"{report_job_name(report)}_{report.header.schedule}",
         cron_schedule=report.cron,

@@ -52,6 +52,7 @@ def ingest_once(
     on_run: RunCallback | None = None,
     max_ticks: int = 1000,
     refine_silver: bool = True,
+    refresh_reports: bool = True,
 ) -> IngestSummary:
     """Tick every landing sensor until none requests a run, executing each requested run in process.
 
@@ -83,7 +84,10 @@ def ingest_once(
                 job = defs.resolve_job_def(request.job_name or sensor_def.job_name)
                 _execute(job, request, instance, summary, on_run, label=sensor_def.name)
     if refine_silver:
+        loaded = summary.runs
         refine(defs, instance, lake, summary, on_run)
+        if loaded and refresh_reports:
+            refresh_on_update_reports(defs, instance, lake, summary, on_run)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -110,6 +114,30 @@ def refine(
         for day in days:
             request = dg.RunRequest(partition_key=day.isoformat(), tags={"medlake/source": spec.name})
             _execute(job, request, instance, summary, on_run, label=job.name)
+
+
+def refresh_on_update_reports(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    lake: Lake,
+    summary: IngestSummary,
+    on_run: RunCallback | None = None,
+) -> None:
+    """Rebuild the `on_update` gold reports after new data (the daemon does it with eager automation)."""
+    from medlake_assets.defs.reports import load_reports, report_job_name
+
+    for report in load_reports(lake.settings.reports_dir):
+        inputs = [f"{namespace}.{table}" for namespace, table in report.reads if namespace != "meta"]
+        if report.header.schedule == "on_update" and all(lake.catalog.table_exists(name) for name in inputs):
+            job = defs.resolve_job_def(report_job_name(report))
+            _execute(
+                job,
+                dg.RunRequest(tags={"medlake/report": report.name}),
+                instance,
+                summary,
+                on_run,
+                label=job.name,
+            )
 
 
 def _execute(

@@ -77,6 +77,8 @@ def test_silver_equals_reference_from_bronze(refined):
         one("SELECT count(*) FROM silver.encounters WHERE status = 'discharged' AND discharge_ts IS NULL")
         == 0
     )
+    # `ingest --once` also rebuilt the on_update report from the new silver rows.
+    assert one("SELECT sum(beds) FROM gold.bed_availability") == beds
 
 
 def test_rerun_and_backfill_change_nothing(refined):
