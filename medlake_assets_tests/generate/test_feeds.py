@@ -600,7 +600,12 @@ def test_per_facility_password_overrides_the_shared_one() -> None:
     for entry in zips:
         right, wrong = ("beta", "alpha") if entry["facility"] == "F0003" else ("alpha", "beta")
         assert len(unpack(entry["key"], store[entry["key"]], password=right)) == entry["members"]
-        with pytest.raises(RuntimeError, match="Bad password"):
+        # ZipCrypto checks a password with one byte: 1 wrong password in 256 passes the check and then
+        # fails on the data instead (its encryption header is random, so this varies between runs).
+        refused = (
+            (RuntimeError,) if entry["packing"] == "aes" else (RuntimeError, zipfile.BadZipFile, zlib.error)
+        )
+        with pytest.raises(refused):
             unpack(entry["key"], store[entry["key"]], password=wrong)
 
 
