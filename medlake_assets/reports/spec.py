@@ -27,7 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from sqlglot import exp
 
-from medlake_assets.tables.merge import _parse_partition
+from medlake_assets.tables.merge import parse_partition
 
 IDENTIFIER = r"^[a-z][a-z0-9_]*$"
 Schedule = Literal["hourly", "daily", "weekly", "nightly", "on_update"]
@@ -101,7 +101,7 @@ class ReportHeader(_Strict):
     @classmethod
     def _partition_fields(cls, fields: list[str]) -> list[str]:
         for field in fields:
-            _parse_partition(field)  # the same grammar as silver's write.partition_by
+            parse_partition(field)  # the same grammar as silver's write.partition_by
         return fields
 
     @model_validator(mode="after")

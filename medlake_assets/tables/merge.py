@@ -236,7 +236,7 @@ def partition_by_of(table: Table) -> list[str]:
     return names
 
 
-def _parse_partition(field: str) -> tuple[str, str]:
+def parse_partition(field: str) -> tuple[str, str]:
     """(transform, source column) of `col`, `bucket(n, col)`, `hour|day|month|year(col)`."""
     match = _PARTITION.match(field)
     if not match:
@@ -272,7 +272,7 @@ def touched_partitions(
     """
     if changes.is_empty():
         return AlwaysFalse()
-    fields = [_parse_partition(field) for field in partition_by] or ([("identity", key[0])] if key else [])
+    fields = [parse_partition(field) for field in partition_by] or ([("identity", key[0])] if key else [])
     if not fields:
         raise ValueError("touched_partitions needs partition_by or a key")
     predicates = []

@@ -17,7 +17,7 @@ from pyiceberg.transforms import (
 )
 
 from medlake_assets.tables.bronze import TABLE_PROPERTIES
-from medlake_assets.tables.merge import _parse_partition
+from medlake_assets.tables.merge import parse_partition
 
 _TRANSFORMS: dict[str, type[Transform]] = {
     "identity": IdentityTransform,
@@ -28,7 +28,7 @@ _TRANSFORMS: dict[str, type[Transform]] = {
 
 
 def _transform(field: str) -> tuple[str, Transform]:
-    kind, column = _parse_partition(field)
+    kind, column = parse_partition(field)
     if kind == "bucket":
         buckets = int(field.split("(", 1)[1].split(",", 1)[0])
         return column, BucketTransform(buckets)
