@@ -77,6 +77,9 @@ def build_report_defs(report: ReportSpec) -> dg.Definitions:
                 "as_of": run.as_of.isoformat(),
                 "seconds": round(run.seconds, 3),
                 "snapshot_id": str(run.snapshot_id or ""),
+                "preview": dg.MetadataValue.md(run.rendered.preview),
+                "html": dg.MetadataValue.path(str(run.rendered.html)),
+                **({"chart": dg.MetadataValue.path(str(run.rendered.chart))} if run.rendered.chart else {}),
             },
             check_results=[_check_result(outcome) for outcome in run.checks],
         )

@@ -15,6 +15,7 @@ import pyarrow as pa
 from pyiceberg.catalog import Catalog
 
 from medlake_assets.lake import Lake
+from medlake_assets.reports.render import RenderedReport, render_report
 from medlake_assets.reports.spec import NotNullCheck, RangeCheck, ReportCheck, ReportSpec, check_name
 from medlake_assets.serving.sql import connect
 from medlake_assets.tables.silver import ensure_table
@@ -40,6 +41,7 @@ class ReportRun:
     checks: list[CheckOutcome]
     as_of: datetime
     seconds: float
+    rendered: RenderedReport
 
 
 def query_report(con: duckdb.DuckDBPyConnection, report: ReportSpec, as_of: datetime) -> pa.Table:
@@ -111,12 +113,14 @@ def write_gold(catalog: Catalog, report: ReportSpec, rows: pa.Table) -> int | No
 
 
 def run_report(lake: Lake, report: ReportSpec, as_of: datetime | None = None) -> ReportRun:
-    """Query the lake, check the rows, write `gold.<name>`; checks never stop the write (gold is derived)."""
+    """Query the lake, check the rows, write `gold.<name>`, then render its page under the lake's home;
+    checks never stop the write (gold is derived)."""
     started = time.perf_counter()
     as_of = as_of or datetime.now(UTC)
     rows = query_report(connect(lake), report, as_of)
     checks = evaluate_checks(rows, report.header.checks)
     snapshot_id = write_gold(lake.catalog, report, rows)
+    rendered = render_report(lake.settings.home, report, rows, as_of, checks)
     return ReportRun(
         report=report.name,
         identifier=report.identifier,
@@ -125,4 +129,5 @@ def run_report(lake: Lake, report: ReportSpec, as_of: datetime | None = None) ->
         checks=checks,
         as_of=as_of,
         seconds=time.perf_counter() - started,
+        rendered=rendered,
     )

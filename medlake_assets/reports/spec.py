@@ -5,6 +5,7 @@
 -- schedule: on_update            # hourly | daily | weekly | nightly | on_update
 -- target: gold.bed_availability  # optional, default gold.<file name>
 -- partition_by: []               # optional Iceberg partition spec of the gold table
+-- chart: {kind: bar, x: unit, y: occupancy_rate, group: facility_id}  # optional PNG next to the HTML page
 -- checks:
 --   - {rule: not_null, columns: [facility_id, unit]}
 --   - {rule: unique, columns: [facility_id, unit]}
@@ -89,6 +90,19 @@ def check_name(check: ReportCheck) -> str:
     return "_".join([check.rule, *columns])
 
 
+class ChartSpec(_Strict):
+    """A bar chart of `y` per `x` (one bar series per `group` value) rendered next to the report's page."""
+
+    kind: Literal["bar"]
+    x: str
+    y: str
+    group: str | None = None
+
+    @property
+    def columns(self) -> list[str]:
+        return [column for column in (self.x, self.y, self.group) if column is not None]
+
+
 class ReportHeader(_Strict):
     description: str = Field(min_length=1)
     schedule: Schedule
@@ -96,6 +110,7 @@ class ReportHeader(_Strict):
     partition_by: list[str] = []
     owner: str | None = None
     checks: list[ReportCheck] = []
+    chart: ChartSpec | None = None
 
     @field_validator("partition_by")
     @classmethod
@@ -162,6 +177,15 @@ def tables_read(sql: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(reads))
 
 
+def check_chart_columns(chart: ChartSpec, sql: str) -> None:
+    """The chart's columns must be output columns of the query (unknowable for `SELECT *`: not checked)."""
+    selected = sqlglot.parse_one(sql, dialect="duckdb").named_selects
+    if "*" in selected:
+        return
+    if missing := [column for column in chart.columns if column not in selected]:
+        raise ValueError(f"chart: column {missing[0]!r} is not an output column of the query")
+
+
 def load_report(path: Path) -> ReportSpec:
     """Validate one report file; errors name the file and the field."""
     header_text, sql = split_header(path.read_text(encoding="utf-8"))
@@ -181,6 +205,11 @@ def load_report(path: Path) -> ReportSpec:
         reads = tables_read(sql)
     except (sqlglot.errors.ParseError, ValueError) as error:
         raise ReportSpecError(f"{path}: sql: {str(error).splitlines()[0]}") from None
+    if header.chart is not None:
+        try:
+            check_chart_columns(header.chart, sql)
+        except ValueError as error:
+            raise ReportSpecError(f"{path}: {error}") from None
     try:
         return ReportSpec(name=path.stem, header=header, sql=sql, reads=reads, path=str(path))
     except ValidationError as error:

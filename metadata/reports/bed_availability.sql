@@ -2,6 +2,7 @@
 --   Beds by status per facility and unit, and the occupancy rate (occupied / all beds), as of each
 --   facility's latest census. Rebuilt whenever silver.bed_census changes.
 -- schedule: on_update
+-- chart: {kind: bar, x: unit, y: occupancy_rate, group: facility_id}
 -- checks:
 --   - {rule: not_null, columns: [facility_id, unit, as_of]}
 --   - {rule: unique, columns: [facility_id, unit]}

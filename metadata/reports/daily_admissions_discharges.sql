@@ -4,6 +4,7 @@
 --   (an encounter keeps only its latest status, not each move).
 -- schedule: daily
 -- partition_by: [month(day)]
+-- chart: {kind: bar, x: day, y: admissions, group: facility}
 -- checks:
 --   - {rule: not_null, columns: [facility, day]}
 --   - {rule: unique, columns: [facility, day]}

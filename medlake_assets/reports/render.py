@@ -1,0 +1,208 @@
+"""Reports people can look at: an HTML page, a PNG bar chart when the header asks for one, and a markdown
+preview for the Dagster materialization.
+
+Files go to `<home>/reports/<name>/<partition>/` (`report.html`, `chart.png`); an unpartitioned report's
+partition is its run time in UTC, e.g. `2026-11-26T0700Z`, so each run keeps its own page. Gold reports are
+aggregates, so showing their values is fine (no record-level PHI reaches a gold table).
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+import pyarrow as pa
+from tabulate import tabulate
+
+from medlake_assets.reports.spec import ChartSpec, ReportSpec
+
+if TYPE_CHECKING:  # run.py imports this module to render after its write
+    from medlake_assets.reports.run import CheckOutcome
+
+HTML_ROWS = 500
+PREVIEW_ROWS = 20
+CHART_MAX_X = 60  # bars per series; beyond this a chart is unreadable, so it shows the last (sorted) x values
+HTML_FILE = "report.html"
+CHART_FILE = "chart.png"
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; }
+table { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: left; }
+th { background: #f2f2f2; }
+.passed { color: #1a7f37; } .failed { color: #c62828; }
+img { max-width: 100%; }
+"""
+
+
+@dataclass(frozen=True)
+class RenderedReport:
+    html: Path
+    chart: Path | None
+    preview: str
+
+
+def partition_name(as_of: datetime) -> str:
+    """The folder of an unpartitioned report's run: its time in UTC to the minute, e.g. `2026-11-26T0700Z`."""
+    if as_of.tzinfo is None:
+        raise ValueError("as_of must be timezone-aware")
+    return as_of.astimezone(UTC).strftime("%Y-%m-%dT%H%MZ")
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _row_values(rows: pa.Table, limit: int) -> list[tuple]:
+    head = rows.slice(0, limit)
+    return list(zip(*(column.to_pylist() for column in head.columns), strict=True))
+
+
+def markdown_preview(rows: pa.Table, limit: int = PREVIEW_ROWS) -> str:
+    """The first `limit` rows as a GitHub markdown table, then a line with how many rows there are in all."""
+
+    def cell(value: Any) -> str:
+        # A pipe or newline inside a value would break the table's row.
+        return _text(value).replace("|", "\\|").replace("\n", " ")
+
+    table = tabulate(
+        [[cell(value) for value in row] for row in _row_values(rows, limit)],
+        headers=[cell(name) for name in rows.column_names],
+        tablefmt="github",
+        disable_numparse=True,  # keep values as the report wrote them ("007" stays "007")
+    )
+    shown = min(limit, rows.num_rows)
+    return f"{table}\n\n{shown} of {rows.num_rows} rows"
+
+
+def _html_table(headers: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{html.escape(name)}</th>" for name in headers)
+    lines = ["".join(f"<td>{cell}</td>" for cell in row) for row in body]
+    rows = "\n".join(f"<tr>{line}</tr>" for line in lines)
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}\n</tbody>\n</table>"
+
+
+def _checks_table(checks: Sequence[CheckOutcome]) -> str:
+    if not checks:
+        return "<p>No checks.</p>"
+    results = {True: '<span class="passed">passed</span>', False: '<span class="failed">failed</span>'}
+    body = [
+        (
+            html.escape(check.name),
+            html.escape(check.description),
+            html.escape(check.severity),
+            results[check.passed],
+            str(check.failing_rows),
+        )
+        for check in checks
+    ]
+    return _html_table(["check", "rule", "severity", "result", "failing rows"], body)
+
+
+def render_html(
+    report: ReportSpec,
+    rows: pa.Table,
+    as_of: datetime,
+    checks: Sequence[CheckOutcome],
+    chart_file: str | None = None,
+    limit: int = HTML_ROWS,
+) -> str:
+    """A self-contained page: title, description, as-of time, checks, chart (if any) and the first rows."""
+    title = html.escape(report.identifier)
+    shown = min(limit, rows.num_rows)
+    body = [[html.escape(_text(value)) for value in row] for row in _row_values(rows, limit)]
+    chart = (
+        f'<img src="{html.escape(chart_file)}" alt="{html.escape(report.name)} chart">' if chart_file else ""
+    )
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en">',
+            f'<head><meta charset="utf-8"><title>{title}</title><style>{STYLE}</style></head>',
+            "<body>",
+            f"<h1>{title}</h1>",
+            f"<p>{html.escape(report.header.description)}</p>",
+            f"<p>As of {html.escape(as_of.astimezone(UTC).isoformat())}; "
+            f"showing {shown} of {rows.num_rows} rows.</p>",
+            "<h2>Checks</h2>",
+            _checks_table(checks),
+            chart,
+            "<h2>Rows</h2>",
+            _html_table(rows.column_names, body),
+            "</body>",
+            "</html>",
+            "",
+        ]
+    )
+
+
+def chart_series(rows: pa.Table, chart: ChartSpec) -> tuple[list[str], dict[str, list[float]]]:
+    """The x labels (sorted, the last `CHART_MAX_X`) and one list of y values per group (0 where missing);
+    y is summed over rows sharing x and group, so an ungrouped chart of a per-facility report is the total."""
+    frame = pl.from_arrow(rows.select(chart.columns)).drop_nulls(chart.x)
+    xs = frame.get_column(chart.x).unique().sort().tail(CHART_MAX_X)
+    frame = frame.filter(pl.col(chart.x).is_in(xs.implode()))
+    if chart.group is None:
+        wide = frame.group_by(chart.x).agg(pl.col(chart.y).sum())
+    else:
+        frame = frame.with_columns(pl.col(chart.group).cast(pl.String).fill_null("(none)"))
+        wide = frame.pivot(on=chart.group, index=chart.x, values=chart.y, aggregate_function="sum")
+    wide = wide.sort(chart.x).fill_null(0)
+    labels = [_text(value) for value in wide.get_column(chart.x).to_list()]
+    series = {
+        name: wide.get_column(name).cast(pl.Float64).to_list() for name in wide.columns if name != chart.x
+    }
+    return labels, series
+
+
+def render_chart(rows: pa.Table, chart: ChartSpec, title: str, path: Path) -> Path:
+    """A grouped bar chart as a PNG (Agg, no display)."""
+    # Imported here so loading the Dagster definitions does not pay for matplotlib.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    labels, series = chart_series(rows, chart)
+    figure = Figure(figsize=(10, 5), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)  # the object API without pyplot: no global state, safe in a server process
+    axes = figure.add_subplot()
+    width = 0.8 / max(len(series), 1)
+    for index, (name, values) in enumerate(series.items()):
+        positions = [x + (index - (len(series) - 1) / 2) * width for x in range(len(labels))]
+        axes.bar(positions, values, width, label=name)
+    axes.set_xticks(range(len(labels)), labels, rotation=90 if len(labels) > 12 else 0)
+    axes.set_xlabel(chart.x)
+    axes.set_ylabel(chart.y)
+    axes.set_title(title)
+    if chart.group is not None and series:
+        axes.legend(title=chart.group, fontsize="small")
+    figure.savefig(path, format="png")
+    return path
+
+
+def render_report(
+    home: Path,
+    report: ReportSpec,
+    rows: pa.Table,
+    as_of: datetime,
+    checks: Sequence[CheckOutcome],
+    partition: str | None = None,
+) -> RenderedReport:
+    """Write `report.html` (and `chart.png` if the header has a chart) under
+    `<home>/reports/<name>/<partition>/`; the partition defaults to the run time."""
+    folder = Path(home) / "reports" / report.name / (partition or partition_name(as_of))
+    folder.mkdir(parents=True, exist_ok=True)
+    chart = report.header.chart
+    chart_path = None
+    if chart is not None:
+        title = f"{report.identifier}: {chart.y} by {chart.x}"
+        chart_path = render_chart(rows, chart, title, folder / CHART_FILE)
+    html_path = folder / HTML_FILE
+    html_path.write_text(
+        render_html(report, rows, as_of, checks, CHART_FILE if chart_path else None), encoding="utf-8"
+    )
+    return RenderedReport(html=html_path, chart=chart_path, preview=markdown_preview(rows))
