@@ -15,8 +15,9 @@ from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.transforms import BucketTransform, DayTransform, IdentityTransform
-from pyiceberg.types import DateType, IcebergType, LongType, NestedField, StringType, TimestamptzType
+from pyiceberg.types import IcebergType, NestedField, StringType, TimestamptzType
 
+from medlake_assets.tables.bronze import LINEAGE as BRONZE_LINEAGE
 from medlake_assets.tables.merge import (
     MERGE_COLUMNS,
     append,
@@ -45,15 +46,7 @@ DECLARED: list[tuple[str, IcebergType]] = [
     ("result_ts", TimestamptzType()),
     ("op", StringType()),
 ]
-LINEAGE: list[tuple[str, IcebergType]] = [
-    ("_archive", StringType()),
-    ("_member", StringType()),
-    ("_record", LongType()),
-    ("_facility", StringType()),
-    ("_landing_day", DateType()),
-    ("_ingested_at", TimestamptzType()),
-    ("_batch", StringType()),
-]
+LINEAGE: list[tuple[str, IcebergType]] = BRONZE_LINEAGE
 
 
 def ts(minutes: int) -> datetime:
