@@ -28,8 +28,6 @@ from medlake_assets.tables.merge import LINEAGE_COLUMNS, MERGE_COLUMNS, merge_in
 from medlake_assets.tables.silver import ensure_table
 from medlake_assets.transforms.typed import apply_types, typed_schema
 
-LINEAGE = LINEAGE_COLUMNS
-
 
 @dataclass
 class SilverReport:
@@ -78,7 +76,7 @@ def _rejected_rows(frame: pl.DataFrame, rows: pl.DataFrame, columns: list[str]) 
     received from bronze (JSON), since a value that failed its cast is null in the typed frame."""
     picked = frame.with_row_index("_row").join(rows, on="_row", how="inner")
     return picked.select(
-        *LINEAGE,
+        *LINEAGE_COLUMNS,
         pl.lit(None, dtype=pl.Int64).alias("_line"),
         pl.lit("silver").alias("stage"),
         "rule",
@@ -120,11 +118,11 @@ def load_silver(lake: Lake, spec: SourceSpec, day: date, *, full: bool = False) 
     clean = typed.frame.with_row_index("_row").join(cast_failed.select("_row"), on="_row", how="anti")
     gate = evaluate(clean.drop("_row"), spec)
     gate_rows = gate.rejected.join(
-        clean.select("_row", *LINEAGE[:3]), on=list(LINEAGE[:3]), how="inner"
+        clean.select("_row", *LINEAGE_COLUMNS[:3]), on=list(LINEAGE_COLUMNS[:3]), how="inner"
     ).select("_row", "rule", "reason")
     rejected = pl.concat([cast_failed.select("_row", "rule", "reason"), gate_rows])
     quarantine = _rejected_rows(rows, rejected, spec.column_names())
-    report.rejected = quarantine.select(LINEAGE[:3]).unique().height
+    report.rejected = quarantine.select(LINEAGE_COLUMNS[:3]).unique().height
     report.rules.update(dict(quarantine.group_by("rule").len().iter_rows()))
     report.rejected_by_facility.update(dict(quarantine.group_by("_facility").len().iter_rows()))
     report.warnings.update(gate.warnings)
