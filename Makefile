@@ -36,10 +36,10 @@ run: install $(DEMO_ENV)
 test: install
 	$(BIN)/ruff check medlake_assets medlake_assets_tests
 	$(BIN)/ruff format --check medlake_assets medlake_assets_tests
-	$(BIN)/python -m pytest -m "not e2e" -n 2 -q
+	$(BIN)/python -m pytest -m "not e2e and not tf" -n 2 -q
 
 test-e2e: install
-	$(BIN)/python -m pytest -m e2e -q
+	$(BIN)/python -m pytest -m "e2e and not tf" -q
 
 test-all: test test-e2e
 
