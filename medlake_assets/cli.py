@@ -207,11 +207,23 @@ def tables() -> None:
 
 @app.command()
 def report(
-    name: Annotated[str, typer.Argument(help="A report in metadata/reports/ (its file name without .sql)")],
+    name: Annotated[
+        str | None, typer.Argument(help="A report in metadata/reports/ (its file name without .sql)")
+    ] = None,
+    partition: Annotated[
+        str,
+        typer.Option(
+            help="A partitioned report's partition (2026-11-25) or range (2026-11-01...2026-11-25); "
+            "default: its latest, the current day or week"
+        ),
+    ] = "",
+    all_reports: Annotated[
+        bool, typer.Option("--all", help="Run every report (e.g. after a demo load)")
+    ] = False,
 ) -> None:
-    """Run one gold report now: its SQL over the lake, written to gold.<name>, then its checks."""
+    """Run gold reports now: each one's SQL over the lake, written to gold.<name>, then its checks."""
     from medlake_assets.definitions import build_definitions
-    from medlake_assets.defs.reports import report_job_name
+    from medlake_assets.defs.reports import report_job_name, report_run_tags
     from medlake_assets.reports import ReportSpecError, load_reports
 
     settings = load_settings()
@@ -220,20 +232,42 @@ def report(
     except ReportSpecError as error:
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
-    if name not in reports:
+    if all_reports == (name is not None):
+        console.print("[red]name one report, or pass --all[/red]")
+        raise typer.Exit(2)
+    if name is not None and name not in reports:
         console.print(f"[red]unknown report {name!r}; known: {', '.join(sorted(reports))}[/red]")
         raise typer.Exit(2)
-    # Through the report's Dagster job, so the materialization and its checks show in the UI.
-    result = (
-        build_definitions(settings)
-        .resolve_job_def(report_job_name(reports[name]))
-        .execute_in_process(instance=_dagster_instance(), raise_on_error=False)
-    )
+    try:
+        selected = sorted(reports) if all_reports else [name]
+        # With --all, --partition applies to the partitioned reports; the others are rebuilt whole.
+        runs = {
+            key: report_run_tags(reports[key], partition if name or reports[key].header.partitions else "")
+            for key in selected
+        }
+    except ValueError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+    defs, instance, ok = build_definitions(settings), _dagster_instance(), True
+    for key, tags in runs.items():
+        # Through the report's Dagster job, so the materialization and its checks show in the UI.
+        result = defs.resolve_job_def(report_job_name(reports[key])).execute_in_process(
+            instance=instance, tags=tags, raise_on_error=False
+        )
+        ok = _print_report_run(reports[key].table, result, tags) and ok
+    if not ok:
+        raise typer.Exit(1)
+
+
+def _print_report_run(table_name: str, result, tags: dict[str, str]) -> bool:
+    """A table of the run's checks; whether the run succeeded with no failed error-severity check."""
     materialization = result.asset_materializations_for_node(
         result.job_def.nodes_in_topological_order[0].name
     )
     rows = materialization[0].metadata["rows"].value if materialization else "no"
-    table = Table(title=f"gold.{reports[name].table}: {rows} rows, run {result.run_id}")
+    window = "...".join(dict.fromkeys(tags.values()))
+    title = f"gold.{table_name}{f' [{window}]' if window else ''}: {rows} rows, run {result.run_id}"
+    table = Table(title=title)
     for column in ("check", "severity", "result"):
         table.add_column(column)
     for evaluation in result.get_asset_check_evaluations():
@@ -241,8 +275,7 @@ def report(
         table.add_row(evaluation.check_name, evaluation.severity.value.lower(), outcome)
     console.print(table)
     failed = [e for e in result.get_asset_check_evaluations() if not e.passed and e.severity.value == "ERROR"]
-    if not result.success or failed:
-        raise typer.Exit(1)
+    return result.success and not failed
 
 
 @app.command("serve-sql")

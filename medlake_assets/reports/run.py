@@ -1,7 +1,8 @@
 """Run one report: its SQL with DuckDB over the lake's views, then `gold.<name>` replaced in one commit.
 
-Gold tables are derived entirely from silver (and the ledger), so a run rewrites the whole table: a
-re-run gives the same table, and a report whose columns changed gets its table recreated.
+Gold tables are derived entirely from silver (and the ledger), so a run rewrites the whole table, or for a
+partitioned report the rows of its window: a re-run gives the same table, and a report whose columns
+changed gets its table recreated.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from datetime import UTC, datetime
 import duckdb
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
+from pyiceberg.expressions import And, BooleanExpression, GreaterThanOrEqual, LessThan
+from pyiceberg.schema import Schema
+from pyiceberg.types import DateType
 
 from medlake_assets.lake import Lake
 from medlake_assets.reports.render import RenderedReport, render_report
@@ -33,6 +37,15 @@ class CheckOutcome:
 
 
 @dataclass(frozen=True)
+class PartitionWindow:
+    """The rows a partitioned run owns: `column` in [start, end), UTC; `label` names its page folder."""
+
+    start: datetime
+    end: datetime
+    label: str
+
+
+@dataclass(frozen=True)
 class ReportRun:
     report: str
     identifier: str
@@ -44,13 +57,22 @@ class ReportRun:
     rendered: RenderedReport
 
 
-def query_report(con: duckdb.DuckDBPyConnection, report: ReportSpec, as_of: datetime) -> pa.Table:
-    """The report's rows. Days and timestamps are UTC; `getvariable('as_of')` is the run's time."""
+def query_report(
+    con: duckdb.DuckDBPyConnection, report: ReportSpec, as_of: datetime, window: PartitionWindow | None = None
+) -> pa.Table:
+    """The report's rows (only the window's, if given). Days and timestamps are UTC;
+    `getvariable('as_of')` is the run's time."""
     if as_of.tzinfo is None:
         raise ValueError("as_of must be timezone-aware")
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET VARIABLE as_of = ?::TIMESTAMPTZ", [as_of.astimezone(UTC)])
-    return con.execute(report.sql).to_arrow_table()
+    if window is None:
+        return con.execute(report.sql).to_arrow_table()
+    column = report.header.partitions.column
+    return con.execute(
+        f'SELECT * FROM ({report.sql}) WHERE "{column}" >= ?::TIMESTAMPTZ AND "{column}" < ?::TIMESTAMPTZ',
+        [window.start, window.end],
+    ).to_arrow_table()
 
 
 def _failing_rows_sql(check: ReportCheck) -> str:
@@ -98,8 +120,11 @@ def evaluate_checks(rows: pa.Table, checks: list[ReportCheck]) -> list[CheckOutc
     return outcomes
 
 
-def write_gold(catalog: Catalog, report: ReportSpec, rows: pa.Table) -> int | None:
-    """Replace the gold table's contents with `rows` in one commit; recreate it if its columns changed."""
+def write_gold(
+    catalog: Catalog, report: ReportSpec, rows: pa.Table, window: PartitionWindow | None = None
+) -> int | None:
+    """Replace the gold table's contents (or the window's rows) with `rows` in one commit; recreate the
+    table if its columns changed (a partitioned report then needs its other partitions backfilled)."""
     identifier = report.identifier
     if catalog.table_exists(identifier):
         existing = catalog.load_table(identifier).schema().column_names
@@ -107,20 +132,42 @@ def write_gold(catalog: Catalog, report: ReportSpec, rows: pa.Table) -> int | No
             catalog.drop_table(identifier)
     table = ensure_table(catalog, identifier, rows.schema, report.header.partition_by)
     rows = rows.cast(pa.schema([field.with_nullable(True) for field in rows.schema]))
-    # A first write appends: overwriting a table with no snapshot only warns that nothing matched.
-    (table.append if table.metadata.current_snapshot_id is None else table.overwrite)(rows)
+    if table.metadata.current_snapshot_id is None:
+        # A first write appends: overwriting a table with no snapshot only warns that nothing matched.
+        table.append(rows)
+    elif window is None:
+        table.overwrite(rows)
+    else:
+        table.overwrite(rows, overwrite_filter=window_filter(table.schema(), report, window))
     return catalog.load_table(identifier).metadata.current_snapshot_id
 
 
-def run_report(lake: Lake, report: ReportSpec, as_of: datetime | None = None) -> ReportRun:
-    """Query the lake, check the rows, write `gold.<name>`, then render its page under the lake's home;
-    checks never stop the write (gold is derived)."""
+def window_filter(schema: Schema, report: ReportSpec, window: PartitionWindow) -> BooleanExpression:
+    """The Iceberg row filter of a window, in the partition column's own type (date or timestamp)."""
+    column = report.header.partitions.column
+    is_date = isinstance(schema.find_field(column).field_type, DateType)
+
+    def bound(moment: datetime) -> str:
+        return moment.date().isoformat() if is_date else moment.isoformat()
+
+    return And(GreaterThanOrEqual(column, bound(window.start)), LessThan(column, bound(window.end)))
+
+
+def run_report(
+    lake: Lake, report: ReportSpec, as_of: datetime | None = None, window: PartitionWindow | None = None
+) -> ReportRun:
+    """Query the lake, check the rows, write `gold.<name>` (or its window), then render its page under the
+    lake's home; checks never stop the write (gold is derived)."""
+    if (window is None) != (report.header.partitions is None):
+        raise ValueError(f"report {report.name}: a partitioned report runs for a window, any other without")
     started = time.perf_counter()
     as_of = as_of or datetime.now(UTC)
-    rows = query_report(connect(lake), report, as_of)
+    rows = query_report(connect(lake), report, as_of, window)
     checks = evaluate_checks(rows, report.header.checks)
-    snapshot_id = write_gold(lake.catalog, report, rows)
-    rendered = render_report(lake.settings.home, report, rows, as_of, checks)
+    snapshot_id = write_gold(lake.catalog, report, rows, window)
+    rendered = render_report(
+        lake.settings.home, report, rows, as_of, checks, partition=window.label if window else None
+    )
     return ReportRun(
         report=report.name,
         identifier=report.identifier,

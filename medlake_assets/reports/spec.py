@@ -5,6 +5,7 @@
 -- schedule: on_update            # hourly | daily | weekly | nightly | on_update
 -- target: gold.bed_availability  # optional, default gold.<file name>
 -- partition_by: []               # optional Iceberg partition spec of the gold table
+-- partitions: {cadence: daily, column: day}  # optional: a Dagster-partitioned report (not on_update)
 -- chart: {kind: bar, x: unit, y: occupancy_rate, group: facility_id}  # optional PNG next to the HTML page
 -- checks:
 --   - {rule: not_null, columns: [facility_id, unit]}
@@ -13,6 +14,9 @@
 SELECT ...
 ```
 
+A partitioned report's run rebuilds only its window (one partition or a range): the rows whose
+`column` falls in the window replace that window's rows of the gold table; the SQL stays window-free.
+
 The header is every line from the top that starts with `--`; the SQL is the rest. The tables a report
 reads are found by parsing the SQL with sqlglot (DuckDB dialect), so lineage never drifts from the query.
 Reports may use `getvariable('as_of')`: the run sets it to its start time (UTC), tests to a fixed one.
@@ -20,6 +24,7 @@ Reports may use `getvariable('as_of')`: the run sets it to its start time (UTC),
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -103,6 +108,14 @@ class ChartSpec(_Strict):
         return [column for column in (self.x, self.y, self.group) if column is not None]
 
 
+class PartitionSpec(_Strict):
+    """Dagster partitions of a scheduled report: one per day or week (UTC) of `column` since `start`."""
+
+    cadence: Literal["daily", "weekly"]
+    column: str = Field(pattern=IDENTIFIER)
+    start: date = date(2024, 1, 1)
+
+
 class ReportHeader(_Strict):
     description: str = Field(min_length=1)
     schedule: Schedule
@@ -111,6 +124,7 @@ class ReportHeader(_Strict):
     owner: str | None = None
     checks: list[ReportCheck] = []
     chart: ChartSpec | None = None
+    partitions: PartitionSpec | None = None
 
     @field_validator("partition_by")
     @classmethod
@@ -124,6 +138,8 @@ class ReportHeader(_Strict):
         names = [check_name(check) for check in self.checks]
         if duplicates := sorted({name for name in names if names.count(name) > 1}):
             raise ValueError(f"checks: two checks would be named {duplicates[0]!r} (same rule and columns)")
+        if self.partitions is not None and self.schedule == "on_update":
+            raise ValueError("partitions: on_update reports are rebuilt whole, not partitioned")
         return self
 
 
@@ -177,13 +193,13 @@ def tables_read(sql: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(reads))
 
 
-def check_chart_columns(chart: ChartSpec, sql: str) -> None:
-    """The chart's columns must be output columns of the query (unknowable for `SELECT *`: not checked)."""
+def check_output_columns(field: str, columns: list[str], sql: str) -> None:
+    """Columns a header field names must be output columns of the query (unknowable for `SELECT *`)."""
     selected = sqlglot.parse_one(sql, dialect="duckdb").named_selects
     if "*" in selected:
         return
-    if missing := [column for column in chart.columns if column not in selected]:
-        raise ValueError(f"chart: column {missing[0]!r} is not an output column of the query")
+    if missing := [column for column in columns if column not in selected]:
+        raise ValueError(f"{field}: column {missing[0]!r} is not an output column of the query")
 
 
 def load_report(path: Path) -> ReportSpec:
@@ -205,11 +221,13 @@ def load_report(path: Path) -> ReportSpec:
         reads = tables_read(sql)
     except (sqlglot.errors.ParseError, ValueError) as error:
         raise ReportSpecError(f"{path}: sql: {str(error).splitlines()[0]}") from None
-    if header.chart is not None:
-        try:
-            check_chart_columns(header.chart, sql)
-        except ValueError as error:
-            raise ReportSpecError(f"{path}: {error}") from None
+    named = [("chart", header.chart.columns if header.chart else [])]
+    named.append(("partitions.column", [header.partitions.column] if header.partitions else []))
+    try:
+        for field, columns in named:
+            check_output_columns(field, columns, sql)
+    except ValueError as error:
+        raise ReportSpecError(f"{path}: {error}") from None
     try:
         return ReportSpec(name=path.stem, header=header, sql=sql, reads=reads, path=str(path))
     except ValidationError as error:

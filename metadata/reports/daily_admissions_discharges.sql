@@ -3,6 +3,7 @@
 --   the day's discharges, from silver.encounters; transfers are the day's A02 events in silver.adt_events
 --   (an encounter keeps only its latest status, not each move).
 -- schedule: daily
+-- partitions: {cadence: daily, column: day}  # a run rebuilds its day(s); the schedule runs yesterday
 -- partition_by: [month(day)]
 -- chart: {kind: bar, x: day, y: admissions, group: facility}
 -- checks:
