@@ -126,6 +126,11 @@ _CATALOG_REWRITES = (
 _CATALOG_MACROS = (
     "CREATE OR REPLACE MACRO pg_get_userbyid(role_oid) AS 'medlake'",
     "CREATE OR REPLACE MACRO pg_encoding_to_char(encoding) AS 'UTF8'",
+    # DuckDB's pg_database lacks the locale columns psql's \l selects; one database: the lake.
+    "CREATE OR REPLACE VIEW pg_database AS SELECT 0::BIGINT AS oid, 'medlake' AS datname, 10 AS datdba, "
+    "6 AS encoding, 'c' AS datlocprovider, 'C.UTF-8' AS datcollate, 'C.UTF-8' AS datctype, "
+    "NULL::VARCHAR AS daticulocale, NULL::VARCHAR[] AS datacl, false AS datistemplate, "
+    "true AS datallowconn, -1 AS datconnlimit",
     "CREATE TYPE regtype AS VARCHAR",
     "CREATE TYPE regclass AS VARCHAR",
     "CREATE TYPE regproc AS VARCHAR",
