@@ -123,18 +123,73 @@ _CATALOG_REWRITES = (
     (re.compile(r"\bpg_catalog\.", re.IGNORECASE), ""),
     (re.compile(r"pg_get_expr\(([^,()]+),([^,()]+),\s*true\)", re.IGNORECASE), r"pg_get_expr(\1,\2)"),
 )
-_CATALOG_MACROS = (
-    "CREATE OR REPLACE MACRO pg_get_userbyid(role_oid) AS 'medlake'",
-    "CREATE OR REPLACE MACRO pg_encoding_to_char(encoding) AS 'UTF8'",
-    # DuckDB's pg_database lacks the locale columns psql's \l selects; one database: the lake.
-    "CREATE OR REPLACE VIEW pg_database AS SELECT 0::BIGINT AS oid, 'medlake' AS datname, 10 AS datdba, "
-    "6 AS encoding, 'c' AS datlocprovider, 'C.UTF-8' AS datcollate, 'C.UTF-8' AS datctype, "
-    "NULL::VARCHAR AS daticulocale, NULL::VARCHAR[] AS datacl, false AS datistemplate, "
-    "true AS datallowconn, -1 AS datconnlimit",
-    "CREATE TYPE regtype AS VARCHAR",
-    "CREATE TYPE regclass AS VARCHAR",
-    "CREATE TYPE regproc AS VARCHAR",
+# PostgreSQL type oids of the column types a lake has (anything else, e.g. lists, is shown as text).
+_PG_TYPES = (
+    # oid, name, category, DuckDB types
+    (16, "bool", "B", ("BOOLEAN",)),
+    (17, "bytea", "U", ("BLOB",)),
+    (20, "int8", "N", ("BIGINT", "UBIGINT", "UINTEGER", "HUGEINT")),
+    (21, "int2", "N", ("SMALLINT", "TINYINT", "UTINYINT")),
+    (23, "int4", "N", ("INTEGER", "USMALLINT")),
+    (25, "text", "S", ()),
+    (700, "float4", "N", ("FLOAT",)),
+    (701, "float8", "N", ("DOUBLE",)),
+    (1043, "varchar", "S", ("VARCHAR",)),
+    (1082, "date", "D", ("DATE",)),
+    (1083, "time", "D", ("TIME",)),
+    (1114, "timestamp", "D", ("TIMESTAMP",)),
+    (1184, "timestamptz", "D", ("TIMESTAMP WITH TIME ZONE",)),
+    (1186, "interval", "T", ("INTERVAL",)),
+    (1700, "numeric", "N", ()),
+    (2950, "uuid", "U", ("UUID",)),
 )
+
+
+def _catalog_macros() -> list[str]:
+    """Views and macros in `main` that shadow DuckDB's pg_catalog where clients need PostgreSQL's shape.
+
+    DuckDB's pg_attribute carries DuckDB's own type ids, which its pg_type (PostgreSQL oids) lacks, so the
+    JDBC driver's getColumns (Tableau, Metabase, DBeaver) joined them into no columns: here both use
+    PostgreSQL oids, and format_type (psql's \\d) reads the same pg_type.
+    """
+    cases = " ".join(
+        f"WHEN data_type IN ({', '.join(repr(name) for name in duckdb_names)}) THEN {oid}"
+        for oid, _, _, duckdb_names in _PG_TYPES
+        if duckdb_names
+    )
+    types = ", ".join(f"({oid}, '{name}', '{category}')" for oid, name, category, _ in _PG_TYPES)
+    return [
+        "CREATE OR REPLACE MACRO pg_get_userbyid(role_oid) AS 'medlake'",
+        "CREATE OR REPLACE MACRO pg_encoding_to_char(encoding) AS 'UTF8'",
+        "CREATE TYPE regtype AS VARCHAR",
+        "CREATE TYPE regclass AS VARCHAR",
+        "CREATE TYPE regproc AS VARCHAR",
+        # DuckDB's pg_database lacks the locale columns psql's \l selects; one database: the lake.
+        "CREATE OR REPLACE VIEW pg_database AS SELECT 0::BIGINT AS oid, 'medlake' AS datname, 10 AS datdba, "
+        "6 AS encoding, 'c' AS datlocprovider, 'C.UTF-8' AS datcollate, 'C.UTF-8' AS datctype, "
+        "NULL::VARCHAR AS daticulocale, NULL::VARCHAR[] AS datacl, false AS datistemplate, "
+        "true AS datallowconn, -1 AS datconnlimit",
+        f"CREATE OR REPLACE MACRO pg_type_oid(data_type) AS CASE {cases} "
+        "WHEN data_type LIKE 'DECIMAL%' THEN 1700 ELSE 25 END",
+        "CREATE OR REPLACE VIEW pg_type AS SELECT oid::BIGINT AS oid, typname, 0::BIGINT AS typnamespace, "
+        "0 AS typowner, -1 AS typlen, false AS typbyval, 'b' AS typtype, typcategory, "
+        "false AS typispreferred, true AS typisdefined, ',' AS typdelim, 0::BIGINT AS typrelid, "
+        "0::BIGINT AS typelem, 0::BIGINT AS typarray, false AS typnotnull, 0::BIGINT AS typbasetype, "
+        "-1 AS typtypmod, 0 AS typndims, 0::BIGINT AS typcollation, NULL AS typdefault "
+        f"FROM (VALUES {types}) AS types(oid, typname, typcategory)",
+        "CREATE OR REPLACE VIEW pg_attribute AS SELECT table_oid AS attrelid, column_name AS attname, "
+        "pg_type_oid(data_type) AS atttypid, 0 AS attstattarget, NULL AS attlen, column_index AS attnum, "
+        "0 AS attndims, -1 AS attcacheoff, CASE WHEN data_type LIKE 'DECIMAL%' "
+        "THEN numeric_precision * 1000 + numeric_scale ELSE -1 END AS atttypmod, false AS attbyval, "
+        "NULL AS attstorage, NULL AS attalign, NOT is_nullable AS attnotnull, "
+        "column_default IS NOT NULL AS atthasdef, false AS atthasmissing, '' AS attidentity, "
+        "'' AS attgenerated, false AS attisdropped, true AS attislocal, 0 AS attinhcount, "
+        "0 AS attcollation, NULL AS attcompression, NULL AS attacl, NULL AS attoptions, "
+        "NULL AS attfdwoptions, NULL AS attmissingval FROM duckdb_columns()",
+        "CREATE OR REPLACE MACRO format_type(type_oid, typemod) AS (SELECT CASE WHEN typname = 'numeric' "
+        "AND typemod > 0 THEN concat('numeric(', typemod // 1000, ',', typemod % 1000, ')') ELSE typname END "
+        "FROM pg_type WHERE oid = type_oid)",
+    ]
 
 
 class ReadOnlySession(DuckDBSession):
@@ -309,7 +364,7 @@ def build_server(lake: Lake, host: str, port: int, user: str, password: str) -> 
     logging.getLogger("buenavista").setLevel(logging.CRITICAL)
     _extend_buenavista_types()
     con = connect(lake)
-    for macro in _CATALOG_MACROS:
+    for macro in _catalog_macros():
         con.execute(macro)
     lock_down(con, lake)
     return LakeServer((host, port), con, user, password)

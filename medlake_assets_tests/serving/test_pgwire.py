@@ -43,6 +43,7 @@ def endpoint(tmp_path_factory):
     expected = {
         "adt_events": manifest["sources"]["adt_events"]["records"],
         "lab_results": reference.execute("SELECT count(*) FROM bronze.lab_results").fetchone()[0],
+        "lab_results_silver": reference.execute("SELECT count(*) FROM silver.lab_results").fetchone()[0],
         "first_labs": reference.execute(
             "SELECT _archive, _member, _record FROM bronze.lab_results ORDER BY ALL LIMIT 3"
         ).fetchall(),
@@ -268,3 +269,30 @@ def test_concurrent_connections_each_get_their_rows(endpoint):
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         assert list(pool.map(count_labs, range(8))) == [expected["lab_results"]] * 8
+
+
+JDBC_DRIVER = "/usr/share/java/postgresql.jar"  # Debian's libpostgresql-jdbc-java (.ci/run installs it)
+
+
+def test_jdbc_bi_catalog_lists_schemas_tables_columns_and_queries(endpoint):
+    """The PostgreSQL JDBC driver, as Tableau, Metabase and DBeaver use it: metadata calls, then a
+    prepared query (the driver's own catalog SQL, not ours)."""
+    parts, expected = endpoint
+    program = os.path.join(os.path.dirname(__file__), "jdbc", "BiCatalog.java")
+    url = f"jdbc:postgresql://{parts['host']}:{parts['port']}/medlake?sslmode=disable"
+    result = subprocess.run(
+        ["java", "-cp", JDBC_DRIVER, program, url, USER, "silver", "lab_results"],
+        env={**os.environ, "PGPASSWORD": parts["password"]},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    found = [line.split("\t") for line in result.stdout.splitlines()]
+    assert {row[1] for row in found if row[0] == "schema"} >= {"bronze", "silver", "quarantine", "meta"}
+    assert ["table", "silver.lab_results", "VIEW"] in found
+    assert ["table", "silver.encounters", "VIEW"] in found
+    columns = {row[1]: row[2] for row in found if row[0] == "column"}
+    assert columns["order_id"] == "varchar"
+    assert columns["result_ts"] == "timestamptz"
+    assert ["count", str(expected["lab_results_silver"])] in found
