@@ -129,8 +129,8 @@ def build_report_defs(report: ReportSpec) -> dg.Definitions:
                 "seconds": round(run.seconds, 3),
                 "snapshot_id": str(run.snapshot_id or ""),
                 "preview": dg.MetadataValue.md(run.rendered.preview),
-                "html": dg.MetadataValue.path(str(run.rendered.html)),
-                **({"chart": dg.MetadataValue.path(str(run.rendered.chart))} if run.rendered.chart else {}),
+                "html": dg.MetadataValue.url(run.rendered.html),
+                **({"chart": dg.MetadataValue.url(run.rendered.chart)} if run.rendered.chart else {}),
             },
             check_results=[_check_result(outcome) for outcome in run.checks],
         )

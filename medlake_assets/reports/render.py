@@ -1,24 +1,27 @@
 """Reports people can look at: an HTML page, a PNG bar chart when the header asks for one, and a markdown
 preview for the Dagster materialization.
 
-Files go to `<home>/reports/<name>/<partition>/` (`report.html`, `chart.png`); an unpartitioned report's
-partition is its run time in UTC, e.g. `2026-11-26T0700Z`, so each run keeps its own page. Gold reports are
+Pages go to the lake's object store under `reports/<name>/<partition>/` (`report.html`, `chart.png`): in the
+embedded default that is `MEDLAKE_HOME/reports/...`, in production the S3 bucket, so a page outlives the
+run's pod. An unpartitioned report's partition is its run time in UTC, e.g. `2026-11-26T0700Z`, so each run
+keeps its own page. Gold reports are
 aggregates, so showing their values is fine (no record-level PHI reaches a gold table).
 """
 
 from __future__ import annotations
 
 import html
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import pyarrow as pa
 from tabulate import tabulate
 
+from medlake_assets.ingest.objectstore import ObjectStore
 from medlake_assets.reports.spec import ChartSpec, ReportSpec
 
 if TYPE_CHECKING:  # run.py imports this module to render after its write
@@ -42,8 +45,10 @@ img { max-width: 100%; }
 
 @dataclass(frozen=True)
 class RenderedReport:
-    html: Path
-    chart: Path | None
+    """Where the page (and chart) went, as the store's URLs, and the markdown preview."""
+
+    html: str
+    chart: str | None
     preview: str
 
 
@@ -160,8 +165,8 @@ def chart_series(rows: pa.Table, chart: ChartSpec) -> tuple[list[str], dict[str,
     return labels, series
 
 
-def render_chart(rows: pa.Table, chart: ChartSpec, title: str, path: Path) -> Path:
-    """A grouped bar chart as a PNG (Agg, no display)."""
+def render_chart(rows: pa.Table, chart: ChartSpec, title: str) -> bytes:
+    """A grouped bar chart as PNG bytes (Agg, no display)."""
     # Imported here so loading the Dagster definitions does not pay for matplotlib.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -180,29 +185,30 @@ def render_chart(rows: pa.Table, chart: ChartSpec, title: str, path: Path) -> Pa
     axes.set_title(title)
     if chart.group is not None and series:
         axes.legend(title=chart.group, fontsize="small")
-    figure.savefig(path, format="png")
-    return path
+    png = io.BytesIO()
+    figure.savefig(png, format="png")
+    return png.getvalue()
 
 
 def render_report(
-    home: Path,
+    store: ObjectStore,
     report: ReportSpec,
     rows: pa.Table,
     as_of: datetime,
     checks: Sequence[CheckOutcome],
     partition: str | None = None,
 ) -> RenderedReport:
-    """Write `report.html` (and `chart.png` if the header has a chart) under
-    `<home>/reports/<name>/<partition>/`; the partition defaults to the run time."""
-    folder = Path(home) / "reports" / report.name / (partition or partition_name(as_of))
-    folder.mkdir(parents=True, exist_ok=True)
+    """Put `report.html` (and `chart.png` if the header has a chart) under
+    `reports/<name>/<partition>/` of the store; the partition defaults to the run time."""
+    folder = f"reports/{report.name}/{partition or partition_name(as_of)}"
     chart = report.header.chart
-    chart_path = None
+    chart_url = None
     if chart is not None:
         title = f"{report.identifier}: {chart.y} by {chart.x}"
-        chart_path = render_chart(rows, chart, title, folder / CHART_FILE)
-    html_path = folder / HTML_FILE
-    html_path.write_text(
-        render_html(report, rows, as_of, checks, CHART_FILE if chart_path else None), encoding="utf-8"
+        store.put(f"{folder}/{CHART_FILE}", render_chart(rows, chart, title))
+        chart_url = store.url(f"{folder}/{CHART_FILE}")
+    page = render_html(report, rows, as_of, checks, CHART_FILE if chart_url else None)
+    store.put(f"{folder}/{HTML_FILE}", page.encode("utf-8"))
+    return RenderedReport(
+        html=store.url(f"{folder}/{HTML_FILE}"), chart=chart_url, preview=markdown_preview(rows)
     )
-    return RenderedReport(html=html_path, chart=chart_path, preview=markdown_preview(rows))

@@ -166,7 +166,7 @@ def run_report(
     checks = evaluate_checks(rows, report.header.checks)
     snapshot_id = write_gold(lake.catalog, report, rows, window)
     rendered = render_report(
-        lake.settings.home, report, rows, as_of, checks, partition=window.label if window else None
+        lake.store, report, rows, as_of, checks, partition=window.label if window else None
     )
     return ReportRun(
         report=report.name,

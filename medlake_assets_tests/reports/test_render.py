@@ -1,5 +1,6 @@
 """Report pages: the markdown preview, the HTML page (escaped values, check results), the PNG chart and
-its series, chart headers validated against the query, and a real run writing its files under the home."""
+its series, chart headers validated against the query, and a real run putting its files in the lake's
+object store (the home folder by default, an S3 bucket in production)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from medlake_assets.ingest.objectstore import LocalObjectStore, open_store
 from medlake_assets.reports.render import (
     chart_series,
     markdown_preview,
@@ -139,23 +141,35 @@ def test_chart_series_keeps_the_last_60_x_values():
 def test_render_report_writes_page_and_png(tmp_path):
     spec = report(tmp_path)
     checks = [CheckOutcome("unique_facility_unit", True, "error", 0, "one row per (facility, unit)")]
-    rendered = render_report(tmp_path / "home", spec, ROWS, AS_OF, checks)
+    rendered = render_report(LocalObjectStore(tmp_path / "home"), spec, ROWS, AS_OF, checks)
     folder = tmp_path / "home" / "reports" / "occupancy" / "2026-11-26T0700Z"
-    assert rendered.html == folder / "report.html"
-    assert rendered.chart == folder / "chart.png"
+    assert rendered.html == (folder / "report.html").as_uri()
+    assert rendered.chart == (folder / "chart.png").as_uri()
     assert sorted(path.name for path in folder.iterdir()) == ["chart.png", "report.html"]
-    assert "<td>&lt;ED&gt;</td>" in rendered.html.read_text(encoding="utf-8")
-    assert rendered.chart.read_bytes()[:8] == PNG_MAGIC
-    assert rendered.chart.stat().st_size > 5_000  # axes, bars, labels and legend, not an empty image
-    assert png_size(rendered.chart) == (1000, 500)  # 10 x 5 inches at 100 dpi
+    assert "<td>&lt;ED&gt;</td>" in (folder / "report.html").read_text(encoding="utf-8")
+    png = folder / "chart.png"
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    assert png.stat().st_size > 5_000  # axes, bars, labels and legend, not an empty image
+    assert png_size(png) == (1000, 500)  # 10 x 5 inches at 100 dpi
     assert rendered.preview == markdown_preview(ROWS)
 
 
+@pytest.mark.s3
+def test_render_report_puts_pages_in_s3(tmp_path, s3_bucket):
+    store = open_store(f"s3://{s3_bucket}/lake")
+    rendered = render_report(store, report(tmp_path), ROWS, AS_OF, [], partition="2026-11-20")
+    assert rendered.html == f"s3://{s3_bucket}/lake/reports/occupancy/2026-11-20/report.html"
+    assert "<td>&lt;ED&gt;</td>" in store.get("reports/occupancy/2026-11-20/report.html").decode()
+    assert store.get("reports/occupancy/2026-11-20/chart.png")[:8] == PNG_MAGIC
+
+
 def test_render_report_without_chart_and_with_a_partition(tmp_path):
-    rendered = render_report(tmp_path, report(tmp_path, chart=""), ROWS, AS_OF, [], partition="2026-11-20")
+    spec = report(tmp_path, chart="")
+    rendered = render_report(LocalObjectStore(tmp_path), spec, ROWS, AS_OF, [], partition="2026-11-20")
     assert rendered.chart is None
-    assert rendered.html == tmp_path / "reports" / "occupancy" / "2026-11-20" / "report.html"
-    assert sorted(path.name for path in rendered.html.parent.iterdir()) == ["report.html"]
+    folder = tmp_path / "reports" / "occupancy" / "2026-11-20"
+    assert rendered.html == (folder / "report.html").as_uri()
+    assert sorted(path.name for path in folder.iterdir()) == ["report.html"]
 
 
 def test_shipped_charts():
@@ -191,7 +205,10 @@ def test_run_report_renders_after_the_write(tmp_path):
     ensure_table(lake.catalog, "silver.beds", beds.schema, []).append(beds)
     run = run_report(lake, report(tmp_path), AS_OF)
     folder = tmp_path / "home" / "reports" / "occupancy" / "2026-11-26T0700Z"
-    assert (run.rendered.html, run.rendered.chart) == (folder / "report.html", folder / "chart.png")
+    assert (run.rendered.html, run.rendered.chart) == (
+        (folder / "report.html").as_uri(),
+        (folder / "chart.png").as_uri(),
+    )
     assert run.rendered.preview == (
         "| facility   | unit   | rate   |\n"
         "|------------|--------|--------|\n"
@@ -200,5 +217,5 @@ def test_run_report_renders_after_the_write(tmp_path):
         "\n"
         "2 of 2 rows"
     )
-    assert run.rendered.chart.read_bytes()[:8] == PNG_MAGIC
-    assert "<tr><td>F2</td><td>ED</td><td>0.75</td></tr>" in run.rendered.html.read_text(encoding="utf-8")
+    assert (folder / "chart.png").read_bytes()[:8] == PNG_MAGIC
+    assert "<tr><td>F2</td><td>ED</td><td>0.75</td></tr>" in (folder / "report.html").read_text()
