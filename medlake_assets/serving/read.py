@@ -25,6 +25,7 @@ from medlake_assets.serving.catalog_info import (
     resolve_as_of,
     snapshot_at,
 )
+from medlake_assets.serving.deid import DEID_SCHEMA
 
 if TYPE_CHECKING:
     import pandas
@@ -85,8 +86,10 @@ class ReadResult:
             for name, kind in kinds.items()
         }
 
+        slices = list(tf_slices(arrow, batch_size))  # zero-copy views; a bad batch_size fails now
+
         def batches() -> Iterator[Any]:
-            for batch in tf_slices(arrow, batch_size):
+            for batch in slices:
                 features = {name: batch.column(name).to_numpy() for name in batch.column_names}
                 yield (features, features.pop(label)) if label is not None else features
 
@@ -95,15 +98,19 @@ class ReadResult:
             output_signature: Any = (signature, label_spec)
         else:
             output_signature = signature
-        return tf.data.Dataset.from_generator(batches, output_signature=output_signature)
+        dataset = tf.data.Dataset.from_generator(batches, output_signature=output_signature)
+        # The batch count is known: declared, Keras sizes its epochs instead of warning that the input
+        # "ran out of data" after the first one.
+        return dataset.apply(tf.data.experimental.assert_cardinality(len(slices)))
 
 
 def tf_kind(arrow_type: pa.DataType) -> str:
     """The TensorFlow dtype name a column of `tf_ready` output becomes."""
     if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
         return "string"
-    if pa.types.is_binary(arrow_type):
-        return "string"  # tf.string holds bytes
+    binary = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_fixed_size_binary)
+    if any(is_binary(arrow_type) for is_binary in binary):
+        return "string"  # tf.string holds bytes; Iceberg binary columns arrive as large_binary
     # Arrow names integers and bool as NumPy/TensorFlow do; only the floats differ.
     name = str(arrow_type)
     return {"double": "float64", "float": "float32", "halffloat": "float16"}.get(name, name)
@@ -153,6 +160,12 @@ def read(
     `as_of` is a snapshot id or an ISO timestamp / datetime (naive means UTC). `lake` defaults to the one
     the `MEDLAKE_*` environment describes.
     """
+    if table.startswith(f"{DEID_SCHEMA}."):
+        # The deid views exist only in DuckDB (tokens and shifts are computed there): say where to look.
+        raise ValueError(
+            f"{table} is a DuckDB view, not an Iceberg table: read it with "
+            f"medlake_assets.serving.sql.connect(lake).sql('SELECT ... FROM {table}').arrow()"
+        )
     if lake is None:
         from medlake_assets.config import load_settings
 

@@ -17,9 +17,11 @@ from pyiceberg.catalog import Catalog
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
+from sqlalchemy.engine import make_url
 
 from medlake_assets.lake import Lake
 from medlake_assets.serving.catalog_info import AsOf, existed_at, resolve_as_of, snapshot_at, table_names
+from medlake_assets.serving.deid import deid_configured, register_deid_views
 
 EXTENSIONS = ("avro", "iceberg", "httpfs", "sqlite_scanner", "postgres_scanner")
 SHELL_ROW_LIMIT = 1000
@@ -58,8 +60,19 @@ def _attach_ledger(con: duckdb.DuckDBPyConnection, catalog_url: str) -> None:
             f"ATTACH {_quote(catalog_url.split(':///', 1)[1])} AS medlake_state (TYPE sqlite, READ_ONLY)"
         )
     else:
-        dsn = f"postgresql://{parsed.netloc}{parsed.path}"
-        con.execute(f"ATTACH {_quote(dsn)} AS medlake_state (TYPE postgres, READ_ONLY)")
+        # Through a secret, not a DSN: DuckDB shows an ATTACH path in duckdb_databases() and in its
+        # connection errors, password included; secrets are redacted.
+        url = make_url(catalog_url)
+        parts = {
+            "HOST": url.host,
+            "PORT": url.port,
+            "DATABASE": url.database,
+            "USER": url.username,
+            "PASSWORD": url.password,
+        }
+        options = ", ".join(f"{name} {_quote(str(value))}" for name, value in parts.items() if value)
+        con.execute(f"CREATE OR REPLACE SECRET medlake_state_pg (TYPE postgres, {options})")
+        con.execute("ATTACH '' AS medlake_state (TYPE postgres, SECRET medlake_state_pg, READ_ONLY)")
     con.execute("CREATE SCHEMA IF NOT EXISTS meta")
     con.execute("CREATE OR REPLACE VIEW meta.files AS SELECT * FROM medlake_state.medlake_files")
     for view, table in [("quality", "medlake_quality"), ("processed", "medlake_processed")]:
@@ -113,6 +126,8 @@ def connect(lake: Lake, as_of: AsOf | None = None) -> duckdb.DuckDBPyConnection:
     _create_views(con, lake.catalog, as_of)
     _ = lake.ledger  # opening the ledger creates its tables on a lake nothing reached yet
     _attach_ledger(con, lake.settings.catalog_url)
+    if deid_configured():
+        register_deid_views(con, lake.sources)  # silver_deid.*: needs the secret MEDLAKE_DEID_KEY
     return con
 
 
