@@ -120,10 +120,11 @@ def _concat(chunks: list[pa.Array], kind: pa.DataType) -> pa.Array:
 class ArchiveWork:
     """One archive to process: what `process_archive` takes, picklable for a worker process."""
 
-    data: bytes
+    # Neither the archive's bytes (PHI) nor its password may show in a repr, e.g. in a traceback.
+    data: bytes = field(repr=False)
     context: ArchiveContext
     spec: SourceSpec
-    password: str | None
+    password: str | None = field(repr=False)
     engine: str = "libarchive"
 
 

@@ -236,3 +236,10 @@ def test_worker_count_must_be_positive(monkeypatch: pytest.MonkeyPatch) -> None:
 
     with pytest.raises(ValueError, match="MEDLAKE_INGEST_WORKERS must be at least 1"):
         ingest_workers()
+
+
+def test_archive_work_repr_shows_neither_bytes_nor_password() -> None:
+    work = ArchiveWork(b"MRN-4471 SMITH", _context("landing/notes/x.zip"), _spec(), password="s3cret-pw")
+    shown = repr(work)
+    assert "landing/notes/x.zip" in shown
+    assert "MRN-4471" not in shown and "s3cret-pw" not in shown
