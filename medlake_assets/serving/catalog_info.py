@@ -93,10 +93,22 @@ def created_ms(table: Table) -> int:
 
 
 def snapshot_at(name: str, table: Table, point: PointInTime) -> Snapshot | None:
-    """The table's snapshot at `point` (None: the table existed but was still empty, or did not exist)."""
+    """The table's snapshot at `point` (None: the table existed but was still empty, or did not exist).
+
+    A time before the oldest snapshot kept is an error when older ones were expired (a table's first
+    commit has sequence number 1; expiry also clears the kept one's parent id): the table had rows then,
+    so an empty answer would be wrong."""
     if point.table == name and point.snapshot_id is not None:
         return table.snapshot_by_id(point.snapshot_id)
-    return table.snapshot_as_of_timestamp(point.timestamp_ms)
+    snapshot = table.snapshot_as_of_timestamp(point.timestamp_ms)
+    if snapshot is None and table.metadata.snapshots:
+        oldest = min(table.metadata.snapshots, key=lambda kept: kept.timestamp_ms)
+        if (oldest.sequence_number or 0) > 1 and existed_at(table, point):
+            kept_from = datetime.fromtimestamp(oldest.timestamp_ms / 1000, UTC).isoformat()
+            raise AsOfError(
+                f"{name} keeps history from {kept_from} on: older snapshots were expired under its retention"
+            )
+    return snapshot
 
 
 def existed_at(table: Table, point: PointInTime) -> bool:

@@ -251,6 +251,11 @@ def test_expiry_keeps_time_travel_inside_the_window(lake):
     assert con.execute("SELECT count(*) FROM silver.labs").fetchone()[0] == len(snapshots[1][1])
     with pytest.raises(AsOfError, match="no table in the lake has snapshot"):
         read("silver.labs", as_of=snapshots[0][0], lake=lake)
+    # A time before the window: an error, not an empty table (the table had rows then).
+    with pytest.raises(AsOfError, match="silver.labs keeps history from .* older snapshots were expired"):
+        read("silver.labs", as_of=between[0], lake=lake)
+    with pytest.raises(AsOfError, match="older snapshots were expired"):
+        connect(lake, as_of=between[0])
 
 
 def test_expiry_keeps_min_snapshots_and_the_current_one(lake):
