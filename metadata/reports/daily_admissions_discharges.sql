@@ -19,7 +19,7 @@ admits AS (
 ),
 discharges AS (
     SELECT facility, discharge_ts::DATE AS day, count(*) AS discharges,
-           round(avg(epoch(discharge_ts - admit_ts)) / 3600, 2) AS avg_length_of_stay_hours
+           round(avg(epoch(discharge_ts) - epoch(admit_ts)) / 3600, 2) AS avg_length_of_stay_hours
     FROM encounters WHERE discharge_ts IS NOT NULL GROUP BY ALL
 ),
 transfers AS (
