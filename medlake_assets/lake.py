@@ -26,7 +26,8 @@ class Lake:
 
     @cached_property
     def store(self) -> ObjectStore:
-        return open_store(self.settings.store_url)
+        # The settings' endpoint, like the catalog's: a lake opened from settings never mixes two endpoints.
+        return open_store(self.settings.store_url, endpoint_url=self.settings.s3_endpoint_url)
 
     @cached_property
     def catalog(self) -> Catalog:

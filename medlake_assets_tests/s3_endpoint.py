@@ -1,17 +1,22 @@
 """A loopback S3 endpoint for tests: moto's server on 127.0.0.1, with dummy credentials.
 
 `s3_endpoint` (session) yields the endpoint URL and also sets `MEDLAKE_S3_ENDPOINT_URL`, so `open_store`
-reaches it; `s3_bucket` (per test) yields a fresh, empty bucket and deletes it afterwards.
+reaches it: the server CI started (`scripts/start_s3.sh`, exported as `MEDLAKE_TEST_S3_ENDPOINT`) when
+set, else one moto server started in this process. `s3_bucket` (per test) yields a fresh, empty bucket and
+deletes it afterwards.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from medlake_assets.ingest.objectstore import S3_ENDPOINT_ENV
+
+TEST_ENDPOINT_ENV = "MEDLAKE_TEST_S3_ENDPOINT"
 
 DUMMY_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -30,15 +35,20 @@ CLEARED_ENV = (
 
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
-    """Start moto's S3 server on a free loopback port for the whole session and yield its URL."""
-    # Imported here so sessions that never touch S3 do not pay for importing moto.
-    from moto.server import ThreadedMotoServer
-
+    """The loopback S3 endpoint's URL for the whole session, with dummy credentials in the environment."""
     with pytest.MonkeyPatch.context() as patch:
         for name, value in DUMMY_ENV.items():
             patch.setenv(name, value)
         for name in CLEARED_ENV:
             patch.delenv(name, raising=False)
+        if given := os.environ.get(TEST_ENDPOINT_ENV, "").strip():
+            endpoint = given.rstrip("/")
+            patch.setenv(S3_ENDPOINT_ENV, endpoint)
+            yield endpoint
+            return
+        # Imported here so sessions that never touch S3 do not pay for importing moto.
+        from moto.server import ThreadedMotoServer
+
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         server.start()
         try:

@@ -62,6 +62,7 @@ def ingest_once(
     started = time.perf_counter()
     summary = IngestSummary()
     fail_orphaned_runs(instance)
+    retry_parked_batches(defs, instance, lake, summary, on_run)
     repository = defs.get_repository_def()
     for sensor_def in [sensor for sensor in repository.sensor_defs if sensor.name.startswith("landing_")]:
         source = sensor_def.name.removeprefix("landing_")
@@ -90,6 +91,42 @@ def ingest_once(
             refresh_on_update_reports(defs, instance, lake, summary, on_run)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def retry_parked_batches(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    lake: Lake,
+    summary: IngestSummary,
+    on_run: RunCallback | None = None,
+) -> None:
+    """One more run for each batch the landing sensor stopped retrying (`MAX_ATTEMPTS` failed runs).
+
+    A fault that lasts a little while (S3 away, quarantine unwritable) fails a batch's attempts in quick
+    succession; running `ingest --once` after fixing it means "try again", so the batch is not parked.
+    """
+    from medlake_assets.defs.sources import (
+        BATCH_TAG,
+        IN_FLIGHT,
+        MAX_ATTEMPTS,
+        SOURCE_TAG,
+        batch_run_config,
+        job_name,
+    )
+
+    for spec in lake.sources.values():
+        for batch in lake.ledger.unfinished_batches(spec.name):
+            runs = instance.get_runs(filters=dg.RunsFilter(tags={BATCH_TAG: batch.batch_id}))
+            if len(runs) < MAX_ATTEMPTS or any(run.status in IN_FLIGHT for run in runs):
+                continue  # the sensor requests it (or it is running)
+            request = dg.RunRequest(
+                partition_key=batch.landing_day.isoformat(),
+                run_config=batch_run_config(spec, batch.batch_id),
+                tags={BATCH_TAG: batch.batch_id, SOURCE_TAG: spec.name},
+            )
+            _execute(
+                defs.resolve_job_def(job_name(spec)), request, instance, summary, on_run, label=job_name(spec)
+            )
 
 
 def refine(

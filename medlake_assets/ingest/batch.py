@@ -71,7 +71,18 @@ def _reason_document(result: ArchiveResult) -> dict:
 def load_batch(
     lake: Lake, spec: SourceSpec, batch_id: str, files: Sequence[FileRow], *, replace: bool = False
 ) -> BatchReport:
-    """Load `files` (ledger rows of one source) as `batch_id`; bad input is quarantined, never raised."""
+    """Load `files` (ledger rows of one source) as `batch_id`; bad input is quarantined, never raised.
+
+    Under the batch's lock: a second worker given the same batch waits, then replaces the rows the first
+    committed (it sees the batch id in a snapshot) rather than appending them again.
+    """
+    with lake.ledger.batch_lock(batch_id):
+        return _load_batch(lake, spec, batch_id, files, replace=replace)
+
+
+def _load_batch(
+    lake: Lake, spec: SourceSpec, batch_id: str, files: Sequence[FileRow], *, replace: bool
+) -> BatchReport:
     started = time.perf_counter()
     ingested_at = datetime.now(UTC)
     password_ref = spec.landing.password

@@ -111,7 +111,11 @@ def register_landed(
             if item.rule is None:
                 continue
             reason = {"key": item.obj.key, "rule": item.rule, "reason": item.reason}
-            new = ledger.quarantine_unrouted(
+            # The copy before the ledger row: the ledger never calls an object quarantined without its copy.
+            # If the copy fails, the object stays unregistered and the next tick tries again (a repeated
+            # copy writes the same bytes).
+            quarantine_original(store, item.obj.key, None, reason)
+            quarantined += ledger.quarantine_unrouted(
                 [
                     NewObject(
                         store.uri,
@@ -127,9 +131,6 @@ def register_landed(
                 item.reason or "",
                 quarantine_key,
             )
-            if new:
-                quarantine_original(store, item.obj.key, None, reason)
-                quarantined += new
     return ScanReport(listed, registered, quarantined)
 
 

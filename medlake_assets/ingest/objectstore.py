@@ -315,16 +315,18 @@ class S3ObjectStore:
         return f"s3://{self.bucket}/{self.prefix}{check_key(key)}"
 
 
-def open_store(url: str) -> ObjectStore:
+def open_store(url: str, *, endpoint_url: str | None = None) -> ObjectStore:
     """The store a URL names: `file:///abs/path` or a plain path (local), or `s3://bucket/prefix`.
 
-    For S3 the endpoint comes from `MEDLAKE_S3_ENDPOINT_URL` when set (MinIO, Ceph, a test server), else AWS.
+    For S3 the endpoint is `endpoint_url`, else `MEDLAKE_S3_ENDPOINT_URL` when set (MinIO, Ceph, a test
+    server), else AWS.
     """
     parsed = urlparse(url)
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise ValueError(f"object store URL {url!r} names no bucket")
-        return S3ObjectStore(parsed.netloc, parsed.path, endpoint_url=os.environ.get(S3_ENDPOINT_ENV) or None)
+        endpoint_url = endpoint_url or os.environ.get(S3_ENDPOINT_ENV) or None
+        return S3ObjectStore(parsed.netloc, parsed.path, endpoint_url=endpoint_url)
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
             raise ValueError(

@@ -7,7 +7,11 @@ pending ones into deterministic batches; runs mark each file loaded or quarantin
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import itertools
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -51,6 +55,7 @@ _MAX_ROWS_PER_INSERT = 500  # 12 parameters a row: well under SQLite's and Postg
 _MAX_IDS_PER_STATEMENT = 10_000
 _PG_LOCK_CLASS = 0x6D6C  # "ml": namespaces the advisory locks taken below
 _PG_CREATE_LOCK = 0
+_PG_BATCH_LOCK_CLASS = 0x6D62  # "mb": one advisory lock per batch id (`batch_lock`)
 
 
 class UtcDateTime(TypeDecorator):
@@ -298,6 +303,40 @@ class Ledger:
     def close(self) -> None:
         """Close the pooled connections."""
         self._engine.dispose()
+
+    @contextlib.contextmanager
+    def batch_lock(self, batch_id: str) -> Iterator[None]:
+        """Hold `batch_id` for this process while it loads the batch; another process loading the same batch
+        (two workers given one batch) waits here, then finds the first one's commit and replaces its rows
+        instead of appending them a second time.
+
+        The lock dies with its holder, so a killed worker never leaves a batch locked: on PostgreSQL it is a
+        session advisory lock on a connection of its own, on SQLite an fcntl record lock on one byte (chosen
+        by the batch id's hash) of a file beside the database.
+        """
+        if self._postgres:
+            key = int.from_bytes(hashlib.sha256(batch_id.encode()).digest()[:4], "big", signed=True)
+            connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            try:
+                connection.execute(select(func.pg_advisory_lock(_PG_BATCH_LOCK_CLASS, key)))
+                yield
+            finally:
+                # If the server went away the lock went with the session; the unlock may fail then.
+                with contextlib.suppress(Exception):
+                    connection.execute(select(func.pg_advisory_unlock(_PG_BATCH_LOCK_CLASS, key)))
+                connection.close()
+            return
+        database = make_url(self._url).database
+        if not database or database == ":memory:":  # private to this process: nobody to wait for
+            yield
+            return
+        offset = int.from_bytes(hashlib.sha256(batch_id.encode()).digest()[:5], "big")
+        descriptor = os.open(f"{database}.batch-locks", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.lockf(descriptor, fcntl.LOCK_EX, 1, offset)
+            yield
+        finally:
+            os.close(descriptor)  # releases the lock
 
     def _insert_absent(self, rows: list[dict[str, Any]]) -> int:
         if not rows:  # a quiet sensor tick should not take the write lock
