@@ -7,7 +7,7 @@ export MEDLAKE_HOME ?= $(CURDIR)/.medlake
 export DAGSTER_HOME ?= $(MEDLAKE_HOME)/dagster
 DEMO_ENV := $(MEDLAKE_HOME)/demo.env
 
-.PHONY: install run demo-data ingest ui test test-e2e test-all lint format bench clean
+.PHONY: install run demo-data ingest ui test test-e2e test-tf test-all lint format bench bench-query workers bench-scale clean
 
 install: $(VENV)/.installed
 
@@ -29,6 +29,8 @@ run: install $(DEMO_ENV)
 	  { test -f $(MEDLAKE_HOME)/manifest.json || $(BIN)/medlake generate --out $(MEDLAKE_HOME) \
 	      --facilities 6 --archives 80 --bad-rate 0.08 --size-scale 0.15 --seed 42; } && \
 	  $(BIN)/medlake ingest --once && \
+	  $(BIN)/medlake report --all && \
+	  echo "Report pages: $(MEDLAKE_HOME)/reports/<report>/<partition or run time>/report.html" && \
 	  $(BIN)/medlake sql "SELECT _facility, count(*) AS records FROM bronze.lab_results GROUP BY 1 ORDER BY 1" && \
 	  echo "Dagster UI: http://127.0.0.1:3000 (Ctrl-C to stop)" && \
 	  exec $(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
@@ -41,6 +43,11 @@ test: install
 test-e2e: install
 	$(BIN)/python -m pytest -m "e2e and not tf" -q
 
+# TensorFlow is large and optional: its tests run in their own environment so .venv stays lean.
+test-tf: install
+	UV_PROJECT_ENVIRONMENT=.venv-tf $(BIN)/uv sync --frozen --extra dev --extra tf
+	.venv-tf/bin/python -m pytest -m tf -q
+
 test-all: test test-e2e
 
 lint: install
@@ -52,6 +59,35 @@ format: install
 
 bench: install $(DEMO_ENV)
 	@set -a && source $(DEMO_ENV) && set +a && $(BIN)/medlake bench ingest
+
+# Reports and ad-hoc queries over a year of history, against the same data in PostgreSQL (started here).
+# The lake stays in $(MEDLAKE_HOME)/bench-query and is reused by the next run of the same scale.
+bench-query: install
+	@export MEDLAKE_TEST_POSTGRES_URL="$$(scripts/start_postgres.sh)" && \
+	  $(BIN)/medlake bench query --work-dir $(MEDLAKE_HOME)/bench-query
+
+# N run workers (WORKERS, default 2) on this machine, the stand-in for N pods: the Dagster daemon with
+# PostgreSQL and a loopback S3 endpoint (both started here; a new database and bucket per call), fed
+# today's generated day slice at the production arrival rate. Ctrl-C stops the daemon and its runs.
+WORKERS ?= 2
+workers: install $(DEMO_ENV)
+	@set -a && source $(DEMO_ENV) && set +a && \
+	  stamp="$$(date -u +%Y%m%d%H%M%S)" && pg="$$(scripts/start_postgres.sh)" && \
+	  export MEDLAKE_S3_ENDPOINT_URL="$$(scripts/start_s3.sh)" AWS_ACCESS_KEY_ID=testing \
+	    AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1 \
+	    MEDLAKE_CATALOG_URL="$${pg%/*}/medlake_workers_$$stamp" MEDLAKE_STORE_URL="s3://medlake-workers-$$stamp/lake" \
+	    DAGSTER_HOME="$(MEDLAKE_HOME)/dagster-workers-$$stamp" && \
+	  slice="$(MEDLAKE_HOME)/workers-slice/$$(date -u +%F)" && \
+	  { test -f "$$slice/manifest.json" || $(BIN)/medlake generate --out "$$slice" \
+	      --facilities 10 --archives 120 --size-scale 0.2 --seed 5; } && \
+	  $(BIN)/medlake workers --workers $(WORKERS) --feed "$$slice" --sensor-interval 5 --create-storage
+
+# `medlake bench scale`: 1, 2 and 4 workers on one day slice at the production arrival rate (a few
+# minutes each); PostgreSQL started here, moto's S3 server started by the benchmark.
+bench-scale: install $(DEMO_ENV)
+	@set -a && source $(DEMO_ENV) && set +a && \
+	  export MEDLAKE_BENCH_POSTGRES_URL="$$(scripts/start_postgres.sh)" && \
+	  $(BIN)/medlake bench scale --work-dir $(MEDLAKE_HOME)/bench-scale
 
 clean:
 	rm -rf $(MEDLAKE_HOME)

@@ -363,6 +363,182 @@ def quality(
     Console(width=160).print(table)
 
 
+@app.command()
+def maintain(
+    table: Annotated[str, typer.Option(help="Only this table, e.g. bronze.lab_results (default: all)")] = "",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan and count only; change nothing")] = False,
+    min_small_files: Annotated[int, typer.Option(help="Compact a partition with this many small files")] = 5,
+    small_file_mb: Annotated[int, typer.Option(help="Data files below this size are small")] = 32,
+    orphan_age_hours: Annotated[float, typer.Option(help="Keep unreferenced files younger than this")] = 72.0,
+) -> None:
+    """Compact small files, expire snapshots outside the retention window, remove old orphan files.
+
+    The same code as the nightly `maintain_tables` Dagster job; retention from each source's metadata.
+    """
+    from datetime import timedelta
+
+    from medlake_assets.defs.maintenance import report_metadata
+    from medlake_assets.lake import Lake
+    from medlake_assets.serving.catalog_info import table_names
+    from medlake_assets.tables.maintenance import MIB, CompactionPolicy, maintain_table, retention_for
+
+    lake = Lake(load_settings())
+    names = table_names(lake.catalog)
+    if table and table not in names:
+        console.print(f"[red]no table {table!r}; known: {', '.join(names)}[/red]")
+        raise typer.Exit(2)
+    policy = CompactionPolicy(small_file_bytes=small_file_mb * MIB, min_small_files=min_small_files)
+    out = Table(title="maintenance (dry run: nothing changed)" if dry_run else "maintenance")
+    columns = ["files_before", "files_after", "partitions_compacted", "snapshots_expired", "orphans_removed"]
+    for column in ["table", *columns, "orphan_megabytes", "seconds"]:
+        out.add_column(column.replace("_", " "), justify="left" if column == "table" else "right")
+    for name in [table] if table else names:
+        report = maintain_table(
+            lake.catalog.load_table(name),
+            retention=retention_for(name, lake.sources),
+            policy=policy,
+            min_orphan_age=timedelta(hours=orphan_age_hours),
+            s3_endpoint_url=lake.settings.s3_endpoint_url,
+            dry_run=dry_run,
+        )
+        counts = report_metadata(report)
+        out.add_row(name, *[str(counts[c]) for c in [*columns, "orphan_megabytes", "seconds"]])
+    Console(width=None if sys.stdout.isatty() else 160).print(out)
+
+
+@app.command()
+def restore(
+    table: Annotated[str, typer.Argument(help="The table, e.g. silver.lab_results")],
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to", help="A snapshot id of the table, or an ISO time (UTC if naive): the snapshot then"
+        ),
+    ],
+) -> None:
+    """Make an earlier snapshot the table's current one (metadata only: seconds, whatever the size)."""
+    from medlake_assets.lake import Lake
+    from medlake_assets.serving.catalog_info import AsOfError, parse_as_of
+    from medlake_assets.tables.maintenance import RestoreError, restore_table
+
+    try:
+        target = parse_as_of(to)
+    except AsOfError as error:
+        raise typer.BadParameter(str(error), param_hint="--to") from None
+    lake = Lake(load_settings())
+    if not lake.catalog.table_exists(table):
+        console.print(f"[red]no table {table!r}[/red]")
+        raise typer.Exit(2)
+    started = time.perf_counter()
+    try:
+        report = restore_table(lake.catalog.load_table(table), target)
+    except RestoreError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+    seconds = time.perf_counter() - started
+    Console().print(
+        f"restored {table}: snapshot {report.from_snapshot_id} -> {report.to_snapshot_id} in {seconds:.3f} s"
+    )
+    if report.undone_batches:
+        shown = ", ".join(report.undone_batches[:5]) + (" ..." if len(report.undone_batches) > 5 else "")
+        console.print(
+            f"{len(report.undone_batches)} batch(es) are no longer in {table} ({shown}); the ledger still "
+            "counts them as loaded: replay their landing days with `medlake reprocess --source S --day D`"
+        )
+
+
+@app.command()
+def reprocess(
+    source: Annotated[str, typer.Option(help="The source, e.g. lab_results")],
+    day: Annotated[str, typer.Option(help="The landing day YYYY-MM-DD")],
+) -> None:
+    """Replay a landing day's raw archives through the current metadata: bronze, then silver, replaced."""
+    from medlake_assets.definitions import build_definitions
+    from medlake_assets.defs.maintenance import reprocess_day
+    from medlake_assets.defs.resources import LakeResource
+
+    try:
+        landing_day = date.fromisoformat(day)
+    except ValueError:
+        raise typer.BadParameter(f"{day!r} is not a day YYYY-MM-DD", param_hint="--day") from None
+    settings = load_settings()
+    lake = LakeResource.from_settings(settings).lake()
+    if source not in lake.sources:
+        console.print(f"[red]unknown source {source!r}; known: {', '.join(sorted(lake.sources))}[/red]")
+        raise typer.Exit(2)
+    report = reprocess_day(
+        build_definitions(settings), _dagster_instance(), lake, lake.sources[source], landing_day
+    )
+    out = Table(
+        title=f"reprocessed {source} {day} in {report.seconds:.1f} s (runs {', '.join(report.run_ids)})"
+    )
+    for column in ("table", "rows before", "rows after"):
+        out.add_column(column, justify="left" if column == "table" else "right")
+    out.add_row(f"bronze.{source}", str(report.bronze_rows_before), str(report.bronze_rows_after))
+    out.add_row(f"silver.{source}", str(report.silver_rows_before), str(report.silver_rows_after))
+    Console(width=None if sys.stdout.isatty() else 160).print(out)
+    if not report.success:
+        console.print("[red]a run failed: see it in the Dagster UI[/red]")
+        raise typer.Exit(1)
+
+
+@app.command()
+def workers(
+    workers: Annotated[int, typer.Option("--workers", "-n", help="Runs at once, each its own process")] = 2,
+    feed: Annotated[
+        Path | None,
+        typer.Option(help="A generated day slice (`medlake generate --out DIR`) to put into landing"),
+    ] = None,
+    rate: Annotated[
+        float, typer.Option(help="Archives per hour to put the slice at (0: all at once)")
+    ] = 3500,
+    speedup: Annotated[float, typer.Option(help="Multiplies --rate")] = 1.0,
+    sensor_interval: Annotated[int, typer.Option(help="Seconds between sensor evaluations")] = 30,
+    until_settled: Annotated[
+        bool, typer.Option("--until-settled", help="Exit once the fed slice is in silver and no run is left")
+    ] = False,
+    create_storage: Annotated[
+        bool,
+        typer.Option("--create-storage", help="Create the catalog's database and the S3 bucket if missing"),
+    ] = False,
+) -> None:
+    """Run the Dagster daemon with N run workers on this machine (PostgreSQL + S3: the production profile).
+
+    Needs MEDLAKE_CATALOG_URL (postgresql://...), MEDLAKE_STORE_URL (s3://...), MEDLAKE_S3_ENDPOINT_URL for a
+    local S3 endpoint, and DAGSTER_PG_URL for Dagster's storage (default: the catalog's database). Writes
+    the instance config into DAGSTER_HOME (default MEDLAKE_HOME/dagster-workers).
+    """
+    from medlake_assets.config import SettingsError
+    from medlake_assets.workers import Workers, ensure_bucket, ensure_database, replay, wait_until_settled
+
+    settings = load_settings()
+    home = Path(os.environ.get("DAGSTER_HOME") or settings.home / "dagster-workers")
+    try:
+        if create_storage:
+            ensure_database(os.environ.get("MEDLAKE_CATALOG_URL", ""))
+        runner = Workers(os.environ, home, workers, sensor_interval_seconds=sensor_interval)
+    except SettingsError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+    if create_storage:
+        ensure_bucket(runner.settings)
+    with runner:
+        console.print(f"{workers} workers: dagster-daemon running, instance {home / 'dagster.yaml'}")
+        landed = 0
+        if feed is not None:
+            for item in replay(feed, runner.lake.store, rate_per_hour=rate, speedup=speedup):
+                landed += 1
+                console.print(f"landed {item.key}", highlight=False)
+        if until_settled:
+            state = wait_until_settled(runner, landed, timeout_seconds=3600)
+            console.print(_summary_table(f"settled: {state.loaded} loaded, {state.quarantined} quarantined"))
+            return
+        try:
+            runner.process.wait()
+        except KeyboardInterrupt:
+            console.print("stopping the workers")
+
+
 @bench_app.command("ingest")
 def bench_ingest(
     archives: int = 300,
@@ -411,6 +587,90 @@ def bench_merge(
         console=console,
     )
     Console().print(report)
+
+
+@bench_app.command("query")
+def bench_query(
+    lab_results: Annotated[int, typer.Option(help="Rows of silver.lab_results in the history")] = 20_000_000,
+    facilities: int = 1000,
+    days: int = 365,
+    seed: int = 7,
+    repeats: Annotated[int, typer.Option(help="Timed runs per query and engine (after one warm-up)")] = 3,
+    postgres_url: Annotated[
+        str | None,
+        typer.Option(envvar="MEDLAKE_TEST_POSTGRES_URL", help="PostgreSQL server to compare with"),
+    ] = None,
+    database: Annotated[str, typer.Option(help="Database created on that server for the copy")] = (
+        "medlake_bench_query"
+    ),
+    work_dir: Annotated[
+        Path | None, typer.Option(help="Lake folder (default: a temp dir; reused when it holds this scale)")
+    ] = None,
+    reports_dir: Annotated[
+        Path | None, typer.Option(help="Report SQL files to time (default: the shipped metadata/reports)")
+    ] = None,
+) -> None:
+    """Reports and ad-hoc queries over a year of silver history: medlake against PostgreSQL."""
+    from medlake_assets.bench.query import BenchQueryError, Scale, run_query_bench
+
+    try:
+        report = run_query_bench(
+            Scale(lab_results=lab_results, facilities=facilities, days=days, seed=seed),
+            postgres_url,
+            work_dir,
+            database=database,
+            repeats=repeats,
+            reports_dir=reports_dir,
+            console=console,
+        )
+    except BenchQueryError as error:
+        console.print(str(error), style="red", markup=False)
+        raise typer.Exit(2) from error
+    Console(width=None if sys.stdout.isatty() else 140).print(report)
+    if report.mismatches:
+        raise typer.Exit(1)
+
+
+@bench_app.command("scale")
+def bench_scale(
+    workers: Annotated[str, typer.Option(help="Worker counts to run, comma-separated")] = "1,2,4",
+    archives: Annotated[
+        int, typer.Option(help="Archives in the day slice (180 = ~3 min at production rate)")
+    ] = 180,
+    facilities: int = 20,
+    seed: int = 7,
+    size_scale: float = 1.0,
+    speedup: Annotated[float, typer.Option(help="Multiplies the production arrival rate (3,500/h)")] = 1.0,
+    sensor_interval: Annotated[int, typer.Option(help="Seconds between sensor evaluations")] = 5,
+    postgres_url: Annotated[
+        str,
+        typer.Option(
+            envvar="MEDLAKE_BENCH_POSTGRES_URL", help="A PostgreSQL server to create scratch databases on"
+        ),
+    ] = "",
+    work_dir: Annotated[Path | None, typer.Option(help="Scratch folder (default: a temp dir)")] = None,
+) -> None:
+    """Throughput and landing-to-silver latency of 1, 2 and 4 run workers on the same day slice."""
+    from medlake_assets.bench.scale import run_scale_benchmark
+
+    if not postgres_url:
+        console.print(
+            "[red]--postgres-url or MEDLAKE_BENCH_POSTGRES_URL is required (scripts/start_postgres.sh)[/red]"
+        )
+        raise typer.Exit(2)
+    report = run_scale_benchmark(
+        worker_counts=[int(count) for count in workers.split(",")],
+        postgres_url=postgres_url,
+        archives=archives,
+        facilities=facilities,
+        seed=seed,
+        size_scale=size_scale,
+        speedup=speedup,
+        sensor_interval_seconds=sensor_interval,
+        work_dir=work_dir,
+        console=console,
+    )
+    Console(width=200).print(report)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import dagster as dg
 
 from medlake_assets.config import Settings, load_settings
 from medlake_assets.defs.landing import unrouted_sensor
+from medlake_assets.defs.maintenance import build_maintenance_defs
 from medlake_assets.defs.reports import build_report_defs, load_reports, report_automation_sensor
 from medlake_assets.defs.resources import LakeResource
 from medlake_assets.defs.silver import build_silver_defs, silver_automation_sensor
@@ -17,12 +18,14 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     """Bronze and silver per source, gold per report, their checks, jobs, sensors and schedules."""
     sources = load_sources(settings.sources_dir)
     reports = load_reports(settings.reports_dir)
+    interval = settings.sensor_interval_seconds
     return dg.Definitions.merge(
-        *[build_source_defs(spec) for spec in sources.values()],
+        *[build_source_defs(spec, interval) for spec in sources.values()],
         *[build_silver_defs(spec) for spec in sources.values()],
         *[build_report_defs(report) for report in reports],
+        build_maintenance_defs(sources, reports),
         dg.Definitions(
-            sensors=[unrouted_sensor, silver_automation_sensor(), report_automation_sensor()],
+            sensors=[unrouted_sensor, silver_automation_sensor(interval), report_automation_sensor(interval)],
             resources={"lake": LakeResource.from_settings(settings)},
             # One process per step costs ~5 s a step (design.md section 3): run in process.
             executor=dg.in_process_executor,

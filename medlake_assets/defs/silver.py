@@ -142,10 +142,10 @@ def build_encounters_asset(spec: SourceSpec) -> dg.AssetsDefinition:
     return encounters
 
 
-def silver_automation_sensor() -> dg.AutomationConditionSensorDefinition:
+def silver_automation_sensor(interval_seconds: int = 30) -> dg.AutomationConditionSensorDefinition:
     return dg.AutomationConditionSensorDefinition(
         "silver_automation",
         target=dg.AssetSelection.groups("silver"),
         default_status=dg.DefaultSensorStatus.RUNNING,
-        minimum_interval_seconds=30,
+        minimum_interval_seconds=interval_seconds,
     )

@@ -75,7 +75,7 @@ def _backfill_day(lake: Lake, spec: SourceSpec, day: date, run_id: str) -> list[
     return reports
 
 
-def build_source_defs(spec: SourceSpec) -> dg.Definitions:
+def build_source_defs(spec: SourceSpec, sensor_interval_seconds: int = 30) -> dg.Definitions:
     """Bronze asset (daily landing-day partitions) with quality checks, its job and its landing sensor."""
     key = bronze_key(spec)
     partitions = landing_partitions(spec)
@@ -181,7 +181,7 @@ def build_source_defs(spec: SourceSpec) -> dg.Definitions:
     @dg.sensor(
         name=f"landing_{spec.name}",
         job=job,
-        minimum_interval_seconds=30,
+        minimum_interval_seconds=sensor_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Registers new {spec.name} archives in the open landing days; one run per batch.",
     )

@@ -23,7 +23,7 @@ from pyiceberg.io.pyarrow import schema_to_pyarrow
 from medlake_assets.lake import Lake
 from medlake_assets.quality.gate import evaluate
 from medlake_assets.spec import SourceSpec
-from medlake_assets.tables.bronze import arrow_schema, bronze_table, overwrite, quarantine_table
+from medlake_assets.tables.bronze import arrow_schema, bronze_table, quarantine_table, replace_rows
 from medlake_assets.tables.merge import LINEAGE_COLUMNS, MERGE_COLUMNS, merge_into
 from medlake_assets.tables.silver import ensure_table
 from medlake_assets.transforms.typed import apply_types, typed_schema
@@ -131,7 +131,7 @@ def load_silver(lake: Lake, spec: SourceSpec, day: date, *, full: bool = False) 
     rejects_table = quarantine_table(lake.catalog, spec)
     properties = {"medlake.silver_batches": json.dumps(todo)}
     target = arrow_schema(rejects_table)
-    overwrite(
+    replace_rows(
         rejects_table,
         quarantine.select(target.names).to_arrow().cast(target),
         # Every earlier silver reject of these archives: a bronze backfill gives them new batch ids.

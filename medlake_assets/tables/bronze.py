@@ -23,6 +23,7 @@ from pyiceberg.types import (
 )
 
 from medlake_assets.spec import SourceSpec
+from medlake_assets.tables.commits import CONFLICTS, REDO_ATTEMPTS, wait_before_redo
 
 LINEAGE: list[tuple[str, IcebergType]] = [
     ("_archive", StringType()),
@@ -120,6 +121,31 @@ def overwrite(table: Table, rows: pa.Table, overwrite_filter, properties: dict[s
         table.overwrite(rows, overwrite_filter=overwrite_filter, snapshot_properties=properties)
 
 
+def replace_rows(
+    table: Table,
+    rows: pa.Table,
+    row_filter: BooleanExpression,
+    properties: dict[str, str],
+    attempts: int = REDO_ATTEMPTS,
+) -> None:
+    """Replace the rows matching `row_filter` with `rows` in one commit, redone on fresh metadata on conflict.
+
+    pyiceberg retries a commit that lost a race itself, but keeps the files its delete planned first and
+    raises `ValidationException` when a concurrent commit added files the filter might match (min/max
+    bounds, so another batch's interleaved archive keys count). Redoing the whole overwrite on the
+    refreshed table is safe because the rows this filter selects belong to this writer alone.
+    """
+    for attempt in range(attempts):
+        try:
+            overwrite(table, rows, row_filter, properties)
+            return
+        except CONFLICTS:
+            if attempt == attempts - 1:
+                raise
+            wait_before_redo(attempt)
+            table.refresh()
+
+
 def commit_batch(
     table: Table,
     rows: pa.Table,
@@ -133,18 +159,21 @@ def commit_batch(
 
     `replace` overwrites exactly the rows of `archives` within `scope` (a retry, a backfill, or a crash
     after an earlier commit); otherwise the rows are appended, which skips reading existing files on the
-    common first load.
+    common first load. Concurrent commits of other batches to the same table all land: appends are
+    rebased by pyiceberg's own commit retry, replaces by `replace_rows`.
     """
     properties = {BATCH_PROPERTY: batch_id}
-    for attempt in range(5):
+    if replace:
+        replace_rows(table, rows, And(scope, In("_archive", list(archives))), properties)
+        return
+    for attempt in range(REDO_ATTEMPTS):
         try:
-            if replace:
-                overwrite(table, rows, And(scope, In("_archive", list(archives))), properties)
-            elif len(rows):
+            if len(rows):
                 table.append(rows, snapshot_properties=properties)
             return
         except CommitFailedException:
-            # pyiceberg retries metadata conflicts itself; this guards the rare exhausted case.
-            if attempt == 4:
+            # pyiceberg retried `commit.retry.num-retries` times already; this guards the exhausted case.
+            if attempt == REDO_ATTEMPTS - 1:
                 raise
+            wait_before_redo(attempt)
             table.refresh()

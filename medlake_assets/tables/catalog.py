@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import SqlCatalog
+from sqlalchemy.exc import IntegrityError
 
 from medlake_assets.config import Settings
 
@@ -13,7 +15,9 @@ NAMESPACES = ("bronze", "silver", "quarantine", "gold")
 
 
 def catalog_properties(settings: Settings) -> dict[str, str]:
-    properties = {"uri": settings.catalog_url, "warehouse": settings.warehouse}
+    # pool_pre_ping: after a database restart, a pooled connection is tested and replaced before use
+    # instead of failing the next commit (pyiceberg's default is off; the ledger's engine does the same).
+    properties = {"uri": settings.catalog_url, "warehouse": settings.warehouse, "pool_pre_ping": "true"}
     if settings.warehouse.startswith("s3://"):
         if settings.s3_endpoint_url:
             properties["s3.endpoint"] = settings.s3_endpoint_url
@@ -34,5 +38,7 @@ def open_catalog(settings: Settings) -> Catalog:
         settings.home.mkdir(parents=True, exist_ok=True)
     catalog = SqlCatalog("medlake", **catalog_properties(settings))
     for namespace in NAMESPACES:
-        catalog.create_namespace_if_not_exists(namespace)
+        # IntegrityError: a concurrent process created it between pyiceberg's check and its insert.
+        with contextlib.suppress(IntegrityError):
+            catalog.create_namespace_if_not_exists(namespace)
     return catalog

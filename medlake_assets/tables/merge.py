@@ -32,7 +32,6 @@ from functools import reduce
 from typing import Literal
 
 import polars as pl
-from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.expressions import (
     AlwaysFalse,
     And,
@@ -52,6 +51,8 @@ from pyiceberg.transforms import (
     YearTransform,
 )
 from pyiceberg.types import BooleanType, IcebergType, TimestamptzType
+
+from medlake_assets.tables.commits import CONFLICTS, REDO_ATTEMPTS, wait_before_redo
 
 LINEAGE_COLUMNS = ("_archive", "_member", "_record", "_facility", "_landing_day", "_ingested_at", "_batch")
 # Ties on the full sequence go to the later arrival; these columns define "later", in this order.
@@ -338,7 +339,7 @@ def merge_into(
     sequence_ranks: Mapping[str, Sequence[str]] | None = None,
     delete_marker: tuple[str, str] | None = None,
     snapshot_properties: Mapping[str, str] | None = None,
-    attempts: int = 5,
+    attempts: int = REDO_ATTEMPTS,
 ) -> Table:
     """Read the touched partitions, merge the batch, commit; redo all of it if a concurrent commit conflicts.
 
@@ -363,11 +364,12 @@ def merge_into(
             )
             commit_merge(table, merged, overwrite_filter, snapshot_properties)
             return table.refresh()
-        except (CommitFailedException, ValidationException):
+        except CONFLICTS:
             if attempt == attempts - 1:
                 name = ".".join(table.name())
                 raise MergeConflictError(
                     f"table {name}: merge conflicted with concurrent commits {attempts} times"
                 ) from None
+            wait_before_redo(attempt)
             table = table.refresh()
     raise AssertionError("unreachable")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import CommitFailedException, TableAlreadyExistsError
 from pyiceberg.table import Table
 from pyiceberg.transforms import (
     BucketTransform,
@@ -42,12 +44,16 @@ def ensure_table(catalog: Catalog, identifier: str, schema: pa.Schema, partition
     """
     schema = pa.schema([field.with_nullable(True) for field in schema])
     if not catalog.table_exists(identifier):
-        table = catalog.create_table_if_not_exists(identifier, schema=schema, properties=TABLE_PROPERTIES)
-        if partition_by and not table.spec().fields:
-            with table.update_spec() as update:
+        # Table and partition spec in one commit: a concurrent writer never sees it unpartitioned.
+        create = catalog.create_table_transaction(identifier, schema=schema, properties=TABLE_PROPERTIES)
+        if partition_by:
+            with create.update_spec() as update:
                 for field in partition_by:
                     column, transform = _transform(field)
                     update.add_field(column, transform, f"{column}_{type(transform).__name__.lower()}")
+        # Another writer created it first (with the same schema and spec): pyiceberg reports that as either.
+        with contextlib.suppress(TableAlreadyExistsError, CommitFailedException):
+            create.commit_transaction()
         return catalog.load_table(identifier)
     table = catalog.load_table(identifier)
     missing = [name for name in schema.names if name not in table.schema().column_names]
