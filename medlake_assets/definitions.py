@@ -9,7 +9,7 @@ from medlake_assets.defs.landing import unrouted_sensor
 from medlake_assets.defs.maintenance import build_maintenance_defs
 from medlake_assets.defs.reports import build_report_defs, load_reports, report_automation_sensor
 from medlake_assets.defs.resources import LakeResource
-from medlake_assets.defs.silver import build_silver_defs, silver_automation_sensor
+from medlake_assets.defs.silver import build_silver_defs, silver_automation_sensor, silver_catch_up_sensor
 from medlake_assets.defs.sources import build_source_defs
 from medlake_assets.spec import load_sources
 
@@ -25,7 +25,12 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         *[build_report_defs(report) for report in reports],
         build_maintenance_defs(sources, reports),
         dg.Definitions(
-            sensors=[unrouted_sensor, silver_automation_sensor(interval), report_automation_sensor(interval)],
+            sensors=[
+                unrouted_sensor,
+                silver_automation_sensor(interval),
+                silver_catch_up_sensor(sources.values(), interval),
+                report_automation_sensor(interval),
+            ],
             resources={"lake": LakeResource.from_settings(settings)},
             # One process per step costs ~5 s a step (design.md section 3): run in process.
             executor=dg.in_process_executor,

@@ -140,13 +140,10 @@ def refine(
 
     The daemon does this with the silver assets' eager automation; `ingest --once` cannot wait for it.
     """
-    from medlake_assets.defs.silver import ENCOUNTERS_SOURCE, refine_job_name
-    from medlake_assets.silver.encounters_load import ENCOUNTERS
-    from medlake_assets.silver.load import consumer
+    from medlake_assets.defs.silver import pending_silver, refine_job_name
 
     for spec in lake.sources.values():
-        consumers = [consumer(spec.name)] + ([ENCOUNTERS] if spec.name == ENCOUNTERS_SOURCE else [])
-        days = sorted({day for name in consumers for day in lake.ledger.pending_days(name, spec.name)})
+        days = sorted(pending_silver(lake.ledger, spec))
         job = defs.resolve_job_def(refine_job_name(spec))
         for day in days:
             request = dg.RunRequest(partition_key=day.isoformat(), tags={"medlake/source": spec.name})

@@ -1,15 +1,19 @@
 """Silver assets: one per source (plus `encounters` from ADT), eager after bronze, gated by quality checks."""
 
+import hashlib
 import json
-from datetime import UTC, date, datetime
+from collections.abc import Iterable
+from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 
 from medlake_assets.defs.resources import LakeResource
-from medlake_assets.defs.sources import bronze_key, landing_partitions
+from medlake_assets.defs.sources import SOURCE_TAG, bronze_key, landing_partitions
 from medlake_assets.quality.gate import freshness, freshness_sla
-from medlake_assets.silver.load import SilverReport, load_silver
+from medlake_assets.silver.encounters_load import ENCOUNTERS
+from medlake_assets.silver.load import SilverReport, consumer, load_silver
 from medlake_assets.spec import SourceSpec
+from medlake_assets.tables.ledger import Ledger
 
 ENCOUNTERS_SOURCE = "adt_events"
 
@@ -25,6 +29,19 @@ def silver_key(name: str) -> dg.AssetKey:
 
 def refine_job_name(spec: SourceSpec) -> str:
     return f"refine_{spec.name}"
+
+
+def pending_silver(
+    ledger: Ledger, spec: SourceSpec, loaded_before: datetime | None = None
+) -> dict[date, set[str]]:
+    """Per landing day, the bronze batches of `spec` that its silver table (or, for ADT, encounters) has not
+    taken in yet: the work a refine run of that day does."""
+    consumers = [consumer(spec.name)] + ([ENCOUNTERS] if spec.name == ENCOUNTERS_SOURCE else [])
+    pending: dict[date, set[str]] = {}
+    for name in consumers:
+        for day, batches in ledger.pending_batches(name, spec.name, loaded_before).items():
+            pending.setdefault(day, set()).update(batches)
+    return pending
 
 
 def _freshness(lake, spec: SourceSpec) -> dg.AssetCheckResult | None:
@@ -149,3 +166,46 @@ def silver_automation_sensor(interval_seconds: int = 30) -> dg.AutomationConditi
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=interval_seconds,
     )
+
+
+# A batch loaded this long ago and still not in silver was missed by eager automation (e.g. a silver run of
+# the day was already running when its bronze run ended, and eager counted that run as handling it).
+CATCH_UP_GRACE = timedelta(minutes=2)
+
+
+def silver_catch_up_sensor(specs: Iterable[SourceSpec], interval_seconds: int = 30) -> dg.SensorDefinition:
+    """Refines every landing day whose bronze batches were loaded a while ago and are still not in silver.
+
+    The run key is the set of such batches, so each set gets one run: a day whose batches silver holds
+    back (quality gate) is not retried every tick, only when new batches arrive or an operator reruns it.
+    """
+    specs = list(specs)
+
+    @dg.sensor(
+        name="silver_catch_up",
+        target=dg.AssetSelection.groups("silver"),
+        minimum_interval_seconds=max(interval_seconds, 60),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Refines landing days whose loaded bronze batches silver missed.",
+    )
+    def catch_up(lake: LakeResource) -> dg.SensorResult:
+        ledger = lake.lake().ledger
+        loaded_before = datetime.now(UTC) - CATCH_UP_GRACE
+        requests = []
+        for spec in specs:
+            keys = [silver_key(spec.name)] + (
+                [silver_key("encounters")] if spec.name == ENCOUNTERS_SOURCE else []
+            )
+            for day, batches in sorted(pending_silver(ledger, spec, loaded_before).items()):
+                digest = hashlib.sha256("\n".join(sorted(batches)).encode()).hexdigest()[:16]
+                requests.append(
+                    dg.RunRequest(
+                        run_key=f"{spec.name}:{day.isoformat()}:{digest}",
+                        asset_selection=keys,
+                        partition_key=day.isoformat(),
+                        tags={SOURCE_TAG: spec.name},
+                    )
+                )
+        return dg.SensorResult(run_requests=requests)
+
+    return catch_up

@@ -552,15 +552,26 @@ class Ledger:
 
     def pending_days(self, consumer: str, source: str) -> list[date]:
         """Landing days with bronze batches the consumer has not taken in yet."""
+        return sorted(self.pending_batches(consumer, source))
+
+    def pending_batches(
+        self, consumer: str, source: str, loaded_before: datetime | None = None
+    ) -> dict[date, set[str]]:
+        """Per landing day, the loaded bronze batches the consumer has not taken in yet (only those
+        loaded before `loaded_before`, if given)."""
         done = select(processed.c.batch_id).where(processed.c.consumer == consumer)
         query = (
-            select(files.c.landing_day)
+            select(files.c.landing_day, files.c.batch_id)
             .distinct()
             .where(files.c.source == source, files.c.status == LOADED, files.c.batch_id.not_in(done))
-            .order_by(files.c.landing_day)
         )
+        if loaded_before is not None:
+            query = query.where(files.c.loaded_at < loaded_before)
+        pending: dict[date, set[str]] = {}
         with self._engine.connect() as connection:
-            return list(connection.scalars(query))
+            for day, batch_id in connection.execute(query):
+                pending.setdefault(day, set()).add(batch_id)
+        return pending
 
     def file(self, file_id: int) -> FileRow:
         """One row by id; LookupError if there is none."""

@@ -7,6 +7,7 @@ import dagster as dg
 import pytest
 
 from medlake_assets.definitions import build_definitions
+from medlake_assets.defs.resources import LakeResource
 from medlake_assets.defs.runner import ingest_once
 from medlake_assets.defs.silver import SilverLoadConfig, refine_job_name
 from medlake_assets.generate import write_feeds
@@ -155,3 +156,50 @@ def test_batch_over_threshold_is_held_back(tmp_path, archive_password):
         " cast.timestamp ",
         "       10 ",
     ]
+
+
+def test_catch_up_sensor_refines_batches_silver_missed(tmp_path, archive_password, monkeypatch):
+    """Bronze loaded, silver never ran (as when eager counted an already-running silver run as handling a
+    new batch): once the grace period has passed, the sensor asks for each day's refine, once per set of
+    pending batches, and after those runs nothing is pending."""
+    from medlake_assets.defs import silver as silver_defs
+
+    home = tmp_path / "home"
+    generation = {**GENERATION, "archives": 12, "facilities": 2}
+    manifest = write_feeds(home, **generation)
+    loaded = {name for name, counts in manifest["sources"].items() if counts["archives"]}
+    settings = local_settings(home)
+    lake = open_lake(settings)
+    defs = build_definitions(settings)
+    sensor = defs.resolve_sensor_def("silver_catch_up")
+    with dg.instance_for_test() as instance:
+
+        def tick() -> dg.SensorEvaluationContext:
+            return dg.build_sensor_context(
+                instance=instance, resources={"lake": LakeResource.from_settings(settings)}
+            )
+
+        assert ingest_once(defs, instance, lake, refine_silver=False, refresh_reports=False).failed_runs == 0
+        assert sensor(tick()).run_requests == []  # just loaded: eager automation's turn
+
+        monkeypatch.setattr(silver_defs, "CATCH_UP_GRACE", silver_defs.timedelta(0))
+        requests = sensor(tick()).run_requests
+        assert {(r.tags["medlake/source"], r.partition_key) for r in requests} == {
+            (name, DAY.isoformat()) for name in loaded
+        }
+        assert len(loaded) >= 3
+        adt = next(r for r in requests if r.tags["medlake/source"] == "adt_events")
+        assert set(adt.asset_selection) == {
+            dg.AssetKey(["silver", "adt_events"]),
+            dg.AssetKey(["silver", "encounters"]),
+        }
+        again = sensor(tick()).run_requests
+        assert [r.run_key for r in again] == [r.run_key for r in requests]  # one run per pending set
+
+        for request in requests:
+            assets = [defs.resolve_assets_def(key) for key in request.asset_selection]
+            result = dg.materialize(assets, instance=instance, partition_key=request.partition_key)
+            assert result.success
+        assert sensor(tick()).run_requests == []
+        con = connect(lake)
+        assert con.execute("SELECT count(*) FROM silver.lab_results").fetchone()[0] > 0
