@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The real clients the serve-sql tests connect with: psql, and the PostgreSQL JDBC driver (what Tableau,
+# Metabase and DBeaver use) run by a JDK's single-file launcher. Debian packages; CI installs them.
+set -euo pipefail
+missing=()
+command -v psql >/dev/null || missing+=(postgresql-client)
+command -v java >/dev/null || missing+=(default-jdk-headless)
+[ -f /usr/share/java/postgresql.jar ] || missing+=(libpostgresql-jdbc-java)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "the serve-sql tests need: ${missing[*]} (Debian/Ubuntu packages)" >&2
+    exit 1
+  fi
+fi
