@@ -28,9 +28,8 @@ from medlake_assets.workers import (
 )
 from medlake_assets_tests.defs.test_ingest import GENERATION, assert_lake_matches_manifest
 from medlake_assets_tests.lake_helpers import lineage_keys, local_settings, open_lake, table_rows
+from medlake_assets_tests.postgres import POSTGRES_ENV, needs_postgres
 
-POSTGRES_ENV = "MEDLAKE_TEST_POSTGRES_URL"
-needs_postgres = pytest.mark.skipif(not os.environ.get(POSTGRES_ENV), reason=f"{POSTGRES_ENV} is not set")
 # Columns that name a delivery (when, in which batch) rather than data: they differ between a parallel and
 # a sequential run of the same archives.
 DELIVERY_COLUMNS = ("_ingested_at", "_batch")

@@ -38,8 +38,8 @@ from medlake_assets.bench.query import (
 from medlake_assets.lake import Lake
 from medlake_assets.serving.sql import connect
 from medlake_assets.silver.encounters import derive_encounters
+from medlake_assets_tests.postgres import POSTGRES_ENV
 
-POSTGRES_ENV = "MEDLAKE_TEST_POSTGRES_URL"
 SMALL = Scale(lab_results=5_000, facilities=6, days=10)
 
 

@@ -18,8 +18,7 @@ from medlake_assets.defs.resources import CATALOG_URL_ENV, LakeResource
 from medlake_assets.lake import Lake
 from medlake_assets.serving.sql import connect
 from medlake_assets_tests.faults.servers import create_database
-
-POSTGRES_ENV = "MEDLAKE_TEST_POSTGRES_URL"
+from medlake_assets_tests.postgres import POSTGRES_ENV
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import os
 import secrets
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,15 +22,15 @@ import yaml
 from dagster_aws.s3 import S3ComputeLogManager
 from dagster_k8s import DagsterK8sJobConfig, K8sRunLauncher, construct_dagster_k8s_job
 from dagster_k8s.job import UserDefinedDagsterK8sConfig
-from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
 
 from medlake_assets.config import load_settings
 from medlake_assets.definitions import build_definitions
+from medlake_assets.workers import scratch_database
+from medlake_assets_tests.postgres import POSTGRES_ENV, needs_postgres
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO_ROOT / "deploy" / "dagster.production.yaml"
-POSTGRES_ENV = "MEDLAKE_TEST_POSTGRES_URL"
 KUBERNETES_VERSION = "1.31.0"
 RUN_IMAGE = "registry.example.com/medlake/medlake:0123456789ab"
 PLACEHOLDER_KUBECONFIG = {
@@ -45,25 +44,14 @@ PLACEHOLDER_KUBECONFIG = {
     "current-context": "placeholder",
 }
 
-pytestmark = pytest.mark.skipif(
-    not os.environ.get(POSTGRES_ENV), reason=f"{POSTGRES_ENV} names no PostgreSQL server"
-)
+pytestmark = needs_postgres
 
 
 @pytest.fixture
 def dagster_database() -> Iterator[URL]:
     """A fresh database for Dagster's storage, dropped afterwards (other tests share the server)."""
-    server = make_url(os.environ[POSTGRES_ENV])
-    name = f"medlake_dagster_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(server.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield server.set(database=name)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database(os.environ[POSTGRES_ENV], "medlake_dagster") as url:
+        yield make_url(url)
 
 
 @pytest.fixture

@@ -30,9 +30,9 @@ from medlake_assets_tests.defs.test_ingest import assert_lake_matches_manifest
 from medlake_assets_tests.faults.harness import Feeds, ingest_env, lake_contents
 from medlake_assets_tests.faults.servers import PrivatePostgres, create_database, postgres_bin
 from medlake_assets_tests.lake_helpers import open_lake
+from medlake_assets_tests.postgres import POSTGRES_ENV
 from medlake_assets_tests.s3_endpoint import s3_client
 
-POSTGRES_ENV = "MEDLAKE_TEST_POSTGRES_URL"
 # Small enough for a test to run in well under a minute, big enough for several batches per source
 # (3 archives a run) and every kind of bad input that the generator plants at this rate.
 GENERATION = {"facilities": 3, "archives": 20, "seed": 23, "bad_rate": 0.3, "size_scale": 0.02}

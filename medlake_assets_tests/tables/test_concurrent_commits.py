@@ -9,9 +9,7 @@ overwrites that a concurrent commit might overlap are redone by `replace_rows` /
 
 from __future__ import annotations
 
-import os
 import threading
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
@@ -22,8 +20,6 @@ import pyarrow as pa
 import pytest
 from pyiceberg.catalog import Catalog
 from pyiceberg.expressions import EqualTo
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from medlake_assets.config import load_settings
 from medlake_assets.spec import SourceSpec
@@ -38,31 +34,21 @@ from medlake_assets.tables.bronze import (
 from medlake_assets.tables.catalog import open_catalog
 from medlake_assets.tables.merge import merge_into
 from medlake_assets.tables.silver import ensure_table
+from medlake_assets_tests.postgres import needs_postgres, scratch_schema
 
-POSTGRES_ENV = "MEDLAKE_TEST_POSTGRES_URL"
 DAY = date(2026, 11, 20)
 WRITERS = 4
 BATCHES_PER_WRITER = 3
 ROWS_PER_BATCH = 50
 
-pytestmark = pytest.mark.skipif(not os.environ.get(POSTGRES_ENV), reason=f"{POSTGRES_ENV} is not set")
+pytestmark = needs_postgres
 
 
 @pytest.fixture
 def catalog_url() -> Iterator[str]:
     """A fresh PostgreSQL schema (first on the search path) for the Iceberg catalog, dropped afterwards."""
-    base = make_url(os.environ[POSTGRES_ENV])
-    schema = f"medlake_commits_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base)
-    with admin.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        url = base.update_query_dict({"options": f"-csearch_path={schema}"})
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with scratch_schema("medlake_commits") as url:
+        yield url
 
 
 @pytest.fixture

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import os
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from medlake_assets.tables.ledger import (
     LOADED,
@@ -24,8 +21,8 @@ from medlake_assets.tables.ledger import (
     Ledger,
     NewObject,
 )
+from medlake_assets_tests.postgres import POSTGRES_ENV, scratch_schema
 
-POSTGRES_ENV = "MEDLAKE_TEST_POSTGRES_URL"
 STORE = "file:///lake"
 SOURCE = "lab_results"
 DAY = date(2024, 3, 1)
@@ -45,19 +42,8 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'catalog.db'}"
         return
-    base = make_url(os.environ[POSTGRES_ENV])
-    schema = f"medlake_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base)
-    with admin.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        # libpq's `options` puts the schema first on the search path of every connection the ledger opens.
-        url = base.update_query_dict({"options": f"-csearch_path={schema}"})
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with scratch_schema("medlake_test") as url:
+        yield url
 
 
 @pytest.fixture
