@@ -35,27 +35,34 @@ run: install $(DEMO_ENV)
 	  echo "Dagster UI: http://127.0.0.1:3000 (Ctrl-C to stop)" && \
 	  exec $(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
+# The real services the tests use, started here unless given: PostgreSQL (as the `postgres` user) and
+# moto's S3 server on 127.0.0.1. A failed start fails the target.
+TEST_SERVICES = pg="$${MEDLAKE_TEST_POSTGRES_URL:-$$(scripts/start_postgres.sh)}" && \
+	s3="$${MEDLAKE_TEST_S3_ENDPOINT:-$$(scripts/start_s3.sh)}" && \
+	export MEDLAKE_TEST_POSTGRES_URL="$$pg" MEDLAKE_TEST_S3_ENDPOINT="$$s3"
+
 test: install
-	$(BIN)/ruff check medlake_assets medlake_assets_tests
-	$(BIN)/ruff format --check medlake_assets medlake_assets_tests
-	$(BIN)/python -m pytest -m "not e2e and not tf" -n 2 -q
+	$(BIN)/ruff check medlake_assets medlake_assets_tests docs/examples
+	$(BIN)/ruff format --check medlake_assets medlake_assets_tests docs/examples
+	@$(TEST_SERVICES) && $(BIN)/python -m pytest -m "not e2e and not tf" -n 2 -q
 
 test-e2e: install
-	$(BIN)/python -m pytest -m "e2e and not tf" -q
+	@scripts/ensure_test_clients.sh
+	@$(TEST_SERVICES) && $(BIN)/python -m pytest -m "e2e and not tf" -q
 
 # TensorFlow is large and optional: its tests run in their own environment so .venv stays lean.
 test-tf: install
 	UV_PROJECT_ENVIRONMENT=.venv-tf $(BIN)/uv sync --frozen --extra dev --extra tf
-	.venv-tf/bin/python -m pytest -m tf -q
+	@$(TEST_SERVICES) && .venv-tf/bin/python -m pytest -m tf -q
 
 test-all: test test-e2e
 
 lint: install
-	$(BIN)/ruff check medlake_assets medlake_assets_tests
+	$(BIN)/ruff check medlake_assets medlake_assets_tests docs/examples
 
 format: install
-	$(BIN)/ruff check --fix medlake_assets medlake_assets_tests
-	$(BIN)/ruff format medlake_assets medlake_assets_tests
+	$(BIN)/ruff check --fix medlake_assets medlake_assets_tests docs/examples
+	$(BIN)/ruff format medlake_assets medlake_assets_tests docs/examples
 
 bench: install $(DEMO_ENV)
 	@set -a && source $(DEMO_ENV) && set +a && $(BIN)/medlake bench ingest

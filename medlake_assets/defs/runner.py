@@ -105,28 +105,15 @@ def retry_parked_batches(
     A fault that lasts a little while (S3 away, quarantine unwritable) fails a batch's attempts in quick
     succession; running `ingest --once` after fixing it means "try again", so the batch is not parked.
     """
-    from medlake_assets.defs.sources import (
-        BATCH_TAG,
-        IN_FLIGHT,
-        MAX_ATTEMPTS,
-        SOURCE_TAG,
-        batch_run_config,
-        job_name,
-    )
+    from medlake_assets.defs.sources import BATCH_TAG, IN_FLIGHT, MAX_ATTEMPTS, batch_run_request, job_name
 
     for spec in lake.sources.values():
         for batch in lake.ledger.unfinished_batches(spec.name):
             runs = instance.get_runs(filters=dg.RunsFilter(tags={BATCH_TAG: batch.batch_id}))
             if len(runs) < MAX_ATTEMPTS or any(run.status in IN_FLIGHT for run in runs):
                 continue  # the sensor requests it (or it is running)
-            request = dg.RunRequest(
-                partition_key=batch.landing_day.isoformat(),
-                run_config=batch_run_config(spec, batch.batch_id),
-                tags={BATCH_TAG: batch.batch_id, SOURCE_TAG: spec.name},
-            )
-            _execute(
-                defs.resolve_job_def(job_name(spec)), request, instance, summary, on_run, label=job_name(spec)
-            )
+            job = defs.resolve_job_def(job_name(spec))
+            _execute(job, batch_run_request(spec, batch), instance, summary, on_run, label=job.name)
 
 
 def refine(

@@ -222,11 +222,18 @@ def batch_run_requests(
         if any(run.status in IN_FLIGHT for run in runs) or len(runs) >= MAX_ATTEMPTS:
             continue
         requests.append(
-            dg.RunRequest(
-                run_key=batch.batch_id if not runs else f"{batch.batch_id}#retry{len(runs)}",
-                partition_key=batch.landing_day.isoformat(),
-                run_config=batch_run_config(spec, batch.batch_id),
-                tags={BATCH_TAG: batch.batch_id, SOURCE_TAG: spec.name},
+            batch_run_request(
+                spec, batch, batch.batch_id if not runs else f"{batch.batch_id}#retry{len(runs)}"
             )
         )
     return requests
+
+
+def batch_run_request(spec: SourceSpec, batch, run_key: str | None = None) -> dg.RunRequest:
+    """The ingest run of one claimed batch: its landing-day partition, its batch id in config and tags."""
+    return dg.RunRequest(
+        run_key=run_key,
+        partition_key=batch.landing_day.isoformat(),
+        run_config=batch_run_config(spec, batch.batch_id),
+        tags={BATCH_TAG: batch.batch_id, SOURCE_TAG: spec.name},
+    )

@@ -113,8 +113,7 @@ def test_no_postgres_fails_with_a_clear_message(tmp_path: Path) -> None:
 @pytest.fixture
 def bench_database() -> str:
     """A database of its own on the test server, dropped afterwards."""
-    if not os.environ.get(POSTGRES_ENV):
-        pytest.skip(f"{POSTGRES_ENV} is not set")
+    assert os.environ.get(POSTGRES_ENV), f"{POSTGRES_ENV} is not set (make test starts the server)"
     name = f"medlake_bench_query_test_{uuid.uuid4().hex[:10]}"
     yield name
     server = postgres_conninfo(os.environ[POSTGRES_ENV], "postgres")

@@ -68,8 +68,7 @@ def postgres_server() -> Iterator[str]:
     if shared := os.environ.get(POSTGRES_ENV):
         yield shared
         return
-    if postgres_bin() is None:
-        pytest.skip(f"no PostgreSQL: set {POSTGRES_ENV} (scripts/start_postgres.sh) or install the server")
+    assert postgres_bin() is not None, f"no PostgreSQL: set {POSTGRES_ENV} or install the server"
     server = PrivatePostgres()
     try:
         yield server.url

@@ -23,14 +23,13 @@ from medlake_assets_tests.faults.harness import (
 @contextlib.contextmanager
 def unwritable(folder: Path) -> Iterator[None]:
     """Make `folder` refuse new entries for real: the immutable attribute as root (root ignores mode bits;
-    `chattr +i` makes even root get EPERM), mode 0555 otherwise (EACCES). Skips if neither takes effect."""
+    `chattr +i` makes even root get EPERM), mode 0555 otherwise (EACCES)."""
     as_root = os.geteuid() == 0
-    if as_root and shutil.which("chattr"):
+    if as_root:
+        assert shutil.which("chattr"), "as root only `chattr +i` (e2fsprogs) makes a folder unwritable"
         lock, unlock = ["chattr", "+i", str(folder)], ["chattr", "-i", str(folder)]
-        if subprocess.run(lock, capture_output=True).returncode != 0:
-            pytest.skip("chattr +i is not supported on this filesystem")
-    elif as_root:
-        pytest.skip("running as root without chattr: no way to make a folder unwritable")
+        locked = subprocess.run(lock, capture_output=True, text=True)
+        assert locked.returncode == 0, f"chattr +i failed here: {locked.stderr.strip()}"
     else:
         folder.chmod(0o555)
     try:
