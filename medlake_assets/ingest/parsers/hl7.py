@@ -324,6 +324,7 @@ class _Header:
     """What the MSH segment says before the message is decoded (read from its ASCII-compatible bytes)."""
 
     delimiters: _Delimiters
+    type_field: str  # MSH-9 as received
     message_type: str  # MSH-9.1, upper-cased
     event: str  # MSH-9.2, upper-cased
     control_id: str  # MSH-10, '' when missing
@@ -349,7 +350,27 @@ def _read_header(msh: str, null_tokens: frozenset[str]) -> _Header | tuple[str, 
         return "hl7.missing_message_type", "MSH-9 message type is empty"
     type_parts = fields[8].split(delimiters.component)
     event = type_parts[1].strip().upper() if len(type_parts) > 1 else ""
-    return _Header(delimiters, message_type.upper(), event, first(10), first(18).upper())
+    return _Header(delimiters, fields[8], message_type.upper(), event, first(10), first(18).upper())
+
+
+def _undeclared_separators(header: _Header) -> str | None:
+    """Why MSH-9 shows that the message uses separators its MSH-2 does not declare, or None.
+
+    MSH-9 holds only codes (letters, digits, `_`) and component separators, so any other punctuation in it
+    is a separator the sender used without declaring it (e.g. MSH-2 `$~\\&` with `^` in the fields).
+    Read with the declared ones, the message would be split wrongly or dropped by the type filter.
+    """
+    delimiters = header.delimiters
+    declared = {delimiters.component, delimiters.repetition, delimiters.subcomponent, delimiters.escape}
+    used = sorted(
+        {char for char in header.type_field if not (char.isalnum() or char in "_-. " or char in declared)}
+    )
+    if not used:
+        return None
+    return (
+        f"MSH-2 declares component separator {delimiters.component!r}, but MSH-9 (message type) uses "
+        f"{', '.join(repr(char) for char in used)}, which MSH-2 does not declare"
+    )
 
 
 def _index_segments(text: str, separator: str, needed: frozenset[str]) -> dict[str, list[str]] | int:
@@ -401,6 +422,7 @@ def parse_hl7(
     needed = frozenset(segment for segment, *_ in groups)
     wanted_types, wanted_events = _type_filter(fmt.message_types)
     filtering = bool(wanted_types or wanted_events)
+    not_accepted = f"MSH-9 message type is not among the source's message_types {list(fmt.message_types)}"
     null_tokens = frozenset(fmt.null_tokens)
     extractor = _Extractor(null_tokens, join=fmt.repeat == "join")
     default_chain = _canonical_chain([encoding, *fallbacks])
@@ -437,10 +459,16 @@ def parse_hl7(
         if isinstance(header, tuple):
             reject(span, *header, raw, default_chain)
             continue
+        mismatch = _undeclared_separators(header)
+        if mismatch is not None:
+            reject(span, "hl7.delimiter_mismatch", mismatch, raw, default_chain)
+            continue
         if filtering and (
             header.message_type not in wanted_types
             and (header.message_type, header.event) not in wanted_events
         ):
+            # Kept in quarantine rather than dropped: every message ends in bronze or quarantine.
+            reject(span, "hl7.message_type_not_accepted", not_accepted, raw, default_chain)
             continue
         if not header.control_id:
             reject(span, "hl7.missing_control_id", "MSH-10 message control id is empty", raw, default_chain)

@@ -1,0 +1,64 @@
+"""Nothing is lost silently: through the real sensors and Dagster runs, every landed object, member and
+record ends in bronze, in quarantine, or pending with a reason, and the ledger's counts add up."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+from medlake_assets.definitions import build_definitions
+from medlake_assets.defs.runner import ingest_once
+from medlake_assets_tests.accounting import accounting_problems
+from medlake_assets_tests.ingest.archive_builders import zip_zipcrypto
+from medlake_assets_tests.lake_helpers import DAY, ledger_by_key, local_settings, open_lake, table_rows
+
+PASSWORD = "synthetic-test-password"
+DAY_PATH = f"{DAY:%Y/%m/%d}"
+
+
+def _msh(control_id: str, encoding_characters: str = "^~\\&", message_type: str = "ADT^A01^ADT_A01") -> str:
+    return f"MSH|{encoding_characters}|SYNADT|F9|LAKE|X|20261120081500||{message_type}|{control_id}|P|2.5"
+
+
+def _message(control_id: str, **msh: str) -> str:
+    return "\r".join([_msh(control_id, **msh), "PID|1||P9^^^F9^MR||TESTPATIENT^ALPHA", "PV1|1|I|ICU^1^A"])
+
+
+@pytest.fixture
+def lake_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDLAKE_ARCHIVE_PASSWORD", PASSWORD)
+    return tmp_path / "home"
+
+
+def ingest(home) -> object:
+    settings = local_settings(home)
+    lake = open_lake(settings)
+    with dg.instance_for_test() as instance:
+        summary = ingest_once(build_definitions(settings), instance, lake, refresh_reports=False)
+    return lake, summary
+
+
+def test_hl7_messages_with_undeclared_separators_are_quarantined_and_counted(lake_home):
+    """MSH-2 `$~\\&` with `^` in the fields: today the message vanishes (ledger: loaded, 0 rejected)."""
+    member = "\r".join(
+        [
+            _message("C1"),
+            _message("C2", encoding_characters="$~\\&"),
+            _message("C3", message_type="ORU^R01^ORU_R01"),
+            _message("C4"),
+        ]
+    )
+    key = f"landing/adt_events/{DAY_PATH}/F9/adt_1.zip"
+    open_lake(local_settings(lake_home)).store.put(key, zip_zipcrypto({"m.hl7": member.encode()}, PASSWORD))
+
+    lake, summary = ingest(lake_home)
+    assert summary.failed_runs == 0
+    assert accounting_problems(lake) == []
+    row = ledger_by_key(lake)[key]
+    assert (row["status"], row["members"], row["records"], row["rejected_records"]) == ("loaded", 1, 2, 2)
+    bronze = table_rows(lake, "bronze.adt_events")
+    assert sorted(bronze.column("message_control_id").to_pylist()) == ["C1", "C4"]
+    rejects = sorted(
+        (r["_record"], r["_line"], r["rule"]) for r in table_rows(lake, "quarantine.adt_events").to_pylist()
+    )
+    assert rejects == [(2, 4, "hl7.delimiter_mismatch"), (3, 7, "hl7.message_type_not_accepted")]
