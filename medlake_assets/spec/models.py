@@ -96,8 +96,16 @@ class LandingSpec(StrictModel):
         return re.compile(self.member_pattern)
 
 
+ControlCharacters = Literal["strip", "reject"]
+CONTROL_CHARACTERS_HELP = (
+    "a value holding a control character (C0 but tab, line feed, carriage return; DEL): `reject` its record "
+    "(rule <format>.control_character) or `strip` the characters"
+)
+
+
 class CsvFormat(StrictModel):
     kind: Literal["csv"] = "csv"
+    control_characters: ControlCharacters = Field(default="reject", description=CONTROL_CHARACTERS_HELP)
     delimiter: str = Field(default=",", min_length=1, max_length=1)
     quote: str = Field(default='"', min_length=1, max_length=1)
     header: bool = True
@@ -106,6 +114,7 @@ class CsvFormat(StrictModel):
 
 class Hl7Format(StrictModel):
     kind: Literal["hl7v2"] = "hl7v2"
+    control_characters: ControlCharacters = Field(default="reject", description=CONTROL_CHARACTERS_HELP)
     message_types: list[str] = Field(default_factory=list, description="e.g. ['ADT^A01']; empty = all")
     repeat: Literal["first", "join"] = "first"
     null_tokens: list[str] = Field(default_factory=lambda: ['""'])
@@ -113,6 +122,7 @@ class Hl7Format(StrictModel):
 
 class XmlFormat(StrictModel):
     kind: Literal["xml"] = "xml"
+    control_characters: ControlCharacters = Field(default="reject", description=CONTROL_CHARACTERS_HELP)
     record_xpath: str
     namespaces: dict[str, str] = Field(default_factory=dict)
 

@@ -9,7 +9,7 @@ import pytest
 from medlake_assets.definitions import build_definitions
 from medlake_assets.defs.runner import ingest_once
 from medlake_assets_tests.accounting import accounting_problems
-from medlake_assets_tests.ingest.archive_builders import zip_zipcrypto
+from medlake_assets_tests.ingest.archive_builders import gzip_bytes, zip_zipcrypto
 from medlake_assets_tests.lake_helpers import DAY, ledger_by_key, local_settings, open_lake, table_rows
 
 PASSWORD = "synthetic-test-password"
@@ -34,7 +34,7 @@ def ingest(home) -> object:
     settings = local_settings(home)
     lake = open_lake(settings)
     with dg.instance_for_test() as instance:
-        summary = ingest_once(build_definitions(settings), instance, lake, refresh_reports=False)
+        summary = ingest_once(build_definitions(settings), instance, lake, refine_silver=False)
     return lake, summary
 
 
@@ -62,3 +62,32 @@ def test_hl7_messages_with_undeclared_separators_are_quarantined_and_counted(lak
         (r["_record"], r["_line"], r["rule"]) for r in table_rows(lake, "quarantine.adt_events").to_pylist()
     )
     assert rejects == [(2, 4, "hl7.delimiter_mismatch"), (3, 7, "hl7.message_type_not_accepted")]
+
+
+def test_a_nul_inside_a_csv_field_is_rejected_by_the_declared_rule_and_the_rest_loads(lake_home):
+    header = (
+        "facility_id,patient_id,order_id,test_code,test_name,value,unit,reference_range,abnormal_flag,"
+        "result_status,result_ts"
+    )
+    rows = [f"F9,P{n},O{n},2345-7,Glucose,10{n},mg/dL,70-99,H,F,2026-11-20T08:00:00" for n in range(1, 4)]
+    rows[1] = rows[1].replace("Glucose", "Gluc\x00ose")
+    key = f"landing/lab_results/{DAY_PATH}/F9/lab_1.csv.gz"
+    data = "\n".join([header, *rows, ""]).encode()
+    open_lake(local_settings(lake_home)).store.put(key, gzip_bytes(data))
+
+    lake, summary = ingest(lake_home)
+    assert summary.failed_runs == 0
+    assert accounting_problems(lake) == []
+    bronze = table_rows(lake, "bronze.lab_results")
+    assert sorted(bronze.column("order_id").to_pylist()) == ["O1", "O3"]
+    assert not any("\x00" in (name or "") for name in bronze.column("test_name").to_pylist())
+    [reject] = table_rows(lake, "quarantine.lab_results").to_pylist()
+    assert (reject["_record"], reject["_line"], reject["rule"], reject["raw"]) == (
+        2,
+        3,
+        "csv.control_character",
+        None,
+    )
+    assert reject["reason"] == (
+        "column test_name holds control character U+0000 (format.control_characters: reject)"
+    )

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+from medlake_assets.ingest.text import apply_control_policy, has_control_characters
 from medlake_assets.ingest.types import MemberRejected, ParsedMember, RecordReject
 from medlake_assets.spec.models import ColumnSpec, Hl7Format
 
@@ -415,10 +416,7 @@ def parse_hl7(
     plan = _compile_plan(tuple(column.source for column in columns))
     output: dict[str, list[str | None]] = {column.name: [] for column in columns}
     targets = [output[column.name] for column in columns]
-    groups = [
-        (segment, occurrence, segment == "MSH", [(targets[index], path) for index, path in items])
-        for segment, occurrence, items in plan
-    ]
+    groups = [(segment, occurrence, segment == "MSH", items) for segment, occurrence, items in plan]
     needed = frozenset(segment for segment, *_ in groups)
     wanted_types, wanted_events = _type_filter(fmt.message_types)
     filtering = bool(wanted_types or wanted_events)
@@ -431,6 +429,9 @@ def parse_hl7(
         data = data[len(_UTF8_BOM) :]
     lines = data.splitlines()
     spans, orphans = _split_member(lines, member)
+    # Values are checked one by one only in a member holding a control character somewhere.
+    control = fmt.control_characters if has_control_characters(data) else None
+    names = [column.name for column in columns]
 
     result = ParsedMember(columns=output)
     for orphan_start, orphan_end in orphans:
@@ -496,16 +497,23 @@ def parse_hl7(
         # One extractor per member, re-pointed per message, saves building an object per message.
         extractor.delimiters = delimiters
         extractor.codec = codec
+        values = [None] * len(columns)
         for segment_name, occurrence, is_msh, items in groups:
             occurrences = found.get(segment_name)
             if occurrences is None or len(occurrences) < occurrence:
-                for target, _ in items:
-                    target.append(None)
                 continue
             fields = occurrences[occurrence - 1].split(separator)
             if is_msh:
                 fields.insert(1, separator)  # MSH-1 is the separator itself: align fields[n] with MSH-n
-            for target, path in items:
-                target.append(extractor.value(fields, path, is_msh))
+            for index, path in items:
+                values[index] = extractor.value(fields, path, is_msh)
+        if control is not None:
+            reason = apply_control_policy(values, names, control)
+            if reason is not None:  # no raw text: the archive's original is kept in quarantine/
+                rule = "hl7.control_character"
+                result.rejects.append(RecordReject(member, span.ordinal, span.line, rule, reason))
+                continue
+        for target, value in zip(targets, values, strict=True):
+            target.append(value)
         result.ordinals.append(span.ordinal)
     return result
