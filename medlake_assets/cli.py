@@ -101,6 +101,18 @@ def _summary_table(title: str) -> Table:
     return table
 
 
+def _print_missing_secrets(lake) -> int:
+    """Say which secrets to set for the archives held pending without a password; how many are held."""
+    from collections import Counter
+
+    from medlake_assets.ingest.batch import MISSING_SECRET
+
+    held = Counter((row.source, row.facility, row.reason) for row in lake.ledger.held(rule=MISSING_SECRET))
+    for (source, facility, reason), count in sorted(held.items()):
+        console.print(f"[red]{source} {facility}: {count} archives held pending: {reason}[/red]")
+    return sum(held.values())
+
+
 @app.command()
 def ingest(
     once: Annotated[
@@ -132,8 +144,9 @@ def ingest(
         console.print(
             _summary_table(f"{summary.runs} runs ({summary.failed_runs} failed) in {summary.seconds:.1f} s")
         )
+        held = _print_missing_secrets(lake)
         if once:
-            raise typer.Exit(1 if summary.failed_runs else 0)
+            raise typer.Exit(1 if summary.failed_runs or held else 0)
         time.sleep(interval)
 
 

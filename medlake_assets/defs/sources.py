@@ -9,7 +9,7 @@ import dagster as dg
 from pyiceberg.expressions import And, EqualTo
 
 from medlake_assets.defs.resources import LakeResource
-from medlake_assets.ingest.batch import BatchReport, load_batch
+from medlake_assets.ingest.batch import MISSING_SECRET, BatchReport, load_batch, release_held_archives
 from medlake_assets.ingest.landing import day_prefix, days_to_list, register_landed
 from medlake_assets.lake import Lake
 from medlake_assets.spec import SourceSpec
@@ -87,6 +87,13 @@ def build_source_defs(spec: SourceSpec, sensor_interval_seconds: int = 30) -> dg
             asset=key,
             description=f"Share of the run's archives quarantined is at most {threshold:.0%}.",
         ),
+        # A missing archive password is a configuration fault: the run fails, naming the secret to set.
+        dg.AssetCheckSpec(
+            "archive_secrets",
+            asset=key,
+            blocking=True,
+            description="Every archive that needs a password found its secret (else it is held pending).",
+        ),
         dg.AssetCheckSpec(
             "ledger_matches_table",
             asset=key,
@@ -132,6 +139,12 @@ def build_source_defs(spec: SourceSpec, sensor_interval_seconds: int = 30) -> dg
         ledger_records = sum(r.records for r in reports)
         table_records = sum(_rows_of_batch(opened, spec, r, day) for r in reports)
         top_rules = dict(rules.most_common(5))
+        held = sum(r.archives_held for r in reports)
+        missing = ", ".join(sorted(set().union(*(r.missing_secrets for r in reports))))
+        if held:
+            context.log.error(
+                f"{spec.name}: {held} archives held pending, their password is not configured: set {missing}"
+            )
         context.log.info(
             f"{spec.name} {context.partition_key}: {archives} archives, {ledger_records} records, "
             f"{quarantined} archives quarantined"
@@ -148,8 +161,14 @@ def build_source_defs(spec: SourceSpec, sensor_interval_seconds: int = 30) -> dg
                 "seconds": round(sum(r.seconds for r in reports), 3),
                 "snapshot_id": str(reports[-1].snapshot_id) if reports else "",
                 "rules": json.dumps(top_rules),
+                "archives_held": held,
             },
             check_results=[
+                dg.AssetCheckResult(
+                    check_name="archive_secrets",
+                    passed=not held,
+                    metadata={"archives_held": held, "missing_secrets": missing},
+                ),
                 dg.AssetCheckResult(
                     check_name="quarantine_rate",
                     passed=rate <= threshold,
@@ -197,6 +216,7 @@ def build_source_defs(spec: SourceSpec, sensor_interval_seconds: int = 30) -> dg
             list(opened.sources.values()),
             [day_prefix(spec.name, d) for d in days],
         )
+        release_held_archives(opened, spec)  # their secret was set since: they load in this tick's batches
         opened.ledger.claim_batches(
             spec.name, max_archives=spec.ingest.max_archives_per_run, max_bytes=spec.ingest.max_bytes_per_run
         )
@@ -206,6 +226,9 @@ def build_source_defs(spec: SourceSpec, sensor_interval_seconds: int = 30) -> dg
                 f"{spec.name}: {scan.registered} new archives, {scan.quarantined} quarantined at landing, "
                 f"{len(requests)} runs requested"
             )
+        if held := opened.ledger.held(spec.name, MISSING_SECRET):
+            secrets = sorted({row.reason or "" for row in held})
+            context.log.warning(f"{spec.name}: {len(held)} archives held for a missing secret: {secrets}")
         next_since = today - timedelta(days=spec.ingest.open_days)
         return dg.SensorResult(run_requests=requests, cursor=json.dumps({"since": next_since.isoformat()}))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -35,6 +35,8 @@ from medlake_assets.tables.bronze import (
 )
 from medlake_assets.tables.ledger import FileResult, FileRow
 
+MISSING_SECRET = "config.missing_secret"
+
 
 @dataclass
 class BatchReport:
@@ -49,6 +51,9 @@ class BatchReport:
     seconds: float = 0.0
     rules: Counter[str] = field(default_factory=Counter)
     snapshot_id: int | None = None
+    archives_held: int = 0
+    missing_secrets: set[str] = field(default_factory=set)
+    """Secrets (environment variable names) whose absence held archives back: a configuration fault."""
 
     @property
     def quarantine_rate(self) -> float:
@@ -98,15 +103,21 @@ def _load_batch(
             yield ArchiveWork(data, context, spec, password, engine)
 
     # Only the bytes of archives with something to quarantine are kept (the copy must be what was parsed).
-    results: list[tuple[FileRow, ArchiveResult, int, bytes | None]] = [
-        (row, result, len(item.data), item.data if result.quarantined or result.rejects else None)
-        for row, (item, result) in zip(files, process_archives(work()), strict=True)
-    ]
+    results: list[tuple[FileRow, ArchiveResult, int, bytes | None]] = []
+    held: list[tuple[FileRow, str]] = []
+    for row, (item, result) in zip(files, process_archives(work()), strict=True):
+        if result.rule == "archive.no_password" and password_ref is not None:
+            # A missing secret is a configuration fault, not bad input: hold the archive, never quarantine it.
+            held.append((row, password_ref.env_names(row.facility or "")[0]))
+            continue
+        data = item.data if result.quarantined or result.rejects else None
+        results.append((row, result, len(item.data), data))
     archive_results = [result for _, result, _, _ in results]
 
     bronze = bronze_table(lake.catalog, spec)
     rejects = quarantine_table(lake.catalog, spec)
-    keys = [row.key for row in files]
+    # Held archives stay out of the commit: a re-sent key keeps its earlier version's rows until it loads.
+    keys = [row.key for row, *_ in results]
     # Replace when this batch may already be in the table: a retry after a crash, or a backfill.
     # Replace when these archives may already be in the table: a retry after a crash, a backfill, or a
     # facility re-sending a file under the same key (a new version replaces the old one's rows).
@@ -128,6 +139,13 @@ def _load_batch(
     )
 
     report = BatchReport(batch_id=batch_id, source=spec.name, archives=len(files))
+    by_reason: dict[str, list[int]] = {}
+    for row, secret in held:
+        by_reason.setdefault(_missing_secret_reason(spec, row.facility or ""), []).append(row.id)
+        report.archives_held += 1
+        report.missing_secrets.add(secret)
+    for reason, ids in by_reason.items():
+        lake.ledger.hold(ids, MISSING_SECRET, reason)
     loaded, quarantined = [], []
     for row, result, size, data in results:
         report.bytes_read += size
@@ -159,6 +177,28 @@ def _load_batch(
     report.snapshot_id = bronze.metadata.current_snapshot_id
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _missing_secret_reason(spec: SourceSpec, facility: str) -> str:
+    """The variable(s) to set, never a value."""
+    names = spec.landing.password.env_names(facility) if spec.landing.password else []
+    either = f"{names[0]} (or {names[1]} for every facility)" if len(names) > 1 else "".join(names)
+    return (
+        f"the archive is encrypted and no password is configured: set the secret {either}; "
+        "it stays pending and loads by itself once the secret is set"
+    )
+
+
+def release_held_archives(lake: Lake, spec: SourceSpec, environ: Mapping[str, str] | None = None) -> int:
+    """Let the archives held for a missing secret be claimed again once their secret is set (checked on
+    every sensor tick: one indexed query); returns how many were released."""
+    password_ref = spec.landing.password
+    rows = lake.ledger.held(spec.name, MISSING_SECRET)
+    ready = [
+        row.id for row in rows if password_ref is None or password_ref.resolve(row.facility or "", environ)
+    ]
+    lake.ledger.release(ready)
+    return len(ready)
 
 
 def _rejects_summary(result: ArchiveResult) -> str | None:

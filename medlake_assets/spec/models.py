@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import zoneinfo
+from collections.abc import Mapping
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -34,7 +35,7 @@ class PasswordRef(StrictModel):
             names.insert(0, f"{self.env}__{facility_env_suffix(facility)}")
         return names
 
-    def resolve(self, facility: str, environ: dict[str, str] | None = None) -> str | None:
+    def resolve(self, facility: str, environ: Mapping[str, str] | None = None) -> str | None:
         environ = os.environ if environ is None else environ
         for name in self.env_names(facility):
             if environ.get(name):

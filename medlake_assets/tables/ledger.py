@@ -410,9 +410,15 @@ class Ledger:
         with self._writer.begin() as connection:
             if self._postgres:  # claimers of one source queue here (SQLite's BEGIN IMMEDIATE does the same)
                 connection.execute(select(func.pg_advisory_xact_lock(_PG_LOCK_CLASS, func.hashtext(source))))
+            # A pending file with a rule is held back (`hold`) until `release` clears it.
             rows = connection.execute(
                 select(files.c.id, files.c.landing_day, files.c.size)
-                .where(files.c.source == source, files.c.status == PENDING, files.c.batch_id.is_(None))
+                .where(
+                    files.c.source == source,
+                    files.c.status == PENDING,
+                    files.c.batch_id.is_(None),
+                    files.c.rule.is_(None),
+                )
                 .order_by(files.c.landing_day, files.c.id)
             ).all()
             batches = cut_batches(source, rows, max_archives=max_archives, max_bytes=max_bytes)
@@ -612,6 +618,37 @@ class Ledger:
         with self._writer.begin() as connection:
             self._require_ids(connection, {result.file_id for result in results})
             connection.execute(statement, parameters)
+
+    def hold(self, file_ids: Sequence[int], rule: str, reason: str) -> None:
+        """Keep files pending but out of every batch, with the rule and reason that hold them back (e.g. a
+        missing secret), in one transaction; `claim_batches` skips them until `release`."""
+        self._set(file_ids, batch_id=None, rule=rule, reason=reason)
+
+    def release(self, file_ids: Sequence[int]) -> None:
+        """Let held files be claimed again (the cause of the hold is gone), in one transaction."""
+        self._set(file_ids, rule=None, reason=None)
+
+    def held(self, source: str | None = None, rule: str | None = None) -> list[FileRow]:
+        """Files held back (pending with a rule), for one source and rule or all, in id order."""
+        conditions = [files.c.status == PENDING, files.c.batch_id.is_(None), files.c.rule.is_not(None)]
+        if source is not None:
+            conditions.append(files.c.source == source)
+        if rule is not None:
+            conditions.append(files.c.rule == rule)
+        return self._rows(*conditions)
+
+    def _set(self, file_ids: Sequence[int], **values: Any) -> None:
+        ids = sorted(set(file_ids))
+        if not ids:
+            return
+        with self._writer.begin() as connection:
+            self._require_ids(connection, set(ids))
+            for chunk in _chunks(ids, _MAX_IDS_PER_STATEMENT):
+                connection.execute(
+                    update(files)
+                    .where(files.c.id.in_(chunk), files.c.status == PENDING)
+                    .values(updated_at=_now(), **values)
+                )
 
     def assign_batch(self, file_ids: Sequence[int], batch_id: str) -> None:
         """Make `batch_id` the owner of these files (a backfill re-owning a day), in one transaction."""
