@@ -9,7 +9,7 @@ import dagster as dg
 from pyiceberg.expressions import And, EqualTo
 
 from medlake_assets.defs.resources import LakeResource
-from medlake_assets.ingest.batch import MISSING_SECRET, BatchReport, load_batch, release_held_archives
+from medlake_assets.ingest.batch import MISSING_SECRET, BatchReport, load_batch, release_holds
 from medlake_assets.ingest.landing import day_prefix, days_to_list, register_landed
 from medlake_assets.lake import Lake
 from medlake_assets.spec import SourceSpec
@@ -215,8 +215,9 @@ def build_source_defs(spec: SourceSpec, sensor_interval_seconds: int = 30) -> dg
             opened.ledger,
             list(opened.sources.values()),
             [day_prefix(spec.name, d) for d in days],
+            today=today,
         )
-        release_held_archives(opened, spec)  # their secret was set since: they load in this tick's batches
+        release_holds(opened, spec, today)  # secret set, or day come, since: they load in this tick's batches
         opened.ledger.claim_batches(
             spec.name, max_archives=spec.ingest.max_archives_per_run, max_bytes=spec.ingest.max_bytes_per_run
         )

@@ -11,11 +11,11 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from pyiceberg.expressions import EqualTo
 
-from medlake_assets.ingest.landing import quarantine_original
+from medlake_assets.ingest.landing import FUTURE_DAY, quarantine_original
 from medlake_assets.ingest.pipeline import (
     ArchiveContext,
     ArchiveResult,
@@ -189,13 +189,19 @@ def _missing_secret_reason(spec: SourceSpec, facility: str) -> str:
     )
 
 
-def release_held_archives(lake: Lake, spec: SourceSpec, environ: Mapping[str, str] | None = None) -> int:
-    """Let the archives held for a missing secret be claimed again once their secret is set (checked on
-    every sensor tick: one indexed query); returns how many were released."""
+def release_holds(lake: Lake, spec: SourceSpec, today: date, environ: Mapping[str, str] | None = None) -> int:
+    """Let held files of the source be claimed again once their cause is gone: the secret of an archive
+    held for a missing password is set, or the landing day of a future-dated file has come. Checked on
+    every sensor tick (one indexed query); returns how many were released."""
     password_ref = spec.landing.password
-    rows = lake.ledger.held(spec.name, MISSING_SECRET)
     ready = [
-        row.id for row in rows if password_ref is None or password_ref.resolve(row.facility or "", environ)
+        row.id
+        for row in lake.ledger.held(spec.name)
+        if (
+            row.rule == MISSING_SECRET
+            and (password_ref is None or password_ref.resolve(row.facility or "", environ))
+        )
+        or (row.rule == FUTURE_DAY and row.landing_day is not None and row.landing_day <= today)
     ]
     lake.ledger.release(ready)
     return len(ready)

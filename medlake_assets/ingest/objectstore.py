@@ -44,6 +44,11 @@ class ObjectStore(Protocol):
         """The immediate "folders" below `prefix`, each ending in '/', sorted; only those holding objects."""
         ...
 
+    def list_level(self, prefix: str = "") -> tuple[list[str], list[ObjectInfo]]:
+        """One delimiter listing: the immediate folders below `prefix` (as `list_prefixes`) and the objects
+        directly in it, each sorted; what lies deeper is not listed."""
+        ...
+
     def get(self, key: str) -> bytes:
         """The object's bytes; FileNotFoundError if there is none."""
         ...
@@ -103,6 +108,20 @@ def _holds_file(directory: str) -> bool:
     return False
 
 
+def _info(key: str, entry: os.DirEntry) -> ObjectInfo | None:
+    """A listed file's ObjectInfo; None if it was removed since the scan."""
+    try:
+        stat = entry.stat()
+    except FileNotFoundError:
+        return None
+    return ObjectInfo(
+        key=key,
+        size=stat.st_size,
+        etag=f"{stat.st_size}-{stat.st_mtime_ns}-{stat.st_ino}",
+        last_modified=_utc_from_ns(stat.st_mtime_ns),
+    )
+
+
 class LocalObjectStore:
     """Objects are the files below `root`.
 
@@ -156,17 +175,22 @@ class LocalObjectStore:
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
                 yield from self._walk(entry.path, f"{base}{entry.name}/")
-            elif entry.is_file():
-                try:
-                    stat = entry.stat()
-                except FileNotFoundError:  # removed since the scan
-                    continue
-                yield ObjectInfo(
-                    key=f"{base}{entry.name}",
-                    size=stat.st_size,
-                    etag=f"{stat.st_size}-{stat.st_mtime_ns}-{stat.st_ino}",
-                    last_modified=_utc_from_ns(stat.st_mtime_ns),
-                )
+            elif entry.is_file() and (info := _info(f"{base}{entry.name}", entry)) is not None:
+                yield info
+
+    def list_level(self, prefix: str = "") -> tuple[list[str], list[ObjectInfo]]:
+        start = self._start(prefix)
+        if start is None:
+            return [], []
+        directory, base, name_start = start
+        try:
+            with os.scandir(directory) as scan:
+                entries = [e for e in scan if e.name.startswith(name_start) and _visible(e.name)]
+        except (FileNotFoundError, NotADirectoryError):
+            return [], []
+        files = sorted((e for e in entries if e.is_file()), key=lambda e: e.name)
+        objects = [info for e in files if (info := _info(f"{base}{e.name}", e)) is not None]
+        return self.list_prefixes(prefix), objects
 
     def list_prefixes(self, prefix: str = "") -> list[str]:
         start = self._start(prefix)
@@ -269,18 +293,30 @@ class S3ObjectStore:
         )
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        skip = len(self.prefix)
         for page in self._pages(prefix):
-            for item in page.get("Contents", ()):
-                key = item["Key"][skip:]
-                if not key or key.endswith("/"):
-                    continue
-                yield ObjectInfo(
-                    key=key,
-                    size=item["Size"],
-                    etag=item["ETag"].strip('"'),
-                    last_modified=item["LastModified"].astimezone(UTC),
-                )
+            yield from self._objects(page)
+
+    def _objects(self, page: dict[str, Any]) -> Iterator[ObjectInfo]:
+        skip = len(self.prefix)
+        for item in page.get("Contents", ()):
+            key = item["Key"][skip:]
+            if not key or key.endswith("/"):
+                continue
+            yield ObjectInfo(
+                key=key,
+                size=item["Size"],
+                etag=item["ETag"].strip('"'),
+                last_modified=item["LastModified"].astimezone(UTC),
+            )
+
+    def list_level(self, prefix: str = "") -> tuple[list[str], list[ObjectInfo]]:
+        skip = len(self.prefix)
+        folders: list[str] = []
+        objects: list[ObjectInfo] = []
+        for page in self._pages(prefix, Delimiter="/"):
+            folders += [common["Prefix"][skip:] for common in page.get("CommonPrefixes", ())]
+            objects += self._objects(page)
+        return folders, objects
 
     def list_prefixes(self, prefix: str = "") -> list[str]:
         skip = len(self.prefix)

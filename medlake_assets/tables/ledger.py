@@ -354,17 +354,22 @@ class Ledger:
                 new += connection.execute(statement).rowcount
         return new
 
-    def register(self, objects: Sequence[NewObject]) -> int:
-        """Insert the objects not yet known as pending, in one transaction; returns how many were new."""
+    def register(self, objects: Sequence[NewObject], *, hold: tuple[str, str] | None = None) -> int:
+        """Insert the objects not yet known as pending, in one transaction; returns how many were new.
+
+        With `hold` (rule, reason) they are registered held back (see `hold`) until `release`.
+        """
         for obj in objects:
             if obj.source is None or obj.landing_day is None:
                 raise ValueError(
                     f"object {obj.key!r} has no source or landing day; register it with quarantine_unrouted"
                 )
         now = _now()
+        rule, reason = hold or (None, None)
         return self._insert_absent(
             [
-                _object_values(obj) | {"status": PENDING, "first_seen_at": now, "updated_at": now}
+                _object_values(obj)
+                | {"status": PENDING, "rule": rule, "reason": reason, "first_seen_at": now, "updated_at": now}
                 for obj in objects
             ]
         )

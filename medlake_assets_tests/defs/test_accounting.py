@@ -3,11 +3,15 @@ record ends in bronze, in quarantine, or pending with a reason, and the ledger's
 
 from __future__ import annotations
 
+from datetime import date
+
 import dagster as dg
 import pytest
 
 from medlake_assets.definitions import build_definitions
 from medlake_assets.defs.runner import ingest_once
+from medlake_assets.ingest.batch import release_holds
+from medlake_assets.ingest.landing import find_strays, register_landed
 from medlake_assets_tests.accounting import accounting_problems
 from medlake_assets_tests.ingest.archive_builders import gzip_bytes, zip_zipcrypto
 from medlake_assets_tests.lake_helpers import DAY, ledger_by_key, local_settings, open_lake, table_rows
@@ -91,3 +95,77 @@ def test_a_nul_inside_a_csv_field_is_rejected_by_the_declared_rule_and_the_rest_
     assert reject["reason"] == (
         "column test_name holds control character U+0000 (format.control_characters: reject)"
     )
+
+
+STRAYS = {
+    "landing/lab_results/2026/12/F0003/no_day.csv.gz": "landing.no_source",  # no day folder
+    "landing/lab_results/2026/13/45/F0003/x.csv.gz": "landing.bad_day",  # month 13, day 45
+    "landing/stray_top_level_file.csv.gz": "landing.no_source",
+    "landing/lab_results/loose.csv.gz": "landing.no_source",  # beside the year folders
+    "landing/lab_results/2026/11/x.csv.gz": "landing.no_source",  # beside the day folders
+    "landing/lab_results/2026/11/5/F0003/x.csv.gz": "landing.no_source",  # day not written as 05
+    "landing/lab_results/2019/01/02/F0003/old.csv.gz": "landing.bad_day",  # before ingest.start_date
+    "landing/unknown_feed/2026/11/20/F0003/x.zip": "landing.no_source",
+}
+
+
+class ListingRecorder:
+    """The lake's store, recording every full (recursive) listing the sensors ask for."""
+
+    def __init__(self, store):
+        self.store, self.listed = store, []
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+    def list(self, prefix: str = ""):
+        self.listed.append(prefix)
+        return self.store.list(prefix)
+
+
+def test_every_object_under_landing_is_registered_or_quarantined_with_a_reason(lake_home):
+    lake = open_lake(local_settings(lake_home))
+    good = f"landing/lab_results/{DAY_PATH}/F0003/good.csv.gz"
+    future = "landing/lab_results/2099/01/01/F0003/future.csv.gz"
+    for key in [*STRAYS, good, future]:
+        lake.store.put(key, gzip_bytes(b"facility_id\nF0003\n"))
+
+    lake, summary = ingest(lake_home)
+    assert summary.failed_runs == 0
+    assert accounting_problems(lake) == []
+    ledger = ledger_by_key(lake)
+    assert {key: (ledger[key]["status"], ledger[key]["rule"]) for key in STRAYS} == {
+        key: ("quarantined", rule) for key, rule in STRAYS.items()
+    }
+    assert all(lake.store.exists(f"quarantine/{key}.reason.json") for key in STRAYS)
+    assert ledger[good]["status"] == "quarantined"  # reached its source (csv.missing_column), not a stray
+    # A day still to come is neither loaded nor lost: pending, with the reason, until that day.
+    assert (ledger[future]["status"], ledger[future]["rule"]) == ("pending", "landing.future_day")
+
+
+def test_the_stray_sweep_never_lists_a_day_folder_whole(lake_home):
+    """Strays are found with delimiter listings of the levels above the day folders (landing/, each
+    source, year and month): the history inside valid, open day folders is never listed by the sweep."""
+    lake = open_lake(local_settings(lake_home))
+    for key in [*STRAYS, f"landing/lab_results/{DAY_PATH}/F0003/good.csv.gz"]:
+        lake.store.put(key, gzip_bytes(b"facility_id\nF0003\n"))
+    recorder = ListingRecorder(lake.store)
+    strays = find_strays(recorder, lake.sources.values(), today=DAY)
+    assert not [prefix for prefix in recorder.listed if prefix.startswith(f"landing/lab_results/{DAY_PATH}")]
+    found = {info.key for info in strays.objects}
+    found |= {info.key for prefix in strays.prefixes for info in lake.store.list(prefix)}
+    assert found == set(STRAYS)
+
+
+def test_a_future_day_held_at_registration_is_released_when_its_day_comes(lake_home):
+    lake = open_lake(local_settings(lake_home))
+    future = "landing/lab_results/2099/01/01/F0003/future.csv.gz"
+    lake.store.put(future, gzip_bytes(b"facility_id\nF0003\n"))
+    spec = lake.sources["lab_results"]
+    strays = find_strays(lake.store, lake.sources.values(), today=DAY)
+    register_landed(lake.store, lake.ledger, list(lake.sources.values()), strays.prefixes, today=DAY)
+    assert lake.ledger.claim_batches("lab_results", max_archives=10, max_bytes=10**9) == []
+    assert release_holds(lake, spec, date(2098, 12, 31)) == 0
+    assert release_holds(lake, spec, date(2099, 1, 1)) == 1
+    [batch] = lake.ledger.claim_batches("lab_results", max_archives=10, max_bytes=10**9)
+    assert batch.landing_day == date(2099, 1, 1)

@@ -322,3 +322,12 @@ def test_s3_listings_follow_every_page(s3_endpoint: str, s3_bucket: str) -> None
         f"landing/s/2024/03/{day:02d}/" for day in range(1, 6)
     ]
     assert len(calls) == 3  # 5 common prefixes, 2 per page
+
+
+def test_list_level_gives_folders_and_the_objects_directly_below(store: ObjectStore) -> None:
+    fill(store)
+    folders, objects = store.list_level("landing/lab_results/2024/03/02/")
+    assert folders == store.list_prefixes("landing/lab_results/2024/03/02/")
+    assert [(info.key, info.size) for info in objects] == [("landing/lab_results/2024/03/02/fac.zip", 17)]
+    assert store.list_level("") == (["landing/"], [next(iter(store.list("README.txt")))])
+    assert store.list_level("landing/nothing/") == ([], [])
