@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 
 from medlake_assets.ingest.objectstore import ObjectInfo, ObjectStore
@@ -181,8 +181,7 @@ def register_landed(
     for obj in objects:  # loose objects: known-check each one by its own key
         batches.append((obj.key, [obj]))
     for prefix, found in batches:
-        known = ledger.known_keys(store.uri, prefix)
-        fresh = [obj for obj in found if (obj.key, obj.etag) not in known]
+        fresh = _unknown(store, ledger, prefix, found)
         listed += len(fresh)
         routed = [route(obj, sources) for obj in fresh]
         good = [item for item in routed if item.rule is None]
@@ -205,6 +204,33 @@ def register_landed(
                 [_new(store, item)], item.rule, item.reason or "", quarantine_key
             )
     return ScanReport(listed, registered, quarantined)
+
+
+def _unknown(store: ObjectStore, ledger: Ledger, prefix: str, found: list[ObjectInfo]) -> list[ObjectInfo]:
+    """The listed objects whose content the ledger does not hold yet, with their content id as etag.
+
+    An object is known by (key, content id): a copied or restored file is the same version. The content id
+    is read only for a listed stamp (etag) never seen before; a stamp that is not the content id itself (a
+    local file's size-mtime-inode) is remembered, so the next listing reads nothing.
+    """
+    known = ledger.known_keys(store.uri, prefix)
+    stamped = ledger.stamped(store.uri, prefix) if found else {}
+    fresh, new_stamps = [], []
+    for obj in found:
+        if (obj.key, obj.etag) in known:  # S3, whose etag is the content id, or a ledger row from before
+            continue
+        etag = stamped.get((obj.key, obj.etag))
+        if etag is None:
+            try:
+                etag = store.content_id(obj)
+            except FileNotFoundError:  # removed since the listing: nothing to register
+                continue
+            if etag != obj.etag:
+                new_stamps.append((obj.key, obj.etag, etag))
+        if (obj.key, etag) not in known:
+            fresh.append(replace(obj, etag=etag))
+    ledger.record_stamps(store.uri, new_stamps)
+    return fresh
 
 
 def _new(store: ObjectStore, item: Routed) -> NewObject:

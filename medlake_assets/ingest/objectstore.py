@@ -7,6 +7,7 @@ relative to the store's root (a folder, or a bucket prefix), so one key names th
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 from collections.abc import Iterator
@@ -58,6 +59,11 @@ class ObjectStore(Protocol):
         ...
 
     def exists(self, key: str) -> bool: ...
+
+    def content_id(self, info: ObjectInfo) -> str:
+        """The identity of the object version's content, the ledger's `etag`: equal for equal bytes, so a
+        copied or restored object is recognised. Costs a read where the listed etag is not content-based."""
+        ...
 
     def url(self, key: str) -> str:
         """The object's full URI (`file:///...` or `s3://bucket/prefix/key`)."""
@@ -127,8 +133,10 @@ class LocalObjectStore:
 
     Names starting with '.' (files or folders) are invisible and cannot be used as keys: they are writes in
     progress. Anything uploading into a local landing folder must write to a dotfile and rename it when
-    complete, as `put` does, so a sensor never reads half an archive. The etag is `size-mtime_ns-inode`:
-    cheap, and it changes when a file is replaced (a rename brings a new inode, even within one clock tick).
+    complete, as `put` does, so a sensor never reads half an archive. The listed etag is
+    `size-mtime_ns-inode`: cheap, and it changes when a file is replaced (a rename brings a new inode, even
+    within one clock tick), but also when the same bytes are copied or restored; `content_id` is the
+    SHA-256 of the bytes.
     Like S3, folders without any file below them are not listed. Unlike S3, a key cannot be both a file and
     a folder ("a" and "a/b").
     """
@@ -236,6 +244,10 @@ class LocalObjectStore:
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def content_id(self, info: ObjectInfo) -> str:
+        with open(self._path(info.key), "rb") as file:
+            return "sha256:" + hashlib.file_digest(file, "sha256").hexdigest()
 
     def url(self, key: str) -> str:
         return self._path(key).as_uri()
@@ -349,6 +361,13 @@ class S3ObjectStore:
 
     def url(self, key: str) -> str:
         return f"s3://{self.bucket}/{self.prefix}{check_key(key)}"
+
+    def content_id(self, info: ObjectInfo) -> str:
+        # S3's ETag is the MD5 of the bytes for a single-part upload; for a multipart upload it is the MD5
+        # of the parts' MD5s with `-N`, so the same bytes uploaded with another part size get another ETag
+        # and load once more, replacing the key's rows (no duplicates). Hashing the bytes instead would
+        # cost a second GET of every new archive.
+        return info.etag
 
 
 def open_store(url: str, *, endpoint_url: str | None = None) -> ObjectStore:

@@ -135,6 +135,17 @@ processed = Table(
     UniqueConstraint("consumer", "batch_id", name="uq_medlake_processed"),
     Index("ix_medlake_processed_consumer_day", "consumer", "landing_day"),
 )
+# Which content (`files.etag`) a listed version stamp of an object had, where the two differ (a local file's
+# size-mtime-inode): a later listing with the same stamp needs no read to know what it holds.
+stamps = Table(
+    "medlake_stamps",
+    metadata,
+    Column("store", Text, nullable=False),
+    Column("key", Text().with_variant(Text(collation="C"), "postgresql"), nullable=False),
+    Column("stamp", Text, nullable=False),
+    Column("etag", Text, nullable=False),
+    UniqueConstraint("store", "key", "stamp", name="uq_medlake_stamps"),
+)
 
 
 @dataclass(frozen=True)
@@ -402,6 +413,26 @@ class Ledger:
             query = query.where(files.c.key < upper)
         with self._engine.connect() as connection:
             return {(key, etag) for key, etag in connection.execute(query)}
+
+    def stamped(self, store: str, prefix: str) -> dict[tuple[str, str], str]:
+        """{(key, stamp): etag} recorded for objects of `store` under the key prefix (`record_stamps`)."""
+        query = select(stamps.c.key, stamps.c.stamp, stamps.c.etag).where(
+            stamps.c.store == store, stamps.c.key >= prefix
+        )
+        if (upper := _after_prefix(prefix)) is not None:
+            query = query.where(stamps.c.key < upper)
+        with self._engine.connect() as connection:
+            return {(key, stamp): etag for key, stamp, etag in connection.execute(query)}
+
+    def record_stamps(self, store: str, rows: Sequence[tuple[str, str, str]]) -> None:
+        """Remember (key, stamp, etag) of listed objects, if absent (a repeat changes nothing)."""
+        values = [{"store": store, "key": key, "stamp": stamp, "etag": etag} for key, stamp, etag in rows]
+        if not values:
+            return
+        with self._writer.begin() as connection:
+            for chunk in _chunks(sorted(values, key=lambda row: (row["key"], row["stamp"])), 1000):
+                statement = self._insert(stamps).values(list(chunk))
+                connection.execute(statement.on_conflict_do_nothing(index_elements=["store", "key", "stamp"]))
 
     def claim_batches(self, source: str, *, max_archives: int, max_bytes: int) -> list[Batch]:
         """Assign the source's unclaimed pending files to new batches (see `cut_batches`), in one transaction.

@@ -3,6 +3,7 @@ record ends in bronze, in quarantine, or pending with a reason, and the ledger's
 
 from __future__ import annotations
 
+import shutil
 from datetime import date
 
 import dagster as dg
@@ -10,6 +11,7 @@ import pytest
 
 from medlake_assets.definitions import build_definitions
 from medlake_assets.defs.runner import ingest_once
+from medlake_assets.generate import write_feeds
 from medlake_assets.ingest.batch import release_holds
 from medlake_assets.ingest.landing import find_strays, register_landed
 from medlake_assets_tests.accounting import accounting_problems
@@ -169,3 +171,33 @@ def test_a_future_day_held_at_registration_is_released_when_its_day_comes(lake_h
     assert release_holds(lake, spec, date(2099, 1, 1)) == 1
     [batch] = lake.ledger.claim_batches("lab_results", max_archives=10, max_bytes=10**9)
     assert batch.landing_day == date(2099, 1, 1)
+
+
+def test_a_restored_lake_folder_reloads_nothing(tmp_path, lake_home):
+    """The local store's identity of an archive is its content: restoring the lake folder from a copy (new
+    inodes and modification times) and ingesting again loads, reruns and registers nothing."""
+    write_feeds(lake_home, facilities=2, archives=12, seed=5, bad_rate=0.2, day=DAY, size_scale=0.02)
+    lake, summary = ingest(lake_home)
+    assert summary.runs > 0 and summary.failed_runs == 0
+    before = ledger_by_key(lake)
+    tables = ("bronze.lab_results", "bronze.adt_events")
+    snapshots = {name: table_rows(lake, name).num_rows for name in tables}
+    current = {name: lake.catalog.load_table(name).metadata.current_snapshot_id for name in tables}
+    lake.ledger.close()
+
+    backup = tmp_path / "backup"
+    shutil.copytree(lake_home, backup)
+    shutil.rmtree(lake_home)
+    shutil.copytree(backup, lake_home, copy_function=shutil.copyfile)  # new inodes, new mtimes
+
+    lake, summary = ingest(lake_home)
+    assert summary.runs == 0
+    after = ledger_by_key(lake)
+    assert len(after) == len(before)
+    assert {key: row["etag"] for key, row in after.items()} == {
+        key: row["etag"] for key, row in before.items()
+    }
+    for name, rows in snapshots.items():
+        assert table_rows(lake, name).num_rows == rows
+        assert lake.catalog.load_table(name).metadata.current_snapshot_id == current[name]
+    assert accounting_problems(lake) == []
