@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import os
 import sys
@@ -32,7 +33,11 @@ def _dagster_instance():
     settings = load_settings()
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(settings.home / "dagster")))
     home.mkdir(parents=True, exist_ok=True)
-    return dg.DagsterInstance.get()
+    # Two commands starting at once on a new home would both create Dagster's SQLite storage and one would
+    # fail on its schema version row: the first creates it, the second waits and opens it.
+    with open(home / ".instance.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return dg.DagsterInstance.get()
 
 
 @app.command()

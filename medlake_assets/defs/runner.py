@@ -59,6 +59,21 @@ def ingest_once(
     The first tick of each source lists every landing day present (not only the open ones), so a single
     call processes everything currently in the landing zone.
     """
+    # One pass at a time on a lake: a second `ingest --once` waits here, then finds nothing left to do,
+    # instead of running the same batches, silver days and reports again beside the first.
+    with lake.ledger.lake_lock("ingest-once"):
+        return _ingest_once(defs, instance, lake, on_run, max_ticks, refine_silver, refresh_reports)
+
+
+def _ingest_once(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    lake: Lake,
+    on_run: RunCallback | None,
+    max_ticks: int,
+    refine_silver: bool,
+    refresh_reports: bool,
+) -> IngestSummary:
     started = time.perf_counter()
     summary = IngestSummary()
     fail_orphaned_runs(instance)

@@ -33,7 +33,7 @@ from medlake_assets.tables.bronze import (
     commit_batch,
     quarantine_table,
 )
-from medlake_assets.tables.ledger import FileResult, FileRow
+from medlake_assets.tables.ledger import PENDING, QUARANTINED, FileResult, FileRow
 
 MISSING_SECRET = "config.missing_secret"
 
@@ -78,11 +78,31 @@ def load_batch(
 ) -> BatchReport:
     """Load `files` (ledger rows of one source) as `batch_id`; bad input is quarantined, never raised.
 
-    Under the batch's lock: a second worker given the same batch waits, then replaces the rows the first
-    committed (it sees the batch id in a snapshot) rather than appending them again.
+    Under the batch's lock: a second worker given the same batch (two runs of it racing, e.g. the daemon's
+    and an `ingest --once`) waits, then finds every file done and loads nothing again; if the first died
+    between its commit and the ledger update, it replaces the rows the first committed (it sees the batch
+    id in a snapshot) rather than appending them again. A backfill (`replace`) always reloads.
     """
     with lake.ledger.batch_lock(batch_id):
+        current = lake.ledger.batch_files(batch_id)
+        if not replace and all(row.status != PENDING for row in current):
+            return _report_from_ledger(lake, spec, batch_id, current)
         return _load_batch(lake, spec, batch_id, files, replace=replace)
+
+
+def _report_from_ledger(lake: Lake, spec: SourceSpec, batch_id: str, files: Sequence[FileRow]) -> BatchReport:
+    """The report of a batch already done, from its ledger rows: nothing is read or committed."""
+    report = BatchReport(batch_id=batch_id, source=spec.name, archives=len(files))
+    for row in files:
+        if row.status == QUARANTINED:
+            report.archives_quarantined += 1
+            report.rules[row.rule or ""] += 1
+        else:
+            report.members += row.members or 0
+            report.records += row.records or 0
+            report.rejected_records += row.rejected_records or 0
+    report.snapshot_id = bronze_table(lake.catalog, spec).metadata.current_snapshot_id
+    return report
 
 
 def _load_batch(

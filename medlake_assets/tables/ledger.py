@@ -56,6 +56,7 @@ _MAX_IDS_PER_STATEMENT = 10_000
 _PG_LOCK_CLASS = 0x6D6C  # "ml": namespaces the advisory locks taken below
 _PG_CREATE_LOCK = 0
 _PG_BATCH_LOCK_CLASS = 0x6D62  # "mb": one advisory lock per batch id (`batch_lock`)
+_PG_LAKE_LOCK_CLASS = 0x6D6B  # "mk": lake-wide named locks (`lake_lock`)
 
 
 class UtcDateTime(TypeDecorator):
@@ -315,34 +316,42 @@ class Ledger:
         """Close the pooled connections."""
         self._engine.dispose()
 
-    @contextlib.contextmanager
-    def batch_lock(self, batch_id: str) -> Iterator[None]:
+    def batch_lock(self, batch_id: str) -> contextlib.AbstractContextManager[None]:
         """Hold `batch_id` for this process while it loads the batch; another process loading the same batch
-        (two workers given one batch) waits here, then finds the first one's commit and replaces its rows
-        instead of appending them a second time.
+        (two workers given one batch) waits here, then finds the first one's work done instead of appending
+        its rows a second time."""
+        return self._lock(_PG_BATCH_LOCK_CLASS, batch_id, "batch-locks")
 
-        The lock dies with its holder, so a killed worker never leaves a batch locked: on PostgreSQL it is a
-        session advisory lock on a connection of its own, on SQLite an fcntl record lock on one byte (chosen
-        by the batch id's hash) of a file beside the database.
+    def lake_lock(self, name: str) -> contextlib.AbstractContextManager[None]:
+        """Hold the lake-wide lock `name` (e.g. one `medlake ingest --once` at a time on a lake); another
+        process taking it waits until this one is done."""
+        return self._lock(_PG_LAKE_LOCK_CLASS, name, "lake-locks")
+
+    @contextlib.contextmanager
+    def _lock(self, lock_class: int, name: str, suffix: str) -> Iterator[None]:
+        """An exclusive lock on `name` that dies with its holder, so a killed process never leaves it held:
+        on PostgreSQL a session advisory lock on a connection of its own, on SQLite an fcntl record lock on
+        one byte (chosen by the name's hash) of the file `<database>.<suffix>` beside the database (one
+        file per kind of lock: closing any descriptor of a file drops all of a process's locks on it).
         """
         if self._postgres:
-            key = int.from_bytes(hashlib.sha256(batch_id.encode()).digest()[:4], "big", signed=True)
+            key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big", signed=True)
             connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
             try:
-                connection.execute(select(func.pg_advisory_lock(_PG_BATCH_LOCK_CLASS, key)))
+                connection.execute(select(func.pg_advisory_lock(lock_class, key)))
                 yield
             finally:
                 # If the server went away the lock went with the session; the unlock may fail then.
                 with contextlib.suppress(Exception):
-                    connection.execute(select(func.pg_advisory_unlock(_PG_BATCH_LOCK_CLASS, key)))
+                    connection.execute(select(func.pg_advisory_unlock(lock_class, key)))
                 connection.close()
             return
         database = make_url(self._url).database
         if not database or database == ":memory:":  # private to this process: nobody to wait for
             yield
             return
-        offset = int.from_bytes(hashlib.sha256(batch_id.encode()).digest()[:5], "big")
-        descriptor = os.open(f"{database}.batch-locks", os.O_RDWR | os.O_CREAT, 0o600)
+        offset = int.from_bytes(hashlib.sha256(name.encode()).digest()[:5], "big")
+        descriptor = os.open(f"{database}.{suffix}", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.lockf(descriptor, fcntl.LOCK_EX, 1, offset)
             yield
