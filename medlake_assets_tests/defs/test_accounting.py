@@ -3,11 +3,16 @@ record ends in bronze, in quarantine, or pending with a reason, and the ledger's
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from datetime import date
+from pathlib import Path
 
 import dagster as dg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from medlake_assets.definitions import build_definitions
 from medlake_assets.defs.runner import ingest_once
@@ -15,7 +20,8 @@ from medlake_assets.generate import write_feeds
 from medlake_assets.ingest.batch import release_holds
 from medlake_assets.ingest.landing import find_strays, register_landed
 from medlake_assets_tests.accounting import accounting_problems
-from medlake_assets_tests.ingest.archive_builders import gzip_bytes, zip_zipcrypto
+from medlake_assets_tests.ingest.archive_builders import gzip_bytes, zip_aes, zip_plain, zip_zipcrypto
+from medlake_assets_tests.ingest.test_accounting_fuzz import csv_member, hl7_member, xml_member
 from medlake_assets_tests.lake_helpers import DAY, ledger_by_key, local_settings, open_lake, table_rows
 
 PASSWORD = "synthetic-test-password"
@@ -201,3 +207,59 @@ def test_a_restored_lake_folder_reloads_nothing(tmp_path, lake_home):
         assert table_rows(lake, name).num_rows == rows
         assert lake.catalog.load_table(name).metadata.current_snapshot_id == current[name]
     assert accounting_problems(lake) == []
+
+
+@st.composite
+def landing_tree(draw) -> tuple[dict[str, bytes], set[tuple[str, str]]]:
+    """Archives of every source with fuzzed members (zip, AES zip or gzip), plus a stray or two."""
+    objects: dict[str, bytes] = {}
+    empty: set[tuple[str, str]] = set()
+    for number in range(draw(st.integers(1, 6))):
+        facility = draw(st.sampled_from(["F1", "F2"]))
+        kind = draw(st.sampled_from(["adt_events", "lab_results", "patient_documents"]))
+        folder = f"landing/{kind}/{DAY_PATH}/{facility}"
+        if kind == "adt_events":
+            messages = draw(st.lists(hl7_member(), max_size=3))
+            members = {f"m{n}.hl7": data for n, (data, _) in enumerate(messages)}
+        elif kind == "patient_documents":
+            members = {f"d{n}.xml": data for n, data in enumerate(draw(st.lists(xml_member(), max_size=3)))}
+        else:
+            members = {}
+            for n, (data, count) in enumerate(draw(st.lists(csv_member(), min_size=1, max_size=3))):
+                members[f"r{n}.csv"] = data
+                if count == 0:
+                    empty.add((f"{folder}/a{number}.zip", f"r{n}.csv"))
+            if draw(st.booleans()):
+                key = f"{folder}/a{number}.csv.gz"
+                objects[key] = gzip_bytes(members["r0.csv"])
+                if (f"{folder}/a{number}.zip", "r0.csv") in empty:
+                    empty.add((key, "r0.csv"))
+                continue
+        if draw(st.booleans()):
+            members["readme.pdf"] = b"%PDF-1.4"
+        packed = zip_aes(members, PASSWORD) if draw(st.booleans()) else zip_plain(members)
+        objects[f"{folder}/a{number}.zip"] = packed
+    for key in draw(st.lists(st.sampled_from(sorted(STRAYS)), max_size=2, unique=True)):
+        objects[key] = b"stray"
+    return objects, empty
+
+
+@pytest.mark.e2e
+@settings(
+    max_examples=int(os.environ.get("MEDLAKE_FUZZ_E2E_EXAMPLES", "8")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(landing_tree())
+def test_fuzzed_landing_trees_through_real_runs_lose_nothing(tree) -> None:
+    objects, empty = tree
+    with tempfile.TemporaryDirectory() as folder, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MEDLAKE_ARCHIVE_PASSWORD", PASSWORD)
+        home = Path(folder) / "home"
+        store = open_lake(local_settings(home)).store
+        for key, data in objects.items():
+            store.put(key, data)
+        lake, summary = ingest(home)
+        assert summary.failed_runs == 0
+        assert accounting_problems(lake, empty_members=empty) == []
+        lake.ledger.close()
