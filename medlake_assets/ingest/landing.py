@@ -214,11 +214,11 @@ def _unknown(store: ObjectStore, ledger: Ledger, prefix: str, found: list[Object
     local file's size-mtime-inode) is remembered, so the next listing reads nothing.
     """
     known = ledger.known_keys(store.uri, prefix)
-    stamped = ledger.stamped(store.uri, prefix) if found else {}
+    # Known as listed: S3, whose etag is the content id, or a local row registered before content ids.
+    unknown = [obj for obj in found if (obj.key, obj.etag) not in known]
+    stamped = ledger.stamped(store.uri, prefix) if unknown else {}
     fresh, new_stamps = [], []
-    for obj in found:
-        if (obj.key, obj.etag) in known:  # S3, whose etag is the content id, or a ledger row from before
-            continue
+    for obj in unknown:
         etag = stamped.get((obj.key, obj.etag))
         if etag is None:
             try:

@@ -357,15 +357,14 @@ def _read_header(msh: str, null_tokens: frozenset[str]) -> _Header | tuple[str, 
 def _undeclared_separators(header: _Header) -> str | None:
     """Why MSH-9 shows that the message uses separators its MSH-2 does not declare, or None.
 
-    MSH-9 holds only codes (letters, digits, `_`) and component separators, so any other punctuation in it
-    is a separator the sender used without declaring it (e.g. MSH-2 `$~\\&` with `^` in the fields).
-    Read with the declared ones, the message would be split wrongly or dropped by the type filter.
+    MSH-9 holds only codes and component separators, so one of HL7's customary separators `^~\\&` in it
+    that MSH-2 does not declare means the sender used separators other than the ones it declared (e.g.
+    MSH-2 `$~\\&` with `^` in the fields): read with the declared ones, the message would be split wrongly
+    or dropped by the type filter.
     """
     delimiters = header.delimiters
     declared = {delimiters.component, delimiters.repetition, delimiters.subcomponent, delimiters.escape}
-    used = sorted(
-        {char for char in header.type_field if not (char.isalnum() or char in "_-. " or char in declared)}
-    )
+    used = sorted({char for char in header.type_field if char in "^~\\&" and char not in declared})
     if not used:
         return None
     return (
