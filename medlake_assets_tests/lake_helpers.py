@@ -10,7 +10,13 @@ import pyarrow.compute as pc
 
 from medlake_assets.config import Settings, load_settings
 from medlake_assets.defs.resources import LakeResource
+from medlake_assets.defs.silver import ENCOUNTERS_SOURCE
+from medlake_assets.ingest.batch import load_batch
+from medlake_assets.ingest.landing import day_prefix, landed_days, register_landed
 from medlake_assets.lake import Lake
+from medlake_assets.silver.encounters_load import load_encounters
+from medlake_assets.silver.load import load_silver
+from medlake_assets.tables.ledger import batch_id_for
 
 DAY = date(2026, 11, 20)
 
@@ -45,3 +51,29 @@ def ledger_by_key(lake: Lake) -> dict[str, dict]:
 
 def count_where(rows: pa.Table, column: str, value: str) -> int:
     return int(pc.sum(pc.equal(rows.column(column), value)).as_py() or 0)
+
+
+def load_landed(lake: Lake) -> int:
+    """Load every archive in the landing zone not loaded yet into bronze, silver and `silver.encounters`
+    with the library calls the Dagster assets make (register, `load_batch`, `load_silver`,
+    `load_encounters`), one batch per source and landing day; returns the batches loaded.
+
+    No Dagster runs: serving tests that need a real lake over many landing days get one in seconds (the
+    pipeline's orchestration is tested in `defs/`).
+    """
+    specs = list(lake.sources.values())
+    batches = 0
+    for spec in specs:
+        for day in landed_days(lake.store, spec.name):
+            register_landed(lake.store, lake.ledger, specs, [day_prefix(spec.name, day)])
+            pending = [row.id for row in lake.ledger.day_files(spec.name, day) if row.status == "pending"]
+            if not pending:
+                continue
+            batch_id = batch_id_for(spec.name, day, pending)
+            lake.ledger.assign_batch(pending, batch_id)
+            load_batch(lake, spec, batch_id, lake.ledger.batch_files(batch_id))
+            load_silver(lake, spec, day)
+            if spec.name == ENCOUNTERS_SOURCE:
+                load_encounters(lake, spec, day)
+            batches += 1
+    return batches

@@ -120,6 +120,8 @@ class XmlFormat(StrictModel):
 FormatSpec = Annotated[CsvFormat | Hl7Format | XmlFormat, Field(discriminator="kind")]
 
 ColumnType = Literal["string", "int", "long", "double", "boolean", "date", "timestamp", "decimal"]
+# What `silver_deid.<source>` does with a column (serving/deid.py): a column without one is left out.
+DeidTreatment = Literal["keep", "token", "shift", "drop"]
 
 
 class ColumnSpec(StrictModel):
@@ -132,6 +134,11 @@ class ColumnSpec(StrictModel):
     )
     nullable: bool = True
     pii: bool = False
+    deid: DeidTreatment | None = Field(
+        default=None,
+        description="in silver_deid: keep as is, token (keyed HMAC), shift (dates: the patient's offset) or "
+        "drop; a column without it is dropped",
+    )
     description: str = ""
     transforms: list[str] = Field(
         default_factory=list,
@@ -177,7 +184,18 @@ class ColumnSpec(StrictModel):
             raise ValueError("timezone: only timestamp columns take a time zone")
         if self.null_tokens is not None and "null_tokens" not in self.transforms:
             raise ValueError("null_tokens: given, but `null_tokens` is not among the column's transforms")
+        self._check_deid()
         return self
+
+    def _check_deid(self) -> None:
+        is_date = self.type in ("date", "timestamp")
+        if self.deid == "shift" and not is_date:
+            raise ValueError(f"deid: only date and timestamp columns are shifted, this one is {self.type}")
+        if self.deid == "keep" and is_date:
+            # A real date beside the patient's shifted ones would give the offset away.
+            raise ValueError("deid: a date or timestamp is `shift` or `drop`, never `keep`")
+        if self.deid == "keep" and self.pii:
+            raise ValueError("deid: a pii column is `token`, `shift` or `drop`, never `keep`")
 
 
 class DeleteMarker(StrictModel):
