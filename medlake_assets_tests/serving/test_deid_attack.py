@@ -298,3 +298,26 @@ def test_no_kept_column_has_a_value_per_message_or_order(views, lake):
             if distinct > rows / 10:
                 unique.add((view, name))
     assert unique == set(MANY_VALUES_KEPT)
+
+
+def test_a_lake_of_one_day_gives_the_offsets_away_whatever_the_ids(tmp_path, monkeypatch):
+    """A limit, pinned so docs/security.md stays true: when every real date lies in one known day, each
+    patient's offset is its shifted time minus that day, with no identifier at all. Date shifting protects
+    only data spanning much more than the shift range."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("MEDLAKE_ARCHIVE_PASSWORD", "synthetic-attack-archive-password")
+    monkeypatch.setenv("MEDLAKE_INGEST_WORKERS", "1")
+    write_feeds(home, seed=3, day=DAYS[0], **{**GENERATION, "archives": 8})
+    lake = open_lake(local_settings(home))
+    load_landed(lake)
+    monkeypatch.setenv(DEID_KEY_ENV, KEY)
+    con = connect(lake)
+    key = KEY.encode()
+    truth = {
+        token(key, patient): shift_days(key, patient)
+        for (patient,) in con.sql("SELECT DISTINCT patient_id FROM silver.adt_events").fetchall()
+    }
+    rows = con.sql("SELECT patient_id, epoch(message_ts) / 86400 FROM silver_deid.adt_events").fetchall()
+    assert len(truth) >= 20
+    # One group, the whole view; the attacker does not even need the day: the 180-day bound finds it.
+    assert recovered(estimate_offsets([rows], known_days=[]), truth) >= 0.9
