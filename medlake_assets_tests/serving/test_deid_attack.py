@@ -7,8 +7,9 @@ number, member and a 6-digit message ordinal in time order; a lab order id is `O
 member and a 5-digit order number); and which real days carry data (gold.daily_admissions_discharges
 publishes counts per real day to de-identified logins).
 
-The lake is `medlake generate` output for eight landing days 45 days apart, loaded with the real
-pipeline. It spans a year on purpose: a lake covering less than the shift range gives the offsets away by
+The lake is `medlake generate` output for eight landing days 45 days apart (two facilities, so each has data
+on most days), loaded with the pipeline's own bronze, silver and encounters loads (`load_landed`). It
+spans a year on purpose: a lake covering less than the shift range gives the offsets away by
 itself (every real date lies in a short known window; see docs/security.md), whatever the identifiers do.
 
 Each attack runs twice: on the views the metadata declares, and on a control whose metadata keeps the
