@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from sqlalchemy import select, update
 
 from medlake_assets.config import Settings, load_settings
 from medlake_assets.defs.resources import LakeResource
@@ -16,7 +17,7 @@ from medlake_assets.ingest.landing import day_prefix, landed_days, register_land
 from medlake_assets.lake import Lake
 from medlake_assets.silver.encounters_load import load_encounters
 from medlake_assets.silver.load import load_silver
-from medlake_assets.tables.ledger import batch_id_for
+from medlake_assets.tables.ledger import NewObject, batch_id_for, files
 
 DAY = date(2026, 11, 20)
 
@@ -77,3 +78,25 @@ def load_landed(lake: Lake) -> int:
                 load_encounters(lake, spec, day)
             batches += 1
     return batches
+
+
+def land_history(
+    lake: Lake, facility: str, last: datetime, deliveries: int, source: str = "lab_results"
+) -> None:
+    """Register an hourly feed's files in the ledger, the last one `last` (as the landing sensor would)."""
+    for n in range(deliveries):
+        at = last - timedelta(hours=n)
+        key = f"landing/{source}/{at:%Y/%m/%d}/{facility}/{facility}_{at:%H%M}.csv.gz"
+        lake.ledger.register([NewObject("local", key, "etag", 10, source, facility, at.date())])
+        with lake.ledger.writer.begin() as connection:
+            connection.execute(update(files).where(files.c.key == key).values(first_seen_at=at))
+
+
+def time_passes(lake: Lake, minutes: int, facility: str | None = None) -> None:
+    """Move recorded arrivals back, as if `minutes` had passed with nothing new landing."""
+    condition = [files.c.facility == facility] if facility else []
+    with lake.ledger.writer.begin() as connection:
+        rows = connection.execute(select(files.c.id, files.c.first_seen_at).where(*condition)).all()
+        for file_id, seen in rows:
+            earlier = seen.replace(tzinfo=seen.tzinfo or UTC) - timedelta(minutes=minutes)
+            connection.execute(update(files).where(files.c.id == file_id).values(first_seen_at=earlier))

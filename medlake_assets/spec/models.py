@@ -256,13 +256,50 @@ class IngestSpec(StrictModel):
     start_date: str = "2024-01-01"
 
 
+class FacilityQuality(StrictModel):
+    """One facility's own gate and freshness settings; an unset field takes the source's."""
+
+    max_error_rate: float | None = Field(default=None, ge=0, le=1)
+    min_rows: int | None = Field(default=None, ge=1)
+    max_lag_minutes: int | None = Field(
+        default=None, ge=1, description="the facility's freshness limit, instead of its learned cadence"
+    )
+
+
+class FacilityFreshness(StrictModel):
+    """How each facility's usual cadence is learned from its arrivals in the ledger (`meta.freshness`)."""
+
+    lookback_days: int = Field(
+        default=14, ge=1, description="arrivals of these landing days teach the cadence"
+    )
+    late_factor: float = Field(default=1.5, gt=1, description="stale after this many usual intervals")
+    min_deliveries: int = Field(default=6, ge=2, description="below this, the source's SLA applies instead")
+    min_lag_minutes: int = Field(default=10, ge=1, description="floor of a learned limit")
+
+
 class QualitySpec(StrictModel):
     max_error_rate: float = Field(
         default=0.05,
         ge=0,
         le=1,
-        description="share of a batch's rows failing error rules above which silver is not published",
+        description="share of a facility's rows in a batch failing error rules above which they are held",
     )
+    min_rows: int = Field(
+        default=20,
+        ge=1,
+        description="a facility's slice of a batch smaller than this counts as this many rows for the rate",
+    )
+    facilities: dict[str, FacilityQuality] = Field(default_factory=dict)
+    facility_freshness: FacilityFreshness = Field(default_factory=FacilityFreshness)
+
+    def facility(self, facility: str) -> FacilityQuality:
+        """The facility's settings with the source's filled in where it sets none."""
+        own = self.facilities.get(facility, FacilityQuality())
+        return FacilityQuality(
+            max_error_rate=self.max_error_rate if own.max_error_rate is None else own.max_error_rate,
+            min_rows=self.min_rows if own.min_rows is None else own.min_rows,
+            max_lag_minutes=own.max_lag_minutes,
+        )
 
 
 class RetentionSpec(StrictModel):

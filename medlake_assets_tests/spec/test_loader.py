@@ -105,6 +105,19 @@ def test_minimal_valid_source(tmp_path):
             (["columns", 0], {"name": "id", "source": "id", "pii": True, "deid": "keep"}),
             "columns.0: Value error, deid: a pii column is `token`, `shift` or `drop`, never `keep`",
         ),
+        (
+            (["quality"], {"facilities": {"F1": {"max_error_rate": 1.5}}}),
+            "quality.facilities.F1.max_error_rate: Input should be less than or equal to 1",
+        ),
+        ((["quality"], {"min_rows": 0}), "quality.min_rows: Input should be greater than or equal to 1"),
+        (
+            (["quality"], {"facility_freshness": {"late_factor": 1}}),
+            "quality.facility_freshness.late_factor: Input should be greater than 1",
+        ),
+        (
+            (["quality"], {"facilities": {"F1": {"max_lag": 60}}}),
+            "quality.facilities.F1.max_lag: Extra inputs",
+        ),
     ],
 )
 def test_invalid_source_names_file_and_field(tmp_path, change, message):
