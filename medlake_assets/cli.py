@@ -381,6 +381,201 @@ def quality(
     Console(width=160).print(table)
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else ('es' if noun.endswith('ch') else 's')}"
+
+
+def _quarantined(item) -> str:
+    """`2 archives (archive.corrupt 1, ...), 10 rows (check.regex:test_code 10)`: the top 3 rules of each."""
+
+    def by_rule(total: int, noun: str, rules: list[tuple[str, int]]) -> str:
+        shown = ", ".join(f"{rule} {count}" for rule, count in rules[:3])
+        more = f", +{len(rules) - 3} rules" if len(rules) > 3 else ""
+        return _count(total, noun) + (f" ({shown}{more})" if rules else "")
+
+    return (
+        f"{by_rule(item.quarantined_archives, 'archive', item.archive_rules)}, "
+        f"{by_rule(item.quarantined_rows, 'row', item.row_rules)}"
+    )
+
+
+def _last_failed_run(instance, source: str) -> str:
+    """`<time> <job> run <id>: <exception class>` of the source's latest failed run, or ''. The class only:
+    a third-party message can quote a value."""
+    import dagster as dg
+
+    from medlake_assets.defs.sources import SOURCE_TAG
+
+    runs = instance.get_runs(
+        filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE], tags={SOURCE_TAG: source}), limit=1
+    )
+    if not runs:
+        return ""
+    run = runs[0]
+    failures = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+    error = failures[-1].dagster_event.step_failure_data.error if failures else None
+    record = instance.get_run_record_by_id(run.run_id)
+    when = record.end_time or record.create_timestamp.timestamp() if record else None
+    stamp = datetime.fromtimestamp(when, UTC).strftime("%m-%d %H:%M") if when else ""
+    return f"{stamp} {run.job_name} run {run.run_id[:8]}: {error.cls_name if error else 'failed'}"
+
+
+@app.command()
+def status() -> None:
+    """One screen for an operator: per source what is pending, loading, waiting for silver, held back,
+    quarantined, which facilities are stale, and the last error. Counts, ids and rule codes, no values."""
+    from medlake_assets.lake import Lake
+    from medlake_assets.quality.status import UNROUTED, source_status
+    from medlake_assets.serving.sql import connect
+
+    lake = Lake(load_settings())
+    now = datetime.now(UTC)
+    statuses = source_status(connect(lake), lake.sources)
+    instance = _dagster_instance()
+    out = Console(width=None if sys.stdout.isatty() else 200)
+    table = Table(title=f"medlake status at {now:%Y-%m-%d %H:%M} UTC")
+    columns = ["source", "pending", "loading", "to silver", "held back", "quarantined", "stale", "last error"]
+    for column in columns:
+        table.add_column(column, justify="right" if column in ("pending", "loading", "to silver") else "left")
+    for item in statuses:
+        held = ", ".join(
+            f"{h.facility}: {_count(h.rows, 'row')} ({_count(h.batches, 'batch')})" for h in item.held[:3]
+        ) + (f" +{len(item.held) - 3} more" if len(item.held) > 3 else "")
+        if not item.watched:
+            stale = "-"
+        elif not item.facilities_seen:
+            stale = "no data yet"
+        else:
+            stale = ", ".join(
+                f"{s.facility} ({s.lag_minutes:.0f} > {s.limit_minutes:.0f} min)" for s in item.stale[:3]
+            ) + (f" +{len(item.stale) - 3} more" if len(item.stale) > 3 else "")
+        errors = []
+        if item.last_quarantined_at:
+            errors.append(
+                f"{item.last_quarantined_at:%m-%d %H:%M} {item.last_quarantined_rule} "
+                f"({item.last_quarantined_key.rsplit('/', 1)[-1] if item.last_quarantined_key else ''})"
+            )
+        if item.source != UNROUTED and (failed := _last_failed_run(instance, item.source)):
+            errors.append(failed)
+        table.add_row(
+            item.source,
+            str(item.pending),
+            str(item.loading),
+            str(item.awaiting_silver),
+            held or "none",
+            _quarantined(item),
+            stale or "none",
+            "; ".join(errors),
+        )
+    out.print(table)
+    held_rows = [(item.source, h) for item in statuses for h in item.held]
+    if held_rows:
+        detail = Table(title="held back by the quality gate (rows that passed every rule, waiting)")
+        for column in ("source", "facility", "rows", "batches", "landing days", "held since", "released"):
+            detail.add_column(
+                column, justify="right" if column in ("rows", "batches", "landing days") else "left"
+            )
+        for source, h in held_rows:
+            detail.add_row(
+                source,
+                h.facility,
+                str(h.rows),
+                str(h.batches),
+                str(h.days),
+                f"{h.since:%Y-%m-%d %H:%M}",
+                str(h.released) if h.released else "",
+            )
+        out.print(detail)
+        source, first = held_rows[0]
+        out.print(
+            f"Publish a facility's held rows: medlake release --source {source} --facility {first.facility} "
+            '[--day YYYY-MM-DD]   (details: medlake sql "SELECT * FROM meta.held")',
+            highlight=False,
+        )
+    stale_rows = [(item.source, s) for item in statuses for s in item.stale]
+    if stale_rows:
+        detail = Table(title="stale facilities (nothing landed within their limit)")
+        for column in ("source", "facility", "last arrival", "minutes since", "limit", "limit from"):
+            detail.add_column(column, justify="right" if column in ("minutes since", "limit") else "left")
+        for source, s in stale_rows[:30]:
+            detail.add_row(
+                source,
+                s.facility,
+                f"{s.last_arrival:%Y-%m-%d %H:%M}",
+                f"{s.lag_minutes:.0f}",
+                f"{s.limit_minutes:.0f}",
+                s.limit_basis,
+            )
+        out.print(detail)
+        if len(stale_rows) > 30:
+            out.print(f'{len(stale_rows) - 30} more: medlake sql "SELECT * FROM meta.freshness WHERE stale"')
+
+
+@app.command()
+def release(
+    source: Annotated[str, typer.Option(help="The source, e.g. lab_results")],
+    facility: Annotated[str, typer.Option(help="The facility whose held rows to publish")],
+    day: Annotated[str, typer.Option(help="Only this landing day YYYY-MM-DD (default: every day)")] = "",
+    by: Annotated[
+        str, typer.Option(help="Who releases (recorded in meta.held; default: your user name)")
+    ] = "",
+) -> None:
+    """Publish a facility's rows held back by the quality gate, as they are (rows failing a rule stay in
+    quarantine), through the source's refine job; the ledger records who released them and when."""
+    import getpass
+
+    from medlake_assets.definitions import build_definitions
+    from medlake_assets.defs.resources import LakeResource
+    from medlake_assets.defs.silver import release_held
+    from medlake_assets.quality.held import held_slices
+
+    try:
+        landing_day = date.fromisoformat(day) if day else None
+    except ValueError:
+        raise typer.BadParameter(f"{day!r} is not a day YYYY-MM-DD", param_hint="--day") from None
+    settings = load_settings()
+    lake = LakeResource.from_settings(settings).lake()
+    if source not in lake.sources:
+        console.print(f"[red]unknown source {source!r}; known: {', '.join(sorted(lake.sources))}[/red]")
+        raise typer.Exit(2)
+    report = release_held(
+        build_definitions(settings),
+        _dagster_instance(),
+        lake,
+        lake.sources[source],
+        facility,
+        by or getpass.getuser(),
+        landing_day,
+    )
+    if not report.released:
+        waiting = sorted({item.facility for item in held_slices(lake.ledger, source)})
+        console.print(
+            f"nothing held for facility {facility!r} in {source}"
+            + (f" on {day}" if day else "")
+            + (f"; held facilities: {', '.join(waiting)}" if waiting else "; no facility is held")
+        )
+        raise typer.Exit(1)
+    out = Table(
+        title=f"released {source} facility {facility}: {report.rows_published} rows published in "
+        f"{report.seconds:.1f} s (runs {', '.join(run_id[:8] for run_id in report.run_ids)})"
+    )
+    for column in ("landing day", "batch", "rows", "rejected (stay in quarantine)", "status"):
+        out.add_column(column, justify="right" if column.startswith(("rows", "rejected")) else "left")
+    published = {(item.batch_id, item.facility) for item in report.published}
+    for item in report.released:
+        state = "published" if (item.batch_id, item.facility) in published else "released, not yet published"
+        out.add_row(
+            item.landing_day.isoformat(), item.batch_id, str(item.held_rows), str(item.rejected), state
+        )
+    Console(width=None if sys.stdout.isatty() else 200).print(out)
+    if not report.success:
+        console.print(
+            "[red]a refine run failed: see it in the Dagster UI; the next silver run of the day "
+            "publishes the released rows[/red]"
+        )
+        raise typer.Exit(1)
+
+
 @app.command()
 def maintain(
     table: Annotated[str, typer.Option(help="Only this table, e.g. bronze.lab_results (default: all)")] = "",

@@ -18,6 +18,7 @@ from pathlib import Path
 PACKAGE_ROOT = Path(__file__).resolve().parent
 DEFAULT_SOURCES_DIR = PACKAGE_ROOT.parent / "metadata" / "sources"
 DEFAULT_REPORTS_DIR = PACKAGE_ROOT.parent / "metadata" / "reports"
+DEFAULT_ACCESS_DIR = PACKAGE_ROOT.parent / "metadata" / "access"
 EMBEDDED, PRODUCTION = "embedded", "production"
 PROFILES = (EMBEDDED, PRODUCTION)
 DEFAULT_SENSOR_INTERVAL_SECONDS = 30
@@ -39,6 +40,8 @@ class Settings:
     s3_endpoint_url: str | None = None
     archive_engine: str = "libarchive"
     reports_dir: Path = DEFAULT_REPORTS_DIR
+    access_dir: Path = DEFAULT_ACCESS_DIR
+    """Customers, facilities and SQL logins (`metadata/access/*.yaml`)."""
     profile: str = EMBEDDED
     sensor_interval_seconds: int = DEFAULT_SENSOR_INTERVAL_SECONDS
     """Minimum seconds between evaluations of the landing and automation sensors."""
@@ -95,6 +98,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         s3_endpoint_url=env.get("MEDLAKE_S3_ENDPOINT_URL") or None,
         archive_engine=env.get("MEDLAKE_ARCHIVE_ENGINE", "libarchive"),
         reports_dir=Path(env.get("MEDLAKE_REPORTS_DIR", str(DEFAULT_REPORTS_DIR))).resolve(),
+        access_dir=Path(env.get("MEDLAKE_ACCESS_DIR", str(DEFAULT_ACCESS_DIR))).resolve(),
         profile=profile,
         sensor_interval_seconds=int(interval),
     )

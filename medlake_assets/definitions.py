@@ -9,7 +9,12 @@ from medlake_assets.defs.landing import unrouted_sensor
 from medlake_assets.defs.maintenance import build_maintenance_defs
 from medlake_assets.defs.reports import build_report_defs, load_reports, report_automation_sensor
 from medlake_assets.defs.resources import LakeResource
-from medlake_assets.defs.silver import build_silver_defs, silver_automation_sensor, silver_catch_up_sensor
+from medlake_assets.defs.silver import (
+    build_freshness_defs,
+    build_silver_defs,
+    silver_automation_sensor,
+    silver_catch_up_sensor,
+)
 from medlake_assets.defs.sources import build_source_defs
 from medlake_assets.spec import load_sources
 
@@ -22,6 +27,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions.merge(
         *[build_source_defs(spec, interval) for spec in sources.values()],
         *[build_silver_defs(spec) for spec in sources.values()],
+        build_freshness_defs(sources.values()),
         *[build_report_defs(report) for report in reports],
         build_maintenance_defs(sources, reports),
         dg.Definitions(

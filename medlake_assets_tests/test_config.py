@@ -117,3 +117,18 @@ def test_definitions_read_settings_when_they_load(monkeypatch: pytest.MonkeyPatc
     monkeypatch.delenv("MEDLAKE_CATALOG_URL", raising=False)
     with pytest.raises(SettingsError, match="MEDLAKE_CATALOG_URL is not set"):
         definitions.defs()
+
+
+def test_the_lake_resource_carries_every_folder_into_runs(tmp_path) -> None:
+    from medlake_assets.defs.resources import LakeResource
+
+    env = {
+        "MEDLAKE_HOME": str(tmp_path),
+        "MEDLAKE_ACCESS_DIR": str(tmp_path / "access"),
+        "MEDLAKE_REPORTS_DIR": str(tmp_path / "reports"),
+    }
+    settings = load_settings(env)
+    carried = LakeResource.from_settings(settings).settings()
+    assert carried.access_dir == tmp_path / "access"
+    assert carried.reports_dir == tmp_path / "reports"
+    assert carried.sources_dir == settings.sources_dir

@@ -85,7 +85,10 @@ def build_source_defs(spec: SourceSpec, sensor_interval_seconds: int = 30) -> dg
         dg.AssetCheckSpec(
             "quarantine_rate",
             asset=key,
-            description=f"Share of the run's archives quarantined is at most {threshold:.0%}.",
+            description=f"Share of the run's archives quarantined is at most {threshold:.0%}. A warning "
+            "names the rules (`top_rules`) and facilities (`quarantined_facilities`); the demo's archives "
+            "made bad on purpose (`medlake generate --bad-rate`) show here as archive.bad_password and "
+            "archive.corrupt.",
         ),
         # A missing archive password is a configuration fault: the run fails, naming the secret to set.
         dg.AssetCheckSpec(
@@ -145,6 +148,14 @@ def build_source_defs(spec: SourceSpec, sensor_interval_seconds: int = 30) -> dg
             context.log.error(
                 f"{spec.name}: {held} archives held pending, their password is not configured: set {missing}"
             )
+        quarantined_facilities = sorted(
+            {
+                row.facility or ""
+                for report in reports
+                for row in opened.ledger.batch_files(report.batch_id)
+                if row.status == "quarantined"
+            }
+        )
         context.log.info(
             f"{spec.name} {context.partition_key}: {archives} archives, {ledger_records} records, "
             f"{quarantined} archives quarantined"
@@ -179,6 +190,7 @@ def build_source_defs(spec: SourceSpec, sensor_interval_seconds: int = 30) -> dg
                         "rate": rate,
                         "threshold": threshold,
                         "top_rules": json.dumps(top_rules),
+                        "quarantined_facilities": json.dumps(quarantined_facilities),
                     },
                 ),
                 dg.AssetCheckResult(

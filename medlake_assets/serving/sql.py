@@ -20,6 +20,7 @@ from rich.text import Text
 from sqlalchemy.engine import make_url
 
 from medlake_assets.lake import Lake
+from medlake_assets.quality.freshness import register_freshness_view
 from medlake_assets.serving.catalog_info import AsOf, existed_at, resolve_as_of, snapshot_at, table_names
 from medlake_assets.serving.deid import deid_configured, register_deid_views
 
@@ -75,7 +76,11 @@ def _attach_ledger(con: duckdb.DuckDBPyConnection, catalog_url: str) -> None:
         con.execute("ATTACH '' AS medlake_state (TYPE postgres, SECRET medlake_state_pg, READ_ONLY)")
     con.execute("CREATE SCHEMA IF NOT EXISTS meta")
     con.execute("CREATE OR REPLACE VIEW meta.files AS SELECT * FROM medlake_state.medlake_files")
-    for view, table in [("quality", "medlake_quality"), ("processed", "medlake_processed")]:
+    for view, table in [
+        ("quality", "medlake_quality"),
+        ("processed", "medlake_processed"),
+        ("held", "medlake_held"),
+    ]:
         exists = con.execute(
             "SELECT count(*) FROM duckdb_tables() WHERE database_name = 'medlake_state' AND table_name = ?",
             [table],
@@ -126,6 +131,7 @@ def connect(lake: Lake, as_of: AsOf | None = None) -> duckdb.DuckDBPyConnection:
     _create_views(con, lake.catalog, as_of)
     _ = lake.ledger  # opening the ledger creates its tables on a lake nothing reached yet
     _attach_ledger(con, lake.settings.catalog_url)
+    register_freshness_view(con, lake.sources)  # meta.freshness: each facility's cadence, lag and limit
     if deid_configured():
         register_deid_views(con, lake.sources)  # silver_deid.*: needs the secret MEDLAKE_DEID_KEY
     return con

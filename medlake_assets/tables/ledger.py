@@ -24,6 +24,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     Engine,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -146,6 +147,30 @@ stamps = Table(
     Column("stamp", Text, nullable=False),
     Column("etag", Text, nullable=False),
     UniqueConstraint("store", "key", "stamp", name="uq_medlake_stamps"),
+)
+
+# Facilities' rows of a batch that silver's gate held back (`quality/held.py`), and what became of them.
+held = Table(
+    "medlake_held",
+    metadata,
+    Column("source", Text, nullable=False),
+    Column("landing_day", Date, nullable=False),
+    Column("batch_id", Text, nullable=False),
+    Column("facility", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("rows", BigInteger, nullable=False),
+    Column("rejected", BigInteger, nullable=False),
+    Column("error_rate", Float, nullable=False),
+    Column("threshold", Float, nullable=False),
+    Column("rules", Text, nullable=False),
+    Column("metadata_version", Text, nullable=False),
+    Column("held_at", UtcDateTime, nullable=False),
+    Column("evaluated_at", UtcDateTime, nullable=False),
+    Column("released_by", Text),
+    Column("released_at", UtcDateTime),
+    Column("published_at", UtcDateTime),
+    UniqueConstraint("source", "batch_id", "facility", name="uq_medlake_held"),
+    Index("ix_medlake_held_source_status", "source", "status"),
 )
 
 
@@ -311,6 +336,11 @@ class Ledger:
     @property
     def engine(self) -> Engine:
         return self._engine
+
+    @property
+    def writer(self) -> Engine:
+        """The engine for transactions that write (on SQLite they take the write lock up front)."""
+        return self._writer
 
     def close(self) -> None:
         """Close the pooled connections."""
@@ -573,20 +603,30 @@ class Ledger:
                 connection.execute(statement.on_conflict_do_nothing(index_elements=["consumer", "batch_id"]))
 
     def record_quality(
-        self, source: str, stage: str, landing_day: date, batch_ids: Sequence[str], counts
+        self,
+        source: str,
+        stage: str,
+        landing_day: date,
+        batch_ids: Sequence[str],
+        counts,
+        facilities: Sequence[str] | None = None,
     ) -> None:
-        """Replace the counts of these batches and stage with `counts` rows (batch_id, facility, rule,
-        severity, rows): a re-run leaves one set of counts."""
+        """Replace the counts of these batches and stage (only these facilities' counts, if given) with
+        `counts` rows (batch_id, facility, rule, severity, rows): a re-run leaves one set of counts."""
         now = _now()
         rows = [
             {"source": source, "stage": stage, "landing_day": landing_day, "recorded_at": now, **row}
             for row in counts
         ]
+        scope = [] if facilities is None else [quality.c.facility.in_(list(facilities))]
         with self._writer.begin() as connection:
             for chunk in _chunks(list(batch_ids), 500):
                 connection.execute(
                     quality.delete().where(
-                        quality.c.source == source, quality.c.stage == stage, quality.c.batch_id.in_(chunk)
+                        quality.c.source == source,
+                        quality.c.stage == stage,
+                        quality.c.batch_id.in_(chunk),
+                        *scope,
                     )
                 )
             for chunk in _chunks(rows, _MAX_ROWS_PER_INSERT):

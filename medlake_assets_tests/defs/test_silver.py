@@ -1,5 +1,6 @@
 """Silver through the real runs: typed and merged tables equal a reference computed from bronze, re-runs
-change nothing, and a batch over the error threshold is held back with silver and encounters untouched."""
+change nothing, and a batch whose only facility is over the error threshold is held back with silver and
+encounters untouched."""
 
 from __future__ import annotations
 
@@ -139,7 +140,10 @@ def test_batch_over_threshold_is_held_back(tmp_path, archive_password):
     assert len(rejects) == 10
     assert {row["rule"] for row in rejects} == {"cast.timestamp"}
     assert all(row["stage"] == "silver" and "2026BAD" not in row["reason"] for row in rejects)
-    assert lake.ledger.processed_batches("silver.adt_events", DAY) == set()
+    # The batch was taken in: its only facility's rows wait in meta.held, not in the batch's pending state.
+    assert len(lake.ledger.processed_batches("silver.adt_events", DAY)) == 1
+    (held,) = connect(lake).execute("SELECT facility, status, rows, rejected FROM meta.held").fetchall()
+    assert held == ("F1", "held", 40, 10)
 
     # `medlake quality` shows the held-back rows per facility and rule.
     from typer.testing import CliRunner

@@ -31,6 +31,8 @@ def test_current_state_shows_every_layer_and_the_ledger(serving):
     assert relations(con) == [
         "bronze.late_feed",
         "meta.files",
+        "meta.freshness",
+        "meta.held",
         "meta.processed",
         "meta.quality",
         "quarantine.empty_feed",
@@ -102,7 +104,15 @@ def test_shell_runs_multiline_statements_dot_commands_and_survives_errors(servin
         counts[row["facility"]] = counts.get(row["facility"], 0) + 1
     for facility, count in counts.items():
         assert f"│ {facility}       │ {count:<2} │" in text
-    names = ["bronze.late_feed", "meta.files", "meta.processed", "meta.quality", "quarantine.empty_feed"]
+    names = [
+        "bronze.late_feed",
+        "meta.files",
+        "meta.freshness",
+        "meta.held",
+        "meta.processed",
+        "meta.quality",
+        "quarantine.empty_feed",
+    ]
     assert "\n".join([*names, "silver.lab_results"]) in text
     assert "Table with name no_such_table does not exist" in text
     assert "unknown command .bogus" in text
