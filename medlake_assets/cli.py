@@ -493,7 +493,7 @@ def workers(
         float, typer.Option(help="Archives per hour to put the slice at (0: all at once)")
     ] = 3500,
     speedup: Annotated[float, typer.Option(help="Multiplies --rate")] = 1.0,
-    sensor_interval: Annotated[int, typer.Option(help="Seconds between sensor evaluations")] = 30,
+    sensor_interval: Annotated[int, typer.Option(help="Seconds between sensor evaluations")] = 5,
     until_settled: Annotated[
         bool, typer.Option("--until-settled", help="Exit once the fed slice is in silver and no run is left")
     ] = False,
@@ -641,8 +641,7 @@ def bench_scale(
     seed: int = 7,
     size_scale: float = 1.0,
     speedup: Annotated[float, typer.Option(help="Multiplies the production arrival rate (3,500/h)")] = 1.0,
-    # 5 s ticks cut a slice into many tiny runs whose process start dominates (docs/benchmarks.md).
-    sensor_interval: Annotated[int, typer.Option(help="Seconds between sensor evaluations")] = 30,
+    sensor_interval: Annotated[int, typer.Option(help="Seconds between sensor evaluations")] = 5,
     postgres_url: Annotated[
         str,
         typer.Option(
@@ -672,6 +671,64 @@ def bench_scale(
         console=console,
     )
     Console(width=200).print(report)
+
+
+@bench_app.command("soak")
+def bench_soak(
+    normal_minutes: Annotated[float, typer.Option(help="Minutes at the production rate first")] = 60,
+    surge_minutes: Annotated[float, typer.Option(help="Minutes of the surge")] = 10,
+    surge_factor: Annotated[float, typer.Option(help="The surge's rate, times the production rate")] = 10,
+    after_minutes: Annotated[
+        float, typer.Option(help="Minutes at the production rate after the surge (the drain window)")
+    ] = 20,
+    rate: Annotated[float, typer.Option(help="The production rate, archives per hour")] = 3500,
+    workers: Annotated[int, typer.Option(help="Run workers (runs at once)")] = 1,
+    sensor_interval: Annotated[int, typer.Option(help="Seconds between sensor evaluations")] = 5,
+    window_minutes: Annotated[float, typer.Option(help="Report window")] = 5,
+    drain_limit_minutes: Annotated[
+        float, typer.Option(help="After the last arrival, wait at most this long for silver")
+    ] = 30,
+    facilities: int = 20,
+    seed: int = 7,
+    size_scale: Annotated[
+        float, typer.Option(help="Multiplies production archive sizes (1 = production)")
+    ] = 1.0,
+    postgres_url: Annotated[
+        str,
+        typer.Option(
+            envvar="MEDLAKE_BENCH_POSTGRES_URL", help="A PostgreSQL server to create a scratch database on"
+        ),
+    ] = "",
+    work_dir: Annotated[
+        Path | None, typer.Option(help="Scratch folder; the generated archives are reused from it")
+    ] = None,
+) -> None:
+    """The deployed mode (daemon, queued runs, a process per run) at the production rate, then a surge."""
+    from medlake_assets.bench.soak import render, run_soak, soak_phases
+
+    if not postgres_url:
+        console.print(
+            "[red]--postgres-url or MEDLAKE_BENCH_POSTGRES_URL is required (scripts/start_postgres.sh)[/red]"
+        )
+        raise typer.Exit(2)
+    result = run_soak(
+        phases=soak_phases(normal_minutes, surge_minutes, after_minutes, rate, surge_factor),
+        workers_count=workers,
+        sensor_interval=sensor_interval,
+        postgres_url=postgres_url,
+        facilities=facilities,
+        seed=seed,
+        size_scale=size_scale,
+        window_seconds=window_minutes * 60,
+        drain_limit_seconds=drain_limit_minutes * 60,
+        work_dir=work_dir,
+        console=console,
+    )
+    out = Console(width=220)
+    for table in render(result):
+        out.print(table)
+    if not result.ok:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

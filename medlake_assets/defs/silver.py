@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 import dagster as dg
 
 from medlake_assets.defs.resources import LakeResource
-from medlake_assets.defs.sources import SOURCE_TAG, bronze_key, landing_partitions
+from medlake_assets.defs.sources import BATCH_TAG, IN_FLIGHT, SOURCE_TAG, bronze_key, landing_partitions
 from medlake_assets.quality.gate import freshness, freshness_sla
 from medlake_assets.silver.encounters_load import ENCOUNTERS
 from medlake_assets.silver.load import SilverReport, consumer, load_silver
@@ -188,11 +188,19 @@ def silver_catch_up_sensor(specs: Iterable[SourceSpec], interval_seconds: int = 
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Refines landing days whose loaded bronze batches silver missed.",
     )
-    def catch_up(lake: LakeResource) -> dg.SensorResult:
+    def catch_up(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult:
         ledger = lake.lake().ledger
         loaded_before = datetime.now(UTC) - CATCH_UP_GRACE
         requests = []
-        for spec in specs:
+        # A source whose landing run is still going gets its silver in that run.
+        running = context.instance.get_runs(filters=dg.RunsFilter(statuses=list(IN_FLIGHT)))
+        busy = {
+            key.removeprefix(f"{BATCH_TAG}/")
+            for run in running
+            for key in run.tags
+            if key.startswith(f"{BATCH_TAG}/")
+        }
+        for spec in (spec for spec in specs if spec.name not in busy):
             keys = [silver_key(spec.name)] + (
                 [silver_key("encounters")] if spec.name == ENCOUNTERS_SOURCE else []
             )

@@ -14,12 +14,12 @@ from medlake_assets_tests.faults.harness import assert_equals_clean_run, log_tai
 
 
 def claim_batches(faulted) -> list[str]:
-    """One tick of every landing sensor on the lake's Dagster instance (which also creates its storage
+    """One tick of the landing sensors on the lake's Dagster instance (which also creates its storage
     before the workers share it): registers and claims the landed files, runs nothing."""
     defs = build_definitions(faulted.settings)
     with dg.DagsterInstance.from_config(faulted.env["DAGSTER_HOME"]) as instance:
         for sensor in defs.get_repository_def().sensor_defs:
-            if sensor.name.startswith("landing_"):
+            if sensor.name.startswith("landing"):
                 sensor(dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources))
     lake = faulted.lake()
     return [batch.batch_id for source in lake.sources for batch in lake.ledger.unfinished_batches(source)]
