@@ -30,7 +30,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -44,7 +44,6 @@ from medlake_assets.workers import (
     WorkersError,
     ensure_bucket,
     scratch_database,
-    slice_keys,
     wait_until_settled,
 )
 
@@ -193,6 +192,55 @@ def _run_records(workers: Workers) -> list[tuple[float, float | None, str, str]]
     ]
 
 
+def generate_pool(
+    folder: Path,
+    *,
+    archives: int,
+    facilities: int,
+    seed: int,
+    size_scale: float,
+    day: date,
+    processes: int | None = None,
+) -> tuple[dict[str, Path], dict]:
+    """`archives` generated archives of `day` (landing key -> file) and their manifest entries.
+
+    Generated in chunks on every core (an hour at production sizes is ~1 GB of archives), each chunk with
+    its own seed; a key two chunks both made (same facility, second and number) is kept once. Chunks
+    already generated (their manifest.json written) are reused.
+    """
+    from medlake_assets.generate import write_feeds
+
+    processes = processes or os.cpu_count() or 1
+    sizes = [archives // processes + (1 if index < archives % processes else 0) for index in range(processes)]
+    chunks = [folder / f"chunk-{index}" for index in range(processes)]
+    with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool:
+        futures = [
+            pool.submit(
+                write_feeds,
+                chunk,
+                facilities=facilities,
+                archives=size,
+                seed=seed + index,
+                day=day,
+                size_scale=size_scale,
+            )
+            for index, (chunk, size) in enumerate(zip(chunks, sizes, strict=True))
+            if size and not (chunk / "manifest.json").exists()
+        ]
+        for future in futures:
+            future.result()
+    paths: dict[str, Path] = {}
+    entries = []
+    for chunk in chunks:
+        if not (chunk / "manifest.json").exists():
+            continue
+        for entry in json.loads((chunk / "manifest.json").read_text())["archives"]:
+            if entry["key"] not in paths:
+                paths[entry["key"]] = chunk / entry["key"]
+                entries.append(entry)
+    return paths, {"archives": entries}
+
+
 def lake_checks(workers: Workers, manifest: Mapping, landed: set[str]) -> list[tuple[str, bool, str]]:
     """The lake against the generator's manifest: nothing lost, nothing doubled, bronze to silver."""
     from medlake_assets.serving.sql import connect
@@ -260,29 +308,16 @@ def run_soak(
     work_dir = Path(work_dir or tempfile.mkdtemp(prefix="medlake-bench-soak-"))
     plan = arrival_plan(phases)
     today = datetime.now(UTC).date()
-    slice_dir = work_dir / f"slice-{today}-{len(plan)}a-{facilities}f-{seed}s-{size_scale:g}x"
-    if not (slice_dir / "manifest.json").exists():
-        from medlake_assets.generate import write_feeds
-
-        started = time.perf_counter()
-        with (
-            console.status(f"generating {len(plan)} archives into {slice_dir}"),
-            ProcessPoolExecutor(1, mp_context=get_context("spawn")) as child,
-        ):
-            child.submit(
-                write_feeds,
-                slice_dir,
-                facilities=facilities,
-                archives=len(plan),
-                seed=seed,
-                day=today,
-                size_scale=size_scale,
-            ).result()
-        console.print(f"generated {len(plan)} archives in {time.perf_counter() - started:.0f} s")
-    manifest = json.loads((slice_dir / "manifest.json").read_text())
+    pool_dir = work_dir / f"pool-{today}-{len(plan)}a-{facilities}f-{seed}s-{size_scale:g}x"
+    started = time.perf_counter()
+    with console.status(f"generating {len(plan)} archives into {pool_dir} (reused by a later run today)"):
+        paths, manifest = generate_pool(
+            pool_dir, archives=len(plan), facilities=facilities, seed=seed, size_scale=size_scale, day=today
+        )
+    console.print(f"{len(paths)} archives ready in {time.perf_counter() - started:.0f} s")
     import random
 
-    keys = slice_keys(slice_dir)
+    keys = sorted(paths)
     random.Random(0).shuffle(keys)  # facilities interleaved, as production arrivals are
     with (
         s3_endpoint(os.environ.get("MEDLAKE_S3_ENDPOINT_URL")) as endpoint,
@@ -314,7 +349,7 @@ def run_soak(
                 for (offset, phase), key in zip(plan, keys, strict=False):
                     if (wait := started + offset - time.time()) > 0:
                         time.sleep(wait)
-                    workers.lake.store.put(key, (slice_dir / key).read_bytes())
+                    workers.lake.store.put(key, paths[key].read_bytes())
                     landed[key] = time.time()
                     phase_of[key] = phase
                     if time.time() - last_report >= 60:

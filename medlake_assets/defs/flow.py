@@ -26,18 +26,19 @@ from medlake_assets.defs.silver import ENCOUNTERS_SOURCE, silver_key
 from medlake_assets.defs.sources import (
     BATCH_TAG,
     IN_FLIGHT,
+    LANDING_DAYS,
     MAX_ATTEMPTS,
     BronzeLoadConfig,
     batch_tag,
     bronze_key,
     bronze_op_name,
-    landing_partitions,
 )
 from medlake_assets.ingest.landing import day_prefix, days_to_list, register_landed
 from medlake_assets.spec import SourceSpec
 from medlake_assets.tables.ledger import Batch, Ledger
 
 FLOW_JOB = "ingest_landed"
+PRIORITY_TAG = "dagster/priority"
 LANDING_SENSOR = "landing"
 
 
@@ -117,7 +118,8 @@ def flow_run_request(
                 for spec in specs
             }
         ),
-        tags={batch_tag(name): batch.batch_id for name, (batch, _) in chosen.items()},
+        # Ahead of report runs in the queue: with few workers, fresh data first, reports when it is in.
+        tags={PRIORITY_TAG: "10", **{batch_tag(name): batch.batch_id for name, (batch, _) in chosen.items()}},
     )
 
 
@@ -126,14 +128,10 @@ def build_flow_defs(
 ) -> dg.Definitions:
     """The `ingest_landed` job over every source's bronze and silver assets, and the `landing` sensor."""
     specs = sorted(specs, key=lambda spec: spec.name)
-    partitions = {spec.ingest.start_date for spec in specs}
-    if len(partitions) > 1:
-        # One run carries several sources' batches of a landing day: their assets share one partitioning.
-        raise ValueError(f"sources must share one ingest.start_date, found {sorted(partitions)}")
     job = dg.define_asset_job(
         name=FLOW_JOB,
         selection=[key for spec in specs for key in flow_keys(spec)],
-        partitions_def=landing_partitions(specs[0]) if specs else None,
+        partitions_def=LANDING_DAYS,
         executor_def=dg.in_process_executor,
         description="Load newly landed archives into bronze and then silver: one ledger batch per source, "
         "every source of a landing day in one run.",
@@ -177,6 +175,13 @@ def build_flow_defs(
                 f"{len(requests)} runs requested ({len(in_flight)} in flight)"
             )
         next_since = today - timedelta(days=open_days)
-        return dg.SensorResult(run_requests=requests, cursor=json.dumps({"since": next_since.isoformat()}))
+        known = set(context.instance.get_dynamic_partitions(LANDING_DAYS.name or ""))
+        new_days = sorted({request.partition_key for request in requests if request.partition_key} - known)
+        return dg.SensorResult(
+            run_requests=requests,
+            cursor=json.dumps({"since": next_since.isoformat()}),
+            # A run's landing day becomes a partition in the same tick (Dagster adds it before the runs).
+            dynamic_partitions_requests=[LANDING_DAYS.build_add_request(new_days)] if new_days else None,
+        )
 
     return dg.Definitions(jobs=[job], sensors=[landing])

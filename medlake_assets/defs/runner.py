@@ -23,6 +23,14 @@ UNFINISHED = [
 ]
 
 
+def quiet(run_config: dg.RunConfig | dict | None) -> dict:
+    """`run_config` with the console logger at WARNING: a run executed from the command line keeps every
+    event in the Dagster instance (the UI shows them) but prints only warnings and errors."""
+    if isinstance(run_config, dg.RunConfig):
+        run_config = run_config.to_config_dict()
+    return {**(run_config or {}), "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
 def fail_orphaned_runs(instance: dg.DagsterInstance) -> int:
     """Mark runs of an in-process runner that died (e.g. SIGKILL) as failed, so their batches are retried."""
     import psutil
@@ -75,6 +83,7 @@ def ingest_once(
     refined: set[tuple[str, str]] = set()  # (source, day) whose silver ran in an `ingest_landed` run
     for _ in range(max_ticks):
         result = _tick(sensor_def, defs, instance, cursor)
+        apply_partition_requests(instance, result)
         requests = list(result.run_requests or []) if isinstance(result, dg.SensorResult) else []
         cursor = result.cursor if isinstance(result, dg.SensorResult) and result.cursor else cursor
         if not requests:
@@ -90,6 +99,15 @@ def ingest_once(
             refresh_on_update_reports(defs, instance, lake, summary, on_run)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def apply_partition_requests(instance: dg.DagsterInstance, result: object) -> None:
+    """Add the dynamic partitions a sensor asked for, as the daemon does before submitting its runs."""
+    if not isinstance(result, dg.SensorResult):
+        return
+    for request in result.dynamic_partitions_requests or []:
+        if isinstance(request, dg.AddDynamicPartitionsRequest):
+            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
 
 
 def _tick(sensor_def: dg.SensorDefinition, defs: dg.Definitions, instance: dg.DagsterInstance, cursor):
@@ -115,7 +133,14 @@ def retry_parked_batches(
     A fault that lasts a little while (S3 away, quarantine unwritable) fails a batch's attempts in quick
     succession; running `ingest --once` after fixing it means "try again", so the batch is not parked.
     """
-    from medlake_assets.defs.sources import IN_FLIGHT, MAX_ATTEMPTS, batch_run_request, batch_tag, job_name
+    from medlake_assets.defs.sources import (
+        IN_FLIGHT,
+        MAX_ATTEMPTS,
+        batch_run_request,
+        batch_tag,
+        ensure_landing_days,
+        job_name,
+    )
 
     for spec in lake.sources.values():
         for batch in lake.ledger.unfinished_batches(spec.name):
@@ -123,6 +148,7 @@ def retry_parked_batches(
             if len(runs) < MAX_ATTEMPTS or any(run.status in IN_FLIGHT for run in runs):
                 continue  # the sensor requests it (or it is running)
             job = defs.resolve_job_def(job_name(spec))
+            ensure_landing_days(instance, [batch.landing_day.isoformat()])
             _execute(job, batch_run_request(spec, batch), instance, summary, on_run, label=job.name)
 
 
@@ -142,6 +168,7 @@ def refine(
     backfill). The daemon does it with eager automation and the catch-up sensor.
     """
     from medlake_assets.defs.silver import pending_silver, refine_job_name
+    from medlake_assets.defs.sources import ensure_landing_days
 
     for spec in lake.sources.values():
         days = sorted(pending_silver(lake.ledger, spec))
@@ -149,6 +176,7 @@ def refine(
         for day in days:
             if (spec.name, day.isoformat()) in skip:
                 continue
+            ensure_landing_days(instance, [day.isoformat()])
             request = dg.RunRequest(partition_key=day.isoformat(), tags={"medlake/source": spec.name})
             _execute(job, request, instance, summary, on_run, label=job.name)
 
@@ -188,7 +216,7 @@ def _execute(
 ) -> None:
     """One requested run, in this process, tagged with our pid so a later runner can tell if we died."""
     outcome = job.execute_in_process(
-        run_config=request.run_config,
+        run_config=quiet(request.run_config),
         instance=instance,
         partition_key=request.partition_key,
         asset_selection=request.asset_selection,

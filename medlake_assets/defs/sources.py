@@ -39,9 +39,23 @@ def job_name(spec: SourceSpec) -> str:
     return f"ingest_{spec.name}"
 
 
-def landing_partitions(spec: SourceSpec) -> dg.DailyPartitionsDefinition:
-    # end_offset=1 makes today's landing day a partition while it is still filling.
-    return dg.DailyPartitionsDefinition(start_date=spec.ingest.start_date, end_offset=1, timezone="UTC")
+# The landing days that have data, added by the landing sensor as archives of a new day arrive (and by
+# `medlake reprocess`): the UI then shows the days the lake holds, filled, rather than a calendar since a
+# fixed start date with one day in a thousand filled. Keys are ISO days (2026-11-20) as before.
+LANDING_DAYS = dg.DynamicPartitionsDefinition(name="landing_days")
+
+
+def landing_partitions(spec: SourceSpec | None = None) -> dg.DynamicPartitionsDefinition:
+    """Every source's bronze and silver assets share the landing days (one run carries several sources)."""
+    return LANDING_DAYS
+
+
+def ensure_landing_days(instance: dg.DagsterInstance, days: list[str]) -> None:
+    """Add landing days the instance does not know yet (outside a sensor, e.g. `medlake reprocess`)."""
+    known = set(instance.get_dynamic_partitions(LANDING_DAYS.name or ""))
+    missing = sorted(set(days) - known)
+    if missing:
+        instance.add_dynamic_partitions(LANDING_DAYS.name or "", missing)
 
 
 def bronze_op_name(spec: SourceSpec) -> str:

@@ -235,7 +235,6 @@ class IngestSpec(StrictModel):
     max_bytes_per_run: int = Field(default=256 * 1024**2, ge=1)
     open_days: int = Field(default=2, ge=1, description="landing days before today the sensor still lists")
     max_quarantine_rate: float = Field(default=0.05, ge=0, le=1)
-    start_date: str = "2024-01-01"
 
 
 class QualitySpec(StrictModel):

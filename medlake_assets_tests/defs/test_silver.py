@@ -11,7 +11,7 @@ import pytest
 from medlake_assets.definitions import build_definitions
 from medlake_assets.defs.flow import FLOW_JOB, LANDING_SENSOR
 from medlake_assets.defs.resources import LakeResource
-from medlake_assets.defs.runner import ingest_once
+from medlake_assets.defs.runner import apply_partition_requests, ingest_once
 from medlake_assets.defs.silver import SilverLoadConfig, refine_job_name
 from medlake_assets.generate import write_feeds
 from medlake_assets.ingest.objectstore import LocalObjectStore
@@ -186,11 +186,13 @@ def test_catch_up_sensor_refines_batches_silver_missed(tmp_path, archive_passwor
         # Bronze only: the landing sensor's run with its silver steps left out.
         landing = defs.resolve_sensor_def(LANDING_SENSOR)
         cursor = json.dumps({"since": DAY.isoformat()})
-        for request in landing(
+        ticked = landing(
             dg.build_sensor_context(
                 instance=instance, cursor=cursor, definitions=defs, resources=defs.resources
             )
-        ).run_requests:
+        )
+        apply_partition_requests(instance, ticked)
+        for request in ticked.run_requests:
             result = defs.resolve_job_def(FLOW_JOB).execute_in_process(
                 run_config=request.run_config,
                 instance=instance,

@@ -23,7 +23,13 @@ import dagster as dg
 from medlake_assets.config import load_settings
 from medlake_assets.definitions import build_definitions
 from medlake_assets.defs.resources import LakeResource
-from medlake_assets.defs.runner import RUNNER_PID_TAG, IngestSummary, fail_orphaned_runs, refine
+from medlake_assets.defs.runner import (
+    RUNNER_PID_TAG,
+    IngestSummary,
+    apply_partition_requests,
+    fail_orphaned_runs,
+    refine,
+)
 
 RUN_KEY_TAG = "dagster/run_key"
 CURSOR_PREFIX = "medlake-test/sensor-cursor/"
@@ -46,6 +52,7 @@ def tick(
         resources=defs.resources,
     )
     result = sensor(context)
+    apply_partition_requests(instance, result)
     if die:
         os.kill(os.getpid(), signal.SIGKILL)
     requests = list(result.run_requests or []) if isinstance(result, dg.SensorResult) else []
