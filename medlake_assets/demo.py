@@ -9,7 +9,9 @@ is progress, a summary, and where to look.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -57,12 +59,22 @@ class DagsterDev:
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
+        """Stop `dagster dev` with its whole process group: its code server and any run still going."""
+        if self.process is None:
+            return
+        for sig, wait in ((signal.SIGTERM, 60.0), (signal.SIGKILL, 10.0)):
             try:
-                self.process.wait(60)
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.process.wait(wait)
+                break
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                continue
+        # Runs and code servers left after dagster dev itself exited are in the same group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
 
     @property
     def url(self) -> str:
