@@ -74,9 +74,6 @@ def ingest_once(
     fail_orphaned_runs(instance)
     retry_parked_batches(defs, instance, lake, summary, on_run)
     repository = defs.get_repository_def()
-    # Objects in landing folders no source owns are quarantined by their own sensor (it requests no run).
-    for name in (sensor.name for sensor in repository.sensor_defs if sensor.name.startswith("landing_")):
-        _tick(repository.get_sensor_def(name), defs, instance, None)
     sensor_def = repository.get_sensor_def(LANDING_SENSOR)
     days = [day for source in lake.sources for day in landed_days(lake.store, source)]
     cursor = json.dumps({"since": min(days).isoformat()}) if days else None
@@ -92,6 +89,10 @@ def ingest_once(
             job = defs.resolve_job_def(request.job_name or sensor_def.job_name)
             _execute(job, request, instance, summary, on_run, label=sensor_def.name)
             refined |= {(source, request.partition_key or "") for source in sources_in_run(request.tags)}
+    # Objects in landing folders no source owns are quarantined by their own sensor (it requests no run);
+    # after the sources' work, so a failure there (e.g. quarantine unwritable) does not hold that up.
+    for name in (sensor.name for sensor in repository.sensor_defs if sensor.name.startswith("landing_")):
+        _tick(repository.get_sensor_def(name), defs, instance, None)
     if refine_silver:
         loaded = summary.runs
         refine(defs, instance, lake, summary, on_run, skip=refined)
