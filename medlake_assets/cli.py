@@ -156,6 +156,65 @@ def ingest(
 
 
 @app.command()
+def demo(
+    port: Annotated[int, typer.Option(help="Port of the Dagster UI")] = 3000,
+    exit_when_ready: Annotated[
+        bool, typer.Option("--exit-when-ready", help="Stop Dagster once the lake is ingested (for checks)")
+    ] = False,
+) -> None:
+    """Serve the lake under `dagster dev`: its daemon ingests the landing zone, then every report runs."""
+    from medlake_assets.defs.reports import report_job_name, report_run_tags
+    from medlake_assets.demo import DagsterDev, DemoError, wait_until_ingested
+    from medlake_assets.lake import Lake
+    from medlake_assets.reports import load_reports
+
+    settings = load_settings()
+    os.environ.setdefault("DAGSTER_HOME", str(settings.home / "dagster"))
+    lake = Lake(settings)
+    try:
+        with DagsterDev(settings, port=port) as dev:
+            with console.status(f"starting Dagster (log: {dev.log_path})"):
+                dev.wait_until_serving()
+            with console.status("the landing sensor is ingesting") as status:
+
+                def show(state) -> None:
+                    status.update(
+                        f"ingesting: {state.done} of {state.landed} archives loaded or quarantined, "
+                        f"{state.silver_pending} batches on their way to silver"
+                    )
+
+                wait_until_ingested(lake, dev, on_progress=show)
+            reports = Table(title="gold reports (runs launched through Dagster)")
+            for column in ("report", "run", "status"):
+                reports.add_column(column)
+            for report in load_reports(settings.reports_dir):
+                with console.status(f"report {report.name}"):
+                    run_id = dev.submit(report_job_name(report), report_run_tags(report))
+                    outcome = dev.wait_for_run(run_id)
+                reports.add_row(report.name, f"{dev.url}/runs/{run_id}", outcome)
+            console.print(_summary_table("ingested by the landing sensor"))
+            console.print(reports)
+            console.print(
+                f"Dagster UI: {dev.url} (runs under their jobs: {dev.url}/runs, assets: {dev.url}/assets)\n"
+                f"Report pages: {settings.home / 'reports'}/<report>/<partition or run time>/report.html\n"
+                'SQL: .venv/bin/medlake sql "SELECT * FROM meta.files LIMIT 5"\n'
+                f"Dagster's own log: {dev.log_path}",
+                highlight=False,
+            )
+            if exit_when_ready:
+                return
+            console.print("Ctrl-C stops Dagster.")
+            try:
+                assert dev.process is not None
+                dev.process.wait()
+            except KeyboardInterrupt:
+                console.print("stopping Dagster")
+    except DemoError as error:
+        console.print(f"error: {error}", style="red", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+
+
+@app.command()
 def sql(
     query: Annotated[
         str | None,
@@ -172,7 +231,7 @@ def sql(
     """Query the lake with DuckDB (Iceberg tables as views); without a query, an interactive shell."""
     from medlake_assets.lake import Lake
     from medlake_assets.serving.catalog_info import AsOfError
-    from medlake_assets.serving.sql import connect, render, shell
+    from medlake_assets.serving.sql import connect, shell
 
     settings = load_settings()
     try:
@@ -182,6 +241,17 @@ def sql(
     if query is None:
         shell(con, Console(), history_file=settings.home / "sql_history")
         return
+    import duckdb
+
+    try:
+        _print_query(con, query, format)
+    except duckdb.Error as error:
+        # One line, as psql prints it: the engine's message says what and where (no traceback).
+        console.print(f"error: {str(error).splitlines()[0]}", style="red", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _print_query(con, query: str, format: str) -> None:
     relation = con.sql(query)
     if relation is None:
         return
@@ -194,6 +264,8 @@ def sql(
         for row in relation.fetchall():
             print(json.dumps(dict(zip(columns, row, strict=True)), default=str))
     elif format == "table":
+        from medlake_assets.serving.sql import render
+
         Console().print(render(relation))
     else:
         raise typer.BadParameter("format must be table, csv or json")
@@ -242,6 +314,7 @@ def report(
     """Run gold reports now: each one's SQL over the lake, written to gold.<name>, then its checks."""
     from medlake_assets.definitions import build_definitions
     from medlake_assets.defs.reports import report_job_name, report_run_tags
+    from medlake_assets.defs.runner import quiet
     from medlake_assets.reports import ReportSpecError, load_reports
 
     settings = load_settings()
@@ -270,7 +343,7 @@ def report(
     for key, tags in runs.items():
         # Through the report's Dagster job, so the materialization and its checks show in the UI.
         result = defs.resolve_job_def(report_job_name(reports[key])).execute_in_process(
-            instance=instance, tags=tags, raise_on_error=False
+            run_config=quiet(None), instance=instance, tags=tags, raise_on_error=False
         )
         ok = _print_report_run(reports[key].table, result, tags) and ok
     if not ok:
@@ -706,7 +779,7 @@ def workers(
         float, typer.Option(help="Archives per hour to put the slice at (0: all at once)")
     ] = 3500,
     speedup: Annotated[float, typer.Option(help="Multiplies --rate")] = 1.0,
-    sensor_interval: Annotated[int, typer.Option(help="Seconds between sensor evaluations")] = 30,
+    sensor_interval: Annotated[int, typer.Option(help="Seconds between sensor evaluations")] = 5,
     until_settled: Annotated[
         bool, typer.Option("--until-settled", help="Exit once the fed slice is in silver and no run is left")
     ] = False,
@@ -854,8 +927,7 @@ def bench_scale(
     seed: int = 7,
     size_scale: float = 1.0,
     speedup: Annotated[float, typer.Option(help="Multiplies the production arrival rate (3,500/h)")] = 1.0,
-    # 5 s ticks cut a slice into many tiny runs whose process start dominates (docs/benchmarks.md).
-    sensor_interval: Annotated[int, typer.Option(help="Seconds between sensor evaluations")] = 30,
+    sensor_interval: Annotated[int, typer.Option(help="Seconds between sensor evaluations")] = 5,
     postgres_url: Annotated[
         str,
         typer.Option(
@@ -885,6 +957,94 @@ def bench_scale(
         console=console,
     )
     Console(width=200).print(report)
+
+
+@bench_app.command("memory")
+def bench_memory(
+    archives: Annotated[int, typer.Option(help="Generated archives besides the two 40 MB ones")] = 100,
+    facilities: int = 20,
+    seed: int = 7,
+    bound_mb: Annotated[float, typer.Option(help="Peak RSS an ingest run may reach")] = 1536,
+    work_dir: Annotated[Path | None, typer.Option(help="Scratch folder (default: a temp dir)")] = None,
+) -> None:
+    """Peak memory of bronze and silver runs on a batch holding 40 MB archives; exits 1 above the bound."""
+    from medlake_assets.bench.memory import run_memory_benchmark
+
+    results, table = run_memory_benchmark(
+        archives=archives,
+        facilities=facilities,
+        seed=seed,
+        work_dir=work_dir,
+        bound_mb=bound_mb,
+        console=console,
+    )
+    Console(width=160).print(table)
+    over = [r for r in results if r.stage == "bronze" and r.peak_mb > bound_mb]
+    if over:
+        console.print(
+            f"[red]{len(over)} bronze run(s) above {bound_mb:,.0f} MB: "
+            + ", ".join(f"{r.source} {r.peak_mb:,.0f} MB" for r in over)
+            + "[/red]"
+        )
+        raise typer.Exit(1)
+
+
+@bench_app.command("soak")
+def bench_soak(
+    normal_minutes: Annotated[float, typer.Option(help="Minutes at the production rate first")] = 60,
+    surge_minutes: Annotated[float, typer.Option(help="Minutes of the surge")] = 10,
+    surge_factor: Annotated[float, typer.Option(help="The surge's rate, times the production rate")] = 10,
+    after_minutes: Annotated[
+        float, typer.Option(help="Minutes at the production rate after the surge (the drain window)")
+    ] = 20,
+    rate: Annotated[float, typer.Option(help="The production rate, archives per hour")] = 3500,
+    workers: Annotated[int, typer.Option(help="Run workers (runs at once)")] = 1,
+    sensor_interval: Annotated[int, typer.Option(help="Seconds between sensor evaluations")] = 5,
+    window_minutes: Annotated[float, typer.Option(help="Report window")] = 5,
+    drain_limit_minutes: Annotated[
+        float, typer.Option(help="After the last arrival, wait at most this long for silver")
+    ] = 30,
+    facilities: int = 20,
+    seed: int = 7,
+    size_scale: Annotated[
+        float, typer.Option(help="Multiplies production archive sizes (1 = production)")
+    ] = 1.0,
+    postgres_url: Annotated[
+        str,
+        typer.Option(
+            envvar="MEDLAKE_BENCH_POSTGRES_URL", help="A PostgreSQL server to create a scratch database on"
+        ),
+    ] = "",
+    work_dir: Annotated[
+        Path | None, typer.Option(help="Scratch folder; the generated archives are reused from it")
+    ] = None,
+) -> None:
+    """The deployed mode (daemon, queued runs, a process per run) at the production rate, then a surge."""
+    from medlake_assets.bench.soak import render, run_soak, soak_phases
+
+    if not postgres_url:
+        console.print(
+            "[red]--postgres-url or MEDLAKE_BENCH_POSTGRES_URL is required (scripts/start_postgres.sh)[/red]"
+        )
+        raise typer.Exit(2)
+    result = run_soak(
+        phases=soak_phases(normal_minutes, surge_minutes, after_minutes, rate, surge_factor),
+        workers_count=workers,
+        sensor_interval=sensor_interval,
+        postgres_url=postgres_url,
+        facilities=facilities,
+        seed=seed,
+        size_scale=size_scale,
+        window_seconds=window_minutes * 60,
+        drain_limit_seconds=drain_limit_minutes * 60,
+        work_dir=work_dir,
+        console=console,
+    )
+    out = Console(width=220)
+    for table in render(result):
+        out.print(table)
+    if not result.ok:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ from medlake_assets.ingest.landing import find_strays, register_landed
     minimum_interval_seconds=300,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
-        "Finds objects under landing/ outside the day folders the landing sensors list (unknown folders, "
-        "loose files, broken yyyy/mm/dd layouts, days before start_date or after today) with delimiter "
+        "Finds objects under landing/ outside the day folders the landing sensor lists (unknown folders, "
+        "loose files, broken yyyy/mm/dd layouts, days after today) with delimiter "
         "listings of the levels above the days; quarantines them (landing.no_source, landing.bad_day) or "
         "holds future days."
     ),

@@ -11,7 +11,14 @@ import dagster as dg
 import polars as pl
 
 from medlake_assets.defs.resources import LakeResource
-from medlake_assets.defs.sources import SOURCE_TAG, bronze_key, landing_partitions
+from medlake_assets.defs.sources import (
+    BATCH_TAG,
+    IN_FLIGHT,
+    SOURCE_TAG,
+    bronze_key,
+    ensure_landing_days,
+    landing_partitions,
+)
 from medlake_assets.lake import Lake
 from medlake_assets.quality.gate import freshness_sla, metadata_version
 from medlake_assets.quality.held import PUBLISHED, HeldSlice, held_slices, release, to_evaluate
@@ -226,11 +233,19 @@ def silver_catch_up_sensor(specs: Iterable[SourceSpec], interval_seconds: int = 
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Refines landing days whose loaded bronze batches silver missed.",
     )
-    def catch_up(lake: LakeResource) -> dg.SensorResult:
+    def catch_up(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult:
         ledger = lake.lake().ledger
         loaded_before = datetime.now(UTC) - CATCH_UP_GRACE
         requests = []
-        for spec in specs:
+        # A source whose landing run is still going gets its silver in that run.
+        running = context.instance.get_runs(filters=dg.RunsFilter(statuses=list(IN_FLIGHT)))
+        busy = {
+            key.removeprefix(f"{BATCH_TAG}/")
+            for run in running
+            for key in run.tags
+            if key.startswith(f"{BATCH_TAG}/")
+        }
+        for spec in (spec for spec in specs if spec.name not in busy):
             keys = [silver_key(spec.name)] + (
                 [silver_key("encounters")] if spec.name == ENCOUNTERS_SOURCE else []
             )
@@ -379,7 +394,9 @@ def release_held(
     report = ReleaseReport(spec.name, facility, released=release(lake.ledger, spec.name, facility, by, day))
     released = {(item.batch_id, item.facility) for item in report.released}
     tags = {RELEASE_TAG: facility, SOURCE_TAG: spec.name, RUNNER_PID_TAG: str(os.getpid())}
-    for landing_day in sorted({item.landing_day for item in report.released}):
+    days = sorted({item.landing_day for item in report.released})
+    ensure_landing_days(instance, [day.isoformat() for day in days])
+    for landing_day in days:
         result = defs.resolve_job_def(refine_job_name(spec)).execute_in_process(
             instance=instance, partition_key=landing_day.isoformat(), tags=tags, raise_on_error=False
         )

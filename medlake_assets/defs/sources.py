@@ -1,16 +1,15 @@
-"""The pure builder: one source's metadata in, its Dagster assets, checks, job and sensor out."""
+"""The pure builder: one source's metadata in, its bronze asset, checks and job out."""
 
 import json
 from collections import Counter
-from collections.abc import Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import date
 
 import dagster as dg
 from pyiceberg.expressions import And, EqualTo
 
 from medlake_assets.defs.resources import LakeResource
-from medlake_assets.ingest.batch import MISSING_SECRET, BatchReport, load_batch, release_holds
-from medlake_assets.ingest.landing import day_prefix, days_to_list, register_landed
+from medlake_assets.ingest.batch import BatchReport, load_batch
+from medlake_assets.ingest.landing import day_prefix, register_landed
 from medlake_assets.lake import Lake
 from medlake_assets.spec import SourceSpec
 from medlake_assets.tables.bronze import bronze_table
@@ -40,14 +39,36 @@ def job_name(spec: SourceSpec) -> str:
     return f"ingest_{spec.name}"
 
 
-def landing_partitions(spec: SourceSpec) -> dg.DailyPartitionsDefinition:
-    # end_offset=1 makes today's landing day a partition while it is still filling.
-    return dg.DailyPartitionsDefinition(start_date=spec.ingest.start_date, end_offset=1, timezone="UTC")
+# The landing days that have data, added by the landing sensor as archives of a new day arrive (and by
+# `medlake reprocess`): the UI then shows the days the lake holds, filled, rather than a calendar since a
+# fixed start date with one day in a thousand filled. Keys are ISO days (2026-11-20) as before.
+LANDING_DAYS = dg.DynamicPartitionsDefinition(name="landing_days")
+
+
+def landing_partitions(spec: SourceSpec | None = None) -> dg.DynamicPartitionsDefinition:
+    """Every source's bronze and silver assets share the landing days (one run carries several sources)."""
+    return LANDING_DAYS
+
+
+def ensure_landing_days(instance: dg.DagsterInstance, days: list[str]) -> None:
+    """Add landing days the instance does not know yet (outside a sensor, e.g. `medlake reprocess`)."""
+    known = set(instance.get_dynamic_partitions(LANDING_DAYS.name or ""))
+    missing = sorted(set(days) - known)
+    if missing:
+        instance.add_dynamic_partitions(LANDING_DAYS.name or "", missing)
+
+
+def bronze_op_name(spec: SourceSpec) -> str:
+    return "__".join(bronze_key(spec).path)
+
+
+def batch_tag(source: str) -> str:
+    """The run tag naming the source's batch a run loads (a run may load one batch of several sources)."""
+    return f"{BATCH_TAG}/{source}"
 
 
 def batch_run_config(spec: SourceSpec, batch_id: str) -> dg.RunConfig:
-    op_name = "__".join(bronze_key(spec).path)
-    return dg.RunConfig(ops={op_name: BronzeLoadConfig(batch_id=batch_id)})
+    return dg.RunConfig(ops={bronze_op_name(spec): BronzeLoadConfig(batch_id=batch_id)})
 
 
 def _rows_of_batch(lake: Lake, spec: SourceSpec, report: BatchReport, day: date) -> int:
@@ -75,8 +96,9 @@ def _backfill_day(lake: Lake, spec: SourceSpec, day: date, run_id: str) -> list[
     return reports
 
 
-def build_source_defs(spec: SourceSpec, sensor_interval_seconds: int = 30) -> dg.Definitions:
-    """Bronze asset (daily landing-day partitions) with quality checks, its job and its landing sensor."""
+def build_source_defs(spec: SourceSpec) -> dg.Definitions:
+    """Bronze asset (daily landing-day partitions) with quality checks, and its per-source job (backfills,
+    reprocessing, retries of parked batches); new archives arrive through `defs/flow.py`."""
     key = bronze_key(spec)
     partitions = landing_partitions(spec)
     threshold = spec.ingest.max_quarantine_rate
@@ -206,63 +228,11 @@ def build_source_defs(spec: SourceSpec, sensor_interval_seconds: int = 30) -> dg
         selection=[key],
         partitions_def=partitions,
         executor_def=dg.in_process_executor,
-        description=f"Load landed {spec.name} archives into bronze, one ledger batch per run.",
+        description=f"Load one ledger batch of {spec.name} into bronze, or without one every archive of the "
+        "landing day: backfills, reprocessing, retries of parked batches.",
     )
 
-    @dg.sensor(
-        name=f"landing_{spec.name}",
-        job=job,
-        minimum_interval_seconds=sensor_interval_seconds,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        description=f"Registers new {spec.name} archives in the open landing days; one run per batch.",
-    )
-    def landing_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult:
-        opened = lake.lake()
-        cursor = json.loads(context.cursor) if context.cursor else {}
-        since = date.fromisoformat(cursor["since"]) if cursor.get("since") else None
-        today = datetime.now(UTC).date()
-        days = days_to_list(since, today, spec.ingest.open_days)
-        scan = register_landed(
-            opened.store,
-            opened.ledger,
-            list(opened.sources.values()),
-            [day_prefix(spec.name, d) for d in days],
-            today=today,
-        )
-        release_holds(opened, spec, today)  # secret set, or day come, since: they load in this tick's batches
-        opened.ledger.claim_batches(
-            spec.name, max_archives=spec.ingest.max_archives_per_run, max_bytes=spec.ingest.max_bytes_per_run
-        )
-        requests = batch_run_requests(context.instance, spec, opened.ledger.unfinished_batches(spec.name))
-        if scan.registered or scan.quarantined or requests:
-            context.log.info(
-                f"{spec.name}: {scan.registered} new archives, {scan.quarantined} quarantined at landing, "
-                f"{len(requests)} runs requested"
-            )
-        if held := opened.ledger.held(spec.name, MISSING_SECRET):
-            secrets = sorted({row.reason or "" for row in held})
-            context.log.warning(f"{spec.name}: {len(held)} archives held for a missing secret: {secrets}")
-        next_since = today - timedelta(days=spec.ingest.open_days)
-        return dg.SensorResult(run_requests=requests, cursor=json.dumps({"since": next_since.isoformat()}))
-
-    return dg.Definitions(assets=[bronze], jobs=[job], sensors=[landing_sensor])
-
-
-def batch_run_requests(
-    instance: dg.DagsterInstance, spec: SourceSpec, batches: Sequence
-) -> list[dg.RunRequest]:
-    """One run per unfinished batch unless one is in flight; a failed batch retries under a new run key."""
-    requests = []
-    for batch in batches:
-        runs = instance.get_runs(filters=dg.RunsFilter(tags={BATCH_TAG: batch.batch_id}))
-        if any(run.status in IN_FLIGHT for run in runs) or len(runs) >= MAX_ATTEMPTS:
-            continue
-        requests.append(
-            batch_run_request(
-                spec, batch, batch.batch_id if not runs else f"{batch.batch_id}#retry{len(runs)}"
-            )
-        )
-    return requests
+    return dg.Definitions(assets=[bronze], jobs=[job])
 
 
 def batch_run_request(spec: SourceSpec, batch, run_key: str | None = None) -> dg.RunRequest:
@@ -271,5 +241,5 @@ def batch_run_request(spec: SourceSpec, batch, run_key: str | None = None) -> dg
         run_key=run_key,
         partition_key=batch.landing_day.isoformat(),
         run_config=batch_run_config(spec, batch.batch_id),
-        tags={BATCH_TAG: batch.batch_id, SOURCE_TAG: spec.name},
+        tags={batch_tag(spec.name): batch.batch_id, SOURCE_TAG: spec.name},
     )

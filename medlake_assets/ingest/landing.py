@@ -82,8 +82,8 @@ def find_strays(store: ObjectStore, sources: Iterable[SourceSpec], today: date) 
     month folder, i.e. 1 + S x (1 + Y + 12 Y) listings for S sources with Y years of history (about 27 per
     source for two years), however many objects the days hold. Objects directly at those levels are
     strays; so are folders that are not a source, a year, a month or a day as `day_prefix` writes it, and
-    day folders the sensors never list: before the source's `ingest.start_date`, or after today (these
-    are listed whole; they are rare).
+    day folders after today (listed whole; they are rare). Days before the sensor's open window are not
+    strays: `medlake ingest --once` and backfills load them.
     """
     specs = {spec.name: spec for spec in sources}
     folders, strays = store.list_level(LANDING)
@@ -93,7 +93,6 @@ def find_strays(store: ObjectStore, sources: Iterable[SourceSpec], today: date) 
         if spec is None:
             prefixes.append(folder)
             continue
-        first = date.fromisoformat(spec.ingest.start_date)
         years, loose = store.list_level(folder)
         strays += loose
         for year in years:
@@ -110,7 +109,7 @@ def find_strays(store: ObjectStore, sources: Iterable[SourceSpec], today: date) 
                 strays += loose
                 for day_folder in days:
                     day = landing_day_of(_name(year), _name(month), _name(day_folder))
-                    if day is None or not first <= day <= today:
+                    if day is None or day > today:
                         prefixes.append(day_folder)
     return Strays(strays, prefixes)
 
@@ -142,9 +141,6 @@ def route(obj: ObjectInfo, sources: Iterable[SourceSpec]) -> Routed:
         return Routed(
             obj, spec.name, match["facility"], None, "landing.bad_day", "the key's yyyy/mm/dd is not a date"
         )
-    if day < date.fromisoformat(spec.ingest.start_date):
-        reason = f"the landing day is before the source's ingest.start_date {spec.ingest.start_date}"
-        return Routed(obj, spec.name, match["facility"], None, "landing.bad_day", reason)
     return Routed(obj, spec.name, match["facility"], day)
 
 

@@ -261,10 +261,9 @@ class IngestSpec(StrictModel):
     """How the sensor turns landed archives into runs."""
 
     max_archives_per_run: int = Field(default=500, ge=1)
-    max_bytes_per_run: int = Field(default=256 * 1024**2, ge=1)
+    max_bytes_per_run: int = Field(default=64 * 1024**2, ge=1)
     open_days: int = Field(default=2, ge=1, description="landing days before today the sensor still lists")
     max_quarantine_rate: float = Field(default=0.05, ge=0, le=1)
-    start_date: str = "2024-01-01"
 
 
 class FacilityQuality(StrictModel):

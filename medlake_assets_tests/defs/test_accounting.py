@@ -112,7 +112,6 @@ STRAYS = {
     "landing/lab_results/loose.csv.gz": "landing.no_source",  # beside the year folders
     "landing/lab_results/2026/11/x.csv.gz": "landing.no_source",  # beside the day folders
     "landing/lab_results/2026/11/5/F0003/x.csv.gz": "landing.no_source",  # day not written as 05
-    "landing/lab_results/2019/01/02/F0003/old.csv.gz": "landing.bad_day",  # before ingest.start_date
     "landing/unknown_feed/2026/11/20/F0003/x.zip": "landing.no_source",
 }
 
