@@ -18,6 +18,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from medlake_assets.config import load_settings
+from medlake_assets.errors import MedlakeError
 
 app = typer.Typer(
     help="medlake: EMR facility feeds into Apache Iceberg, driven by metadata.", no_args_is_help=True
@@ -1047,5 +1048,14 @@ def bench_soak(
         raise typer.Exit(1)
 
 
+def main() -> None:
+    """The `medlake` command: any MedlakeError a command did not handle itself ends as one line, exit 2."""
+    try:
+        app()
+    except MedlakeError as error:
+        console.print(f"error: {error}", style="red", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    app()
+    main()

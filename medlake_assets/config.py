@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from medlake_assets.errors import MedlakeError
+
 PACKAGE_ROOT = Path(__file__).resolve().parent
 DEFAULT_SOURCES_DIR = PACKAGE_ROOT.parent / "metadata" / "sources"
 DEFAULT_REPORTS_DIR = PACKAGE_ROOT.parent / "metadata" / "reports"
@@ -26,7 +28,7 @@ DEFAULT_SENSOR_INTERVAL_SECONDS = 30
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 
-class SettingsError(ValueError):
+class SettingsError(MedlakeError, ValueError):
     """The environment does not describe a usable deployment; the message names the variables."""
 
 

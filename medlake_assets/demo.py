@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medlake_assets.config import Settings
+from medlake_assets.errors import MedlakeError
 from medlake_assets.lake import Lake
 
 LOCATION = "medlake"
 REPOSITORY = "__repository__"
 
 
-class DemoError(RuntimeError):
+class DemoError(MedlakeError, RuntimeError):
     """The demo could not come up; the message says what and where to look."""
 
 

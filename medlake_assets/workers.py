@@ -32,6 +32,7 @@ from sqlalchemy.engine import make_url
 
 from medlake_assets.config import PRODUCTION, Settings, load_settings
 from medlake_assets.defs.sources import SOURCE_TAG
+from medlake_assets.errors import MedlakeError
 from medlake_assets.ingest.objectstore import ObjectStore
 from medlake_assets.lake import Lake
 
@@ -41,7 +42,7 @@ PRODUCTION_RATE_PER_HOUR = 3500
 IN_FLIGHT = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
 
 
-class WorkersError(RuntimeError):
+class WorkersError(MedlakeError, RuntimeError):
     """The worker setup cannot start or did not finish its work; the message says which and why."""
 
 

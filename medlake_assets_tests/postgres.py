@@ -13,13 +13,20 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 POSTGRES_ENV = "MEDLAKE_TEST_POSTGRES_URL"
-needs_postgres = pytest.mark.skipif(not os.environ.get(POSTGRES_ENV), reason=f"{POSTGRES_ENV} is not set")
+
+
+def postgres_url() -> str:
+    """The test server's URL; without one the test fails (never skips): `make test` starts the server."""
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        pytest.fail(f"{POSTGRES_ENV} is not set (make test starts the server: scripts/start_postgres.sh)")
+    return url
 
 
 @contextmanager
 def scratch_schema(prefix: str) -> Iterator[str]:
     """A URL whose connections work in a new schema (first on libpq's search path), dropped afterwards."""
-    base = make_url(os.environ[POSTGRES_ENV])
+    base = make_url(postgres_url())
     schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = create_engine(base)
     with admin.begin() as connection:

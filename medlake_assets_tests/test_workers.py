@@ -28,16 +28,15 @@ from medlake_assets.workers import (
 )
 from medlake_assets_tests.defs.test_ingest import GENERATION, assert_lake_matches_manifest
 from medlake_assets_tests.lake_helpers import lineage_keys, local_settings, open_lake, table_rows
-from medlake_assets_tests.postgres import POSTGRES_ENV, needs_postgres
+from medlake_assets_tests.postgres import postgres_url
 
 # Columns that name a delivery (when, in which batch) rather than data: they differ between a parallel and
 # a sequential run of the same archives.
 DELIVERY_COLUMNS = ("_ingested_at", "_batch")
 
 
-@needs_postgres
 def test_written_instance_loads_with_the_production_policy(tmp_path: Path, monkeypatch) -> None:
-    with scratch_database(os.environ[POSTGRES_ENV]) as url:
+    with scratch_database(postgres_url()) as url:
         monkeypatch.setenv(DAGSTER_PG_URL_ENV, url.replace("+psycopg2", ""))
         write_instance(tmp_path, 3)
         assert url.split("@")[-1] not in (tmp_path / "dagster.yaml").read_text()
@@ -106,7 +105,6 @@ def _silver(lake, identifier: str) -> pl.DataFrame:
 
 @pytest.mark.e2e
 @pytest.mark.s3
-@needs_postgres
 def test_two_workers_match_the_manifest_and_a_sequential_run(
     tmp_path: Path, archive_password: str, s3_endpoint: str, s3_bucket: str
 ) -> None:
@@ -114,7 +112,7 @@ def test_two_workers_match_the_manifest_and_a_sequential_run(
     slice_dir = tmp_path / "slice"
     # Today: the landing sensors list the open landing days.
     manifest = write_feeds(slice_dir, **{**GENERATION, "day": datetime.now(UTC).date()})
-    with scratch_database(os.environ[POSTGRES_ENV]) as catalog_url:
+    with scratch_database(postgres_url()) as catalog_url:
         env = {
             **os.environ,
             "MEDLAKE_HOME": str(tmp_path / "home"),

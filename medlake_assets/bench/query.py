@@ -38,6 +38,7 @@ from rich.text import Text
 from sqlglot import exp
 
 from medlake_assets.config import Settings, load_settings
+from medlake_assets.errors import MedlakeError
 from medlake_assets.generate.feeds import make_facilities
 from medlake_assets.generate.values import (
     BED_STATUS_WEIGHTS,
@@ -100,7 +101,7 @@ POSTGRES_INDEXES: tuple[str, ...] = (
 POSTGRES_SESSION: tuple[str, ...] = ("SET TimeZone = 'UTC'", "SET work_mem = '256MB'")
 
 
-class BenchQueryError(RuntimeError):
+class BenchQueryError(MedlakeError, RuntimeError):
     """The benchmark cannot run (no PostgreSQL, bad scale); the message says what to do."""
 
 

@@ -13,6 +13,7 @@ from datetime import date, timedelta
 import dagster as dg
 from pyiceberg.expressions import EqualTo
 
+from medlake_assets.defs.policies import table_pool
 from medlake_assets.defs.resources import LakeResource
 from medlake_assets.defs.runner import RUNNER_PID_TAG, quiet
 from medlake_assets.defs.silver import ENCOUNTERS_SOURCE, SilverLoadConfig, refine_job_name, silver_key
@@ -74,13 +75,11 @@ def report_metadata(report: MaintenanceReport) -> dict[str, int | float]:
 
 
 def _maintenance_asset(table_name: str, retention: RetentionSpec) -> dg.AssetsDefinition:
-    namespace, name = table_name.split(".", 1)
-
     @dg.asset(
         key=maintenance_key(table_name),
         group_name="maintenance",
         kinds={"iceberg"},
-        pool=f"iceberg_{namespace}_{name}",
+        pool=table_pool(table_name),
         description=f"Compaction of small files, snapshot expiry (time travel kept for "
         f"{retention.snapshot_days} days, at least {retention.min_snapshots} snapshots) and orphan-file "
         f"cleanup of {table_name}.",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from medlake_assets.defs.policies import table_pool
 from medlake_assets.defs.resources import LakeResource
 from medlake_assets.reports.run import CheckOutcome, PartitionWindow, run_report
 from medlake_assets.reports.spec import PartitionSpec, ReportSpec, check_name, load_reports
@@ -116,7 +117,7 @@ def build_report_defs(report: ReportSpec) -> dg.Definitions:
             "sql": dg.MetadataValue.md(f"```sql\n{report.sql}\n```"),
             "schedule": report.header.schedule,
         },
-        pool=f"iceberg_gold_{report.table}",
+        pool=table_pool(f"gold.{report.table}"),
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run() if partitions else None,
     )

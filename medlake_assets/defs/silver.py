@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 import dagster as dg
 import polars as pl
 
+from medlake_assets.defs.policies import table_pool
 from medlake_assets.defs.resources import LakeResource
 from medlake_assets.defs.sources import (
     BATCH_TAG,
@@ -143,7 +144,7 @@ def build_silver_defs(spec: SourceSpec) -> dg.Definitions:
         automation_condition=dg.AutomationCondition.eager(),
         description=f"{spec.description} Typed, cleaned, {spec.write.mode}.",
         owners=[spec.owner] if spec.owner else None,
-        pool=f"iceberg_silver_{spec.name}",
+        pool=table_pool(f"silver.{spec.name}"),
     )
     def silver(
         context: dg.AssetExecutionContext, config: SilverLoadConfig, lake: LakeResource
@@ -195,7 +196,7 @@ def build_encounters_asset(spec: SourceSpec) -> dg.AssetsDefinition:
         description="One row per visit (facility, visit_number): status, location, admit and discharge times,"
         " "
         "derived from every ADT event of the visit whatever their arrival order.",
-        pool="iceberg_silver_encounters",
+        pool=table_pool("silver.encounters"),
     )
     def encounters(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
         report = load_encounters(lake.lake(), spec, date.fromisoformat(context.partition_key))

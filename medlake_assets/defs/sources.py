@@ -7,6 +7,7 @@ from datetime import date
 import dagster as dg
 from pyiceberg.expressions import And, EqualTo
 
+from medlake_assets.defs.policies import table_pool
 from medlake_assets.defs.resources import LakeResource
 from medlake_assets.ingest.batch import BatchReport, load_batch
 from medlake_assets.ingest.landing import day_prefix, register_landed
@@ -141,7 +142,7 @@ def build_source_defs(spec: SourceSpec) -> dg.Definitions:
             "columns": spec.column_names(),
             "pii_columns": spec.pii_columns(),
         },
-        pool=f"iceberg_bronze_{spec.name}",
+        pool=table_pool(f"bronze.{spec.name}"),
     )
     def bronze(
         context: dg.AssetExecutionContext, config: BronzeLoadConfig, lake: LakeResource

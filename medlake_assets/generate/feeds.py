@@ -34,6 +34,7 @@ from xml.sax.saxutils import escape, quoteattr
 import pyzipper
 
 from medlake_assets.config import DEFAULT_SOURCES_DIR
+from medlake_assets.errors import MedlakeError
 from medlake_assets.generate import values
 from medlake_assets.generate.values import FacilityKind, LabTest
 from medlake_assets.generate.writers import (
@@ -194,7 +195,7 @@ SILVER_CSV_EDITS: dict[str, tuple[str, str]] = {
 BAD_HL7_TS = "2026BAD"  # MSH-7 of an ADT `silver_bad_timestamp` message: not an HL7 DTM
 
 
-class MissingPasswordError(LookupError):
+class MissingPasswordError(MedlakeError, LookupError):
     """No archive password is configured for a facility; the message names the variables, never a value."""
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from medlake_assets.errors import MedlakeError
+
 
 @dataclass(frozen=True)
 class Member:
@@ -16,7 +18,7 @@ class Member:
     data: bytes
 
 
-class Rejected(Exception):
+class Rejected(MedlakeError):
     """Bad input; `rule` is a stable dotted code (e.g. `archive.bad_password`), `reason` a clear sentence."""
 
     def __init__(self, rule: str, reason: str, *, member: str | None = None, line: int | None = None):

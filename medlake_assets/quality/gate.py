@@ -23,6 +23,7 @@ import pandera.polars as pa
 import polars as pl
 from pandera.config import ValidationDepth, config_context
 
+from medlake_assets.errors import MedlakeError
 from medlake_assets.quality.schemas import build_schema, rules
 from medlake_assets.spec.models import SourceSpec
 
@@ -35,7 +36,7 @@ COUNTS_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
-class GateSchemaError(RuntimeError):
+class GateSchemaError(MedlakeError, RuntimeError):
     """The batch does not fit the silver schema (names columns and checks, never values)."""
 
 

@@ -38,6 +38,7 @@ from typing import Final, Literal
 import pandera.polars as pa
 import polars as pl
 
+from medlake_assets.errors import MedlakeError
 from medlake_assets.spec.models import CheckSpec, SourceSpec
 from medlake_assets.transforms.casts import TIMESTAMP, polars_type
 
@@ -68,7 +69,7 @@ class Rule:
     order: int
 
 
-class SchemaBuildError(ValueError):
+class SchemaBuildError(MedlakeError, ValueError):
     """A check in the metadata cannot apply to its column (names the source, the check and the column)."""
 
 

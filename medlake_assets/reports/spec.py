@@ -33,6 +33,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from sqlglot import exp
 
+from medlake_assets.errors import MedlakeError
 from medlake_assets.tables.merge import parse_partition
 
 IDENTIFIER = r"^[a-z][a-z0-9_]*$"
@@ -45,7 +46,7 @@ CRON: dict[str, str] = {
 }
 
 
-class ReportSpecError(ValueError):
+class ReportSpecError(MedlakeError, ValueError):
     """A report file is invalid; the message names the file and the field."""
 
 

@@ -14,12 +14,13 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 
+from medlake_assets.errors import MedlakeError
 from medlake_assets.lake import Lake
 
 AsOf = int | str | datetime
 
 
-class AsOfError(ValueError):
+class AsOfError(MedlakeError, ValueError):
     """An `as_of` that is neither a snapshot id nor an ISO timestamp, or names no known snapshot."""
 
 

@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from duckdb import sqltypes
 
+from medlake_assets.errors import MedlakeError
 from medlake_assets.silver.encounters import ENCOUNTER_COLUMNS
 from medlake_assets.spec import SourceSpec
 from medlake_assets.spec.models import DeidTreatment
@@ -80,7 +81,7 @@ SHIFTED_COMPANIONS: dict[str, Treatment] = {"_precision": "keep", "_offset": "dr
 _CACHE_SIZE = 200_000
 
 
-class DeidKeyError(RuntimeError):
+class DeidKeyError(MedlakeError, RuntimeError):
     """`MEDLAKE_DEID_KEY` is missing or too short (the message never shows the key)."""
 
 

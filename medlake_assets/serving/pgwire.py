@@ -34,6 +34,7 @@ from buenavista import postgres as buenavista_postgres
 from buenavista.backends.duckdb import DuckDBConnection, DuckDBQueryResult, DuckDBSession
 from buenavista.postgres import BuenaVistaHandler, BuenaVistaServer, BVBuffer, BVContext, ServerResponse
 
+from medlake_assets.errors import MedlakeError
 from medlake_assets.lake import Lake
 from medlake_assets.serving.sql import connect
 
@@ -50,11 +51,11 @@ ALLOWED_STATEMENTS = frozenset(
 _SET_NAME = re.compile(r"^\s*(?:SET|RESET)\s+(?:SESSION\s+|LOCAL\s+)?\"?(\w+)", re.IGNORECASE)
 
 
-class ReadOnlyError(Exception):
+class ReadOnlyError(MedlakeError):
     """A statement that would change something, refused by the read-only endpoint."""
 
 
-class AuthenticationError(Exception):
+class AuthenticationError(MedlakeError):
     """Wrong user or password."""
 
 

@@ -14,10 +14,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.expressions import BooleanExpression, In
 
+from medlake_assets.errors import MedlakeError
 from medlake_assets.spec.access import FACILITY_COLUMNS, Access, facility_column
 
 
-class TenancyError(ValueError):
+class TenancyError(MedlakeError, ValueError):
     """A read for a customer that cannot be scoped: an unknown customer, or a relation without a facility
     column. The message names the customer id and the relation, never a row value."""
 

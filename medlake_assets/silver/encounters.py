@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import polars as pl
 
+from medlake_assets.errors import MedlakeError
+
 KEY: tuple[str, ...] = ("facility", "visit_number")
 STATUS_BY_TRIGGER: dict[str, str] = {
     "A01": "admitted",
@@ -91,7 +93,7 @@ ENCOUNTER_COLUMNS: tuple[str, ...] = (
 )
 
 
-class EncounterInputError(ValueError):
+class EncounterInputError(MedlakeError, ValueError):
     """The events frame lacks columns the fold needs (names only, never values)."""
 
 

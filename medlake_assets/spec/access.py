@@ -26,6 +26,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from medlake_assets.errors import MedlakeError
+
 Role = Literal["operator", "customer", "deid"]
 ROLES: tuple[Role, ...] = ("operator", "customer", "deid")
 # Facility columns, in the order they are looked for: lineage, then the business column.
@@ -37,7 +39,7 @@ _READABLE: dict[Role, frozenset[str] | None] = {
 }
 
 
-class AccessError(ValueError):
+class AccessError(MedlakeError, ValueError):
     """The access metadata is invalid; the message names the file and the field, never a secret."""
 
 

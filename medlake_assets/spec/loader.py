@@ -9,12 +9,13 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from medlake_assets.errors import MedlakeError
 from medlake_assets.spec.models import Hl7Format, SourceSpec, XmlFormat
 
 DEFAULTS_FILE = "_defaults.yaml"
 
 
-class SpecError(ValueError):
+class SpecError(MedlakeError, ValueError):
     """A source metadata file is invalid; the message names the file and the field."""
 
 

@@ -44,6 +44,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
+from medlake_assets.errors import MedlakeError
+
 PENDING = "pending"
 LOADED = "loaded"
 QUARANTINED = "quarantined"
@@ -236,7 +238,7 @@ class FileResult:
     quarantine_key: str | None = None
 
 
-class LedgerConflict(RuntimeError):
+class LedgerConflict(MedlakeError, RuntimeError):
     """Another writer took files this claim had selected; nothing was claimed, the next claim retries."""
 
 

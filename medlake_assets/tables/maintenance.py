@@ -37,6 +37,7 @@ from pyiceberg.table import FileScanTask, Table
 from pyiceberg.table.snapshots import ancestors_of
 from pyiceberg.typedef import Record
 
+from medlake_assets.errors import MedlakeError
 from medlake_assets.ingest.objectstore import ObjectStore, S3ObjectStore, open_store
 from medlake_assets.spec import SourceSpec
 from medlake_assets.spec.models import RetentionSpec
@@ -50,7 +51,7 @@ DEFAULT_ORPHAN_AGE = timedelta(days=3)
 SOURCE_NAMESPACES = ("bronze", "silver", "quarantine")
 
 
-class RestoreError(ValueError):
+class RestoreError(MedlakeError, ValueError):
     """A restore target that names no snapshot of the table (unknown, expired, or before the table)."""
 
 

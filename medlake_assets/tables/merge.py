@@ -52,6 +52,7 @@ from pyiceberg.transforms import (
 )
 from pyiceberg.types import BooleanType, IcebergType, TimestamptzType
 
+from medlake_assets.errors import MedlakeError
 from medlake_assets.tables.commits import CONFLICTS, REDO_ATTEMPTS, wait_before_redo
 
 LINEAGE_COLUMNS = ("_archive", "_member", "_record", "_facility", "_landing_day", "_ingested_at", "_batch")
@@ -75,7 +76,7 @@ _PARTITION = re.compile(r"^\s*(?:(?P<fn>\w+)\(\s*(?:(?P<n>\d+)\s*,\s*)?(?P<arg>\
 _TRUNCATE = {"hour": "1h", "day": "1d", "month": "1mo", "year": "1y"}
 
 
-class MergeConflictError(RuntimeError):
+class MergeConflictError(MedlakeError, RuntimeError):
     """Concurrent commits kept conflicting with a merge after every retry."""
 
 

@@ -6,7 +6,6 @@ in a database of its own that it drops afterwards.
 
 from __future__ import annotations
 
-import os
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -38,7 +37,7 @@ from medlake_assets.bench.query import (
 from medlake_assets.lake import Lake
 from medlake_assets.serving.sql import connect
 from medlake_assets.silver.encounters import derive_encounters
-from medlake_assets_tests.postgres import POSTGRES_ENV
+from medlake_assets_tests.postgres import postgres_url
 
 SMALL = Scale(lab_results=5_000, facilities=6, days=10)
 
@@ -113,16 +112,15 @@ def test_no_postgres_fails_with_a_clear_message(tmp_path: Path) -> None:
 @pytest.fixture
 def bench_database() -> str:
     """A database of its own on the test server, dropped afterwards."""
-    assert os.environ.get(POSTGRES_ENV), f"{POSTGRES_ENV} is not set (make test starts the server)"
     name = f"medlake_bench_query_test_{uuid.uuid4().hex[:10]}"
     yield name
-    server = postgres_conninfo(os.environ[POSTGRES_ENV], "postgres")
+    server = postgres_conninfo(postgres_url(), "postgres")
     with psycopg.connect(server, autocommit=True) as connection:
         connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_both_engines_return_the_same_rows_for_every_query(tmp_path: Path, bench_database: str) -> None:
-    url = os.environ[POSTGRES_ENV]
+    url = postgres_url()
     report = run_query_bench(SMALL, url, tmp_path, database=bench_database, repeats=1)
 
     expected = {"silver.lab_results": SMALL.lab_results, "silver.encounters": SMALL.encounters}
@@ -146,7 +144,7 @@ def test_both_engines_return_the_same_rows_for_every_query(tmp_path: Path, bench
 
 @pytest.mark.e2e
 def test_a_rerun_reuses_both_copies_and_reports_a_difference(tmp_path: Path, bench_database: str) -> None:
-    url = os.environ[POSTGRES_ENV]
+    url = postgres_url()
     first = run_query_bench(SMALL, url, tmp_path, database=bench_database, repeats=1)
     assert first.mismatches == []
     # One final result flagged abnormal on PostgreSQL only: the abnormal-rate queries must disagree.

@@ -1,17 +1,27 @@
-"""The asset graph generated from metadata: loadable, and a snapshot so a YAML change shows as a diff."""
+"""The asset graph generated from metadata: loadable, and a snapshot so a YAML change shows as a diff.
+
+The snapshot (syrupy, `__snapshots__/test_definitions/`) holds every asset's group, kinds, partitions,
+checks, pool, upstream assets and automation condition, each job's asset selection, sensors and schedules.
+After a deliberate change: `pytest medlake_assets_tests/defs/test_definitions.py --snapshot-update`, then
+review the diff."""
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-
 import dagster as dg
+from syrupy.extensions.json import JSONSnapshotExtension
 
 from medlake_assets.definitions import build_definitions
 from medlake_assets_tests.lake_helpers import local_settings
 
-SNAPSHOT = Path(__file__).parent / "snapshots" / "definitions.json"
+
+def condition_text(condition: dg.AutomationCondition | None) -> str | None:
+    """An automation condition as its label, or its operator over its operands' texts."""
+    if condition is None:
+        return None
+    if label := condition.get_label():
+        return label
+    operands = [condition_text(child) for child in condition.children]
+    return f"{condition.name}({', '.join(text or '' for text in operands)})" if operands else condition.name
 
 
 def describe(defs: dg.Definitions) -> dict:
@@ -40,25 +50,25 @@ def describe(defs: dg.Definitions) -> dict:
                 for check in graph.get_check_keys_for_assets({key})
             ),
             "pool": node.pools and sorted(node.pools),
+            "deps": sorted(parent.to_user_string() for parent in node.parent_keys),
+            "automation_condition": condition_text(node.automation_condition),
         }
     return {
         "assets": assets,
-        "jobs": sorted(job.name for job in repository.get_all_jobs() if not job.name.startswith("__")),
+        "jobs": {
+            job.name: sorted(key.to_user_string() for key in job.asset_layer.selected_asset_keys)
+            for job in sorted(repository.get_all_jobs(), key=lambda job: job.name)
+            if not job.name.startswith("__")
+        },
         "sensors": {s.name: s.job_name if s.has_jobs else None for s in repository.sensor_defs},
         "schedules": {s.name: s.cron_schedule for s in repository.schedule_defs},
     }
 
 
-def test_definitions_load_and_match_snapshot(tmp_path):
+def test_definitions_load_and_match_snapshot(tmp_path, snapshot):
     defs = build_definitions(local_settings(tmp_path))
     dg.Definitions.validate_loadable(defs)
-    current = describe(defs)
-    if os.environ.get("MEDLAKE_UPDATE_SNAPSHOTS"):
-        SNAPSHOT.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
-    expected = json.loads(SNAPSHOT.read_text())
-    assert (
-        current == expected
-    ), "the generated graph changed; re-run with MEDLAKE_UPDATE_SNAPSHOTS=1 and review"
+    assert describe(defs) == snapshot.use_extension(JSONSnapshotExtension)
 
 
 def test_building_definitions_touches_no_storage(tmp_path):

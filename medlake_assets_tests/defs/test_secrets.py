@@ -3,7 +3,6 @@ SQL-visible catalog: Dagster gets `EnvVar("MEDLAKE_CATALOG_URL")`, DuckDB a reda
 
 from __future__ import annotations
 
-import os
 import secrets
 import uuid
 
@@ -18,7 +17,7 @@ from medlake_assets.defs.resources import CATALOG_URL_ENV, LakeResource
 from medlake_assets.lake import Lake
 from medlake_assets.serving.sql import connect
 from medlake_assets_tests.faults.servers import create_database
-from medlake_assets_tests.postgres import POSTGRES_ENV
+from medlake_assets_tests.postgres import postgres_url
 
 
 @pytest.fixture
@@ -66,12 +65,11 @@ def test_urls_without_a_password_stay_plain_config(tmp_path):
     assert LakeResource.from_settings(settings).catalog_url == settings.catalog_url
 
 
-@pytest.mark.skipif(not os.environ.get(POSTGRES_ENV), reason=f"{POSTGRES_ENV} is not set")
 def test_duckdb_attaches_the_ledger_without_showing_the_password(tmp_path, monkeypatch, catalog_password):
     """serve-sql users can query duckdb_databases(): an ATTACH DSN would show them the password."""
     name = f"medlake_secret_{uuid.uuid4().hex[:12]}"
     # The test server trusts loopback, so any password works; what matters is where it shows up.
-    url = make_url(create_database(os.environ[POSTGRES_ENV], name)).set(password=catalog_password)
+    url = make_url(create_database(postgres_url(), name)).set(password=catalog_password)
     url_text = url.render_as_string(hide_password=False)
     try:
         monkeypatch.delenv("MEDLAKE_DEID_KEY", raising=False)

@@ -27,7 +27,7 @@ from sqlalchemy.engine import URL, make_url
 from medlake_assets.config import load_settings
 from medlake_assets.definitions import build_definitions
 from medlake_assets.workers import scratch_database
-from medlake_assets_tests.postgres import POSTGRES_ENV, needs_postgres
+from medlake_assets_tests.postgres import postgres_url
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO_ROOT / "deploy" / "dagster.production.yaml"
@@ -44,13 +44,11 @@ PLACEHOLDER_KUBECONFIG = {
     "current-context": "placeholder",
 }
 
-pytestmark = needs_postgres
-
 
 @pytest.fixture
 def dagster_database() -> Iterator[URL]:
     """A fresh database for Dagster's storage, dropped afterwards (other tests share the server)."""
-    with scratch_database(os.environ[POSTGRES_ENV], "medlake_dagster") as url:
+    with scratch_database(postgres_url(), "medlake_dagster") as url:
         yield make_url(url)
 
 

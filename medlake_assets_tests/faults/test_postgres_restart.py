@@ -14,12 +14,12 @@ from medlake_assets_tests.faults.servers import PrivatePostgres, postgres_bin
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(postgres_bin() is None, reason="PostgreSQL server binaries not installed")
 def test_postgres_restarted_mid_run_then_rerun_equals_clean_run(make_lake, fault_feeds, clean_run):
     """Killed: the PostgreSQL server holding the Iceberg catalog and the ledger, restarted with
     `pg_ctl restart -m fast` (every session terminated) in the middle of a run, on a cluster of the test's
     own. The run in flight fails or its next statement reconnects; the next `ingest --once` makes the lake
     equal a clean run."""
+    assert postgres_bin() is not None, "the PostgreSQL server binaries (initdb, pg_ctl) are not installed"
     server = PrivatePostgres()
     try:
         faulted = make_lake("pg-restart", catalog_server=server.url)

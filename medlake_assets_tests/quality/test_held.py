@@ -3,7 +3,6 @@ someone, published (reopening downstream consumers), superseded by a backfill.""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -23,7 +22,7 @@ from medlake_assets.quality.held import (
     to_evaluate,
 )
 from medlake_assets.tables.ledger import Ledger
-from medlake_assets_tests.postgres import POSTGRES_ENV, scratch_schema
+from medlake_assets_tests.postgres import scratch_schema
 
 SOURCE, CONSUMER = "adt_events", "silver.adt_events"
 DAY, OTHER_DAY = date(2026, 11, 20), date(2026, 11, 21)
@@ -36,7 +35,6 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
         yield opened
         opened.close()
         return
-    assert os.environ.get(POSTGRES_ENV), f"{POSTGRES_ENV} is not set (make test starts the server)"
     with scratch_schema("medlake_held") as url:
         opened = Ledger(url)
         yield opened

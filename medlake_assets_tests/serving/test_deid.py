@@ -86,7 +86,6 @@ def build_lake(home: Path) -> tuple[Lake, list[dict]]:
     """Seeded silver tables for 12 patients: visits with known stays, labs, documents, beds."""
     rng = random.Random(5)
     lake = Lake(local_settings(home))
-    assert lake.ledger is not None
     specs = lake.sources
     patients = _patients(rng, 12)
     events = []

@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from medlake_assets.serving.catalog_info import AsOfError
-from medlake_assets.serving.sql import connect, relations, render, shell
+from medlake_assets.serving.sql import SHELL_HELP, connect, relations, render, shell
 from medlake_assets_tests.serving.serving_lake import build_serving_lake, sorted_rows
 
 COLUMNS = "facility, patient_id, test_code, value, resulted_on, _record"
@@ -122,10 +122,16 @@ def test_shell_runs_multiline_statements_dot_commands_and_survives_errors(servin
 
 
 def test_shell_ends_at_end_of_input_and_drops_an_unfinished_statement(serving, monkeypatch):
-    monkeypatch.setattr("sys.stdin", io.StringIO("SELECT 1 AS one\n"))
-    console = Console(file=io.StringIO(), width=80)
-    shell(connect(serving.lake), console)
-    assert "one" not in console.file.getvalue()
+    def session(typed: str) -> str:
+        monkeypatch.setattr("sys.stdin", io.StringIO(typed))
+        console = Console(file=io.StringIO(), width=200)  # wide enough that the help is not wrapped
+        shell(connect(serving.lake), console)
+        return console.file.getvalue()
+
+    # Unfinished at end of input: the shell printed its help and nothing else, then returned.
+    assert session("SELECT 1 AS one\n") == f"{SHELL_HELP}\n"
+    # The same statement finished with ';' runs (so the one above was dropped, not lost to a broken shell).
+    assert "one" in session("SELECT 1 AS one;\n").removeprefix(f"{SHELL_HELP}\n")
 
 
 def test_reading_the_sqlite_ledger_never_loses_a_later_ledger_write(tmp_path):

@@ -34,14 +34,12 @@ from medlake_assets.tables.bronze import (
 from medlake_assets.tables.catalog import open_catalog
 from medlake_assets.tables.merge import merge_into
 from medlake_assets.tables.silver import ensure_table
-from medlake_assets_tests.postgres import needs_postgres, scratch_schema
+from medlake_assets_tests.postgres import scratch_schema
 
 DAY = date(2026, 11, 20)
 WRITERS = 4
 BATCHES_PER_WRITER = 3
 ROWS_PER_BATCH = 50
-
-pytestmark = needs_postgres
 
 
 @pytest.fixture

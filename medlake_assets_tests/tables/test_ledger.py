@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -21,7 +20,7 @@ from medlake_assets.tables.ledger import (
     Ledger,
     NewObject,
 )
-from medlake_assets_tests.postgres import POSTGRES_ENV, scratch_schema
+from medlake_assets_tests.postgres import scratch_schema
 
 STORE = "file:///lake"
 SOURCE = "lab_results"
@@ -29,14 +28,7 @@ DAY = date(2024, 3, 1)
 NEXT_DAY = date(2024, 3, 2)
 
 
-def _backends() -> list:
-    backends = [pytest.param("sqlite", id="sqlite")]
-    if os.environ.get(POSTGRES_ENV):
-        backends.append(pytest.param("postgresql", id="postgresql"))
-    return backends
-
-
-@pytest.fixture(params=_backends())
+@pytest.fixture(params=["sqlite", "postgresql"])
 def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A database URL without a ledger: a SQLite file, or a fresh PostgreSQL schema dropped afterwards."""
     if request.param == "sqlite":

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+from medlake_assets.errors import MedlakeError
 from medlake_assets.ingest.text import apply_control_policy, has_control_characters
 from medlake_assets.ingest.types import MemberRejected, ParsedMember, RecordReject
 from medlake_assets.spec.models import ColumnSpec, Hl7Format
@@ -62,7 +63,7 @@ _PATH = re.compile(
 )
 
 
-class Hl7PathError(ValueError):
+class Hl7PathError(MedlakeError, ValueError):
     """A column `source` is not an HL7 path; a metadata error, raised before any data is read."""
 
 
