@@ -11,7 +11,6 @@ from sqlalchemy import select, update
 
 from medlake_assets.config import Settings, load_settings
 from medlake_assets.defs.resources import LakeResource
-from medlake_assets.defs.silver import ENCOUNTERS_SOURCE
 from medlake_assets.ingest.batch import load_batch
 from medlake_assets.ingest.landing import day_prefix, landed_days, register_landed
 from medlake_assets.lake import Lake
@@ -74,7 +73,7 @@ def load_landed(lake: Lake) -> int:
             lake.ledger.assign_batch(pending, batch_id)
             load_batch(lake, spec, batch_id, lake.ledger.batch_files(batch_id))
             load_silver(lake, spec, day)
-            if spec.name == ENCOUNTERS_SOURCE:
+            if "encounters" in spec.derived:
                 load_encounters(lake, spec, day)
             batches += 1
     return batches

@@ -22,7 +22,7 @@ from datetime import UTC, date, datetime, timedelta
 import dagster as dg
 
 from medlake_assets.defs.resources import LakeResource
-from medlake_assets.defs.silver import ENCOUNTERS_SOURCE, silver_key
+from medlake_assets.defs.silver import derived_keys, silver_key
 from medlake_assets.defs.sources import (
     BATCH_TAG,
     IN_FLIGHT,
@@ -44,9 +44,8 @@ LANDING_SENSOR = "landing"
 
 
 def flow_keys(spec: SourceSpec) -> list[dg.AssetKey]:
-    """What a source's batch updates in an `ingest_landed` run: bronze, silver (and encounters for ADT)."""
-    keys = [bronze_key(spec), silver_key(spec.name)]
-    return keys + ([silver_key("encounters")] if spec.name == ENCOUNTERS_SOURCE else [])
+    """What a source's batch updates in an `ingest_landed` run: bronze, silver, the tables derived from it."""
+    return [bronze_key(spec), silver_key(spec.name), *derived_keys(spec)]
 
 
 def sources_in_run(tags: dict[str, str]) -> set[str]:

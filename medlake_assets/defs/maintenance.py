@@ -16,7 +16,7 @@ from pyiceberg.expressions import EqualTo
 from medlake_assets.defs.policies import table_pool
 from medlake_assets.defs.resources import LakeResource
 from medlake_assets.defs.runner import RUNNER_PID_TAG, quiet
-from medlake_assets.defs.silver import ENCOUNTERS_SOURCE, SilverLoadConfig, refine_job_name, silver_key
+from medlake_assets.defs.silver import SilverLoadConfig, refine_job_name, silver_key
 from medlake_assets.defs.sources import SOURCE_TAG, batch_run_config, ensure_landing_days, job_name
 from medlake_assets.lake import Lake
 from medlake_assets.reports.spec import ReportSpec
@@ -47,8 +47,7 @@ class MaintenanceConfig(dg.Config):
 def maintained_tables(sources: dict[str, SourceSpec], reports: list[ReportSpec]) -> list[str]:
     """Every Iceberg table the metadata makes: bronze, silver and quarantine per source, encounters, gold."""
     names = [f"{namespace}.{name}" for name in sources for namespace in ("bronze", "silver", "quarantine")]
-    if ENCOUNTERS_SOURCE in sources:
-        names.append("silver.encounters")
+    names += [f"silver.{name}" for spec in sources.values() for name in spec.derived]
     names.extend(f"gold.{report.table}" for report in reports)
     return sorted(set(names))
 

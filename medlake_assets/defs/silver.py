@@ -28,8 +28,6 @@ from medlake_assets.silver.load import SilverReport, consumer, load_silver
 from medlake_assets.spec import SourceSpec
 from medlake_assets.tables.ledger import Ledger
 
-ENCOUNTERS_SOURCE = "adt_events"
-
 
 class SilverLoadConfig(dg.Config):
     full: bool = False
@@ -38,6 +36,11 @@ class SilverLoadConfig(dg.Config):
 
 def silver_key(name: str) -> dg.AssetKey:
     return dg.AssetKey(["silver", name])
+
+
+def derived_keys(spec: SourceSpec) -> list[dg.AssetKey]:
+    """The silver tables the metadata derives from this source's silver table (e.g. encounters)."""
+    return [silver_key(name) for name in spec.derived]
 
 
 def refine_job_name(spec: SourceSpec) -> str:
@@ -50,7 +53,7 @@ def pending_silver(
     """Per landing day, the work a refine run of that day does: the bronze batches of `spec` that its silver
     table (or, for ADT, encounters) has not taken in yet, and the held slices to take up again (released,
     or held under other metadata), as `<batch>/<facility>@<metadata version>`."""
-    consumers = [consumer(spec.name)] + ([ENCOUNTERS] if spec.name == ENCOUNTERS_SOURCE else [])
+    consumers = [consumer(spec.name)] + ([ENCOUNTERS] if "encounters" in spec.derived else [])
     pending: dict[date, set[str]] = {}
     for name in consumers:
         for day, batches in ledger.pending_batches(name, spec.name, loaded_before).items():
@@ -171,7 +174,7 @@ def build_silver_defs(spec: SourceSpec) -> dg.Definitions:
         )
 
     assets = [silver]
-    if spec.name == ENCOUNTERS_SOURCE:
+    if "encounters" in spec.derived:
         assets.append(build_encounters_asset(spec))
     job = dg.define_asset_job(
         name=refine_job_name(spec),
@@ -247,9 +250,7 @@ def silver_catch_up_sensor(specs: Iterable[SourceSpec], interval_seconds: int = 
             if key.startswith(f"{BATCH_TAG}/")
         }
         for spec in (spec for spec in specs if spec.name not in busy):
-            keys = [silver_key(spec.name)] + (
-                [silver_key("encounters")] if spec.name == ENCOUNTERS_SOURCE else []
-            )
+            keys = [silver_key(spec.name), *derived_keys(spec)]
             for day, batches in sorted(pending_silver(ledger, spec, loaded_before).items()):
                 digest = hashlib.sha256("\n".join(sorted(batches)).encode()).hexdigest()[:16]
                 requests.append(

@@ -36,6 +36,7 @@ class ArchiveContext:
 class ArchiveResult:
     context: ArchiveContext
     members: int = 0
+    """Files in the archive: the members read and the ones not matching `member_pattern`."""
     table: pa.Table | None = None
     """The loaded records: the declared columns (large_string), then `_member` and `_record`."""
     rejects: list[RecordReject] = field(default_factory=list)
@@ -80,7 +81,8 @@ def process_archive(
         result.rule, result.reason = rejected.rule, rejected.reason
         return result
     members = unpacked.members
-    result.members = len(members)
+    # Every file the archive holds, read or not: the unread ones are named in quarantine below.
+    result.members = len(members) + len(unpacked.unmatched)
     names = spec.column_names()
     columns: dict[str, list[pa.Array]] = {name: [] for name in names}
     member_names: list[pa.Array] = []

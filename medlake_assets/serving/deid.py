@@ -57,8 +57,6 @@ PATIENT_COLUMN = "patient_id"
 MAX_SHIFT_DAYS = 180
 TOKEN_FUNCTION = "medlake_deid_token"
 SHIFT_FUNCTION = "medlake_deid_shift_days"
-# silver.encounters is folded from this source's events (defs.silver.ENCOUNTERS_SOURCE).
-ENCOUNTERS_SOURCE = "adt_events"
 ENCOUNTERS = "encounters"
 # Encounter columns that are not an ADT column: the visit's facility (the landing facility), its
 # status, its latest event time and a count of its messages.
@@ -143,8 +141,8 @@ def source_treatments(spec: SourceSpec) -> dict[str, Treatment]:
 def table_treatments(sources: Mapping[str, SourceSpec]) -> dict[str, dict[str, Treatment]]:
     """Treatments per silver table name: one per source, plus `encounters` derived from its source."""
     tables = {name: source_treatments(spec) for name, spec in sources.items()}
-    if ENCOUNTERS_SOURCE in tables:
-        events = tables[ENCOUNTERS_SOURCE]
+    for spec in (spec for spec in sources.values() if ENCOUNTERS in spec.derived):
+        events = tables[spec.name]
         derived = {name: ENCOUNTERS_OWN.get(name) or events.get(name, "drop") for name in ENCOUNTER_COLUMNS}
         tables[ENCOUNTERS] = {**SYSTEM_COLUMNS, **derived}
     return tables

@@ -33,6 +33,9 @@ def load_encounters(lake: Lake, spec: SourceSpec, day: date) -> dict:
     )
     if not todo:
         return {"batches": 0, "visits": 0}
+    if not lake.catalog.table_exists(upstream):  # silver published no event yet (all quarantined or held)
+        lake.ledger.mark_processed(ENCOUNTERS, spec.name, day, todo)
+        return {"batches": len(todo), "visits": 0}
     events_table = lake.catalog.load_table(upstream)
     new = pl.from_arrow(
         events_table.scan(

@@ -105,4 +105,7 @@ def load_sources(directory: Path) -> dict[str, SourceSpec]:
         specs[spec.name] = spec
     if not specs:
         raise SpecError(f"{directory}: no source metadata files (*.yaml)")
+    for table in {name for spec in specs.values() for name in spec.derived}:
+        if len(owners := sorted(spec.name for spec in specs.values() if table in spec.derived)) > 1:
+            raise SpecError(f"{directory}: derived: silver.{table} is derived by several sources {owners}")
     return specs

@@ -330,6 +330,11 @@ class SourceSpec(StrictModel):
     ingest: IngestSpec = Field(default_factory=IngestSpec)
     quality: QualitySpec = Field(default_factory=QualitySpec)
     retention: RetentionSpec = Field(default_factory=RetentionSpec)
+    derived: list[Literal["encounters"]] = Field(
+        default_factory=list,
+        description="silver tables folded from this source's silver table: `encounters` (one row per visit, "
+        "from HL7 ADT events); at most one source may derive each",
+    )
 
     @model_validator(mode="after")
     def _columns_known(self) -> SourceSpec:

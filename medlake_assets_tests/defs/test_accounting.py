@@ -245,7 +245,7 @@ def landing_tree(draw) -> tuple[dict[str, bytes], set[tuple[str, str]]]:
 
 @pytest.mark.e2e
 @settings(
-    max_examples=int(os.environ.get("MEDLAKE_FUZZ_E2E_EXAMPLES", "8")),
+    max_examples=int(os.environ.get("MEDLAKE_FUZZ_E2E_EXAMPLES", "3")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

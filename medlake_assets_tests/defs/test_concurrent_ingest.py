@@ -19,6 +19,7 @@ import pyarrow as pa
 from medlake_assets.config import load_settings
 from medlake_assets.definitions import build_definitions
 from medlake_assets.defs.runner import ingest_once
+from medlake_assets.defs.sources import BATCH_TAG
 from medlake_assets.generate import write_feeds
 from medlake_assets.ingest.batch import load_batch
 from medlake_assets.lake import Lake
@@ -43,11 +44,14 @@ def run_two_ingests(env: dict[str, str], home) -> list[str]:
     return [log.read_text() for log in logs]
 
 
+def batches_of(run: dg.DagsterRun) -> tuple[tuple[str, str], ...]:
+    """The ledger batches a run was given: its `medlake/batch/<source>` tags."""
+    return tuple(sorted((key, value) for key, value in run.tags.items() if key.startswith(f"{BATCH_TAG}/")))
+
+
 def assert_each_run_once(instance: dg.DagsterInstance) -> None:
     runs = instance.get_runs()
-    per_work = Counter(
-        (run.job_name, run.tags.get("medlake/batch"), run.tags.get("dagster/partition")) for run in runs
-    )
+    per_work = Counter((run.job_name, batches_of(run), run.tags.get("dagster/partition")) for run in runs)
     assert runs and {work: count for work, count in per_work.items() if count > 1} == {}
     assert {run.status for run in runs} == {dg.DagsterRunStatus.SUCCESS}
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from medlake_assets.config import DEFAULT_SOURCES_DIR
 from medlake_assets.spec import SpecError, load_sources
 from medlake_assets.spec.models import facility_env_suffix
 
@@ -180,3 +181,15 @@ def test_password_reference_resolves_per_facility(sources):
     assert ref.resolve("f-0003", environ) == "own"
     assert ref.resolve("F0001", environ) == "shared"
     assert ref.resolve("F0001", {}) is None
+
+
+def test_a_derived_table_has_one_source(tmp_path):
+    for path in DEFAULT_SOURCES_DIR.glob("*.yaml"):
+        (tmp_path / path.name).write_text(path.read_text())
+    assert [name for name, spec in load_sources(tmp_path).items() if spec.derived] == ["adt_events"]
+    second = (tmp_path / "adt_events.yaml").read_text().replace("name: adt_events", "name: adt_copy", 1)
+    (tmp_path / "adt_copy.yaml").write_text(second.replace("landing/adt_events/", "landing/adt_copy/"))
+    with pytest.raises(
+        SpecError, match=r"silver.encounters is derived by several sources \['adt_copy', 'adt_events'\]"
+    ):
+        load_sources(tmp_path)
