@@ -50,7 +50,7 @@ test: install
 
 test-e2e: install
 	@scripts/ensure_test_clients.sh
-	@$(TEST_SERVICES) && $(BIN)/python -m pytest -m "e2e and not tf" -q
+	@$(TEST_SERVICES) && $(BIN)/python -m pytest -m "e2e and not tf" -n 2 -q --durations=15
 
 # TensorFlow is large and optional: its tests run in their own environment so .venv stays lean.
 test-tf: install

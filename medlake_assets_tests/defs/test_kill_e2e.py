@@ -18,7 +18,7 @@ from medlake_assets_tests.defs.test_ingest import assert_lake_matches_manifest
 from medlake_assets_tests.faults.harness import files_done, table_contents
 from medlake_assets_tests.lake_helpers import DAY, local_settings, open_lake
 
-GENERATION = {"facilities": 5, "archives": 90, "seed": 5, "bad_rate": 0.1, "day": DAY, "size_scale": 0.05}
+GENERATION = {"facilities": 4, "archives": 48, "seed": 5, "bad_rate": 0.1, "day": DAY, "size_scale": 0.05}
 
 
 def loaded_files(home) -> int:
