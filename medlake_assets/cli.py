@@ -17,8 +17,8 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from medlake_assets.config import load_settings
 from medlake_assets.errors import MedlakeError
+from medlake_assets.lake.settings import load_settings
 
 app = typer.Typer(
     help="medlake: EMR facility feeds into Apache Iceberg, driven by metadata.", no_args_is_help=True
@@ -52,7 +52,7 @@ def generate(
     size_scale: Annotated[float, typer.Option(help="Multiplies production archive sizes")] = 1.0,
 ) -> None:
     """Write a synthetic, production-shaped landing tree of password-protected facility archives."""
-    from medlake_assets.generate import MissingPasswordError, write_feeds
+    from medlake_dev.generate import MissingPasswordError, write_feeds
 
     landing_day = date.fromisoformat(day) if day else datetime.now(UTC).date()
     started = time.perf_counter()
@@ -164,10 +164,10 @@ def demo(
     ] = False,
 ) -> None:
     """Serve the lake under `dagster dev`: its daemon ingests the landing zone, then every report runs."""
-    from medlake_assets.defs.reports import report_job_name, report_run_tags
-    from medlake_assets.demo import DagsterDev, DemoError, wait_until_ingested
+    from medlake_assets.defs.gold import report_job_name, report_run_tags
+    from medlake_assets.gold import load_reports
     from medlake_assets.lake import Lake
-    from medlake_assets.reports import load_reports
+    from medlake_dev.demo import DagsterDev, DemoError, wait_until_ingested
 
     settings = load_settings()
     os.environ.setdefault("DAGSTER_HOME", str(settings.home / "dagster"))
@@ -314,9 +314,9 @@ def report(
 ) -> None:
     """Run gold reports now: each one's SQL over the lake, written to gold.<name>, then its checks."""
     from medlake_assets.definitions import build_definitions
-    from medlake_assets.defs.reports import report_job_name, report_run_tags
+    from medlake_assets.defs.gold import report_job_name, report_run_tags
     from medlake_assets.defs.runner import quiet
-    from medlake_assets.reports import ReportSpecError, load_reports
+    from medlake_assets.gold import ReportSpecError, load_reports
 
     settings = load_settings()
     try:
@@ -478,7 +478,7 @@ def _last_failed_run(instance, source: str) -> str:
     a third-party message can quote a value."""
     import dagster as dg
 
-    from medlake_assets.defs.sources import SOURCE_TAG
+    from medlake_assets.defs.bronze import SOURCE_TAG
 
     runs = instance.get_runs(
         filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE], tags={SOURCE_TAG: source}), limit=1
@@ -499,8 +499,8 @@ def status() -> None:
     """One screen for an operator: per source what is pending, loading, waiting for silver, held back,
     quarantined, which facilities are stale, and the last error. Counts, ids and rule codes, no values."""
     from medlake_assets.lake import Lake
-    from medlake_assets.quality.status import UNROUTED, source_status
     from medlake_assets.serving.sql import connect
+    from medlake_assets.silver.quality.status import UNROUTED, source_status
 
     lake = Lake(load_settings())
     now = datetime.now(UTC)
@@ -601,7 +601,7 @@ def release(
     from medlake_assets.definitions import build_definitions
     from medlake_assets.defs.resources import LakeResource
     from medlake_assets.defs.silver import release_held
-    from medlake_assets.quality.held import held_slices
+    from medlake_assets.silver.quality.held import held_slices
 
     try:
         landing_day = date.fromisoformat(day) if day else None
@@ -666,8 +666,8 @@ def maintain(
 
     from medlake_assets.defs.maintenance import report_metadata
     from medlake_assets.lake import Lake
+    from medlake_assets.lake.maintenance import MIB, CompactionPolicy, maintain_table, retention_for
     from medlake_assets.serving.catalog_info import table_names
-    from medlake_assets.tables.maintenance import MIB, CompactionPolicy, maintain_table, retention_for
 
     lake = Lake(load_settings())
     names = table_names(lake.catalog)
@@ -705,8 +705,8 @@ def restore(
 ) -> None:
     """Make an earlier snapshot the table's current one (metadata only: seconds, whatever the size)."""
     from medlake_assets.lake import Lake
+    from medlake_assets.lake.maintenance import RestoreError, restore_table
     from medlake_assets.serving.catalog_info import AsOfError, parse_as_of
-    from medlake_assets.tables.maintenance import RestoreError, restore_table
 
     try:
         target = parse_as_of(to)
@@ -795,8 +795,8 @@ def workers(
     local S3 endpoint, and DAGSTER_PG_URL for Dagster's storage (default: the catalog's database). Writes
     the instance config into DAGSTER_HOME (default MEDLAKE_HOME/dagster-workers).
     """
-    from medlake_assets.config import SettingsError
-    from medlake_assets.workers import Workers, ensure_bucket, ensure_database, replay, wait_until_settled
+    from medlake_assets.lake.settings import SettingsError
+    from medlake_dev.workers import Workers, ensure_bucket, ensure_database, replay, wait_until_settled
 
     settings = load_settings()
     home = Path(os.environ.get("DAGSTER_HOME") or settings.home / "dagster-workers")
@@ -835,7 +835,7 @@ def bench_ingest(
     work_dir: Annotated[Path | None, typer.Option(help="Scratch folder (default: a temp dir)")] = None,
 ) -> None:
     """Generate a production-shaped batch, ingest it, and compare with the decrypt+decompress floor."""
-    from medlake_assets.bench.ingest import run_ingest_benchmark
+    from medlake_dev.bench.ingest import run_ingest_benchmark
 
     report = run_ingest_benchmark(
         archives=archives,
@@ -861,7 +861,7 @@ def bench_merge(
     work_dir: Annotated[Path | None, typer.Option(help="Scratch folder (default: a temp dir)")] = None,
 ) -> None:
     """Upsert one production-sized batch into a silver table; compare with pyiceberg's Table.upsert."""
-    from medlake_assets.bench.merge import run_merge_benchmark
+    from medlake_dev.bench.merge import run_merge_benchmark
 
     report = run_merge_benchmark(
         rows=rows,
@@ -898,7 +898,7 @@ def bench_query(
     ] = None,
 ) -> None:
     """Reports and ad-hoc queries over a year of silver history: medlake against PostgreSQL."""
-    from medlake_assets.bench.query import BenchQueryError, Scale, run_query_bench
+    from medlake_dev.bench.query import BenchQueryError, Scale, run_query_bench
 
     try:
         report = run_query_bench(
@@ -938,7 +938,7 @@ def bench_scale(
     work_dir: Annotated[Path | None, typer.Option(help="Scratch folder (default: a temp dir)")] = None,
 ) -> None:
     """Throughput and landing-to-silver latency of 1, 2 and 4 run workers on the same day slice."""
-    from medlake_assets.bench.scale import run_scale_benchmark
+    from medlake_dev.bench.scale import run_scale_benchmark
 
     if not postgres_url:
         console.print(
@@ -969,7 +969,7 @@ def bench_memory(
     work_dir: Annotated[Path | None, typer.Option(help="Scratch folder (default: a temp dir)")] = None,
 ) -> None:
     """Peak memory of bronze and silver runs on a batch holding 40 MB archives; exits 1 above the bound."""
-    from medlake_assets.bench.memory import run_memory_benchmark
+    from medlake_dev.bench.memory import run_memory_benchmark
 
     results, table = run_memory_benchmark(
         archives=archives,
@@ -1021,7 +1021,7 @@ def bench_soak(
     ] = None,
 ) -> None:
     """The deployed mode (daemon, queued runs, a process per run) at the production rate, then a surge."""
-    from medlake_assets.bench.soak import render, run_soak, soak_phases
+    from medlake_dev.bench.soak import render, run_soak, soak_phases
 
     if not postgres_url:
         console.print(

@@ -15,6 +15,13 @@ from datetime import UTC, date, datetime
 
 from pyiceberg.expressions import EqualTo
 
+from medlake_assets.ingest.bronze import (
+    arrow_schema,
+    batch_committed,
+    bronze_table,
+    commit_batch,
+    quarantine_table,
+)
 from medlake_assets.ingest.landing import FUTURE_DAY, quarantine_original
 from medlake_assets.ingest.pipeline import (
     ArchiveContext,
@@ -25,15 +32,8 @@ from medlake_assets.ingest.pipeline import (
     reject_rows,
 )
 from medlake_assets.lake import Lake
+from medlake_assets.lake.ledger import PENDING, QUARANTINED, FileResult, FileRow
 from medlake_assets.spec import SourceSpec
-from medlake_assets.tables.bronze import (
-    arrow_schema,
-    batch_committed,
-    bronze_table,
-    commit_batch,
-    quarantine_table,
-)
-from medlake_assets.tables.ledger import PENDING, QUARANTINED, FileResult, FileRow
 
 MISSING_SECRET = "config.missing_secret"
 

@@ -16,9 +16,9 @@ from pyiceberg.expressions import And, EqualTo, In
 from medlake_assets.lake import Lake
 from medlake_assets.silver.encounters import derive_encounters
 from medlake_assets.silver.load import consumer
+from medlake_assets.silver.merge import DELETED, merge_into
+from medlake_assets.silver.tables import ensure_table
 from medlake_assets.spec import SourceSpec
-from medlake_assets.tables.merge import DELETED, merge_into
-from medlake_assets.tables.silver import ensure_table
 
 ENCOUNTERS = "silver.encounters"
 KEY = ["facility", "visit_number"]

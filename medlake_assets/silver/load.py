@@ -23,9 +23,11 @@ import pyarrow as pa
 from pyiceberg.expressions import And, BooleanExpression, EqualTo, In, Or
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 
+from medlake_assets.ingest.bronze import arrow_schema, bronze_table, quarantine_table, replace_rows
 from medlake_assets.lake import Lake
-from medlake_assets.quality.gate import evaluate, facility_gate, metadata_version
-from medlake_assets.quality.held import (
+from medlake_assets.silver.merge import LINEAGE_COLUMNS, MERGE_COLUMNS, merge_into
+from medlake_assets.silver.quality.gate import evaluate, facility_gate, metadata_version
+from medlake_assets.silver.quality.held import (
     RELEASED,
     HeldSlice,
     SliceOutcome,
@@ -34,11 +36,9 @@ from medlake_assets.quality.held import (
     supersede,
     to_evaluate,
 )
+from medlake_assets.silver.tables import ensure_table
+from medlake_assets.silver.typed import apply_types, typed_schema
 from medlake_assets.spec import SourceSpec
-from medlake_assets.tables.bronze import arrow_schema, bronze_table, quarantine_table, replace_rows
-from medlake_assets.tables.merge import LINEAGE_COLUMNS, MERGE_COLUMNS, merge_into
-from medlake_assets.tables.silver import ensure_table
-from medlake_assets.transforms.typed import apply_types, typed_schema
 
 
 @dataclass

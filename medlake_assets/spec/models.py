@@ -166,7 +166,7 @@ class ColumnSpec(StrictModel):
     @field_validator("transforms")
     @classmethod
     def _known_transforms(cls, value: list[str]) -> list[str]:
-        from medlake_assets.transforms.cleaning import TRANSFORMS
+        from medlake_assets.silver.cleaning import TRANSFORMS
 
         unknown = [name for name in value if name not in TRANSFORMS]
         if unknown:
@@ -185,7 +185,7 @@ class ColumnSpec(StrictModel):
 
     @model_validator(mode="after")
     def _settings_fit_type(self) -> ColumnSpec:
-        from medlake_assets.transforms.casts import check_format
+        from medlake_assets.silver.casts import check_format
 
         try:
             check_format(self.type, self.format)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from medlake_assets.defs.sources import BATCH_TAG
+from medlake_assets.defs.bronze import BATCH_TAG
 from medlake_assets_tests.faults.harness import (
     assert_equals_clean_run,
     files_done,

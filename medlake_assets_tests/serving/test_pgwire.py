@@ -16,10 +16,10 @@ import pytest
 
 from medlake_assets.definitions import build_definitions
 from medlake_assets.defs.runner import ingest_once
-from medlake_assets.generate import generate_feeds, write_feeds
 from medlake_assets.serving.pgwire import build_server
 from medlake_assets.serving.sql import connect
 from medlake_assets_tests.lake_helpers import DAY, local_settings, open_lake
+from medlake_dev.generate import generate_feeds, write_feeds
 
 pytestmark = pytest.mark.e2e
 

@@ -1,0 +1,40 @@
+"""The lake: the object store, the Iceberg catalog and the ledger, opened from settings."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from pyiceberg.catalog import Catalog
+
+from medlake_assets.lake.catalog import open_catalog
+from medlake_assets.lake.ledger import Ledger
+from medlake_assets.lake.objectstore import ObjectStore, open_store
+from medlake_assets.lake.settings import Settings
+from medlake_assets.spec import SourceSpec, load_sources
+
+
+class Lake:
+    """Opened lazily, so building definitions never touches storage."""
+
+    def __init__(self, settings: Settings, sources: dict[str, SourceSpec] | None = None):
+        self.settings = settings
+        self._sources = sources
+
+    @cached_property
+    def sources(self) -> dict[str, SourceSpec]:
+        return self._sources if self._sources is not None else load_sources(self.settings.sources_dir)
+
+    @cached_property
+    def store(self) -> ObjectStore:
+        # The settings' endpoint, like the catalog's: a lake opened from settings never mixes two endpoints.
+        return open_store(self.settings.store_url, endpoint_url=self.settings.s3_endpoint_url)
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        return open_catalog(self.settings)
+
+    @cached_property
+    def ledger(self) -> Ledger:
+        if self.settings.ledger_url.startswith("sqlite:///"):
+            self.settings.home.mkdir(parents=True, exist_ok=True)
+        return Ledger(self.settings.ledger_url)
