@@ -44,8 +44,8 @@ TEST_SERVICES = pg="$${MEDLAKE_TEST_POSTGRES_URL:-$$(scripts/start_postgres.sh)}
 	export MEDLAKE_TEST_POSTGRES_URL="$$pg" MEDLAKE_TEST_S3_ENDPOINT="$$s3"
 
 test: install
-	$(BIN)/ruff check medlake_assets medlake_assets_tests docs/examples
-	$(BIN)/ruff format --check medlake_assets medlake_assets_tests docs/examples
+	$(BIN)/ruff check medlake_assets medlake_dev medlake_assets_tests docs/examples
+	$(BIN)/ruff format --check medlake_assets medlake_dev medlake_assets_tests docs/examples
 	@$(TEST_SERVICES) && $(BIN)/python -m pytest -m "not e2e and not tf" -n 2 -q
 
 test-e2e: install
@@ -60,11 +60,11 @@ test-tf: install
 test-all: test test-e2e
 
 lint: install
-	$(BIN)/ruff check medlake_assets medlake_assets_tests docs/examples
+	$(BIN)/ruff check medlake_assets medlake_dev medlake_assets_tests docs/examples
 
 format: install
-	$(BIN)/ruff check --fix medlake_assets medlake_assets_tests docs/examples
-	$(BIN)/ruff format medlake_assets medlake_assets_tests docs/examples
+	$(BIN)/ruff check --fix medlake_assets medlake_dev medlake_assets_tests docs/examples
+	$(BIN)/ruff format medlake_assets medlake_dev medlake_assets_tests docs/examples
 
 bench: install $(DEMO_ENV)
 	@set -a && source $(DEMO_ENV) && set +a && $(BIN)/medlake bench ingest
