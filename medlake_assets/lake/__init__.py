@@ -1,4 +1,4 @@
-"""The lake: the object store, the Iceberg catalog and the ledger, opened from settings."""
+"""The kernel under every layer: settings, `Lake`, object store, catalog, commits, ledger, maintenance."""
 
 from __future__ import annotations
 

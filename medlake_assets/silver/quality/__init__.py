@@ -1,5 +1,4 @@
-"""Silver quality gates: pandera schemas from metadata, row routing to quarantine, the per-facility gate,
-held rows, freshness and the operator's status."""
+"""Silver's quality gates: pandera rules from metadata, quarantine routing, held rows, freshness, status."""
 
 from medlake_assets.silver.quality.gate import (
     COUNTS_SCHEMA,
