@@ -151,7 +151,8 @@ stamps = Table(
     UniqueConstraint("store", "key", "stamp", name="uq_medlake_stamps"),
 )
 
-# Facilities' rows of a batch that silver's gate held back (`quality/held.py`), and what became of them.
+# Facilities' rows of a batch that silver's gate held back (`silver/quality/held.py`), and what became of
+# them.
 held = Table(
     "medlake_held",
     metadata,

@@ -153,7 +153,7 @@ class ColumnSpec(StrictModel):
     description: str = ""
     transforms: list[str] = Field(
         default_factory=list,
-        description="shared cleaning transforms (transforms/cleaning.py), in order, before the cast",
+        description="shared cleaning transforms (silver/cleaning.py), in order, before the cast",
     )
     null_tokens: list[str] | None = Field(
         default=None,
