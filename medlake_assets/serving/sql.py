@@ -75,7 +75,11 @@ def _attach_ledger(con: duckdb.DuckDBPyConnection, catalog_url: str) -> None:
         con.execute("ATTACH '' AS medlake_state (TYPE postgres, SECRET medlake_state_pg, READ_ONLY)")
     con.execute("CREATE SCHEMA IF NOT EXISTS meta")
     con.execute("CREATE OR REPLACE VIEW meta.files AS SELECT * FROM medlake_state.medlake_files")
-    for view, table in [("quality", "medlake_quality"), ("processed", "medlake_processed")]:
+    for view, table in [
+        ("quality", "medlake_quality"),
+        ("processed", "medlake_processed"),
+        ("sql_audit", "medlake_sql_audit"),
+    ]:
         exists = con.execute(
             "SELECT count(*) FROM duckdb_tables() WHERE database_name = 'medlake_state' AND table_name = ?",
             [table],
@@ -109,12 +113,15 @@ def _create_views(con: duckdb.DuckDBPyConnection, catalog: Catalog, as_of: AsOf 
         con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM iceberg_scan({location}{pinned})")
 
 
-def connect(lake: Lake, as_of: AsOf | None = None) -> duckdb.DuckDBPyConnection:
+def connect(
+    lake: Lake, as_of: AsOf | None = None, ledger_url: str | None = None
+) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with `<namespace>.<table>` views for every Iceberg table and `meta.*`.
 
     With `as_of` (a snapshot id, or an ISO timestamp / datetime, naive meaning UTC) every view reads the
     snapshot that was current then, and tables created later are absent. `meta.*` (the ledger) is not
-    versioned and always shows the present.
+    versioned and always shows the present. `ledger_url` attaches the ledger through another URL than the
+    catalog's (serve-sql: a database role that cannot write).
     """
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     con.execute(f"SET extension_directory = {_quote(str(lake.settings.home / 'duckdb_extensions'))}")
@@ -125,7 +132,7 @@ def connect(lake: Lake, as_of: AsOf | None = None) -> duckdb.DuckDBPyConnection:
         _configure_s3(con, lake.settings.s3_endpoint_url)
     _create_views(con, lake.catalog, as_of)
     _ = lake.ledger  # opening the ledger creates its tables on a lake nothing reached yet
-    _attach_ledger(con, lake.settings.catalog_url)
+    _attach_ledger(con, ledger_url or lake.settings.catalog_url)
     if deid_configured():
         register_deid_views(con, lake.sources)  # silver_deid.*: needs the secret MEDLAKE_DEID_KEY
     return con
