@@ -23,7 +23,18 @@ from medlake_assets.lake import Lake
 from medlake_assets.serving.catalog_info import AsOf, existed_at, resolve_as_of, snapshot_at, table_names
 from medlake_assets.serving.deid import deid_configured, register_deid_views
 
-EXTENSIONS = ("avro", "iceberg", "httpfs", "sqlite_scanner", "postgres_scanner")
+
+def _extensions(warehouse: str, ledger_url: str) -> list[str]:
+    """The extensions a lake needs (each LOAD costs ~0.1-0.3 s, paid by every serve-sql connection)."""
+    needed = ["avro", "iceberg"]
+    if warehouse.startswith("s3://"):
+        needed.append("httpfs")
+    needed.append(
+        "sqlite_scanner" if urlparse(ledger_url).scheme.startswith("sqlite") else "postgres_scanner"
+    )
+    return needed
+
+
 SHELL_ROW_LIMIT = 1000
 SHELL_HELP = "SQL ends with ';' (may span lines). .tables lists the relations, .quit (or Ctrl-D) leaves."
 
@@ -125,14 +136,15 @@ def connect(
     """
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     con.execute(f"SET extension_directory = {_quote(str(lake.settings.home / 'duckdb_extensions'))}")
-    for name in EXTENSIONS:
+    ledger_url = ledger_url or lake.settings.catalog_url
+    for name in _extensions(lake.settings.warehouse, ledger_url):
         import_extension(name, con=con)
         con.execute(f"LOAD {name}")
     if lake.settings.warehouse.startswith("s3://"):
         _configure_s3(con, lake.settings.s3_endpoint_url)
     _create_views(con, lake.catalog, as_of)
     _ = lake.ledger  # opening the ledger creates its tables on a lake nothing reached yet
-    _attach_ledger(con, ledger_url or lake.settings.catalog_url)
+    _attach_ledger(con, ledger_url)
     if deid_configured():
         register_deid_views(con, lake.sources)  # silver_deid.*: needs the secret MEDLAKE_DEID_KEY
     return con

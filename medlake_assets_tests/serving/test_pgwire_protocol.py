@@ -169,7 +169,7 @@ def test_statements_split_on_semicolons_outside_literals_and_comments():
         ("SET TIME ZONE 'UTC'", "set", "timezone"),
         ("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED", "set", "transaction"),
         ("RESET ALL", "reset", "all"),
-        ("show transaction isolation level", "show", "transaction_isolation_level"),
+        ("show transaction isolation level", "show", "transaction_isolation"),
         ("SAVEPOINT _EXEC_SVP_1", "transaction", ""),
         ("ROLLBACK TO SAVEPOINT a", "transaction", ""),
         ("BEGIN ISOLATION LEVEL READ COMMITTED", "transaction", ""),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -62,6 +63,11 @@ def make_secret(user: str, password: str) -> Secret:
     return Secret((salt, stored, server, iterations), hashlib.md5((password + user).encode()).hexdigest())
 
 
+_THROWAWAY = Secret(
+    scramp.ScramMechanism("SCRAM-SHA-256").make_auth_info(secrets.token_urlsafe(24), SCRAM_ITERATIONS)
+)
+
+
 def scram_verifier(password: str, iterations: int = SCRAM_ITERATIONS) -> str:
     """The PostgreSQL-format verifier of a password (for operators who keep verifiers, not passwords)."""
     salt, stored, server, count = scramp.ScramMechanism("SCRAM-SHA-256").make_auth_info(
@@ -74,35 +80,70 @@ def scram_verifier(password: str, iterations: int = SCRAM_ITERATIONS) -> str:
 
 
 class ScramExchange:
-    """The server side of one SCRAM-SHA-256 exchange; an unknown user fails like a wrong password."""
+    """The server side of one SCRAM-SHA-256 exchange (RFC 5802, RFC 7677), as PostgreSQL runs it.
+
+    Written here rather than with scramp's server: libpq (psql, psqlODBC, psycopg) sends an empty user
+    name in the client-first message (`n=,r=...`; PostgreSQL takes the user from the startup packet),
+    which scramp 1.5's server refuses as malformed. scramp still derives the keys (`make_secret`). An
+    unknown user runs the same exchange with a throwaway secret and fails only at the proof.
+    """
 
     def __init__(self, lookup: Callable[[str], Secret | None], user: str):
         self.user = user
         secret = lookup(user)
         self.known = secret is not None
-        # An unknown user still runs the exchange with a throwaway secret, so it cannot be told apart.
-        info = (
-            secret.scram
-            if secret is not None
-            else make_secret(user, base64.b64encode(b"x" * 24).decode()).scram
+        self.salt, self.stored_key, self.server_key, self.iterations = (
+            secret.scram if secret is not None else _THROWAWAY.scram
         )
-        self._server = scramp.ScramMechanism("SCRAM-SHA-256").make_server(lambda _name: info)
+        self.client_first_bare = ""
+        self.server_first = ""
+        self.nonce = ""
+
+    def _fail(self) -> AuthFailed:
+        return AuthFailed(f'password authentication failed for user "{self.user}"')
 
     def first(self, client_first: bytes) -> bytes:
-        try:
-            self._server.set_client_first(client_first.decode("utf-8"))
-            return self._server.get_server_first().encode("utf-8")
-        except scramp.ScramException as error:
-            raise AuthFailed(f'password authentication failed for user "{self.user}"') from error
+        text = client_first.decode("utf-8", "replace")
+        header, _, bare = text.partition(",")
+        authzid, _, bare = bare.partition(",")
+        # n: no channel binding; y: the client could bind but was not offered it (we offer none).
+        if header not in ("n", "y") or authzid:
+            raise self._fail()
+        attributes = _attributes(bare)
+        client_nonce = attributes.get("r", "")
+        if not client_nonce or "m" in attributes:
+            raise self._fail()
+        self.client_first_bare = bare
+        self.gs2_header = f"{header},{authzid},"
+        self.nonce = client_nonce + base64.b64encode(secrets.token_bytes(18)).decode()
+        salt = base64.b64encode(self.salt).decode()
+        self.server_first = f"r={self.nonce},s={salt},i={self.iterations}"
+        return self.server_first.encode()
 
     def final(self, client_final: bytes) -> bytes:
+        text = client_final.decode("utf-8", "replace")
+        without_proof, _, proof_part = text.rpartition(",p=")
+        attributes = _attributes(without_proof)
+        binding = base64.b64encode(self.gs2_header.encode()).decode()
+        if attributes.get("r") != self.nonce or attributes.get("c") != binding or not proof_part:
+            raise self._fail()
         try:
-            self._server.set_client_final(client_final.decode("utf-8"))
-        except scramp.ScramException as error:
-            raise AuthFailed(f'password authentication failed for user "{self.user}"') from error
-        if not self.known:
-            raise AuthFailed(f'password authentication failed for user "{self.user}"')
-        return self._server.get_server_final().encode("utf-8")
+            proof = base64.b64decode(proof_part, validate=True)
+        except ValueError:
+            raise self._fail() from None
+        message = f"{self.client_first_bare},{self.server_first},{without_proof}".encode()
+        signature = hmac.new(self.stored_key, message, hashlib.sha256).digest()
+        if len(proof) != len(signature):
+            raise self._fail()
+        client_key = bytes(a ^ b for a, b in zip(proof, signature, strict=True))
+        if not hmac.compare_digest(hashlib.sha256(client_key).digest(), self.stored_key) or not self.known:
+            raise self._fail()
+        verifier = hmac.new(self.server_key, message, hashlib.sha256).digest()
+        return f"v={base64.b64encode(verifier).decode()}".encode()
+
+
+def _attributes(text: str) -> dict[str, str]:
+    return {part[0]: part[2:] for part in text.split(",") if len(part) >= 2 and part[1] == "="}
 
 
 def check_md5(secret: Secret | None, user: str, salt: bytes, response: str) -> None:

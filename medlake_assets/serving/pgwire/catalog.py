@@ -324,8 +324,7 @@ def build(
     _table(con, "pg_description", _PG_DESCRIPTION, comments)
     _table(con, "pg_type", _PG_TYPE, _types())
     _table(con, "pg_proc", _PG_PROC, _procs())
-    for name, spec in _EMPTY.items():
-        _table(con, name, _columns(spec), [])
+    con.execute("; ".join(f"CREATE TABLE {PRIVATE_SCHEMA}.{name} ({spec})" for name, spec in _EMPTY.items()))
     _table(
         con,
         "pg_database",
@@ -378,8 +377,7 @@ def build(
         f"CREATE VIEW {PRIVATE_SCHEMA}.pg_indexes AS SELECT NULL::VARCHAR AS schemaname, NULL::VARCHAR AS tablename, "
         "NULL::VARCHAR AS indexname, NULL::VARCHAR AS indexdef WHERE false"
     )
-    for macro in _macros(user):
-        con.execute(macro)
+    con.execute("; ".join(_macros(user)))
     _information_schema(con, schemas)
 
 
@@ -462,7 +460,7 @@ def _macros(user: str) -> list[str]:
         f"CREATE MACRO {schema}.has_schema_privilege(a) AS true, (a, b) AS true, (a, b, c) AS true",
         f"CREATE MACRO {schema}.has_database_privilege(a) AS true, (a, b) AS true, (a, b, c) AS true",
         f"CREATE MACRO {schema}.has_column_privilege(a, b) AS true, (a, b, c) AS true, (a, b, c, d) AS true",
-        f"CREATE MACRO {schema}.pg_get_indexdef(index_oid) AS NULL::VARCHAR, (index_oid, column, pretty) "
+        f"CREATE MACRO {schema}.pg_get_indexdef(index_oid) AS NULL::VARCHAR, (index_oid, column_number, pretty) "
         "AS NULL::VARCHAR",
         f"CREATE MACRO {schema}.pg_get_constraintdef(constraint_oid) AS NULL::VARCHAR, "
         "(constraint_oid, pretty) AS NULL::VARCHAR",
@@ -486,6 +484,14 @@ def _macros(user: str) -> list[str]:
         "THEN name ELSE '\"' || replace(name, '\"', '\"\"') || '\"' END",
         f"CREATE MACRO {schema}.array_lower(list, dimension) AS CASE WHEN len(list) > 0 THEN 1 END",
         f"CREATE MACRO {schema}.array_upper(list, dimension) AS CASE WHEN len(list) > 0 THEN len(list) END",
+        f"CREATE MACRO {schema}.json_build_object"
+        + ", ".join(
+            "({}) AS json_object({})".format(
+                ", ".join(f"a{i}" for i in range(count)),
+                ", ".join(f"a{i}::VARCHAR" if i % 2 == 0 else f"a{i}" for i in range(count)),
+            )
+            for count in range(2, 17, 2)
+        ),
         f"CREATE MACRO {schema}.pg_get_keywords() AS TABLE SELECT keyword_name AS word, 'U' AS catcode, "
         "keyword_category AS catdesc FROM duckdb_keywords()",
     ]

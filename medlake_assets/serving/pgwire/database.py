@@ -15,7 +15,7 @@ Every client connection gets its own database (`duckdb.connect()`), never a curs
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -29,7 +29,7 @@ from medlake_assets.serving.pgwire.config import ServeSettings
 from medlake_assets.serving.pgwire.statements import Catalog, builtin_functions
 from medlake_assets.serving.sql import connect
 from medlake_assets.spec.access import Access, Login, can_read_schema, facility_column
-from medlake_assets.spec.descriptions import describe_lake
+from medlake_assets.spec.descriptions import TableDescription, describe_lake
 
 PUBLIC = "medlake"
 PRIVATE = "memory"
@@ -88,8 +88,20 @@ def lock(con: duckdb.DuckDBPyConnection, lake: Lake, serve: ServeSettings) -> No
     con.execute("SET lock_configuration = true")
 
 
+def lake_descriptions(lake: Lake) -> dict[str, TableDescription]:
+    """Descriptions of every table from the source metadata and the report headers."""
+    directory = lake.settings.reports_dir
+    reports = load_reports(directory) if directory.is_dir() else []
+    return describe_lake(lake.sources, [(report.identifier, report.header.description) for report in reports])
+
+
 def open_login_database(
-    lake: Lake, access: Access, login: Login, serve: ServeSettings, as_of: AsOf | None = None
+    lake: Lake,
+    access: Access,
+    login: Login,
+    serve: ServeSettings,
+    as_of: AsOf | None = None,
+    descriptions: Mapping[str, TableDescription] | None = None,
 ) -> LoginDatabase:
     """A new, locked database for `login` (as of `as_of` when given)."""
     con = connect(lake, as_of=as_of, ledger_url=serve.ledger_url)
@@ -115,8 +127,9 @@ def open_login_database(
             con.execute(f"CREATE VIEW {PUBLIC}.{_ident(schema)}.{_ident(table)} AS {query}")
             exposed.append(pg_catalog.Relation(schema, table, tuple(columns)))
         con.execute(f"USE {PUBLIC}")
-        reports = [(report.identifier, report.header.description) for report in _reports(lake)]
-        pg_catalog.build(con, exposed, describe_lake(lake.sources, reports), login.user)
+        if descriptions is None:
+            descriptions = lake_descriptions(lake)
+        pg_catalog.build(con, exposed, descriptions, login.user)
         con.execute(f"SET search_path = '{PUBLIC}.{pg_catalog.PRIVATE_SCHEMA},{PUBLIC}.main'")
         lock(con, lake, serve)
     except BaseException:
@@ -130,8 +143,3 @@ def open_login_database(
         builtin_functions=builtins,
     )
     return LoginDatabase(con, checker_catalog, tuple(exposed))
-
-
-def _reports(lake: Lake) -> Sequence:
-    directory = lake.settings.reports_dir
-    return load_reports(directory) if directory.is_dir() else []

@@ -31,6 +31,7 @@ from medlake_assets.serving.audit import AuditLog
 from medlake_assets.serving.pgwire import protocol as wire
 from medlake_assets.serving.pgwire.auth import MD5, AuthFailed, LoginBackoff, ScramExchange, Secret, check_md5
 from medlake_assets.serving.pgwire.catalog import server_parameters
+from medlake_assets.serving.pgwire.database import lake_descriptions
 from medlake_assets.serving.pgwire.config import MAX_UNAUTHENTICATED_BYTES, ServeSettings
 from medlake_assets.serving.pgwire.pgtypes import decode_parameter, encode_batch
 from medlake_assets.serving.pgwire.session import QueryInterrupted, Result, Session, TransactionError
@@ -227,6 +228,7 @@ class Connection:
                 self.server.audit,
                 self.address,
                 self.raw_fileno,
+                self.server.descriptions,
             )
             self.server.register(self)
             self.send(wire.authentication(0))
@@ -531,6 +533,7 @@ class SqlServer:
             serve,
             audit,
         )
+        self.descriptions = lake_descriptions(lake)
         self.backoff = LoginBackoff(
             serve.backoff_free_attempts, serve.backoff_base_seconds, serve.backoff_max_seconds
         )

@@ -11,7 +11,7 @@ import re
 import select
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +29,7 @@ from medlake_assets.serving.pgwire.database import LoginDatabase, open_login_dat
 from medlake_assets.serving.pgwire.protocol import Field
 from medlake_assets.serving.pgwire.statements import Refused, Statement
 from medlake_assets.spec.access import Access, Login
+from medlake_assets.spec.descriptions import TableDescription
 
 AS_OF = "medlake.as_of"
 # PostgreSQL client options a session may set; they change nothing here (names are schema-qualified,
@@ -123,10 +124,14 @@ class Session:
         audit: AuditLog | None,
         client_address: str,
         socket_fileno: int,
+        descriptions: Mapping[str, TableDescription] | None = None,
     ):
         self.lake, self.access, self.login, self.serve = lake, access, login, serve
         self.audit, self.client_address, self.socket_fileno = audit, client_address, socket_fileno
-        self.database: LoginDatabase = open_login_database(lake, access, login, serve)
+        self.descriptions = descriptions
+        self.database: LoginDatabase = open_login_database(
+            lake, access, login, serve, descriptions=descriptions
+        )
         self.as_of: str | None = None
         self.options: dict[str, str] = {}
         self.statement_timeout = serve.statement_timeout_seconds
@@ -296,7 +301,9 @@ class Session:
             except AsOfError as error:
                 raise Refused(str(error), "22023") from None
         try:
-            rebuilt = open_login_database(self.lake, self.access, self.login, self.serve, as_of=value)
+            rebuilt = open_login_database(
+                self.lake, self.access, self.login, self.serve, as_of=value, descriptions=self.descriptions
+            )
         except AsOfError as error:
             raise Refused(str(error), "22023") from None
         self.database.close()

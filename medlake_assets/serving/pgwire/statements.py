@@ -36,6 +36,22 @@ ALLOWED_TABLE_FUNCTIONS = frozenset(
 DENIED_FUNCTIONS = frozenset(
     {"getenv", "getvariable", "current_setting", "write_log", "which_secret", "set_config"}
 )
+# PostgreSQL's multi-word SHOW spellings and the parameter each shows.
+SHOW_ALIASES = {"transaction_isolation_level": "transaction_isolation", "time_zone": "timezone"}
+# Functions DuckDB's parser produces that its function list does not name (special forms).
+PARSER_FUNCTIONS = frozenset(
+    {
+        "unnest",
+        "unlist",
+        "grouping",
+        "grouping_id",
+        "coalesce",
+        "ifnull",
+        "try",
+        "extract",
+        "current_timestamp",
+    }
+)
 TRANSACTION_WORDS = frozenset(
     {"BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE"}
 )
@@ -166,7 +182,10 @@ def session_command(sql: str) -> Statement | None:
     if first in NOOP_WORDS:
         return Statement("noop", words=tuple(text.upper() for text in texts))
     if first == "SHOW" and len(texts) > 1:
-        name = "_".join(_unquote(text) for text in texts[1:]).lower()
+        name = "_".join(_unquote(text) for text in texts[1:] if text != ".").lower()
+        name = SHOW_ALIASES.get(name, name)
+        if "." in texts:  # SHOW medlake.as_of
+            name = ".".join(_unquote(text) for text in texts[1:] if text != ".").lower()
         return Statement("show", words=tuple(text.upper() for text in texts), setting=name)
     return None
 
@@ -196,8 +215,9 @@ def _cte_names(tree: Any) -> set[str]:
 class Checker:
     """Checks (and, for catalog queries, rewrites) the parse tree of one SELECT for one login."""
 
-    def __init__(self, catalog: Catalog):
+    def __init__(self, catalog: Catalog, sql: str = ""):
         self.catalog = catalog
+        self.sql = sql
         self.relations: set[str] = set()
         self.rewritten = False
 
@@ -262,6 +282,9 @@ class Checker:
             elif kind == "TABLE_FUNCTION":
                 function = node.get("function") or {}
                 name = (function.get("function_name") or "").lower()
+                if function.get("schema", "").lower() == "pg_catalog":
+                    function["schema"] = ""
+                    self.rewritten = True
                 if name not in ALLOWED_TABLE_FUNCTIONS or function.get("schema"):
                     raise Refused(
                         f"table function {name} is not available on medlake serve-sql: tables are read "
@@ -277,6 +300,7 @@ class Checker:
                 if (node.get("function_name") or "").startswith("__checked__"):
                     node["function_name"] = node["function_name"].removeprefix("__checked__")
                     continue
+                self._regex_operator(node)
                 self._function(node)
             elif node.get("class") == "WINDOW" and node.get("type") == "WINDOW_AGGREGATE":
                 self._function(node)
@@ -293,6 +317,17 @@ class Checker:
                 "__checked__"
             ):
                 node["function_name"] = node["function_name"].removeprefix("__checked__")
+
+    def _regex_operator(self, node: dict[str, Any]) -> None:
+        """PostgreSQL's `~` matches anywhere in the text; DuckDB parses it as a full match. The operator
+        (not an explicit regexp_full_match call) gets PostgreSQL's meaning."""
+        if (node.get("function_name") or "").lower() != "regexp_full_match":
+            return
+        location = node.get("query_location", -1)
+        at = self.sql[location] if 0 <= location < len(self.sql) else "~"
+        if at in "~!":
+            node["function_name"] = "regexp_matches"
+            self.rewritten = True
 
     def _type(self, info: dict[str, Any]) -> None:
         if (info.get("schema") or "").lower() == "pg_catalog":
@@ -323,6 +358,9 @@ def _pg_column_names(statement: dict[str, Any]) -> dict[int, str]:
 _CATALOG_SPELLINGS = (
     (re.compile(r"OPERATOR\(\s*pg_catalog\.([~!=<>]+)\s*\)", re.IGNORECASE), r"\1"),
     (re.compile(r"\s+COLLATE\s+pg_catalog\.\"?default\"?", re.IGNORECASE), ""),
+    # `x::pg_catalog.text`: DuckDB does not parse a schema-qualified type after `::`; the emulated types
+    # are first on the search path.
+    (re.compile(r"::\s*pg_catalog\.", re.IGNORECASE), "::"),
 )
 
 
@@ -362,7 +400,7 @@ def check_query(con: duckdb.DuckDBPyConnection, sql: str, catalog: Catalog) -> S
     tree = _serialized(con, sql)
     if len(tree["statements"]) != 1:
         raise Refused("one statement at a time", "42601")
-    checker = Checker(catalog)
+    checker = Checker(catalog, sql)
     checker.check(tree)
     if checker.rewritten:
         sql = con.execute("SELECT json_deserialize_sql(?)", [json.dumps(tree)]).fetchone()[0]
@@ -380,7 +418,7 @@ def builtin_functions(con: duckdb.DuckDBPyConnection) -> frozenset[str]:
         "SELECT DISTINCT lower(function_name) FROM duckdb_functions() WHERE internal "
         "AND function_type IN ('scalar', 'aggregate', 'macro')"
     ).fetchall()
-    return frozenset(name for (name,) in rows) - DENIED_FUNCTIONS
+    return (frozenset(name for (name,) in rows) | PARSER_FUNCTIONS) - DENIED_FUNCTIONS
 
 
 def write_kind(sql: str) -> str | None:
