@@ -15,6 +15,7 @@ Every client connection gets its own database (`duckdb.connect()`), never a curs
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlparse
@@ -88,6 +89,13 @@ def lock(con: duckdb.DuckDBPyConnection, lake: Lake, serve: ServeSettings) -> No
     con.execute("SET lock_configuration = true")
 
 
+@functools.cache
+def _builtins() -> frozenset[str]:
+    # From a pristine database: the Python UDFs a lake registers (deid tokens) are not DuckDB's own.
+    with duckdb.connect() as pristine:
+        return builtin_functions(pristine)
+
+
 def lake_descriptions(lake: Lake) -> dict[str, TableDescription]:
     """Descriptions of every table from the source metadata and the report headers."""
     directory = lake.settings.reports_dir
@@ -106,7 +114,6 @@ def open_login_database(
     """A new, locked database for `login` (as of `as_of` when given)."""
     con = connect(lake, as_of=as_of, ledger_url=serve.ledger_url)
     try:
-        builtins = builtin_functions(con)
         scope = access.facility_scope(login)
         con.execute(f"ATTACH ':memory:' AS {PUBLIC}")
         exposed: list[pg_catalog.Relation] = []
@@ -140,6 +147,6 @@ def open_login_database(
         pg_relations=pg_catalog.pg_relation_names(),
         information_schema_relations=frozenset(pg_catalog.INFORMATION_SCHEMA_VIEWS),
         pg_functions=pg_catalog.pg_function_names(),
-        builtin_functions=builtins,
+        builtin_functions=_builtins(),
     )
     return LoginDatabase(con, checker_catalog, tuple(exposed))
