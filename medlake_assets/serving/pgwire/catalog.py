@@ -196,7 +196,8 @@ _EMPTY = {
     "pg_rewrite": "oid BIGINT, rulename VARCHAR, ev_class BIGINT, ev_type VARCHAR, ev_enabled VARCHAR, "
     "is_instead BOOLEAN",
     "pg_policy": "oid BIGINT, polname VARCHAR, polrelid BIGINT, polcmd VARCHAR, polpermissive BOOLEAN",
-    "pg_statistic_ext": "oid BIGINT, stxrelid BIGINT, stxname VARCHAR, stxnamespace BIGINT",
+    "pg_statistic_ext": "oid BIGINT, stxrelid BIGINT, stxname VARCHAR, stxnamespace BIGINT, stxowner BIGINT, "
+    "stxstattarget INTEGER, stxkeys SMALLINT[], stxkind VARCHAR[], stxexprs VARCHAR",
     "pg_partitioned_table": "partrelid BIGINT, partstrat VARCHAR, partnatts SMALLINT",
     "pg_foreign_table": "ftrelid BIGINT, ftserver BIGINT",
     "pg_sequence": "seqrelid BIGINT, seqtypid BIGINT, seqstart BIGINT, seqincrement BIGINT, "
@@ -205,10 +206,16 @@ _EMPTY = {
     "extrelocatable BOOLEAN, extversion VARCHAR",
     "pg_collation": "oid BIGINT, collname VARCHAR, collnamespace BIGINT",
     "pg_am": "oid BIGINT, amname VARCHAR, amhandler BIGINT, amtype VARCHAR",
-    "pg_publication": "oid BIGINT, pubname VARCHAR",
+    "pg_publication": "oid BIGINT, pubname VARCHAR, pubowner BIGINT, puballtables BOOLEAN, pubinsert BOOLEAN, "
+    "pubupdate BOOLEAN, pubdelete BOOLEAN, pubtruncate BOOLEAN, pubviaroot BOOLEAN",
+    "pg_publication_rel": "oid BIGINT, prpubid BIGINT, prrelid BIGINT, prqual VARCHAR, prattrs SMALLINT[]",
+    "pg_publication_namespace": "oid BIGINT, pnpubid BIGINT, pnnspid BIGINT",
     "pg_event_trigger": "oid BIGINT, evtname VARCHAR",
     "pg_opclass": "oid BIGINT, opcmethod BIGINT, opcname VARCHAR, opcnamespace BIGINT",
 }
+
+
+EMPTY_RELATIONS = frozenset(_EMPTY)
 
 
 def _types() -> list[tuple]:
@@ -473,6 +480,7 @@ def _macros(user: str) -> list[str]:
         "AS NULL::VARCHAR",
         f"CREATE MACRO {schema}.pg_tablespace_location(tablespace_oid) AS ''",
         f"CREATE MACRO {schema}.pg_is_in_recovery() AS false",
+        f"CREATE MACRO {schema}.pg_relation_is_publishable(relation) AS false",
         f"CREATE MACRO {schema}.pg_backend_pid() AS 0",
         f"CREATE MACRO {schema}.pg_relation_size(relation) AS NULL::BIGINT, (relation, fork) AS NULL::BIGINT",
         f"CREATE MACRO {schema}.pg_total_relation_size(relation) AS NULL::BIGINT",

@@ -148,5 +148,6 @@ def open_login_database(
         information_schema_relations=frozenset(pg_catalog.INFORMATION_SCHEMA_VIEWS),
         pg_functions=pg_catalog.pg_function_names(),
         builtin_functions=_builtins(),
+        empty_relations=pg_catalog.EMPTY_RELATIONS,
     )
     return LoginDatabase(con, checker_catalog, tuple(exposed))
