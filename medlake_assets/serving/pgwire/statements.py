@@ -326,11 +326,11 @@ class Checker:
         PostgreSQL functions nothing else needs (`pg_get_statisticsobjdef_columns`)."""
         for node in _walk(tree):
             source = node.get("from_table") if node.get("type") == "SELECT_NODE" else None
-            if not (isinstance(source, dict) and source.get("type") == "BASE_TABLE"):
-                continue
-            if (source.get("table_name") or "").lower() not in self.catalog.empty_relations:
-                continue
-            if (source.get("schema_name") or "").lower() not in ("", "pg_catalog", PRIVATE_SCHEMA):
+            if not any(
+                (leaf.get("table_name") or "").lower() in self.catalog.empty_relations
+                and (leaf.get("schema_name") or "").lower() in ("", "pg_catalog", PRIVATE_SCHEMA)
+                for leaf in _inner_join_leaves(source)
+            ):
                 continue
             for index, item in enumerate(node.get("select_list") or []):
                 if item.get("class") not in ("COLUMN_REF", "STAR"):
@@ -358,6 +358,17 @@ class Checker:
         if (info.get("schema") or "").lower() == "pg_catalog":
             info["schema"], info["catalog"] = PRIVATE_SCHEMA, PUBLIC_CATALOG
             self.rewritten = True
+
+
+def _inner_join_leaves(source: Any) -> list[dict[str, Any]]:
+    """The base tables of a FROM made of inner joins only (one empty table empties the result)."""
+    if not isinstance(source, dict):
+        return []
+    if source.get("type") == "BASE_TABLE":
+        return [source]
+    if source.get("type") == "JOIN" and source.get("join_type") == "INNER":
+        return _inner_join_leaves(source.get("left")) + _inner_join_leaves(source.get("right"))
+    return []
 
 
 def _pg_column_names(statement: dict[str, Any]) -> dict[int, str]:
