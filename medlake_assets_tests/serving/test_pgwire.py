@@ -458,7 +458,8 @@ def test_psycopg_types_parameters_intervals_and_prepared_statements(served):
         assert [type(value).__name__ for value in row] == ["datetime", "int", "date", "bool"]
         assert row[0].tzinfo is not None
         los = con.execute(
-            "SELECT discharge_ts - admit_ts AS los FROM silver.encounters WHERE discharge_ts IS NOT NULL LIMIT 1"
+            "SELECT discharge_ts - admit_ts AS los FROM silver.encounters "
+            "WHERE discharge_ts IS NOT NULL LIMIT 1"
         ).fetchone()[0]
         assert type(los).__name__ == "timedelta"
         facility = "F0001"
@@ -496,7 +497,8 @@ def test_sqlalchemy_psycopg2_and_pandas(served):
             assert columns["test_code"]["comment"] == "LOINC code"
             frame = pd.read_sql(
                 sa.text(
-                    "SELECT facility_id, count(*) AS n FROM silver.lab_results WHERE facility_id = :f GROUP BY 1"
+                    "SELECT facility_id, count(*) AS n FROM silver.lab_results "
+                    "WHERE facility_id = :f GROUP BY 1"
                 ),
                 connection,
                 params={"f": "F0001"},

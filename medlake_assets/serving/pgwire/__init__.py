@@ -68,7 +68,8 @@ def check_ledger_role(url: str) -> None:
                 raise ServeError("MEDLAKE_SQL_LEDGER_URL: the role is a superuser; use a read-only role")
             writable = connection.execute(
                 text(
-                    "SELECT count(*) FROM information_schema.tables t WHERE t.table_schema = current_schema() "
+                    "SELECT count(*) FROM information_schema.tables t "
+                    "WHERE t.table_schema = current_schema() "
                     "AND (has_table_privilege(current_user, quote_ident(t.table_schema) || '.' || "
                     "quote_ident(t.table_name), 'INSERT,UPDATE,DELETE,TRUNCATE') )"
                 )

@@ -206,8 +206,8 @@ _EMPTY = {
     "extrelocatable BOOLEAN, extversion VARCHAR",
     "pg_collation": "oid BIGINT, collname VARCHAR, collnamespace BIGINT",
     "pg_am": "oid BIGINT, amname VARCHAR, amhandler BIGINT, amtype VARCHAR",
-    "pg_publication": "oid BIGINT, pubname VARCHAR, pubowner BIGINT, puballtables BOOLEAN, pubinsert BOOLEAN, "
-    "pubupdate BOOLEAN, pubdelete BOOLEAN, pubtruncate BOOLEAN, pubviaroot BOOLEAN",
+    "pg_publication": "oid BIGINT, pubname VARCHAR, pubowner BIGINT, puballtables BOOLEAN, "
+    "pubinsert BOOLEAN, pubupdate BOOLEAN, pubdelete BOOLEAN, pubtruncate BOOLEAN, pubviaroot BOOLEAN",
     "pg_publication_rel": "oid BIGINT, prpubid BIGINT, prrelid BIGINT, prqual VARCHAR, prattrs SMALLINT[]",
     "pg_publication_namespace": "oid BIGINT, pnpubid BIGINT, pnnspid BIGINT",
     "pg_event_trigger": "oid BIGINT, evtname VARCHAR",
@@ -270,8 +270,40 @@ def _types() -> list[tuple]:
 def _procs() -> list[tuple]:
     names = {**_PROCS, **{f"{name}recv": oid + 100000 for oid, name, _, _ in _BASE_TYPES}}
     return [
-        (oid, name, PG_CATALOG_OID, OWNER_OID, 12, 1.0, 0.0, 0, 0, "f", False, False, True, False, "i", "s")
-        + (1, 0, 0, "", None, None, None, None, None, "", None, None, None, None, False, False)
+        (
+            oid,
+            name,
+            PG_CATALOG_OID,
+            OWNER_OID,
+            12,
+            1.0,
+            0.0,
+            0,
+            0,
+            "f",
+            False,
+            False,
+            True,
+            False,
+            "i",
+            "s",
+            1,
+            0,
+            0,
+            "",
+            None,
+            None,
+            None,
+            None,
+            None,
+            "",
+            None,
+            None,
+            None,
+            None,
+            False,
+            False,
+        )
         for name, oid in sorted(names.items())
     ]
 
@@ -294,9 +326,42 @@ def build(
     for index, relation in enumerate(sorted(relations, key=lambda item: (item.schema, item.name))):
         oid = FIRST_RELATION_OID + index
         classes.append(
-            (oid, relation.name, schema_oid[relation.schema], 0, 0, OWNER_OID, 2, oid, 0, 1, -1.0, 0, 0)
-            + (False, False, "p", "r", len(relation.columns), 0, False, False, False, False, False, True)
-            + ("d", False, 0, 0, 0, None, None, None, False)
+            (
+                oid,
+                relation.name,
+                schema_oid[relation.schema],
+                0,
+                0,
+                OWNER_OID,
+                2,
+                oid,
+                0,
+                1,
+                -1.0,
+                0,
+                0,
+                False,
+                False,
+                "p",
+                "r",
+                len(relation.columns),
+                0,
+                False,
+                False,
+                False,
+                False,
+                False,
+                True,
+                "d",
+                False,
+                0,
+                0,
+                0,
+                None,
+                None,
+                None,
+                False,
+            )
         )
         description = descriptions.get(f"{relation.schema}.{relation.name}")
         if description is not None:
@@ -304,8 +369,17 @@ def build(
         for number, (column, data_type, nullable) in enumerate(relation.columns, start=1):
             type_oid, typmod = duckdb_type_oid(data_type)
             attributes.append(
-                (oid, column, type_oid, -1, pgtypes.SIZES.get(type_oid, -1), number, 0, -1, typmod, False)
-                + (
+                (
+                    oid,
+                    column,
+                    type_oid,
+                    -1,
+                    pgtypes.SIZES.get(type_oid, -1),
+                    number,
+                    0,
+                    -1,
+                    typmod,
+                    False,
                     "i",
                     "p",
                     None,
@@ -364,7 +438,8 @@ def build(
         [(1663, "pg_default", 10)],
     )
     con.execute(
-        f"CREATE VIEW {PRIVATE_SCHEMA}.pg_user AS SELECT rolname AS usename, oid AS usesysid, false AS usesuper FROM {PRIVATE_SCHEMA}.pg_roles"
+        f"CREATE VIEW {PRIVATE_SCHEMA}.pg_user AS SELECT rolname AS usename, oid AS usesysid, "
+        f"false AS usesuper FROM {PRIVATE_SCHEMA}.pg_roles"
     )
     con.execute(
         f"CREATE VIEW {PRIVATE_SCHEMA}.pg_tables AS SELECT n.nspname AS schemaname, c.relname AS tablename, "
@@ -373,16 +448,16 @@ def build(
         f"JOIN {PRIVATE_SCHEMA}.pg_namespace n ON n.oid = c.relnamespace"
     )
     con.execute(
-        f"CREATE VIEW {PRIVATE_SCHEMA}.pg_views AS SELECT NULL::VARCHAR AS schemaname, NULL::VARCHAR AS viewname, "
-        "NULL::VARCHAR AS viewowner, NULL::VARCHAR AS definition WHERE false"
+        f"CREATE VIEW {PRIVATE_SCHEMA}.pg_views AS SELECT NULL::VARCHAR AS schemaname, "
+        "NULL::VARCHAR AS viewname, NULL::VARCHAR AS viewowner, NULL::VARCHAR AS definition WHERE false"
     )
     con.execute(
         f"CREATE VIEW {PRIVATE_SCHEMA}.pg_matviews AS SELECT NULL::VARCHAR AS schemaname, "
         "NULL::VARCHAR AS matviewname, NULL::VARCHAR AS definition WHERE false"
     )
     con.execute(
-        f"CREATE VIEW {PRIVATE_SCHEMA}.pg_indexes AS SELECT NULL::VARCHAR AS schemaname, NULL::VARCHAR AS tablename, "
-        "NULL::VARCHAR AS indexname, NULL::VARCHAR AS indexdef WHERE false"
+        f"CREATE VIEW {PRIVATE_SCHEMA}.pg_indexes AS SELECT NULL::VARCHAR AS schemaname, "
+        "NULL::VARCHAR AS tablename, NULL::VARCHAR AS indexname, NULL::VARCHAR AS indexdef WHERE false"
     )
     con.execute("; ".join(_macros(user)))
     _information_schema(con, schemas)
@@ -467,11 +542,12 @@ def _macros(user: str) -> list[str]:
         f"CREATE MACRO {schema}.has_schema_privilege(a) AS true, (a, b) AS true, (a, b, c) AS true",
         f"CREATE MACRO {schema}.has_database_privilege(a) AS true, (a, b) AS true, (a, b, c) AS true",
         f"CREATE MACRO {schema}.has_column_privilege(a, b) AS true, (a, b, c) AS true, (a, b, c, d) AS true",
-        f"CREATE MACRO {schema}.pg_get_indexdef(index_oid) AS NULL::VARCHAR, (index_oid, column_number, pretty) "
-        "AS NULL::VARCHAR",
+        f"CREATE MACRO {schema}.pg_get_indexdef(index_oid) AS NULL::VARCHAR, "
+        "(index_oid, column_number, pretty) AS NULL::VARCHAR",
         f"CREATE MACRO {schema}.pg_get_constraintdef(constraint_oid) AS NULL::VARCHAR, "
         "(constraint_oid, pretty) AS NULL::VARCHAR",
-        f"CREATE MACRO {schema}.pg_get_viewdef(view_oid) AS NULL::VARCHAR, (view_oid, pretty) AS NULL::VARCHAR",
+        f"CREATE MACRO {schema}.pg_get_viewdef(view_oid) AS NULL::VARCHAR, "
+        "(view_oid, pretty) AS NULL::VARCHAR",
         f"CREATE MACRO {schema}.pg_get_function_result(function_oid) AS NULL::VARCHAR",
         f"CREATE MACRO {schema}.pg_get_function_arguments(function_oid) AS NULL::VARCHAR",
         f"CREATE MACRO {schema}.pg_get_function_identity_arguments(function_oid) AS NULL::VARCHAR",

@@ -11,8 +11,8 @@ kinds of errors.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
 import secrets
 import socket
 import ssl
@@ -30,9 +30,8 @@ from medlake_assets.lake import Lake
 from medlake_assets.serving.audit import AuditLog
 from medlake_assets.serving.pgwire import protocol as wire
 from medlake_assets.serving.pgwire.auth import MD5, AuthFailed, LoginBackoff, ScramExchange, Secret, check_md5
-from medlake_assets.serving.pgwire.catalog import server_parameters
-from medlake_assets.serving.pgwire.database import lake_descriptions
 from medlake_assets.serving.pgwire.config import MAX_UNAUTHENTICATED_BYTES, ServeSettings
+from medlake_assets.serving.pgwire.database import lake_descriptions
 from medlake_assets.serving.pgwire.pgtypes import decode_parameter, encode_batch
 from medlake_assets.serving.pgwire.session import QueryInterrupted, Result, Session, TransactionError
 from medlake_assets.serving.pgwire.statements import Refused, Statement
@@ -253,10 +252,8 @@ class Connection:
             self.server.unregister(self)
             if self.session is not None:
                 self.session.close()
-            try:
+            with contextlib.suppress(OSError):
                 self.sock.close()
-            except OSError:
-                pass
 
     def _say_and_close(self, error: BaseException) -> None:
         try:
@@ -601,16 +598,10 @@ class SqlServer:
         with self._lock:
             connections = list(self._connections.values())
         for connection in connections:
-            try:
+            with contextlib.suppress(OSError):
                 connection.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         if self.audit is not None:
             self.audit.close()
 
 
-def server_parameters_for(user: str) -> dict[str, str]:
-    return server_parameters(user)
-
-
-__all__ = ["SqlServer", "os"]
+__all__ = ["SqlServer"]

@@ -120,7 +120,7 @@ def tokens(sql: str) -> list[tuple[int, str, Any]]:
 
 
 def split(sql: str) -> list[str]:
-    """The statements of `sql`, split on `;` tokens (never inside literals or comments); empty ones dropped."""
+    """The statements of `sql`, split on `;` tokens (never in literals or comments); empty ones dropped."""
     statements, start = [], 0
     for position, text, kind in tokens(sql):
         if kind == duckdb.token_type.operator and text == ";":
