@@ -26,6 +26,13 @@ LINEAGE = {
     "_is_current": "True for the current version of a key (SCD2 history)",
 }
 QUARANTINE_TABLE = "Rows of {source} rejected at bronze (parse) or silver (rule), with the rule and reason"
+ENCOUNTERS_TABLE = "One row per visit, derived from every ADT event of the visit (silver.adt_events)"
+ENCOUNTER_COLUMNS = {
+    "facility": "Facility of the visit (its landing facility)",
+    "status": "Where the visit stands after its latest event (e.g. admitted, discharged)",
+    "last_event_ts": "Time of the visit's latest ADT event",
+    "event_count": "Number of ADT events of the visit",
+}
 DEID_TABLE = "De-identified {table}: identifiers tokenized, dates shifted per patient, free text dropped"
 
 
@@ -59,6 +66,10 @@ def describe_lake(
         described[f"quarantine.{name}"] = TableDescription(
             QUARANTINE_TABLE.format(source=name), dict(LINEAGE)
         )
+    if "adt_events" in sources:
+        columns = _source_columns(sources["adt_events"]) | ENCOUNTER_COLUMNS
+        for schema, note in (("silver", ""), ("silver_deid", " (de-identified)")):
+            described[f"{schema}.encounters"] = TableDescription(ENCOUNTERS_TABLE + note, columns)
     for identifier, description in reports:
         described[identifier] = TableDescription(description.strip())
     return described

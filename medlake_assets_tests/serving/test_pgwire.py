@@ -520,3 +520,43 @@ def test_concurrent_connections_each_get_their_rows(served):
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         assert list(pool.map(count_labs, range(6))) == [expected] * 6
+
+
+JDBC_DRIVER = "/usr/share/java/postgresql.jar"  # Debian's libpostgresql-jdbc-java (.ci/run installs it)
+
+
+def test_jdbc_database_metadata_lists_tables_keys_types_functions_and_queries(served):
+    """The PostgreSQL JDBC driver as Tableau, Metabase and DBeaver use it (jdbc/BiCatalog.java, the JDK's
+    single-file launcher): every DatabaseMetaData call BI tools make, then prepared and interval queries."""
+    program = os.path.join(os.path.dirname(__file__), "jdbc", "BiCatalog.java")
+    url = f"jdbc:postgresql://{served.host}:{served.port}/medlake?sslmode=disable"
+    result = subprocess.run(
+        ["java", "-cp", JDBC_DRIVER, program, url, "medlake", "silver", "lab_results"],
+        env={**os.environ, "PGPASSWORD": served.passwords["medlake"]},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    found = [line.split("\t") for line in result.stdout.splitlines()]
+    assert [row for row in found if row[0] == "error"] == []
+    calls = {row[1] for row in found if row[0] == "ok"}
+    assert {
+        "getTables",
+        "getPrimaryKeys",
+        "getIndexInfo",
+        "getTypeInfo",
+        "getImportedKeys",
+        "getFunctions",
+    } <= calls
+    tables = {row[1]: row for row in found if row[0] == "table"}
+    assert tables["silver.lab_results"][2] == "TABLE"
+    assert tables["silver.lab_results"][3].startswith("Laboratory results")  # REMARKS from the YAML
+    columns = {row[1]: row for row in found if row[0] == "column"}
+    assert columns["result_ts"][2] == "timestamptz"
+    assert columns["test_code"][3] == "LOINC code"
+    assert ["type", "varchar"] in found
+    with served.connect() as con:
+        expected = con.execute("SELECT count(*) FROM silver.lab_results").fetchone()[0]
+    assert ["count", str(expected)] in found
+    assert any(row[0] == "interval" and row[1].count(":") == 2 for row in found)

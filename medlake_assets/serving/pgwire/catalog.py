@@ -22,6 +22,9 @@ from medlake_assets.serving.pgwire.statements import PRIVATE_INFORMATION_SCHEMA,
 from medlake_assets.spec.descriptions import TableDescription
 
 SERVER_VERSION = "16.0"
+# PostgreSQL's oids of the catalog relations clients name in `'pg_class'::regclass`.
+SYSTEM_RELATION_OIDS = {"pg_class": 1259, "pg_proc": 1255, "pg_type": 1247, "pg_attribute": 1249}
+SYSTEM_RELATION_OIDS |= {"pg_namespace": 2615, "pg_constraint": 2606, "pg_database": 1262}
 PG_CATALOG_OID, INFORMATION_SCHEMA_OID, FIRST_SCHEMA_OID, FIRST_RELATION_OID = 11, 13000, 16384, 20000
 PG_CLASS_OID, PG_PROC_OID, OWNER_OID = 1259, 1255, 10
 # (oid, name, length, category, element oid for arrays); arrays are named _<element>.
@@ -401,6 +404,12 @@ def build(
             if description is not None and column in description.columns:
                 comments.append((oid, PG_CLASS_OID, number, description.columns[column]))
     _table(con, "pg_class", _PG_CLASS, classes)
+    names = [(name, oid) for name, oid in SYSTEM_RELATION_OIDS.items()]
+    names += [(f"pg_catalog.{name}", oid) for name, oid in SYSTEM_RELATION_OIDS.items()]
+    for row in classes:
+        schema = next(name for name, oid in schema_oid.items() if oid == row[2])
+        names += [(f"{schema}.{row[1]}", row[0]), (f'"{schema}"."{row[1]}"', row[0])]
+    _table(con, "medlake_regclass", _columns("name VARCHAR, oid BIGINT"), names)
     _table(con, "pg_attribute", _PG_ATTRIBUTE, attributes)
     _table(con, "pg_description", _PG_DESCRIPTION, comments)
     _table(con, "pg_type", _PG_TYPE, _types())
@@ -557,6 +566,8 @@ def _macros(user: str) -> list[str]:
         f"CREATE MACRO {schema}.pg_tablespace_location(tablespace_oid) AS ''",
         f"CREATE MACRO {schema}.pg_is_in_recovery() AS false",
         f"CREATE MACRO {schema}.pg_relation_is_publishable(relation) AS false",
+        f"CREATE MACRO {schema}.regclass_oid(relation_name) AS (SELECT r.oid FROM {schema}.medlake_regclass r "
+        "WHERE r.name = relation_name)",
         f"CREATE MACRO {schema}.pg_backend_pid() AS 0",
         f"CREATE MACRO {schema}.pg_relation_size(relation) AS NULL::BIGINT, (relation, fork) AS NULL::BIGINT",
         f"CREATE MACRO {schema}.pg_total_relation_size(relation) AS NULL::BIGINT",

@@ -307,6 +307,8 @@ class Checker:
                 self._function(node)
             elif kind == "UNBOUND" and isinstance(node.get("type_info"), dict):
                 self._type(node["type_info"])
+            elif node.get("class") == "CAST" and self._regclass_literal(node):
+                continue
             elif node.get("class") == "COLUMN_REF":
                 names = node.get("column_names") or []
                 # pg_catalog.pg_class.relname: the table is renamed, so the column keeps its table only
@@ -342,6 +344,35 @@ class Checker:
                         "value": {"type": {"id": "NULL", "type_info": None}, "is_null": True},
                     }
                     self.rewritten = True
+
+    def _regclass_literal(self, node: dict[str, Any]) -> bool:
+        """`'pg_class'::regclass` (JDBC, psql): a relation name cast to its oid, looked up in the
+        emulated catalog (`medlake_pg.regclass_oid`)."""
+        info = (node.get("cast_type") or {}).get("type_info") or {}
+        child = node.get("child") or {}
+        if (info.get("name") or "").lower() != "regclass" or child.get("class") != "CONSTANT":
+            return False
+        if (child.get("value") or {}).get("type", {}).get("id") != "VARCHAR":
+            return False
+        replacement = {
+            "class": "FUNCTION",
+            "type": "FUNCTION",
+            "alias": node.get("alias", ""),
+            "query_location": node.get("query_location"),
+            "function_name": "regclass_oid",
+            "schema": PRIVATE_SCHEMA,
+            "catalog": PUBLIC_CATALOG,
+            "children": [child],
+            "filter": None,
+            "order_bys": {"type": "ORDER_MODIFIER", "orders": []},
+            "distinct": False,
+            "is_operator": False,
+            "export_state": False,
+        }
+        node.clear()
+        node.update(replacement)
+        self.rewritten = True
+        return True
 
     def _regex_operator(self, node: dict[str, Any]) -> None:
         """PostgreSQL's `~` matches anywhere in the text; DuckDB parses it as a full match. The operator
