@@ -566,8 +566,8 @@ def _macros(user: str) -> list[str]:
         f"CREATE MACRO {schema}.pg_tablespace_location(tablespace_oid) AS ''",
         f"CREATE MACRO {schema}.pg_is_in_recovery() AS false",
         f"CREATE MACRO {schema}.pg_relation_is_publishable(relation) AS false",
-        f"CREATE MACRO {schema}.regclass_oid(relation_name) AS (SELECT r.oid FROM {schema}.medlake_regclass r "
-        "WHERE r.name = relation_name)",
+        f"CREATE MACRO {schema}.regclass_oid(relation_name) AS (SELECT r.oid "
+        f"FROM {schema}.medlake_regclass r WHERE r.name = relation_name)",
         f"CREATE MACRO {schema}.pg_backend_pid() AS 0",
         f"CREATE MACRO {schema}.pg_relation_size(relation) AS NULL::BIGINT, (relation, fork) AS NULL::BIGINT",
         f"CREATE MACRO {schema}.pg_total_relation_size(relation) AS NULL::BIGINT",
