@@ -560,3 +560,44 @@ def test_jdbc_database_metadata_lists_tables_keys_types_functions_and_queries(se
         expected = con.execute("SELECT count(*) FROM silver.lab_results").fetchone()[0]
     assert ["count", str(expected)] in found
     assert any(row[0] == "interval" and row[1].count(":") == 2 for row in found)
+
+
+def _odbc_connection_string(served, user: str = "medlake") -> str:
+    import glob
+
+    drivers = glob.glob("/usr/lib/*/odbc/psqlodbcw.so") + glob.glob("/usr/lib/odbc/psqlodbcw.so")
+    assert drivers, "psqlODBC is missing: scripts/ensure_test_clients.sh installs odbc-postgresql"
+    return (
+        f"DRIVER={{{drivers[0]}}};SERVER={served.host};PORT={served.port};DATABASE=medlake;"
+        f"UID={user};PWD={served.passwords[user]};SSLmode=disable"
+    )
+
+
+def test_psqlodbc_parameters_autocommit_off_and_tables(served):
+    """psqlODBC (Excel, PowerBI's ODBC path) through unixODBC and pyodbc: text parameters (type 25), and
+    with autocommit off the driver wraps statements in BEGIN and SAVEPOINTs, rolling back to one after an
+    error; the connection must stay usable."""
+    import pyodbc
+
+    with served.connect() as con:
+        expected = con.execute(
+            "SELECT count(*) FROM silver.lab_results WHERE facility_id = 'F0001'"
+        ).fetchone()[0]
+    connection = pyodbc.connect(_odbc_connection_string(served), autocommit=False)
+    try:
+        cursor = connection.cursor()
+        query = "SELECT count(*) FROM silver.lab_results WHERE facility_id = ? AND _record >= ?"
+        assert cursor.execute(query, "F0001", 0).fetchone()[0] == expected
+        with pytest.raises(pyodbc.Error, match="permission denied for schema nowhere"):
+            cursor.execute("SELECT * FROM nowhere.t")
+        assert cursor.execute(query, "F0001", 0).fetchone()[0] == expected  # usable after the error
+        tables = {row.table_name for row in cursor.tables(schema="silver", tableType="TABLE")}
+        assert {"lab_results", "adt_events", "encounters"} <= tables
+        connection.commit()
+    finally:
+        connection.close()
+    autocommit = pyodbc.connect(_odbc_connection_string(served), autocommit=True)
+    try:
+        assert autocommit.cursor().execute(query, "F0001", 0).fetchone()[0] == expected
+    finally:
+        autocommit.close()

@@ -183,14 +183,8 @@ class Session:
             return _renamed(cursor.fetch_arrow_table().schema, statement.column_names)
 
     def parameter_count(self, statement: Statement) -> int:
-        """How many parameters the statement takes ($1..$n, from DuckDB's tokenizer)."""
-        numbers = [
-            int(text[1:])
-            for _, text, kind in statements.tokens(statement.sql)
-            if text.startswith("$") and text[1:].isdigit()
-        ]
-        placeholders = [text for _, text, _ in statements.tokens(statement.sql) if text == "?"]
-        return max(numbers, default=0) or len(placeholders)
+        """How many parameters the statement takes (from its parse tree)."""
+        return statement.parameter_count
 
     def execute(self, statement: Statement, parameters: list[Any] | None = None) -> Result:
         """Run one checked statement; queries return a Result whose batches are read under the watch."""

@@ -96,6 +96,7 @@ class Statement:
     column_names: dict[int, str] = field(default_factory=dict)
     setting: str = ""
     value: str | None = None
+    parameter_count: int = 0
 
 
 # --- tokens ---
@@ -221,6 +222,7 @@ class Checker:
         self.sql = sql
         self.relations: set[str] = set()
         self.rewritten = False
+        self.parameter_count = 0
 
     def _relation(self, node: dict[str, Any], ctes: set[str]) -> None:
         catalog_name = (node.get("catalog_name") or "").lower()
@@ -307,6 +309,10 @@ class Checker:
                 self._function(node)
             elif kind == "UNBOUND" and isinstance(node.get("type_info"), dict):
                 self._type(node["type_info"])
+            elif node.get("class") == "PARAMETER":
+                identifier = str(node.get("identifier") or "0")
+                if identifier.isdigit():
+                    self.parameter_count = max(self.parameter_count, int(identifier))
             elif node.get("class") == "CAST" and self._regclass_literal(node):
                 continue
             elif node.get("class") == "COLUMN_REF":
@@ -477,6 +483,7 @@ def check_query(con: duckdb.DuckDBPyConnection, sql: str, catalog: Catalog) -> S
         sql=("EXPLAIN " + sql) if explain else sql,
         relations=tuple(sorted(checker.relations)),
         column_names={} if explain else _pg_column_names(tree["statements"][0]),
+        parameter_count=checker.parameter_count,
     )
 
 
