@@ -10,6 +10,7 @@ import os
 import struct
 import subprocess
 import time
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
@@ -601,3 +602,44 @@ def test_psqlodbc_parameters_autocommit_off_and_tables(served):
         assert autocommit.cursor().execute(query, "F0001", 0).fetchone()[0] == expected
     finally:
         autocommit.close()
+
+
+# Npgsql (PowerBI's PostgreSQL driver) loads the server's types right after connecting, as one simple-query
+# batch: version(), then types, composite fields and enum labels (npgsql/load_types.sql: the text Npgsql's
+# PostgresDatabaseInfo.GenerateLoadTypesQuery builds with ranges and multiranges on and table composites
+# off), since .NET cannot be installed here.
+NPGSQL_LOAD_TYPES = (Path(__file__).parent / "npgsql" / "load_types.sql").read_text()
+
+
+def test_npgsql_type_loading_batch_on_connect(served):
+    """Npgsql's startup batch over the simple query protocol, read as Npgsql reads it: four result sets,
+    the version string, and base types with their arrays (arrays recognised by typreceive = array_recv)."""
+    sock = raw_login(served)
+    send_query(sock, NPGSQL_LOAD_TYPES)
+    results: list[list[list[str | None]]] = []
+    errors = []
+    while True:
+        kind, body = read_message(sock)
+        if kind == b"T":
+            results.append([])
+        elif kind == b"D":
+            count, offset, row = struct.unpack_from("!h", body)[0], 2, []
+            for _ in range(count):
+                size = struct.unpack_from("!i", body, offset)[0]
+                offset += 4
+                row.append(None if size == -1 else body[offset : offset + size].decode())
+                offset += max(size, 0)
+            results[-1].append(row)
+        elif kind == b"E":
+            errors.append(body)
+        elif kind == b"Z":
+            break
+    sock.close()
+    assert errors == []
+    assert len(results) == 4
+    assert results[0][0][0].startswith("PostgreSQL 16.0")
+    types = {row[2]: row for row in results[1]}
+    assert types["int4"][:5] == ["pg_catalog", "23", "int4", "b", "f"]
+    assert types["_int4"][3] == "a" and types["_int4"][5] == "23"  # an array of int4
+    assert {"varchar", "timestamptz", "numeric", "interval", "bool", "date", "record"} <= set(types)
+    assert results[2] == [] and results[3] == []
