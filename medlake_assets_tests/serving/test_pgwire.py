@@ -10,8 +10,8 @@ import os
 import struct
 import subprocess
 import time
-from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pandas as pd
 import psutil
