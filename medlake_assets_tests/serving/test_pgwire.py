@@ -643,3 +643,82 @@ def test_npgsql_type_loading_batch_on_connect(served):
     assert types["_int4"][3] == "a" and types["_int4"][5] == "23"  # an array of int4
     assert {"varchar", "timestamptz", "numeric", "interval", "bool", "date", "record"} <= set(types)
     assert results[2] == [] and results[3] == []
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A throwaway certificate and key for 127.0.0.1, made by the test."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "server.crt", directory / "server.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+def test_tls_with_scram_and_plain_connections_refused(lake_and_manifest, tmp_path):
+    lake, _ = lake_and_manifest
+    cert, key = _self_signed(tmp_path)
+    with served_lake(lake, base_environ(), tls_cert=cert, tls_key=key) as served:
+        env = {**os.environ, "PGPASSWORD": served.passwords["northwind_analyst"], "PGCONNECT_TIMEOUT": "20"}
+        result = subprocess.run(
+            [
+                "psql",
+                served.dsn("northwind_analyst", sslmode="require"),
+                "-X",
+                "-A",
+                "-t",
+                "-c",
+                r"\conninfo",
+                "-c",
+                "SELECT count(*) > 0 FROM silver.lab_results",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "SSL connection (protocol: TLSv1." in result.stdout
+        assert result.stdout.splitlines()[-1] == "t"
+        with served.connect("northwind_analyst", sslmode="require") as con:
+            assert con.info.pgconn.ssl_in_use
+        with pytest.raises(psycopg.OperationalError, match="requires TLS"):
+            served.connect("northwind_analyst", sslmode="disable")
+
+
+def test_md5_only_when_configured(lake_and_manifest):
+    lake, _ = lake_and_manifest
+    with served_lake(lake, base_environ(), auth_method="md5") as served, served.connect() as con:
+        assert con.execute("SELECT 1").fetchone() == (1,)
+    with served_lake(lake, base_environ()) as served:
+        # SCRAM by default: a client that insists on MD5 cannot log in.
+        with pytest.raises(psycopg.OperationalError):
+            served.connect(require_auth="md5")
+        with served.connect(require_auth="scram-sha-256") as con:
+            assert con.execute("SELECT 1").fetchone() == (1,)
