@@ -13,6 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import duckdb
 import pandas as pd
 import psutil
 import psycopg
@@ -722,3 +723,85 @@ def test_md5_only_when_configured(lake_and_manifest):
             served.connect(require_auth="md5")
         with served.connect(require_auth="scram-sha-256") as con:
             assert con.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_postgres_ledger_is_read_through_a_role_that_cannot_write(tmp_path):
+    """With the PostgreSQL catalog: `postgres_execute` is refused, and even run straight on a client's
+    database (the allow-list bypassed) it cannot write, because DuckDB holds only a SELECT-only role; a
+    ledger URL whose role could write is refused at start."""
+    import uuid
+    from datetime import date
+
+    from sqlalchemy.engine import make_url
+
+    from medlake_assets.serving.pgwire import ServeError, check_ledger_role
+    from medlake_assets.serving.pgwire.config import load_serve_settings
+    from medlake_assets.serving.pgwire.database import open_login_database
+    from medlake_assets.spec.access import load_access
+    from medlake_assets.tables.ledger import NewObject
+    from medlake_assets.workers import scratch_database
+    from medlake_assets_tests.lake_helpers import local_settings, open_lake
+    from medlake_assets_tests.postgres import POSTGRES_ENV
+
+    server_url = os.environ[POSTGRES_ENV]
+    role, role_password = f"medlake_reader_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    with scratch_database(server_url) as catalog_url:
+        lake = open_lake(local_settings(tmp_path / "home", MEDLAKE_CATALOG_URL=catalog_url))
+        objects = [
+            NewObject(
+                "landing",
+                f"landing/lab_results/2026/11/20/F0001/{i}.zip",
+                f"e{i}",
+                10,
+                "lab_results",
+                "F0001",
+                date(2026, 11, 20),
+            )
+            for i in range(3)
+        ]
+        lake.ledger.register(objects)
+        admin = sa.create_engine(catalog_url)
+        with admin.begin() as connection:
+            connection.execute(sa.text(f"CREATE ROLE {role} LOGIN PASSWORD '{role_password}'"))
+            connection.execute(sa.text(f"GRANT USAGE ON SCHEMA public TO {role}"))
+            connection.execute(sa.text(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}"))
+            connection.execute(sa.text("REVOKE CREATE ON SCHEMA public FROM PUBLIC"))
+        reader_url = make_url(catalog_url).set(username=role, password=role_password)
+        reader = reader_url.render_as_string(hide_password=False)
+        try:
+            with pytest.raises(ServeError, match="MEDLAKE_SQL_LEDGER_URL: the role"):
+                check_ledger_role(catalog_url)  # the catalog's own role can write
+            check_ledger_role(reader)
+            environ = {**base_environ(), "MEDLAKE_SQL_LEDGER_URL": reader}
+            serve_settings = load_serve_settings(lake.settings, environ)
+            access = load_access(lake.settings.access_dir)
+            database = open_login_database(lake, access, access.login("medlake"), serve_settings)
+            try:
+                assert database.con.execute("SELECT count(*) FROM meta.files").fetchone() == (3,)
+                with pytest.raises(duckdb.Error, match="read-only transaction"):
+                    database.con.execute(
+                        "SELECT * FROM postgres_execute('medlake_state', 'DELETE FROM medlake_files')"
+                    )
+                # The issue's escape from the read-only attachment: COMMIT first. The role stops it.
+                with pytest.raises(duckdb.Error, match="permission denied for table medlake_files"):
+                    database.con.execute(
+                        "SELECT * FROM postgres_execute('medlake_state', 'COMMIT; DELETE FROM medlake_files')"
+                    )
+            finally:
+                database.close()
+            with served_lake(lake, environ) as served, served.connect() as con:
+                error = refused(
+                    con,
+                    "SELECT * FROM postgres_execute('medlake_state', " "'COMMIT; DELETE FROM medlake_files')",
+                )
+                assert "table function postgres_execute is not available" in str(error)
+                assert con.execute("SELECT count(*) FROM meta.files").fetchone() == (3,)
+            with admin.connect() as connection:
+                assert connection.execute(sa.text("SELECT count(*) FROM medlake_files")).scalar() == 3
+        finally:
+            lake.ledger.close()
+            with admin.begin() as connection:
+                connection.execute(sa.text(f"DROP OWNED BY {role}"))
+            admin.dispose()
+    with sa.create_engine(server_url).begin() as connection:
+        connection.execute(sa.text(f"DROP ROLE IF EXISTS {role}"))
