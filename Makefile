@@ -7,7 +7,7 @@ export MEDLAKE_HOME ?= $(CURDIR)/.medlake
 export DAGSTER_HOME ?= $(MEDLAKE_HOME)/dagster
 DEMO_ENV := $(MEDLAKE_HOME)/demo.env
 
-.PHONY: install run demo-data ingest ui test test-e2e test-tf test-all lint format bench bench-query workers bench-scale clean
+.PHONY: install superset-venv run demo-data ingest ui test test-e2e test-tf test-all lint format bench bench-query workers bench-scale clean
 
 install: $(VENV)/.installed
 
@@ -46,7 +46,17 @@ test: install
 	$(BIN)/ruff format --check medlake_assets medlake_assets_tests docs/examples
 	@$(TEST_SERVICES) && $(BIN)/python -m pytest -m "not e2e and not tf" -n 2 -q
 
-test-e2e: install
+# Apache Superset pins other versions of Flask, SQLAlchemy and friends: it gets its own environment.
+SUPERSET_VENV := .venv-superset
+SUPERSET_PACKAGES := apache-superset==6.1.0 psycopg2-binary==2.9.13 flask-caching==2.3.1 cachetools==8.0.2 rich==15.0.0
+superset-venv: $(SUPERSET_VENV)/.installed
+
+$(SUPERSET_VENV)/.installed: $(VENV)/.installed
+	@test -x $(SUPERSET_VENV)/bin/python || $(BIN)/uv venv -q -p $(PYTHON) $(SUPERSET_VENV)
+	VIRTUAL_ENV=$(CURDIR)/$(SUPERSET_VENV) $(BIN)/uv pip install -q $(SUPERSET_PACKAGES)
+	@touch $@
+
+test-e2e: install superset-venv
 	@scripts/ensure_test_clients.sh
 	@$(TEST_SERVICES) && $(BIN)/python -m pytest -m "e2e and not tf" -q
 

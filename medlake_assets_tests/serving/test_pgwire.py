@@ -805,3 +805,54 @@ def test_postgres_ledger_is_read_through_a_role_that_cannot_write(tmp_path):
             admin.dispose()
     with sa.create_engine(server_url).begin() as connection:
         connection.execute(sa.text(f"DROP ROLE IF EXISTS {role}"))
+
+
+SUPERSET_VENV = Path(__file__).resolve().parents[2] / ".venv-superset"  # `make superset-venv` (test-e2e)
+
+
+def test_superset_test_db_and_a_chart_query(served, tmp_path):
+    """Apache Superset, installed in its own environment (its pins differ from ours): `superset test-db`
+    passes connectivity and every inspector call, then stops at its engine test that creates a table,
+    which the read-only endpoint refuses; a chart's time-grain query runs for a customer login."""
+    superset = SUPERSET_VENV / "bin" / "superset"
+    assert superset.exists(), "Superset's environment is missing: run `make superset-venv`"
+    env = {**os.environ, "SUPERSET_HOME": str(tmp_path), "SUPERSET_SECRET_KEY": "synthetic-" + "k" * 40}
+    password = served.passwords["medlake"]
+    uri = f"postgresql+psycopg2://medlake:{password}@{served.host}:{served.port}/medlake?sslmode=disable"
+    result = subprocess.run(
+        [str(superset), "test-db", uri], input="N\n", env=env, capture_output=True, text=True, timeout=300
+    )
+    output = result.stdout + result.stderr
+    assert "Connected successfully!" in output, output[-3000:]
+    for call in (
+        "get_schema_names",
+        "get_table_names",
+        "get_columns",
+        "get_table_comment",
+        "get_pk_constraint",
+        "get_foreign_keys",
+        "get_indexes",
+    ):
+        assert f"{call}: True" in output, call
+    assert "sql> SELECT 1;\n> 1" in output
+    # Its last test writes a table: refused, as it must be on this endpoint.
+    assert "CREATE statements are refused" in output
+    customer = served.passwords["northwind_analyst"]
+    uri = f"postgresql+psycopg2://northwind_analyst:{customer}@{served.host}:{served.port}/medlake?sslmode=disable"
+    chart = subprocess.run(
+        [
+            str(SUPERSET_VENV / "bin" / "python"),
+            str(Path(__file__).parent / "superset" / "chart_query.py"),
+            uri,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert chart.returncode == 0, chart.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in chart.stdout.splitlines() if " " in line)
+    with served.connect("northwind_analyst") as con:
+        expected = con.execute("SELECT count(*) FROM silver.lab_results").fetchone()[0]
+    assert int(lines["total"]) == expected
+    assert set(lines["facilities"].split(",")) <= NORTHWIND
