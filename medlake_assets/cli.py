@@ -409,6 +409,11 @@ def maintain(
         counts = report_metadata(report)
         out.add_row(name, *[str(counts[c]) for c in [*columns, "orphan_megabytes", "seconds"]])
     Console(width=None if sys.stdout.isatty() else 160).print(out)
+    if not dry_run:
+        from medlake_assets.tables.docs import refresh_docs
+
+        described = refresh_docs(lake)  # column docs brought up to date with the metadata's descriptions
+        console.print(f"column docs updated on {len(described)} tables", highlight=False)
 
 
 @app.command()

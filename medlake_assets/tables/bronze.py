@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
@@ -23,7 +23,9 @@ from pyiceberg.types import (
 )
 
 from medlake_assets.spec import SourceSpec
+from medlake_assets.spec.descriptions import describe_lake
 from medlake_assets.tables.commits import CONFLICTS, REDO_ATTEMPTS, wait_before_redo
+from medlake_assets.tables.docs import apply_column_docs
 
 LINEAGE: list[tuple[str, IcebergType]] = [
     ("_archive", StringType()),
@@ -58,22 +60,29 @@ TABLE_PROPERTIES = {
 }
 
 
-def _schema(fields: Sequence[tuple[str, IcebergType]]) -> Schema:
+def _schema(fields: Sequence[tuple[str, IcebergType]], docs: Mapping[str, str] | None = None) -> Schema:
+    docs = docs or {}
     return Schema(
         *[
-            NestedField(field_id=i, name=name, field_type=kind, required=False)
+            NestedField(field_id=i, name=name, field_type=kind, required=False, doc=docs.get(name))
             for i, (name, kind) in enumerate(fields, 1)
         ]
     )
 
 
+def _docs(identifier: str, spec: SourceSpec) -> dict[str, str]:
+    description = describe_lake({spec.name: spec}).get(identifier)
+    return dict(description.columns) if description is not None else {}
+
+
 def bronze_schema(spec: SourceSpec) -> Schema:
-    """Declared columns as received (strings), then the lineage columns."""
-    return _schema([(name, StringType()) for name in spec.column_names()] + LINEAGE)
+    """Declared columns as received (strings), then the lineage columns, with their descriptions."""
+    columns = [(name, StringType()) for name in spec.column_names()] + LINEAGE
+    return _schema(columns, _docs(f"bronze.{spec.name}", spec))
 
 
-def quarantine_schema() -> Schema:
-    return _schema(QUARANTINE_FIELDS)
+def quarantine_schema(spec: SourceSpec | None = None) -> Schema:
+    return _schema(QUARANTINE_FIELDS, _docs(f"quarantine.{spec.name}", spec) if spec is not None else None)
 
 
 def _ensure_table(catalog: Catalog, identifier: str, schema: Schema) -> Table:
@@ -92,6 +101,9 @@ def _ensure_table(catalog: Catalog, identifier: str, schema: Schema) -> Table:
         with table.update_schema() as update:
             update.union_by_name(schema)
         table = catalog.load_table(identifier)
+    docs = {field.name: field.doc for field in schema.fields if field.doc}
+    if apply_column_docs(table, docs):  # descriptions changed in the metadata since the table was made
+        table = catalog.load_table(identifier)
     return table
 
 
@@ -100,7 +112,7 @@ def bronze_table(catalog: Catalog, spec: SourceSpec) -> Table:
 
 
 def quarantine_table(catalog: Catalog, spec: SourceSpec) -> Table:
-    return _ensure_table(catalog, f"quarantine.{spec.name}", quarantine_schema())
+    return _ensure_table(catalog, f"quarantine.{spec.name}", quarantine_schema(spec))
 
 
 def arrow_schema(table: Table) -> pa.Schema:

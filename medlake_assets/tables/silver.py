@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
@@ -19,6 +19,7 @@ from pyiceberg.transforms import (
 )
 
 from medlake_assets.tables.bronze import TABLE_PROPERTIES
+from medlake_assets.tables.docs import apply_column_docs, with_docs
 from medlake_assets.tables.merge import parse_partition
 
 _TRANSFORMS: dict[str, type[Transform]] = {
@@ -37,12 +38,19 @@ def _transform(field: str) -> tuple[str, Transform]:
     return column, _TRANSFORMS[kind]()
 
 
-def ensure_table(catalog: Catalog, identifier: str, schema: pa.Schema, partition_by: Sequence[str]) -> Table:
+def ensure_table(
+    catalog: Catalog,
+    identifier: str,
+    schema: pa.Schema,
+    partition_by: Sequence[str],
+    docs: Mapping[str, str] | None = None,
+) -> Table:
     """Create the table from an Arrow schema (all columns optional) and its partition spec, if absent.
 
-    A column added to the metadata later is added to the table (older rows read it as null).
+    A column added to the metadata later is added to the table (older rows read it as null). `docs`
+    (column descriptions, `spec.descriptions`) are set at creation and kept up to date.
     """
-    schema = pa.schema([field.with_nullable(True) for field in schema])
+    schema = with_docs(pa.schema([field.with_nullable(True) for field in schema]), docs or {})
     if not catalog.table_exists(identifier):
         # Table and partition spec in one commit: a concurrent writer never sees it unpartitioned.
         create = catalog.create_table_transaction(identifier, schema=schema, properties=TABLE_PROPERTIES)
@@ -60,5 +68,7 @@ def ensure_table(catalog: Catalog, identifier: str, schema: pa.Schema, partition
     if missing:
         with table.update_schema() as update:
             update.union_by_name(schema)
+        table = catalog.load_table(identifier)
+    if docs and apply_column_docs(table, docs):
         table = catalog.load_table(identifier)
     return table
