@@ -8,6 +8,7 @@ independent check that the tables pyiceberg wrote are valid Iceberg. Extensions 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -23,9 +24,11 @@ from medlake_assets.lake import Lake
 from medlake_assets.serving.catalog_info import AsOf, existed_at, resolve_as_of, snapshot_at, table_names
 from medlake_assets.serving.deid import deid_configured, register_deid_views
 
+EXTENSIONS = ("avro", "iceberg", "httpfs", "sqlite_scanner", "postgres_scanner")
 
-def _extensions(warehouse: str, ledger_url: str) -> list[str]:
-    """The extensions a lake needs (each LOAD costs ~0.1-0.3 s, paid by every serve-sql connection)."""
+
+def needed_extensions(warehouse: str, ledger_url: str) -> list[str]:
+    """The extensions a lake's views need (each LOAD costs ~0.1-0.3 s, paid by every serve-sql connection)."""
     needed = ["avro", "iceberg"]
     if warehouse.startswith("s3://"):
         needed.append("httpfs")
@@ -125,19 +128,23 @@ def _create_views(con: duckdb.DuckDBPyConnection, catalog: Catalog, as_of: AsOf 
 
 
 def connect(
-    lake: Lake, as_of: AsOf | None = None, ledger_url: str | None = None
+    lake: Lake,
+    as_of: AsOf | None = None,
+    ledger_url: str | None = None,
+    extensions: Sequence[str] = EXTENSIONS,
 ) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with `<namespace>.<table>` views for every Iceberg table and `meta.*`.
 
     With `as_of` (a snapshot id, or an ISO timestamp / datetime, naive meaning UTC) every view reads the
     snapshot that was current then, and tables created later are absent. `meta.*` (the ledger) is not
     versioned and always shows the present. `ledger_url` attaches the ledger through another URL than the
-    catalog's (serve-sql: a database role that cannot write).
+    catalog's (serve-sql: a database role that cannot write). `extensions` are loaded (all by default, so
+    a session can also attach PostgreSQL or read S3; serve-sql loads only `needed_extensions`).
     """
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     con.execute(f"SET extension_directory = {_quote(str(lake.settings.home / 'duckdb_extensions'))}")
     ledger_url = ledger_url or lake.settings.catalog_url
-    for name in _extensions(lake.settings.warehouse, ledger_url):
+    for name in extensions:
         import_extension(name, con=con)
         con.execute(f"LOAD {name}")
     if lake.settings.warehouse.startswith("s3://"):

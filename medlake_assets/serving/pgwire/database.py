@@ -28,7 +28,7 @@ from medlake_assets.serving.catalog_info import AsOf
 from medlake_assets.serving.pgwire import catalog as pg_catalog
 from medlake_assets.serving.pgwire.config import ServeSettings
 from medlake_assets.serving.pgwire.statements import Catalog, builtin_functions
-from medlake_assets.serving.sql import connect
+from medlake_assets.serving.sql import connect, needed_extensions
 from medlake_assets.spec.access import Access, Login, can_read_schema, facility_column
 from medlake_assets.spec.descriptions import TableDescription, describe_lake
 
@@ -112,7 +112,8 @@ def open_login_database(
     descriptions: Mapping[str, TableDescription] | None = None,
 ) -> LoginDatabase:
     """A new, locked database for `login` (as of `as_of` when given)."""
-    con = connect(lake, as_of=as_of, ledger_url=serve.ledger_url)
+    ledger_url = serve.ledger_url or lake.settings.catalog_url
+    con = connect(lake, as_of, ledger_url, needed_extensions(lake.settings.warehouse, ledger_url))
     try:
         scope = access.facility_scope(login)
         con.execute(f"ATTACH ':memory:' AS {PUBLIC}")
