@@ -9,6 +9,7 @@ import logging
 import os
 import struct
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -277,6 +278,18 @@ def test_statement_timeout_stops_a_runaway_query_and_so_does_the_client_leaving(
                 outcomes = connection.execute(sa.text(f"SELECT outcome FROM {AUDIT_TABLE}")).scalars().all()
         assert "timeout" in outcomes
         assert "client_gone" in outcomes  # interrupted when the client left, long before the timeout
+
+
+def test_a_cancel_request_stops_the_running_query(served):
+    """psycopg's cancel() sends PostgreSQL's CancelRequest (pid and secret key) on a new connection."""
+    with served.connect() as con:
+        canceller = threading.Timer(1.0, con.cancel)
+        canceller.start()
+        error = refused(con, "SELECT count(*) FROM range(100000000000)")
+        canceller.join()
+        assert error.sqlstate == "57014"
+        assert "canceling statement due to user request" in str(error)
+        assert con.execute("SELECT 7").fetchone() == (7,)
 
 
 def test_each_connection_has_its_own_memory_limit(lake_and_manifest):
