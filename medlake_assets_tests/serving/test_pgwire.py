@@ -322,61 +322,44 @@ def _relations(con: psycopg.Connection) -> list[tuple[str, str]]:
     ).fetchall()
 
 
-def _facility_column(con: psycopg.Connection, schema: str, table: str) -> str | None:
-    columns = {
-        name
-        for (name,) in con.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
-            (schema, table),
-        )
-    }
-    return next((name for name in ("_facility", "facility_id", "facility") if name in columns), None)
-
-
-def _facilities_and_counts(con: psycopg.Connection) -> dict[str, tuple[set[str], int]]:
+def _facilities_and_counts(con: psycopg.Connection) -> dict[str, dict[str | None, int]]:
+    """Rows per facility of every relation the login has (None: a relation without a facility column)."""
+    columns: dict[str, set[str]] = {}
+    for schema, table, column in con.execute(
+        "SELECT table_schema, table_name, column_name FROM information_schema.columns"
+    ):
+        columns.setdefault(f"{schema}.{table}", set()).add(column)
     found = {}
     for schema, table in _relations(con):
-        column = _facility_column(con, schema, table)
+        name = f"{schema}.{table}"
+        column = next((c for c in ("_facility", "facility_id", "facility") if c in columns[name]), None)
         if column is None:
-            found[f"{schema}.{table}"] = (
-                set(),
-                con.execute(f"SELECT count(*) FROM {schema}.{table}").fetchone()[0],
-            )
-            continue
-        rows = con.execute(f'SELECT "{column}", count(*) FROM {schema}.{table} GROUP BY 1').fetchall()
-        found[f"{schema}.{table}"] = ({facility for facility, _ in rows}, sum(count for _, count in rows))
+            found[name] = {None: con.execute(f"SELECT count(*) FROM {name}").fetchone()[0]}
+        else:
+            found[name] = dict(con.execute(f'SELECT "{column}", count(*) FROM {name} GROUP BY 1').fetchall())
     return found
 
 
 def test_each_customer_sees_only_its_facilities_in_every_relation(served):
     with served.connect() as operator:
         everything = _facilities_and_counts(operator)
-        by_facility = {}
-        for name in everything:
-            column = _facility_column(operator, *name.split("."))
-            if column:
-                rows = operator.execute(f'SELECT "{column}", count(*) FROM {name} GROUP BY 1').fetchall()
-                by_facility[name] = dict(rows)
-    assert {
-        "bronze.lab_results",
-        "silver.lab_results",
-        "silver_deid.lab_results",
-        "meta.files",
-        "meta.sql_audit",
-    } <= set(everything)
+    expected_relations = {"bronze.lab_results", "silver.lab_results", "silver_deid.lab_results", "meta.files"}
+    assert expected_relations | {"meta.sql_audit"} <= set(everything)
     assert any(name.startswith("quarantine.") for name in everything)
     assert any(name.startswith("gold.") for name in everything)
-    every_facility = set().union(*(facilities for facilities, _ in everything.values()))
+    every_facility = {facility for counts in everything.values() for facility in counts if facility}
     assert every_facility & NORTHWIND and every_facility & RIVERSIDE  # both customers have rows
     for user, own in (("northwind_analyst", NORTHWIND), ("riverside_analyst", RIVERSIDE)):
         with served.connect(user) as con:
             seen = _facilities_and_counts(con)
         assert "meta.sql_audit" not in seen
-        assert {"bronze.lab_results", "silver.lab_results", "meta.files"} <= set(seen)
-        for name, (facilities, count) in seen.items():
-            assert facilities <= own, (user, name, facilities)
+        assert expected_relations <= set(seen)
+        for name, counts in seen.items():
+            assert set(counts) <= own, (user, name, counts)
             # exactly its facilities' rows: as many as the operator sees for them
-            assert count == sum(rows for facility, rows in by_facility[name].items() if facility in own), name
+            assert counts == {
+                facility: n for facility, n in everything[name].items() if facility in own
+            }, name
 
 
 def test_the_deid_login_reads_only_deidentified_views_and_gold(served):

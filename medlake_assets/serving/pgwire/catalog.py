@@ -469,7 +469,7 @@ def build(
         "NULL::VARCHAR AS tablename, NULL::VARCHAR AS indexname, NULL::VARCHAR AS indexdef WHERE false"
     )
     con.execute("; ".join(_macros(user)))
-    _information_schema(con, schemas)
+    _information_schema(con, sorted(relations, key=lambda item: (item.schema, item.name)))
 
 
 def server_parameters(user: str) -> dict[str, str]:
@@ -622,25 +622,55 @@ INFORMATION_SCHEMA_VIEWS = ("schemata", "tables", "columns", "views", "key_colum
 INFORMATION_SCHEMA_VIEWS += ("table_constraints", "referential_constraints", "character_sets")
 
 
-def _information_schema(con: duckdb.DuckDBPyConnection, schemas: Sequence[str]) -> None:
-    """DuckDB's information schema, limited to this database's readable schemas; views show as tables."""
+def _information_schema(con: duckdb.DuckDBPyConnection, relations: Sequence[Relation]) -> None:
+    """DuckDB's information schema, limited to this database's relations (views show as tables).
+
+    `tables` and `columns` are materialized from what was just built: DuckDB's own views bind every
+    relation (reading each Iceberg table's metadata) on every query.
+    """
     target = PRIVATE_INFORMATION_SCHEMA
+    schemas = sorted({relation.schema for relation in relations})
     listed = ", ".join("'" + schema.replace("'", "''") + "'" for schema in schemas) or "NULL"
     con.execute(f"CREATE SCHEMA {target}")
-    own = "catalog_name = current_database()"
     con.execute(
         f"CREATE VIEW {target}.schemata AS SELECT * FROM system.information_schema.schemata "
-        f"WHERE {own} AND schema_name IN ({listed})"
+        f"WHERE catalog_name = current_database() AND schema_name IN ({listed})"
     )
-    con.execute(
-        f"CREATE VIEW {target}.tables AS SELECT * REPLACE ('BASE TABLE' AS table_type, 'YES' AS "
-        "is_insertable_into) FROM system.information_schema.tables WHERE table_catalog = current_database() "
-        f"AND table_schema IN ({listed})"
+    catalog = con.execute("SELECT current_database()").fetchone()[0]
+    tables = pa.table(
+        {
+            "table_catalog": [catalog] * len(relations),
+            "table_schema": [relation.schema for relation in relations],
+            "table_name": [relation.name for relation in relations],
+            "table_type": ["BASE TABLE"] * len(relations),
+            "is_insertable_into": ["NO"] * len(relations),
+        }
     )
-    con.execute(
-        f"CREATE VIEW {target}.columns AS SELECT * FROM system.information_schema.columns "
-        f"WHERE table_catalog = current_database() AND table_schema IN ({listed})"
+    rows = [
+        (relation, position, column)
+        for relation in relations
+        for position, column in enumerate(relation.columns, start=1)
+    ]
+    columns = pa.table(
+        {
+            "table_catalog": [catalog] * len(rows),
+            "table_schema": [relation.schema for relation, _, _ in rows],
+            "table_name": [relation.name for relation, _, _ in rows],
+            "column_name": [column[0] for _, _, column in rows],
+            "ordinal_position": pa.array([position for _, position, _ in rows], pa.int32()),
+            "is_nullable": ["YES" if column[2] else "NO" for _, _, column in rows],
+            "data_type": [column[1] for _, _, column in rows],
+        }
     )
+    for name, data in (("tables", tables), ("columns", columns)):
+        con.execute(
+            f"CREATE TABLE {target}.{name} AS SELECT * FROM system.information_schema.{name} WHERE false"
+        )
+        con.register("medlake_information_rows", data)
+        try:
+            con.execute(f"INSERT INTO {target}.{name} BY NAME SELECT * FROM medlake_information_rows")
+        finally:
+            con.unregister("medlake_information_rows")
     con.execute(f"CREATE VIEW {target}.views AS SELECT * FROM system.information_schema.views WHERE false")
     for view in ("key_column_usage", "table_constraints", "referential_constraints"):
         con.execute(
