@@ -7,7 +7,7 @@ export MEDLAKE_HOME ?= $(CURDIR)/.medlake
 export DAGSTER_HOME ?= $(MEDLAKE_HOME)/dagster
 DEMO_ENV := $(MEDLAKE_HOME)/demo.env
 
-.PHONY: install superset-venv run demo-data ingest ui test test-e2e test-tf test-all lint format bench bench-query workers bench-scale clean
+.PHONY: install superset-venv run demo-data ingest ui test test-e2e test-tf test-all lint format bench bench-query workers bench-scale bench-soak bench-memory clean
 
 install: $(VENV)/.installed
 
@@ -23,17 +23,19 @@ $(DEMO_ENV):
 	@mkdir -p $(MEDLAKE_HOME)
 	@umask 077 && echo "MEDLAKE_ARCHIVE_PASSWORD=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(18))')" > $@
 
+# Yesterday (UTC): a whole day of feeds lies in the past, so no report shows times after now, and the
+# landing sensor still lists it (open days).
+YESTERDAY = $(BIN)/python -c 'import datetime as d; print(d.datetime.now(d.UTC).date() - d.timedelta(days=1))'
+
+# The first look: generate yesterday's sample feeds (once), then `dagster dev` with its daemon ingesting them
+# through the landing sensor, as a deployment does (runs under their jobs, landing days as partitions),
+# and every gold report launched through the webserver. Dagster logs to $(MEDLAKE_HOME)/dagster-dev.log.
 run: install $(DEMO_ENV)
 	@set -a && source $(DEMO_ENV) && set +a && \
-	  mkdir -p $(DAGSTER_HOME) && cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml && \
+	  mkdir -p $(DAGSTER_HOME) && cp deploy/dagster.embedded.yaml $(DAGSTER_HOME)/dagster.yaml && \
 	  { test -f $(MEDLAKE_HOME)/manifest.json || $(BIN)/medlake generate --out $(MEDLAKE_HOME) \
-	      --facilities 6 --archives 80 --bad-rate 0.08 --size-scale 0.15 --seed 42; } && \
-	  $(BIN)/medlake ingest --once && \
-	  $(BIN)/medlake report --all && \
-	  echo "Report pages: $(MEDLAKE_HOME)/reports/<report>/<partition or run time>/report.html" && \
-	  $(BIN)/medlake sql "SELECT _facility, count(*) AS records FROM bronze.lab_results GROUP BY 1 ORDER BY 1" && \
-	  echo "Dagster UI: http://127.0.0.1:3000 (Ctrl-C to stop)" && \
-	  exec $(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+	      --facilities 6 --archives 80 --bad-rate 0.08 --size-scale 0.15 --seed 42 --day "$$($(YESTERDAY))"; } && \
+	  exec $(BIN)/medlake demo --port 3000
 
 # The real services the tests use, started here unless given: PostgreSQL (as the `postgres` user) and
 # moto's S3 server on 127.0.0.1. A failed start fails the target.
@@ -105,6 +107,15 @@ bench-scale: install $(DEMO_ENV)
 	@set -a && source $(DEMO_ENV) && set +a && \
 	  export MEDLAKE_BENCH_POSTGRES_URL="$$(scripts/start_postgres.sh)" && \
 	  $(BIN)/medlake bench scale --work-dir $(MEDLAKE_HOME)/bench-scale
+
+# `medlake bench soak`: one worker in the deployed mode at the production rate, a 10x surge, back to normal
+# (defaults: 60 + 10 + 20 minutes; SOAK="--normal-minutes 6 --surge-minutes 2 --after-minutes 8" for a
+# short check). The generated archives are kept in $(MEDLAKE_HOME)/bench-soak and reused.
+SOAK ?=
+bench-soak: install $(DEMO_ENV)
+	@set -a && source $(DEMO_ENV) && set +a && \
+	  export MEDLAKE_BENCH_POSTGRES_URL="$$(scripts/start_postgres.sh)" && \
+	  $(BIN)/medlake bench soak --work-dir $(MEDLAKE_HOME)/bench-soak $(SOAK)
 
 clean:
 	rm -rf $(MEDLAKE_HOME)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import os
 import sys
@@ -32,7 +33,11 @@ def _dagster_instance():
     settings = load_settings()
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(settings.home / "dagster")))
     home.mkdir(parents=True, exist_ok=True)
-    return dg.DagsterInstance.get()
+    # Two commands starting at once on a new home would both create Dagster's SQLite storage and one would
+    # fail on its schema version row: the first creates it, the second waits and opens it.
+    with open(home / ".instance.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return dg.DagsterInstance.get()
 
 
 @app.command()
@@ -101,6 +106,18 @@ def _summary_table(title: str) -> Table:
     return table
 
 
+def _print_missing_secrets(lake) -> int:
+    """Say which secrets to set for the archives held pending without a password; how many are held."""
+    from collections import Counter
+
+    from medlake_assets.ingest.batch import MISSING_SECRET
+
+    held = Counter((row.source, row.facility, row.reason) for row in lake.ledger.held(rule=MISSING_SECRET))
+    for (source, facility, reason), count in sorted(held.items()):
+        console.print(f"[red]{source} {facility}: {count} archives held pending: {reason}[/red]")
+    return sum(held.values())
+
+
 @app.command()
 def ingest(
     once: Annotated[
@@ -132,9 +149,69 @@ def ingest(
         console.print(
             _summary_table(f"{summary.runs} runs ({summary.failed_runs} failed) in {summary.seconds:.1f} s")
         )
+        held = _print_missing_secrets(lake)
         if once:
-            raise typer.Exit(1 if summary.failed_runs else 0)
+            raise typer.Exit(1 if summary.failed_runs or held else 0)
         time.sleep(interval)
+
+
+@app.command()
+def demo(
+    port: Annotated[int, typer.Option(help="Port of the Dagster UI")] = 3000,
+    exit_when_ready: Annotated[
+        bool, typer.Option("--exit-when-ready", help="Stop Dagster once the lake is ingested (for checks)")
+    ] = False,
+) -> None:
+    """Serve the lake under `dagster dev`: its daemon ingests the landing zone, then every report runs."""
+    from medlake_assets.defs.reports import report_job_name, report_run_tags
+    from medlake_assets.demo import DagsterDev, DemoError, wait_until_ingested
+    from medlake_assets.lake import Lake
+    from medlake_assets.reports import load_reports
+
+    settings = load_settings()
+    os.environ.setdefault("DAGSTER_HOME", str(settings.home / "dagster"))
+    lake = Lake(settings)
+    try:
+        with DagsterDev(settings, port=port) as dev:
+            with console.status(f"starting Dagster (log: {dev.log_path})"):
+                dev.wait_until_serving()
+            with console.status("the landing sensor is ingesting") as status:
+
+                def show(state) -> None:
+                    status.update(
+                        f"ingesting: {state.done} of {state.landed} archives loaded or quarantined, "
+                        f"{state.silver_pending} batches on their way to silver"
+                    )
+
+                wait_until_ingested(lake, dev, on_progress=show)
+            reports = Table(title="gold reports (runs launched through Dagster)")
+            for column in ("report", "run", "status"):
+                reports.add_column(column)
+            for report in load_reports(settings.reports_dir):
+                with console.status(f"report {report.name}"):
+                    run_id = dev.submit(report_job_name(report), report_run_tags(report))
+                    outcome = dev.wait_for_run(run_id)
+                reports.add_row(report.name, f"{dev.url}/runs/{run_id}", outcome)
+            console.print(_summary_table("ingested by the landing sensor"))
+            console.print(reports)
+            console.print(
+                f"Dagster UI: {dev.url} (runs under their jobs: {dev.url}/runs, assets: {dev.url}/assets)\n"
+                f"Report pages: {settings.home / 'reports'}/<report>/<partition or run time>/report.html\n"
+                'SQL: .venv/bin/medlake sql "SELECT * FROM meta.files LIMIT 5"\n'
+                f"Dagster's own log: {dev.log_path}",
+                highlight=False,
+            )
+            if exit_when_ready:
+                return
+            console.print("Ctrl-C stops Dagster.")
+            try:
+                assert dev.process is not None
+                dev.process.wait()
+            except KeyboardInterrupt:
+                console.print("stopping Dagster")
+    except DemoError as error:
+        console.print(f"error: {error}", style="red", markup=False, highlight=False)
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -154,7 +231,7 @@ def sql(
     """Query the lake with DuckDB (Iceberg tables as views); without a query, an interactive shell."""
     from medlake_assets.lake import Lake
     from medlake_assets.serving.catalog_info import AsOfError
-    from medlake_assets.serving.sql import connect, render, shell
+    from medlake_assets.serving.sql import connect, shell
 
     settings = load_settings()
     try:
@@ -164,6 +241,17 @@ def sql(
     if query is None:
         shell(con, Console(), history_file=settings.home / "sql_history")
         return
+    import duckdb
+
+    try:
+        _print_query(con, query, format)
+    except duckdb.Error as error:
+        # One line, as psql prints it: the engine's message says what and where (no traceback).
+        console.print(f"error: {str(error).splitlines()[0]}", style="red", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _print_query(con, query: str, format: str) -> None:
     relation = con.sql(query)
     if relation is None:
         return
@@ -176,6 +264,8 @@ def sql(
         for row in relation.fetchall():
             print(json.dumps(dict(zip(columns, row, strict=True)), default=str))
     elif format == "table":
+        from medlake_assets.serving.sql import render
+
         Console().print(render(relation))
     else:
         raise typer.BadParameter("format must be table, csv or json")
@@ -224,6 +314,7 @@ def report(
     """Run gold reports now: each one's SQL over the lake, written to gold.<name>, then its checks."""
     from medlake_assets.definitions import build_definitions
     from medlake_assets.defs.reports import report_job_name, report_run_tags
+    from medlake_assets.defs.runner import quiet
     from medlake_assets.reports import ReportSpecError, load_reports
 
     settings = load_settings()
@@ -252,7 +343,7 @@ def report(
     for key, tags in runs.items():
         # Through the report's Dagster job, so the materialization and its checks show in the UI.
         result = defs.resolve_job_def(report_job_name(reports[key])).execute_in_process(
-            instance=instance, tags=tags, raise_on_error=False
+            run_config=quiet(None), instance=instance, tags=tags, raise_on_error=False
         )
         ok = _print_report_run(reports[key].table, result, tags) and ok
     if not ok:
@@ -366,6 +457,201 @@ def quality(
     for row in rows:
         table.add_row(*["" if value is None else str(value) for value in row])
     Console(width=160).print(table)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else ('es' if noun.endswith('ch') else 's')}"
+
+
+def _quarantined(item) -> str:
+    """`2 archives (archive.corrupt 1, ...), 10 rows (check.regex:test_code 10)`: the top 3 rules of each."""
+
+    def by_rule(total: int, noun: str, rules: list[tuple[str, int]]) -> str:
+        shown = ", ".join(f"{rule} {count}" for rule, count in rules[:3])
+        more = f", +{len(rules) - 3} rules" if len(rules) > 3 else ""
+        return _count(total, noun) + (f" ({shown}{more})" if rules else "")
+
+    return (
+        f"{by_rule(item.quarantined_archives, 'archive', item.archive_rules)}, "
+        f"{by_rule(item.quarantined_rows, 'row', item.row_rules)}"
+    )
+
+
+def _last_failed_run(instance, source: str) -> str:
+    """`<time> <job> run <id>: <exception class>` of the source's latest failed run, or ''. The class only:
+    a third-party message can quote a value."""
+    import dagster as dg
+
+    from medlake_assets.defs.sources import SOURCE_TAG
+
+    runs = instance.get_runs(
+        filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE], tags={SOURCE_TAG: source}), limit=1
+    )
+    if not runs:
+        return ""
+    run = runs[0]
+    failures = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+    error = failures[-1].dagster_event.step_failure_data.error if failures else None
+    record = instance.get_run_record_by_id(run.run_id)
+    when = record.end_time or record.create_timestamp.timestamp() if record else None
+    stamp = datetime.fromtimestamp(when, UTC).strftime("%m-%d %H:%M") if when else ""
+    return f"{stamp} {run.job_name} run {run.run_id[:8]}: {error.cls_name if error else 'failed'}"
+
+
+@app.command()
+def status() -> None:
+    """One screen for an operator: per source what is pending, loading, waiting for silver, held back,
+    quarantined, which facilities are stale, and the last error. Counts, ids and rule codes, no values."""
+    from medlake_assets.lake import Lake
+    from medlake_assets.quality.status import UNROUTED, source_status
+    from medlake_assets.serving.sql import connect
+
+    lake = Lake(load_settings())
+    now = datetime.now(UTC)
+    statuses = source_status(connect(lake), lake.sources)
+    instance = _dagster_instance()
+    out = Console(width=None if sys.stdout.isatty() else 200)
+    table = Table(title=f"medlake status at {now:%Y-%m-%d %H:%M} UTC")
+    columns = ["source", "pending", "loading", "to silver", "held back", "quarantined", "stale", "last error"]
+    for column in columns:
+        table.add_column(column, justify="right" if column in ("pending", "loading", "to silver") else "left")
+    for item in statuses:
+        held = ", ".join(
+            f"{h.facility}: {_count(h.rows, 'row')} ({_count(h.batches, 'batch')})" for h in item.held[:3]
+        ) + (f" +{len(item.held) - 3} more" if len(item.held) > 3 else "")
+        if not item.watched:
+            stale = "-"
+        elif not item.facilities_seen:
+            stale = "no data yet"
+        else:
+            stale = ", ".join(
+                f"{s.facility} ({s.lag_minutes:.0f} > {s.limit_minutes:.0f} min)" for s in item.stale[:3]
+            ) + (f" +{len(item.stale) - 3} more" if len(item.stale) > 3 else "")
+        errors = []
+        if item.last_quarantined_at:
+            errors.append(
+                f"{item.last_quarantined_at:%m-%d %H:%M} {item.last_quarantined_rule} "
+                f"({item.last_quarantined_key.rsplit('/', 1)[-1] if item.last_quarantined_key else ''})"
+            )
+        if item.source != UNROUTED and (failed := _last_failed_run(instance, item.source)):
+            errors.append(failed)
+        table.add_row(
+            item.source,
+            str(item.pending),
+            str(item.loading),
+            str(item.awaiting_silver),
+            held or "none",
+            _quarantined(item),
+            stale or "none",
+            "; ".join(errors),
+        )
+    out.print(table)
+    held_rows = [(item.source, h) for item in statuses for h in item.held]
+    if held_rows:
+        detail = Table(title="held back by the quality gate (rows that passed every rule, waiting)")
+        for column in ("source", "facility", "rows", "batches", "landing days", "held since", "released"):
+            detail.add_column(
+                column, justify="right" if column in ("rows", "batches", "landing days") else "left"
+            )
+        for source, h in held_rows:
+            detail.add_row(
+                source,
+                h.facility,
+                str(h.rows),
+                str(h.batches),
+                str(h.days),
+                f"{h.since:%Y-%m-%d %H:%M}",
+                str(h.released) if h.released else "",
+            )
+        out.print(detail)
+        source, first = held_rows[0]
+        out.print(
+            f"Publish a facility's held rows: medlake release --source {source} --facility {first.facility} "
+            '[--day YYYY-MM-DD]   (details: medlake sql "SELECT * FROM meta.held")',
+            highlight=False,
+        )
+    stale_rows = [(item.source, s) for item in statuses for s in item.stale]
+    if stale_rows:
+        detail = Table(title="stale facilities (nothing landed within their limit)")
+        for column in ("source", "facility", "last arrival", "minutes since", "limit", "limit from"):
+            detail.add_column(column, justify="right" if column in ("minutes since", "limit") else "left")
+        for source, s in stale_rows[:30]:
+            detail.add_row(
+                source,
+                s.facility,
+                f"{s.last_arrival:%Y-%m-%d %H:%M}",
+                f"{s.lag_minutes:.0f}",
+                f"{s.limit_minutes:.0f}",
+                s.limit_basis,
+            )
+        out.print(detail)
+        if len(stale_rows) > 30:
+            out.print(f'{len(stale_rows) - 30} more: medlake sql "SELECT * FROM meta.freshness WHERE stale"')
+
+
+@app.command()
+def release(
+    source: Annotated[str, typer.Option(help="The source, e.g. lab_results")],
+    facility: Annotated[str, typer.Option(help="The facility whose held rows to publish")],
+    day: Annotated[str, typer.Option(help="Only this landing day YYYY-MM-DD (default: every day)")] = "",
+    by: Annotated[
+        str, typer.Option(help="Who releases (recorded in meta.held; default: your user name)")
+    ] = "",
+) -> None:
+    """Publish a facility's rows held back by the quality gate, as they are (rows failing a rule stay in
+    quarantine), through the source's refine job; the ledger records who released them and when."""
+    import getpass
+
+    from medlake_assets.definitions import build_definitions
+    from medlake_assets.defs.resources import LakeResource
+    from medlake_assets.defs.silver import release_held
+    from medlake_assets.quality.held import held_slices
+
+    try:
+        landing_day = date.fromisoformat(day) if day else None
+    except ValueError:
+        raise typer.BadParameter(f"{day!r} is not a day YYYY-MM-DD", param_hint="--day") from None
+    settings = load_settings()
+    lake = LakeResource.from_settings(settings).lake()
+    if source not in lake.sources:
+        console.print(f"[red]unknown source {source!r}; known: {', '.join(sorted(lake.sources))}[/red]")
+        raise typer.Exit(2)
+    report = release_held(
+        build_definitions(settings),
+        _dagster_instance(),
+        lake,
+        lake.sources[source],
+        facility,
+        by or getpass.getuser(),
+        landing_day,
+    )
+    if not report.released:
+        waiting = sorted({item.facility for item in held_slices(lake.ledger, source)})
+        console.print(
+            f"nothing held for facility {facility!r} in {source}"
+            + (f" on {day}" if day else "")
+            + (f"; held facilities: {', '.join(waiting)}" if waiting else "; no facility is held")
+        )
+        raise typer.Exit(1)
+    out = Table(
+        title=f"released {source} facility {facility}: {report.rows_published} rows published in "
+        f"{report.seconds:.1f} s (runs {', '.join(run_id[:8] for run_id in report.run_ids)})"
+    )
+    for column in ("landing day", "batch", "rows", "rejected (stay in quarantine)", "status"):
+        out.add_column(column, justify="right" if column.startswith(("rows", "rejected")) else "left")
+    published = {(item.batch_id, item.facility) for item in report.published}
+    for item in report.released:
+        state = "published" if (item.batch_id, item.facility) in published else "released, not yet published"
+        out.add_row(
+            item.landing_day.isoformat(), item.batch_id, str(item.held_rows), str(item.rejected), state
+        )
+    Console(width=None if sys.stdout.isatty() else 200).print(out)
+    if not report.success:
+        console.print(
+            "[red]a refine run failed: see it in the Dagster UI; the next silver run of the day "
+            "publishes the released rows[/red]"
+        )
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -503,7 +789,7 @@ def workers(
         float, typer.Option(help="Archives per hour to put the slice at (0: all at once)")
     ] = 3500,
     speedup: Annotated[float, typer.Option(help="Multiplies --rate")] = 1.0,
-    sensor_interval: Annotated[int, typer.Option(help="Seconds between sensor evaluations")] = 30,
+    sensor_interval: Annotated[int, typer.Option(help="Seconds between sensor evaluations")] = 5,
     until_settled: Annotated[
         bool, typer.Option("--until-settled", help="Exit once the fed slice is in silver and no run is left")
     ] = False,
@@ -651,8 +937,7 @@ def bench_scale(
     seed: int = 7,
     size_scale: float = 1.0,
     speedup: Annotated[float, typer.Option(help="Multiplies the production arrival rate (3,500/h)")] = 1.0,
-    # 5 s ticks cut a slice into many tiny runs whose process start dominates (docs/benchmarks.md).
-    sensor_interval: Annotated[int, typer.Option(help="Seconds between sensor evaluations")] = 30,
+    sensor_interval: Annotated[int, typer.Option(help="Seconds between sensor evaluations")] = 5,
     postgres_url: Annotated[
         str,
         typer.Option(
@@ -682,6 +967,94 @@ def bench_scale(
         console=console,
     )
     Console(width=200).print(report)
+
+
+@bench_app.command("memory")
+def bench_memory(
+    archives: Annotated[int, typer.Option(help="Generated archives besides the two 40 MB ones")] = 100,
+    facilities: int = 20,
+    seed: int = 7,
+    bound_mb: Annotated[float, typer.Option(help="Peak RSS an ingest run may reach")] = 1536,
+    work_dir: Annotated[Path | None, typer.Option(help="Scratch folder (default: a temp dir)")] = None,
+) -> None:
+    """Peak memory of bronze and silver runs on a batch holding 40 MB archives; exits 1 above the bound."""
+    from medlake_assets.bench.memory import run_memory_benchmark
+
+    results, table = run_memory_benchmark(
+        archives=archives,
+        facilities=facilities,
+        seed=seed,
+        work_dir=work_dir,
+        bound_mb=bound_mb,
+        console=console,
+    )
+    Console(width=160).print(table)
+    over = [r for r in results if r.stage == "bronze" and r.peak_mb > bound_mb]
+    if over:
+        console.print(
+            f"[red]{len(over)} bronze run(s) above {bound_mb:,.0f} MB: "
+            + ", ".join(f"{r.source} {r.peak_mb:,.0f} MB" for r in over)
+            + "[/red]"
+        )
+        raise typer.Exit(1)
+
+
+@bench_app.command("soak")
+def bench_soak(
+    normal_minutes: Annotated[float, typer.Option(help="Minutes at the production rate first")] = 60,
+    surge_minutes: Annotated[float, typer.Option(help="Minutes of the surge")] = 10,
+    surge_factor: Annotated[float, typer.Option(help="The surge's rate, times the production rate")] = 10,
+    after_minutes: Annotated[
+        float, typer.Option(help="Minutes at the production rate after the surge (the drain window)")
+    ] = 20,
+    rate: Annotated[float, typer.Option(help="The production rate, archives per hour")] = 3500,
+    workers: Annotated[int, typer.Option(help="Run workers (runs at once)")] = 1,
+    sensor_interval: Annotated[int, typer.Option(help="Seconds between sensor evaluations")] = 5,
+    window_minutes: Annotated[float, typer.Option(help="Report window")] = 5,
+    drain_limit_minutes: Annotated[
+        float, typer.Option(help="After the last arrival, wait at most this long for silver")
+    ] = 30,
+    facilities: int = 20,
+    seed: int = 7,
+    size_scale: Annotated[
+        float, typer.Option(help="Multiplies production archive sizes (1 = production)")
+    ] = 1.0,
+    postgres_url: Annotated[
+        str,
+        typer.Option(
+            envvar="MEDLAKE_BENCH_POSTGRES_URL", help="A PostgreSQL server to create a scratch database on"
+        ),
+    ] = "",
+    work_dir: Annotated[
+        Path | None, typer.Option(help="Scratch folder; the generated archives are reused from it")
+    ] = None,
+) -> None:
+    """The deployed mode (daemon, queued runs, a process per run) at the production rate, then a surge."""
+    from medlake_assets.bench.soak import render, run_soak, soak_phases
+
+    if not postgres_url:
+        console.print(
+            "[red]--postgres-url or MEDLAKE_BENCH_POSTGRES_URL is required (scripts/start_postgres.sh)[/red]"
+        )
+        raise typer.Exit(2)
+    result = run_soak(
+        phases=soak_phases(normal_minutes, surge_minutes, after_minutes, rate, surge_factor),
+        workers_count=workers,
+        sensor_interval=sensor_interval,
+        postgres_url=postgres_url,
+        facilities=facilities,
+        seed=seed,
+        size_scale=size_scale,
+        window_seconds=window_minutes * 60,
+        drain_limit_seconds=drain_limit_minutes * 60,
+        work_dir=work_dir,
+        console=console,
+    )
+    out = Console(width=220)
+    for table in render(result):
+        out.print(table)
+    if not result.ok:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,8 @@ class Settings:
     profile: str = EMBEDDED
     sensor_interval_seconds: int = DEFAULT_SENSOR_INTERVAL_SECONDS
     """Minimum seconds between evaluations of the landing and automation sensors."""
+    runs_in_flight: int = 1
+    """`ingest_landed` runs the landing sensor keeps queued or running at once (the run workers)."""
 
     @property
     def ledger_url(self) -> str:
@@ -87,6 +89,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     interval = env.get("MEDLAKE_SENSOR_INTERVAL_SECONDS", str(DEFAULT_SENSOR_INTERVAL_SECONDS))
     if not interval.isdigit() or int(interval) < 1:
         raise SettingsError(f"MEDLAKE_SENSOR_INTERVAL_SECONDS must be a positive integer, not {interval!r}")
+    runs = env.get("MEDLAKE_RUNS_IN_FLIGHT", "1")
+    if not runs.isdigit() or int(runs) < 1:
+        raise SettingsError(f"MEDLAKE_RUNS_IN_FLIGHT must be a positive integer, not {runs!r}")
     home = Path(env.get("MEDLAKE_HOME", ".medlake")).expanduser().resolve()
     store_url = env.get("MEDLAKE_STORE_URL", home.as_uri())
     settings = Settings(
@@ -101,6 +106,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         access_dir=Path(env.get("MEDLAKE_ACCESS_DIR", str(DEFAULT_ACCESS_DIR))).resolve(),
         profile=profile,
         sensor_interval_seconds=int(interval),
+        runs_in_flight=int(runs),
     )
     if profile == PRODUCTION:
         check_production(settings, env)

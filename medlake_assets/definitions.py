@@ -5,23 +5,32 @@ from __future__ import annotations
 import dagster as dg
 
 from medlake_assets.config import Settings, load_settings
+from medlake_assets.defs.flow import build_flow_defs
 from medlake_assets.defs.landing import unrouted_sensor
 from medlake_assets.defs.maintenance import build_maintenance_defs
 from medlake_assets.defs.reports import build_report_defs, load_reports, report_automation_sensor
 from medlake_assets.defs.resources import LakeResource
-from medlake_assets.defs.silver import build_silver_defs, silver_automation_sensor, silver_catch_up_sensor
+from medlake_assets.defs.silver import (
+    build_freshness_defs,
+    build_silver_defs,
+    silver_automation_sensor,
+    silver_catch_up_sensor,
+)
 from medlake_assets.defs.sources import build_source_defs
 from medlake_assets.spec import load_sources
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
-    """Bronze and silver per source, gold per report, their checks, jobs, sensors and schedules."""
+    """Bronze and silver per source, the landing flow over all of them, gold per report, their checks,
+    jobs, sensors and schedules."""
     sources = load_sources(settings.sources_dir)
     reports = load_reports(settings.reports_dir)
     interval = settings.sensor_interval_seconds
     return dg.Definitions.merge(
-        *[build_source_defs(spec, interval) for spec in sources.values()],
+        *[build_source_defs(spec) for spec in sources.values()],
         *[build_silver_defs(spec) for spec in sources.values()],
+        build_freshness_defs(sources.values()),
+        build_flow_defs(sources.values(), interval, settings.runs_in_flight),
         *[build_report_defs(report) for report in reports],
         build_maintenance_defs(sources, reports),
         dg.Definitions(
@@ -29,7 +38,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 unrouted_sensor,
                 silver_automation_sensor(interval),
                 silver_catch_up_sensor(sources.values(), interval),
-                report_automation_sensor(interval),
+                # A report run rebuilds the whole report: at most one a minute, whatever the landing rate
+                # (each run is a process; with one worker it would otherwise take every other turn).
+                report_automation_sensor(max(interval, 60)),
             ],
             resources={"lake": LakeResource.from_settings(settings)},
             # One process per step costs ~5 s a step (design.md section 3): run in process.

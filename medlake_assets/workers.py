@@ -65,7 +65,12 @@ def instance_config(workers: int, *, monitoring_interval_seconds: int = 10, max_
         raise ValueError(f"workers must be at least 1, got {workers}")
     return {
         "storage": {"postgres": {"postgres_url": {"env": DAGSTER_PG_URL_ENV}}},
-        "run_coordinator": {"module": "dagster.core.run_coordinator", "class": "QueuedRunCoordinator"},
+        # Dequeue every second (default 5): with one run per cycle, a run waits for nothing but a worker.
+        "run_coordinator": {
+            "module": "dagster.core.run_coordinator",
+            "class": "QueuedRunCoordinator",
+            "config": {"dequeue_interval_seconds": 1},
+        },
         "run_launcher": {"module": "dagster.core.launcher", "class": "DefaultRunLauncher"},
         "concurrency": {
             "runs": {
@@ -110,13 +115,19 @@ def dagster_postgres_url(settings: Settings, env: Mapping[str, str]) -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def worker_environment(base: Mapping[str, str], dagster_home: Path, sensor_interval_seconds: int) -> dict:
-    """The daemon's (and so every run's) environment: production profile, checked before anything starts."""
+def worker_environment(
+    base: Mapping[str, str], dagster_home: Path, sensor_interval_seconds: int, workers: int = 1
+) -> dict:
+    """The daemon's (and so every run's) environment: production profile, checked before anything starts.
+
+    The landing sensor keeps as many `ingest_landed` runs in flight as there are workers.
+    """
     env = {
         **base,
         "MEDLAKE_PROFILE": PRODUCTION,
         "DAGSTER_HOME": str(dagster_home),
         "MEDLAKE_SENSOR_INTERVAL_SECONDS": str(sensor_interval_seconds),
+        "MEDLAKE_RUNS_IN_FLIGHT": str(workers),
     }
     # Each run is one worker: parallelism comes from N runs, not from a process pool inside each.
     env.setdefault("MEDLAKE_INGEST_WORKERS", "1")
@@ -193,7 +204,7 @@ class Workers:
     ):
         self.dagster_home = Path(dagster_home)
         self.workers = workers
-        self.env = worker_environment(env, self.dagster_home, sensor_interval_seconds)
+        self.env = worker_environment(env, self.dagster_home, sensor_interval_seconds, workers)
         self.settings = load_settings(self.env)
         self.lake = Lake(self.settings)
         self.log_path = log_path or self.dagster_home / "daemon.log"

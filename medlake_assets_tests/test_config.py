@@ -99,14 +99,9 @@ def test_sensor_interval_reaches_the_sensors() -> None:
     settings = load_settings({"MEDLAKE_SENSOR_INTERVAL_SECONDS": "2"})
     repository = build_definitions(settings).get_repository_def()
     intervals = {sensor.name: sensor.minimum_interval_seconds for sensor in repository.sensor_defs}
-    landing = {
-        name: value
-        for name, value in intervals.items()
-        if name.startswith("landing_") and name != "landing_unrouted"
-    }
-    assert landing and set(landing.values()) == {2}
+    assert intervals["landing"] == 2
     assert intervals["silver_automation"] == 2
-    assert intervals["gold_automation"] == 2
+    assert intervals["gold_automation"] == 60  # a report run rebuilds the whole report
 
 
 def test_definitions_read_settings_when_they_load(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -117,3 +112,18 @@ def test_definitions_read_settings_when_they_load(monkeypatch: pytest.MonkeyPatc
     monkeypatch.delenv("MEDLAKE_CATALOG_URL", raising=False)
     with pytest.raises(SettingsError, match="MEDLAKE_CATALOG_URL is not set"):
         definitions.defs()
+
+
+def test_the_lake_resource_carries_every_folder_into_runs(tmp_path) -> None:
+    from medlake_assets.defs.resources import LakeResource
+
+    env = {
+        "MEDLAKE_HOME": str(tmp_path),
+        "MEDLAKE_ACCESS_DIR": str(tmp_path / "access"),
+        "MEDLAKE_REPORTS_DIR": str(tmp_path / "reports"),
+    }
+    settings = load_settings(env)
+    carried = LakeResource.from_settings(settings).settings()
+    assert carried.access_dir == tmp_path / "access"
+    assert carried.reports_dir == tmp_path / "reports"
+    assert carried.sources_dir == settings.sources_dir

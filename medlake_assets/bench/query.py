@@ -752,24 +752,16 @@ def load_postgres(lake: Lake, conninfo: str, scale: Scale, status: Callable[[str
     """The lake's silver, quarantine and ledger rows into PostgreSQL with the same schema and table names,
     then primary keys, indexes and VACUUM ANALYZE."""
     import psycopg
-    from sqlalchemy.engine import make_url
 
     from medlake_assets.serving.sql import connect
-    from medlake_assets.tables.ledger import Ledger, files
+    from medlake_assets.tables.ledger import files
 
     with psycopg.connect(conninfo, autocommit=True) as pg:
         pg.execute(f"DROP TABLE IF EXISTS public.{MARKER}")
         for schema in SCHEMAS:
             pg.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
             pg.execute(f"CREATE SCHEMA {schema}")
-    # The ledger's own PostgreSQL table (types, constraints and indexes of production) in schema meta.
-    ledger_url = (
-        make_url(conninfo)
-        .set(drivername="postgresql+psycopg2")
-        .update_query_dict({"options": "-csearch_path=meta"})
-    )
-    ledger = Ledger(ledger_url.render_as_string(hide_password=False))
-    ledger.engine.dispose()
+    _postgres_ledger(conninfo)
 
     con = connect(lake)
     con.execute(f"ATTACH '{conninfo}' AS pg (TYPE postgres)")
@@ -796,6 +788,35 @@ def load_postgres(lake: Lake, conninfo: str, scale: Scale, status: Callable[[str
             pg.execute("VACUUM ANALYZE")
         pg.execute(f"CREATE TABLE public.{MARKER} (scale text)")
         pg.execute(f"INSERT INTO public.{MARKER} VALUES (%s)", [json.dumps(scale.describe(), sort_keys=True)])
+
+
+def _postgres_ledger(conninfo: str) -> None:
+    """The ledger's own PostgreSQL tables (types, constraints and indexes of production) in schema meta,
+    created where missing."""
+    from sqlalchemy.engine import make_url
+
+    from medlake_assets.tables.ledger import Ledger
+
+    url = make_url(conninfo).set(drivername="postgresql+psycopg2")
+    ledger = Ledger(
+        url.update_query_dict({"options": "-csearch_path=meta"}).render_as_string(hide_password=False)
+    )
+    ledger.engine.dispose()
+
+
+def postgres_meta_views(pg: Any, conninfo: str, lake: Lake, as_of: datetime) -> None:
+    """The other `meta.*` views the reports read, over the ledger tables in schema meta: `meta.processed`,
+    `meta.held`, and `meta.freshness` (its DuckDB query transpiled, clocked at `as_of`). Made at every run,
+    so a copy loaded by an earlier version gets them too."""
+    from medlake_assets.quality.freshness import freshness_query
+    from medlake_assets.tables.ledger import held, processed
+
+    _postgres_ledger(conninfo)
+    pg.execute(f"CREATE OR REPLACE VIEW meta.processed AS SELECT * FROM meta.{processed.name}")
+    pg.execute(f"CREATE OR REPLACE VIEW meta.held AS SELECT * FROM meta.{held.name}")
+    pg.execute(
+        f"CREATE OR REPLACE VIEW meta.freshness AS {to_postgres(freshness_query(lake.sources), as_of)}"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ queries
@@ -1125,6 +1146,7 @@ def run_query_bench(
     with psycopg.connect(conninfo, autocommit=True) as pg:
         for statement in POSTGRES_SESSION:
             pg.execute(statement)
+        postgres_meta_views(pg, conninfo, lake, scale.end)
         postgres_bytes = pg.execute("SELECT pg_database_size(current_database())").fetchone()[0]
         for query in bench_queries(lake.settings, scale, reports_dir):
             postgres_sql = to_postgres(query.sql, scale.end)

@@ -14,9 +14,9 @@ import dagster as dg
 from pyiceberg.expressions import EqualTo
 
 from medlake_assets.defs.resources import LakeResource
-from medlake_assets.defs.runner import RUNNER_PID_TAG
+from medlake_assets.defs.runner import RUNNER_PID_TAG, quiet
 from medlake_assets.defs.silver import ENCOUNTERS_SOURCE, SilverLoadConfig, refine_job_name, silver_key
-from medlake_assets.defs.sources import SOURCE_TAG, batch_run_config, job_name
+from medlake_assets.defs.sources import SOURCE_TAG, batch_run_config, ensure_landing_days, job_name
 from medlake_assets.lake import Lake
 from medlake_assets.reports.spec import ReportSpec
 from medlake_assets.spec import SourceSpec
@@ -171,9 +171,10 @@ def reprocess_day(
         (refine_job_name(spec), dg.RunConfig(ops={silver_op: SilverLoadConfig(full=True)})),
     ]
     run_ids, success = [], True
+    ensure_landing_days(instance, [day.isoformat()])
     for name, run_config in runs:
         result = defs.resolve_job_def(name).execute_in_process(
-            run_config=run_config,
+            run_config=quiet(run_config),
             instance=instance,
             partition_key=day.isoformat(),
             tags=tags,

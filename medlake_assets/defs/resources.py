@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 
 import dagster as dg
 
-from medlake_assets.config import DEFAULT_REPORTS_DIR, Settings
+from medlake_assets.config import DEFAULT_ACCESS_DIR, DEFAULT_REPORTS_DIR, Settings
 from medlake_assets.lake import Lake
 
 CATALOG_URL_ENV = "MEDLAKE_CATALOG_URL"
@@ -41,6 +41,7 @@ class LakeResource(dg.ConfigurableResource):
     s3_endpoint_url: str = ""
     archive_engine: str = "libarchive"
     reports_dir: str = ""
+    access_dir: str = ""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LakeResource:
@@ -53,6 +54,7 @@ class LakeResource(dg.ConfigurableResource):
             s3_endpoint_url=settings.s3_endpoint_url or "",
             archive_engine=settings.archive_engine,
             reports_dir=str(settings.reports_dir),
+            access_dir=str(settings.access_dir),
         )
 
     def settings(self) -> Settings:
@@ -71,6 +73,7 @@ class LakeResource(dg.ConfigurableResource):
             archive_engine=self.archive_engine,
             # The runner refreshes the reports of this folder: it must be the one definitions were built from.
             reports_dir=Path(self.reports_dir) if self.reports_dir else DEFAULT_REPORTS_DIR,
+            access_dir=Path(self.access_dir) if self.access_dir else DEFAULT_ACCESS_DIR,
         )
 
     def lake(self) -> Lake:

@@ -23,6 +23,14 @@ UNFINISHED = [
 ]
 
 
+def quiet(run_config: dg.RunConfig | dict | None) -> dict:
+    """`run_config` with the console logger at WARNING: a run executed from the command line keeps every
+    event in the Dagster instance (the UI shows them) but prints only warnings and errors."""
+    if isinstance(run_config, dg.RunConfig):
+        run_config = run_config.to_config_dict()
+    return {**(run_config or {}), "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
 def fail_orphaned_runs(instance: dg.DagsterInstance) -> int:
     """Mark runs of an in-process runner that died (e.g. SIGKILL) as failed, so their batches are retried."""
     import psutil
@@ -54,43 +62,79 @@ def ingest_once(
     refine_silver: bool = True,
     refresh_reports: bool = True,
 ) -> IngestSummary:
-    """Tick every landing sensor until none requests a run, executing each requested run in process.
+    """Tick the landing sensor until it requests no run, executing each requested run in process.
 
-    The first tick of each source lists every landing day present (not only the open ones), so a single
-    call processes everything currently in the landing zone.
+    The first tick lists every landing day present (not only the open ones), so a single call processes
+    everything currently in the landing zone.
     """
+    # One pass at a time on a lake: a second `ingest --once` waits here, then finds nothing left to do,
+    # instead of running the same batches, silver days and reports again beside the first.
+    with lake.ledger.lake_lock("ingest-once"):
+        return _ingest_once(defs, instance, lake, on_run, max_ticks, refine_silver, refresh_reports)
+
+
+def _ingest_once(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    lake: Lake,
+    on_run: RunCallback | None,
+    max_ticks: int,
+    refine_silver: bool,
+    refresh_reports: bool,
+) -> IngestSummary:
+    from medlake_assets.defs.flow import LANDING_SENSOR, sources_in_run
+
     started = time.perf_counter()
     summary = IngestSummary()
     fail_orphaned_runs(instance)
     retry_parked_batches(defs, instance, lake, summary, on_run)
     repository = defs.get_repository_def()
-    for sensor_def in [sensor for sensor in repository.sensor_defs if sensor.name.startswith("landing_")]:
-        source = sensor_def.name.removeprefix("landing_")
-        days = landed_days(lake.store, source) if source in lake.sources else []
-        cursor = json.dumps({"since": days[0].isoformat()}) if days else None
-        for _ in range(max_ticks):
-            context = dg.build_sensor_context(
-                instance=instance,
-                cursor=cursor,
-                definitions=defs,
-                sensor_name=sensor_def.name,
-                resources=defs.resources,
-            )
-            result = sensor_def(context)
-            requests = list(result.run_requests or []) if isinstance(result, dg.SensorResult) else []
-            cursor = result.cursor if isinstance(result, dg.SensorResult) and result.cursor else cursor
-            if not requests:
-                break
-            for request in requests:
-                job = defs.resolve_job_def(request.job_name or sensor_def.job_name)
-                _execute(job, request, instance, summary, on_run, label=sensor_def.name)
+    sensor_def = repository.get_sensor_def(LANDING_SENSOR)
+    days = [day for source in lake.sources for day in landed_days(lake.store, source)]
+    cursor = json.dumps({"since": min(days).isoformat()}) if days else None
+    refined: set[tuple[str, str]] = set()  # (source, day) whose silver ran in an `ingest_landed` run
+    for _ in range(max_ticks):
+        result = _tick(sensor_def, defs, instance, cursor)
+        apply_partition_requests(instance, result)
+        requests = list(result.run_requests or []) if isinstance(result, dg.SensorResult) else []
+        cursor = result.cursor if isinstance(result, dg.SensorResult) and result.cursor else cursor
+        if not requests:
+            break
+        for request in requests:
+            job = defs.resolve_job_def(request.job_name or sensor_def.job_name)
+            _execute(job, request, instance, summary, on_run, label=sensor_def.name)
+            refined |= {(source, request.partition_key or "") for source in sources_in_run(request.tags)}
+    # Objects in landing folders no source owns are quarantined by their own sensor (it requests no run);
+    # after the sources' work, so a failure there (e.g. quarantine unwritable) does not hold that up.
+    for name in (sensor.name for sensor in repository.sensor_defs if sensor.name.startswith("landing_")):
+        _tick(repository.get_sensor_def(name), defs, instance, None)
     if refine_silver:
         loaded = summary.runs
-        refine(defs, instance, lake, summary, on_run)
+        refine(defs, instance, lake, summary, on_run, skip=refined)
         if loaded and refresh_reports:
             refresh_on_update_reports(defs, instance, lake, summary, on_run)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def apply_partition_requests(instance: dg.DagsterInstance, result: object) -> None:
+    """Add the dynamic partitions a sensor asked for, as the daemon does before submitting its runs."""
+    if not isinstance(result, dg.SensorResult):
+        return
+    for request in result.dynamic_partitions_requests or []:
+        if isinstance(request, dg.AddDynamicPartitionsRequest):
+            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+
+
+def _tick(sensor_def: dg.SensorDefinition, defs: dg.Definitions, instance: dg.DagsterInstance, cursor):
+    context = dg.build_sensor_context(
+        instance=instance,
+        cursor=cursor,
+        definitions=defs,
+        sensor_name=sensor_def.name,
+        resources=defs.resources,
+    )
+    return sensor_def(context)
 
 
 def retry_parked_batches(
@@ -105,14 +149,22 @@ def retry_parked_batches(
     A fault that lasts a little while (S3 away, quarantine unwritable) fails a batch's attempts in quick
     succession; running `ingest --once` after fixing it means "try again", so the batch is not parked.
     """
-    from medlake_assets.defs.sources import BATCH_TAG, IN_FLIGHT, MAX_ATTEMPTS, batch_run_request, job_name
+    from medlake_assets.defs.sources import (
+        IN_FLIGHT,
+        MAX_ATTEMPTS,
+        batch_run_request,
+        batch_tag,
+        ensure_landing_days,
+        job_name,
+    )
 
     for spec in lake.sources.values():
         for batch in lake.ledger.unfinished_batches(spec.name):
-            runs = instance.get_runs(filters=dg.RunsFilter(tags={BATCH_TAG: batch.batch_id}))
+            runs = instance.get_runs(filters=dg.RunsFilter(tags={batch_tag(spec.name): batch.batch_id}))
             if len(runs) < MAX_ATTEMPTS or any(run.status in IN_FLIGHT for run in runs):
                 continue  # the sensor requests it (or it is running)
             job = defs.resolve_job_def(job_name(spec))
+            ensure_landing_days(instance, [batch.landing_day.isoformat()])
             _execute(job, batch_run_request(spec, batch), instance, summary, on_run, label=job.name)
 
 
@@ -122,17 +174,25 @@ def refine(
     lake: Lake,
     summary: IngestSummary,
     on_run: RunCallback | None = None,
+    *,
+    skip: set[tuple[str, str]] = frozenset(),
 ) -> None:
-    """Run each source's silver job for every landing day with bronze batches silver has not taken in.
+    """Run each source's silver job for every landing day with bronze batches silver has not taken in,
+    except the (source, day) pairs in `skip` (their silver just ran, e.g. held back by the quality gate).
 
-    The daemon does this with the silver assets' eager automation; `ingest --once` cannot wait for it.
+    Silver normally comes in the same run as bronze; this picks up what is left (a held batch, a bronze
+    backfill). The daemon does it with eager automation and the catch-up sensor.
     """
     from medlake_assets.defs.silver import pending_silver, refine_job_name
+    from medlake_assets.defs.sources import ensure_landing_days
 
     for spec in lake.sources.values():
         days = sorted(pending_silver(lake.ledger, spec))
         job = defs.resolve_job_def(refine_job_name(spec))
         for day in days:
+            if (spec.name, day.isoformat()) in skip:
+                continue
+            ensure_landing_days(instance, [day.isoformat()])
             request = dg.RunRequest(partition_key=day.isoformat(), tags={"medlake/source": spec.name})
             _execute(job, request, instance, summary, on_run, label=job.name)
 
@@ -172,9 +232,10 @@ def _execute(
 ) -> None:
     """One requested run, in this process, tagged with our pid so a later runner can tell if we died."""
     outcome = job.execute_in_process(
-        run_config=request.run_config,
+        run_config=quiet(request.run_config),
         instance=instance,
         partition_key=request.partition_key,
+        asset_selection=request.asset_selection,
         tags={**request.tags, RUNNER_PID_TAG: str(os.getpid())},
         raise_on_error=False,
     )

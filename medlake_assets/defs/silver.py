@@ -1,15 +1,27 @@
 """Silver assets: one per source (plus `encounters` from ADT), eager after bronze, gated by quality checks."""
 
 import hashlib
-import json
+import os
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
+import polars as pl
 
 from medlake_assets.defs.resources import LakeResource
-from medlake_assets.defs.sources import SOURCE_TAG, bronze_key, landing_partitions
-from medlake_assets.quality.gate import freshness, freshness_sla
+from medlake_assets.defs.sources import (
+    BATCH_TAG,
+    IN_FLIGHT,
+    SOURCE_TAG,
+    bronze_key,
+    ensure_landing_days,
+    landing_partitions,
+)
+from medlake_assets.lake import Lake
+from medlake_assets.quality.gate import freshness_sla, metadata_version
+from medlake_assets.quality.held import PUBLISHED, HeldSlice, held_slices, release, to_evaluate
 from medlake_assets.silver.encounters_load import ENCOUNTERS
 from medlake_assets.silver.load import SilverReport, consumer, load_silver
 from medlake_assets.spec import SourceSpec
@@ -34,43 +46,69 @@ def refine_job_name(spec: SourceSpec) -> str:
 def pending_silver(
     ledger: Ledger, spec: SourceSpec, loaded_before: datetime | None = None
 ) -> dict[date, set[str]]:
-    """Per landing day, the bronze batches of `spec` that its silver table (or, for ADT, encounters) has not
-    taken in yet: the work a refine run of that day does."""
+    """Per landing day, the work a refine run of that day does: the bronze batches of `spec` that its silver
+    table (or, for ADT, encounters) has not taken in yet, and the held slices to take up again (released,
+    or held under other metadata), as `<batch>/<facility>@<metadata version>`."""
     consumers = [consumer(spec.name)] + ([ENCOUNTERS] if spec.name == ENCOUNTERS_SOURCE else [])
     pending: dict[date, set[str]] = {}
     for name in consumers:
         for day, batches in ledger.pending_batches(name, spec.name, loaded_before).items():
             pending.setdefault(day, set()).update(batches)
+    version = metadata_version(spec)
+    for item in to_evaluate(ledger, spec.name, version):
+        pending.setdefault(item.landing_day, set()).add(f"{item.batch_id}/{item.facility}@{version}")
     return pending
 
 
-def _freshness(lake, spec: SourceSpec) -> dg.AssetCheckResult | None:
-    """Minutes since the source last landed data, against its declared SLA."""
-    sla = freshness_sla(spec)
-    if sla is None:
-        return None
-    limit, severity = sla
-    passed, lag = freshness(lake.ledger.last_loaded_at(spec.name), datetime.now(UTC), limit)
-    return dg.AssetCheckResult(
-        check_name="freshness",
-        passed=passed,
-        severity=dg.AssetCheckSeverity.WARN if severity == "warn" else dg.AssetCheckSeverity.ERROR,
-        metadata={"lag_minutes": round(lag, 1) if lag is not None else -1, "max_lag_minutes": limit},
-    )
+# Check metadata lists at most this many facilities (ids and counts); the counts cover all of them.
+LISTED_FACILITIES = 50
 
 
 def _gate(report: SilverReport) -> dg.AssetCheckResult:
+    """Passes when something could be published (WARN when some facility was held back), fails (ERROR, so
+    downstream waits) only when the run's rows were all held back."""
+    partly = report.published and report.held
+    severity = dg.AssetCheckSeverity.WARN if partly else dg.AssetCheckSeverity.ERROR
     return dg.AssetCheckResult(
         check_name="quality_gate",
         passed=report.published,
+        severity=severity,
         metadata={
             "rows": report.rows_in,
             "rejected_rows": report.rejected,
             "error_rate": round(report.error_rate, 4),
             "threshold": report.threshold,
-            "rejected_by_rule": json.dumps(dict(report.rules.most_common(10))),
-            "rejected_by_facility": json.dumps(dict(report.rejected_by_facility.most_common(10))),
-            "warnings_by_rule": json.dumps(dict(report.warnings.most_common(10))),
+            "held_facilities": dg.MetadataValue.json(dict(report.held.most_common(LISTED_FACILITIES))),
+            "held_facility_count": len(report.held),
+            "published_facilities": report.published_facilities,
+            "reevaluated_slices": report.reevaluated,
+            "released_slices": report.released,
+            "rejected_by_rule": dg.MetadataValue.json(dict(report.rules.most_common(10))),
+            "rejected_by_facility": dg.MetadataValue.json(dict(report.rejected_by_facility.most_common(10))),
+            "warnings_by_rule": dg.MetadataValue.json(dict(report.warnings.most_common(10))),
+        },
+    )
+
+
+def _held_back(lake: Lake, spec: SourceSpec) -> dg.AssetCheckResult:
+    """Warns while any of the source's facilities has rows held back (any landing day)."""
+    waiting = held_slices(lake.ledger, spec.name)
+    by_facility: dict[str, int] = {}
+    for item in waiting:
+        by_facility[item.facility] = by_facility.get(item.facility, 0) + item.held_rows
+    listed = sorted(by_facility.items(), key=lambda pair: (-pair[1], pair[0]))[:LISTED_FACILITIES]
+    since = min((item.held_at for item in waiting), default=None)
+    return dg.AssetCheckResult(
+        check_name="held_back",
+        passed=not waiting,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "held_facilities": dg.MetadataValue.json(dict(listed)),
+            "held_facility_count": len(by_facility),
+            "held_rows": sum(by_facility.values()),
+            "held_slices": len(waiting),
+            "held_since": since.isoformat() if since else "",
+            "release": f"medlake release --source {spec.name} --facility <id> [--day YYYY-MM-DD]",
         },
     )
 
@@ -82,14 +120,18 @@ def build_silver_defs(spec: SourceSpec) -> dg.Definitions:
             "quality_gate",
             asset=key,
             blocking=True,
-            description=f"At most {spec.quality.max_error_rate:.0%} of a batch's rows fail an error rule; "
-            "above that nothing is published and downstream assets wait.",
-        )
+            description=f"Per facility and batch, at most {spec.quality.max_error_rate:.0%} of the rows "
+            f"(counted as at least {spec.quality.min_rows}) fail an error rule, or that facility's rows are "
+            "held back while the others publish (passes with WARN, listing them). Fails, and downstream "
+            "assets wait, only when every facility of the run was held back.",
+        ),
+        dg.AssetCheckSpec(
+            "held_back",
+            asset=key,
+            description="Warns while any facility has rows held back by the quality gate, listing them; "
+            f"`medlake release --source {spec.name} --facility <id>` publishes them.",
+        ),
     ]
-    if any(check.rule == "freshness" for check in spec.checks):
-        check_specs.append(
-            dg.AssetCheckSpec("freshness", asset=key, description="Time since the source last landed data.")
-        )
 
     @dg.asset(
         key=key,
@@ -108,20 +150,23 @@ def build_silver_defs(spec: SourceSpec) -> dg.Definitions:
     ) -> dg.MaterializeResult:
         opened = lake.lake()
         report = load_silver(opened, spec, date.fromisoformat(context.partition_key), full=config.full)
-        checks = [_gate(report)]
-        if freshness := _freshness(opened, spec):
-            checks.append(freshness)
+        if report.held:
+            context.log.warning(
+                f"{spec.name} {context.partition_key}: rows of {len(report.held)} facilities held back by "
+                f"the quality gate: {', '.join(sorted(report.held)[:LISTED_FACILITIES])}"
+            )
         return dg.MaterializeResult(
             metadata={
                 "batches": len(report.batches),
                 "rows_in": report.rows_in,
                 "rows_written": report.rows_written,
                 "rejected_rows": report.rejected,
+                "held_rows": sum(report.held.values()),
                 "published": report.published,
                 "seconds": round(report.seconds, 3),
                 "snapshot_id": str(report.snapshot_id or ""),
             },
-            check_results=checks,
+            check_results=[_gate(report), _held_back(opened, spec)],
         )
 
     assets = [silver]
@@ -188,11 +233,19 @@ def silver_catch_up_sensor(specs: Iterable[SourceSpec], interval_seconds: int = 
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Refines landing days whose loaded bronze batches silver missed.",
     )
-    def catch_up(lake: LakeResource) -> dg.SensorResult:
+    def catch_up(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult:
         ledger = lake.lake().ledger
         loaded_before = datetime.now(UTC) - CATCH_UP_GRACE
         requests = []
-        for spec in specs:
+        # A source whose landing run is still going gets its silver in that run.
+        running = context.instance.get_runs(filters=dg.RunsFilter(statuses=list(IN_FLIGHT)))
+        busy = {
+            key.removeprefix(f"{BATCH_TAG}/")
+            for run in running
+            for key in run.tags
+            if key.startswith(f"{BATCH_TAG}/")
+        }
+        for spec in (spec for spec in specs if spec.name not in busy):
             keys = [silver_key(spec.name)] + (
                 [silver_key("encounters")] if spec.name == ENCOUNTERS_SOURCE else []
             )
@@ -209,3 +262,150 @@ def silver_catch_up_sensor(specs: Iterable[SourceSpec], interval_seconds: int = 
         return dg.SensorResult(run_requests=requests)
 
     return catch_up
+
+
+FRESHNESS_JOB = "silver_freshness"
+FRESHNESS_CRON = "*/15 * * * *"
+
+
+def freshness_result(spec: SourceSpec, facilities: pl.DataFrame) -> dg.AssetCheckResult:
+    """The source's `freshness` check from its `meta.freshness` rows (ids, minutes and limits only).
+
+    Fails with the rule's declared severity when the whole source is past its SLA (no facility sent
+    anything for `max_lag_minutes`, or none ever did), and with WARN when only some facilities are stale.
+    """
+    sla, declared = freshness_sla(spec) or (0, "error")
+    stale = facilities.filter(pl.col("stale")).sort(["lag_minutes", "facility"], descending=[True, False])
+    source_lag = facilities.get_column("lag_minutes").min() if facilities.height else None
+    source_late = source_lag is None or source_lag > sla
+
+    def minutes(value: float | None) -> float | None:
+        return None if value is None else round(value, 1)
+
+    listed = {
+        row["facility"]: {
+            "lag_minutes": minutes(row["lag_minutes"]),
+            "limit_minutes": minutes(row["limit_minutes"]),
+            "usual_interval_minutes": minutes(row["usual_interval_minutes"]),
+            "limit_basis": row["limit_basis"],
+        }
+        for row in stale.head(LISTED_FACILITIES).iter_rows(named=True)
+    }
+    severity = dg.AssetCheckSeverity.ERROR if declared == "error" else dg.AssetCheckSeverity.WARN
+    return dg.AssetCheckResult(
+        asset_key=silver_key(spec.name),
+        check_name="freshness",
+        passed=not source_late and stale.is_empty(),
+        severity=severity if source_late else dg.AssetCheckSeverity.WARN,
+        metadata={
+            "facilities": facilities.height,
+            "stale_facility_count": stale.height,
+            "stale_facilities": dg.MetadataValue.json(listed),
+            "source_lag_minutes": round(source_lag, 1) if source_lag is not None else -1,
+            "max_lag_minutes": sla,
+        },
+    )
+
+
+def build_freshness_defs(specs: Iterable[SourceSpec], cron: str = FRESHNESS_CRON) -> dg.Definitions:
+    """`freshness` checks of the silver assets of every source with a freshness rule, evaluated from the
+    ledger on a schedule: a feed that goes silent fails its check with no new data and no silver run."""
+    watched = {spec.name: spec for spec in specs if freshness_sla(spec) is not None}
+    if not watched:
+        return dg.Definitions()
+    slas = {name: freshness_sla(spec) or (0, "error") for name, spec in watched.items()}
+
+    @dg.multi_asset_check(
+        name="freshness_checks",
+        specs=[
+            dg.AssetCheckSpec(
+                "freshness",
+                asset=silver_key(name),
+                description=f"Every facility sent {name} within its usual cadence (learned from the ledger), "
+                f"and the source within {slas[name][0]} minutes; evaluated every 15 minutes, data or not.",
+            )
+            for name in watched
+        ],
+        can_subset=True,
+    )
+    def freshness_checks(
+        context: dg.AssetCheckExecutionContext, lake: LakeResource
+    ) -> Iterable[dg.AssetCheckResult]:
+        from medlake_assets.serving.sql import connect
+
+        rows = connect(lake.lake()).execute("SELECT * FROM meta.freshness").pl()
+        for key in sorted(context.selected_asset_check_keys, key=lambda k: k.asset_key.to_user_string()):
+            spec = watched[key.asset_key.path[-1]]
+            yield freshness_result(spec, rows.filter(pl.col("source") == spec.name))
+
+    job = dg.define_asset_job(
+        FRESHNESS_JOB,
+        selection=dg.AssetSelection.checks(freshness_checks),
+        description="Evaluate every source's and facility's freshness from the ledger.",
+    )
+    schedule = dg.ScheduleDefinition(
+        name="silver_freshness",
+        job=job,
+        cron_schedule=cron,
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Freshness of every feed, with or without new data.",
+    )
+    return dg.Definitions(asset_checks=[freshness_checks], jobs=[job], schedules=[schedule])
+
+
+RELEASE_TAG = "medlake/release"
+
+
+@dataclass
+class ReleaseReport:
+    source: str
+    facility: str
+    released: list[HeldSlice] = field(default_factory=list)
+    published: list[HeldSlice] = field(default_factory=list)
+    run_ids: list[str] = field(default_factory=list)
+    success: bool = True
+    seconds: float = 0.0
+
+    @property
+    def rows_published(self) -> int:
+        return sum(item.held_rows for item in self.published)
+
+
+def release_held(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    lake: Lake,
+    spec: SourceSpec,
+    facility: str,
+    by: str,
+    day: date | None = None,
+) -> ReleaseReport:
+    """Release a facility's held rows (of one landing day, or all) and publish them now.
+
+    The release is recorded in the ledger (`meta.held`: released_by, released_at), then the source's refine
+    job runs for each landing day concerned, through Dagster (tagged `medlake/release`), so the merge, the
+    checks and downstream assets (encounters, gold) follow as for any silver run. A run that fails leaves
+    the slices released: the next silver run of their day publishes them.
+    """
+    from medlake_assets.defs.runner import RUNNER_PID_TAG
+
+    started = time.perf_counter()
+    report = ReleaseReport(spec.name, facility, released=release(lake.ledger, spec.name, facility, by, day))
+    released = {(item.batch_id, item.facility) for item in report.released}
+    tags = {RELEASE_TAG: facility, SOURCE_TAG: spec.name, RUNNER_PID_TAG: str(os.getpid())}
+    days = sorted({item.landing_day for item in report.released})
+    ensure_landing_days(instance, [day.isoformat() for day in days])
+    for landing_day in days:
+        result = defs.resolve_job_def(refine_job_name(spec)).execute_in_process(
+            instance=instance, partition_key=landing_day.isoformat(), tags=tags, raise_on_error=False
+        )
+        report.run_ids.append(result.run_id)
+        report.success = report.success and result.success
+    report.published = [
+        item
+        for item in held_slices(lake.ledger, spec.name, facility=facility, day=day, statuses=(PUBLISHED,))
+        if (item.batch_id, item.facility) in released
+    ]
+    report.seconds = time.perf_counter() - started
+    return report

@@ -1,16 +1,15 @@
-"""The pure builder: one source's metadata in, its Dagster assets, checks, job and sensor out."""
+"""The pure builder: one source's metadata in, its bronze asset, checks and job out."""
 
 import json
 from collections import Counter
-from collections.abc import Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import date
 
 import dagster as dg
 from pyiceberg.expressions import And, EqualTo
 
 from medlake_assets.defs.resources import LakeResource
 from medlake_assets.ingest.batch import BatchReport, load_batch
-from medlake_assets.ingest.landing import day_prefix, days_to_list, register_landed
+from medlake_assets.ingest.landing import day_prefix, register_landed
 from medlake_assets.lake import Lake
 from medlake_assets.spec import SourceSpec
 from medlake_assets.tables.bronze import bronze_table
@@ -40,14 +39,36 @@ def job_name(spec: SourceSpec) -> str:
     return f"ingest_{spec.name}"
 
 
-def landing_partitions(spec: SourceSpec) -> dg.DailyPartitionsDefinition:
-    # end_offset=1 makes today's landing day a partition while it is still filling.
-    return dg.DailyPartitionsDefinition(start_date=spec.ingest.start_date, end_offset=1, timezone="UTC")
+# The landing days that have data, added by the landing sensor as archives of a new day arrive (and by
+# `medlake reprocess`): the UI then shows the days the lake holds, filled, rather than a calendar since a
+# fixed start date with one day in a thousand filled. Keys are ISO days (2026-11-20) as before.
+LANDING_DAYS = dg.DynamicPartitionsDefinition(name="landing_days")
+
+
+def landing_partitions(spec: SourceSpec | None = None) -> dg.DynamicPartitionsDefinition:
+    """Every source's bronze and silver assets share the landing days (one run carries several sources)."""
+    return LANDING_DAYS
+
+
+def ensure_landing_days(instance: dg.DagsterInstance, days: list[str]) -> None:
+    """Add landing days the instance does not know yet (outside a sensor, e.g. `medlake reprocess`)."""
+    known = set(instance.get_dynamic_partitions(LANDING_DAYS.name or ""))
+    missing = sorted(set(days) - known)
+    if missing:
+        instance.add_dynamic_partitions(LANDING_DAYS.name or "", missing)
+
+
+def bronze_op_name(spec: SourceSpec) -> str:
+    return "__".join(bronze_key(spec).path)
+
+
+def batch_tag(source: str) -> str:
+    """The run tag naming the source's batch a run loads (a run may load one batch of several sources)."""
+    return f"{BATCH_TAG}/{source}"
 
 
 def batch_run_config(spec: SourceSpec, batch_id: str) -> dg.RunConfig:
-    op_name = "__".join(bronze_key(spec).path)
-    return dg.RunConfig(ops={op_name: BronzeLoadConfig(batch_id=batch_id)})
+    return dg.RunConfig(ops={bronze_op_name(spec): BronzeLoadConfig(batch_id=batch_id)})
 
 
 def _rows_of_batch(lake: Lake, spec: SourceSpec, report: BatchReport, day: date) -> int:
@@ -75,8 +96,9 @@ def _backfill_day(lake: Lake, spec: SourceSpec, day: date, run_id: str) -> list[
     return reports
 
 
-def build_source_defs(spec: SourceSpec, sensor_interval_seconds: int = 30) -> dg.Definitions:
-    """Bronze asset (daily landing-day partitions) with quality checks, its job and its landing sensor."""
+def build_source_defs(spec: SourceSpec) -> dg.Definitions:
+    """Bronze asset (daily landing-day partitions) with quality checks, and its per-source job (backfills,
+    reprocessing, retries of parked batches); new archives arrive through `defs/flow.py`."""
     key = bronze_key(spec)
     partitions = landing_partitions(spec)
     threshold = spec.ingest.max_quarantine_rate
@@ -85,7 +107,17 @@ def build_source_defs(spec: SourceSpec, sensor_interval_seconds: int = 30) -> dg
         dg.AssetCheckSpec(
             "quarantine_rate",
             asset=key,
-            description=f"Share of the run's archives quarantined is at most {threshold:.0%}.",
+            description=f"Share of the run's archives quarantined is at most {threshold:.0%}. A warning "
+            "names the rules (`top_rules`) and facilities (`quarantined_facilities`); the demo's archives "
+            "made bad on purpose (`medlake generate --bad-rate`) show here as archive.bad_password and "
+            "archive.corrupt.",
+        ),
+        # A missing archive password is a configuration fault: the run fails, naming the secret to set.
+        dg.AssetCheckSpec(
+            "archive_secrets",
+            asset=key,
+            blocking=True,
+            description="Every archive that needs a password found its secret (else it is held pending).",
         ),
         dg.AssetCheckSpec(
             "ledger_matches_table",
@@ -132,6 +164,20 @@ def build_source_defs(spec: SourceSpec, sensor_interval_seconds: int = 30) -> dg
         ledger_records = sum(r.records for r in reports)
         table_records = sum(_rows_of_batch(opened, spec, r, day) for r in reports)
         top_rules = dict(rules.most_common(5))
+        held = sum(r.archives_held for r in reports)
+        missing = ", ".join(sorted(set().union(*(r.missing_secrets for r in reports))))
+        if held:
+            context.log.error(
+                f"{spec.name}: {held} archives held pending, their password is not configured: set {missing}"
+            )
+        quarantined_facilities = sorted(
+            {
+                row.facility or ""
+                for report in reports
+                for row in opened.ledger.batch_files(report.batch_id)
+                if row.status == "quarantined"
+            }
+        )
         context.log.info(
             f"{spec.name} {context.partition_key}: {archives} archives, {ledger_records} records, "
             f"{quarantined} archives quarantined"
@@ -148,8 +194,14 @@ def build_source_defs(spec: SourceSpec, sensor_interval_seconds: int = 30) -> dg
                 "seconds": round(sum(r.seconds for r in reports), 3),
                 "snapshot_id": str(reports[-1].snapshot_id) if reports else "",
                 "rules": json.dumps(top_rules),
+                "archives_held": held,
             },
             check_results=[
+                dg.AssetCheckResult(
+                    check_name="archive_secrets",
+                    passed=not held,
+                    metadata={"archives_held": held, "missing_secrets": missing},
+                ),
                 dg.AssetCheckResult(
                     check_name="quarantine_rate",
                     passed=rate <= threshold,
@@ -160,6 +212,7 @@ def build_source_defs(spec: SourceSpec, sensor_interval_seconds: int = 30) -> dg
                         "rate": rate,
                         "threshold": threshold,
                         "top_rules": json.dumps(top_rules),
+                        "quarantined_facilities": json.dumps(quarantined_facilities),
                     },
                 ),
                 dg.AssetCheckResult(
@@ -175,58 +228,11 @@ def build_source_defs(spec: SourceSpec, sensor_interval_seconds: int = 30) -> dg
         selection=[key],
         partitions_def=partitions,
         executor_def=dg.in_process_executor,
-        description=f"Load landed {spec.name} archives into bronze, one ledger batch per run.",
+        description=f"Load one ledger batch of {spec.name} into bronze, or without one every archive of the "
+        "landing day: backfills, reprocessing, retries of parked batches.",
     )
 
-    @dg.sensor(
-        name=f"landing_{spec.name}",
-        job=job,
-        minimum_interval_seconds=sensor_interval_seconds,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        description=f"Registers new {spec.name} archives in the open landing days; one run per batch.",
-    )
-    def landing_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult:
-        opened = lake.lake()
-        cursor = json.loads(context.cursor) if context.cursor else {}
-        since = date.fromisoformat(cursor["since"]) if cursor.get("since") else None
-        today = datetime.now(UTC).date()
-        days = days_to_list(since, today, spec.ingest.open_days)
-        scan = register_landed(
-            opened.store,
-            opened.ledger,
-            list(opened.sources.values()),
-            [day_prefix(spec.name, d) for d in days],
-        )
-        opened.ledger.claim_batches(
-            spec.name, max_archives=spec.ingest.max_archives_per_run, max_bytes=spec.ingest.max_bytes_per_run
-        )
-        requests = batch_run_requests(context.instance, spec, opened.ledger.unfinished_batches(spec.name))
-        if scan.registered or scan.quarantined or requests:
-            context.log.info(
-                f"{spec.name}: {scan.registered} new archives, {scan.quarantined} quarantined at landing, "
-                f"{len(requests)} runs requested"
-            )
-        next_since = today - timedelta(days=spec.ingest.open_days)
-        return dg.SensorResult(run_requests=requests, cursor=json.dumps({"since": next_since.isoformat()}))
-
-    return dg.Definitions(assets=[bronze], jobs=[job], sensors=[landing_sensor])
-
-
-def batch_run_requests(
-    instance: dg.DagsterInstance, spec: SourceSpec, batches: Sequence
-) -> list[dg.RunRequest]:
-    """One run per unfinished batch unless one is in flight; a failed batch retries under a new run key."""
-    requests = []
-    for batch in batches:
-        runs = instance.get_runs(filters=dg.RunsFilter(tags={BATCH_TAG: batch.batch_id}))
-        if any(run.status in IN_FLIGHT for run in runs) or len(runs) >= MAX_ATTEMPTS:
-            continue
-        requests.append(
-            batch_run_request(
-                spec, batch, batch.batch_id if not runs else f"{batch.batch_id}#retry{len(runs)}"
-            )
-        )
-    return requests
+    return dg.Definitions(assets=[bronze], jobs=[job])
 
 
 def batch_run_request(spec: SourceSpec, batch, run_key: str | None = None) -> dg.RunRequest:
@@ -235,5 +241,5 @@ def batch_run_request(spec: SourceSpec, batch, run_key: str | None = None) -> dg
         run_key=run_key,
         partition_key=batch.landing_day.isoformat(),
         run_config=batch_run_config(spec, batch.batch_id),
-        tags={BATCH_TAG: batch.batch_id, SOURCE_TAG: spec.name},
+        tags={batch_tag(spec.name): batch.batch_id, SOURCE_TAG: spec.name},
     )

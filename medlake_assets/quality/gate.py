@@ -16,8 +16,8 @@ is a pipeline bug, not bad data: `evaluate` raises `GateSchemaError` and routes 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
-from datetime import datetime
 
 import pandera.polars as pa
 import polars as pl
@@ -163,20 +163,38 @@ def gate_decision(
     return rate <= threshold, rate, ranked
 
 
-def freshness(
-    latest_event: datetime | None, now: datetime, max_lag_minutes: float
-) -> tuple[bool, float | None]:
-    """(passed, lag in minutes) of a source whose newest event is `latest_event`.
+def facility_gate(slices: pl.DataFrame, spec: SourceSpec) -> pl.DataFrame:
+    """Which facilities' rows of each batch are held back: one decision per (`_batch`, `_facility`).
 
-    No event at all fails with lag None. An event in the future (clock skew at the sender) passes and its
-    negative lag is returned as is, so the skew shows. Both datetimes must carry a time zone.
+    `slices` has `_batch`, `_facility`, `rows` (the slice's rows from bronze) and `rejected` (those failing
+    an error rule, casts included). A slice's error rate is rejected / max(rows, min_rows): a slice smaller
+    than `min_rows` counts as that many rows, so one bad row in a tiny file does not hold its facility back
+    (with the defaults, 5% of 20: one bad row passes, two do not). It is held when the rate is strictly
+    above the facility's `max_error_rate` (`quality.facilities.<id>` over the source's). Adds `threshold`,
+    `min_rows`, `error_rate` and `held`.
     """
-    if now.tzinfo is None or (latest_event is not None and latest_event.tzinfo is None):
-        raise ValueError("freshness needs time-zone-aware datetimes")
-    if latest_event is None:
-        return False, None
-    lag = (now - latest_event).total_seconds() / 60
-    return lag <= max_lag_minutes, lag
+    facilities = slices.get_column("_facility").unique().to_list()
+    settings = pl.DataFrame(
+        {
+            "_facility": facilities,
+            "threshold": [spec.quality.facility(f).max_error_rate for f in facilities],
+            "min_rows": [spec.quality.facility(f).min_rows for f in facilities],
+        },
+        schema={"_facility": pl.String(), "threshold": pl.Float64(), "min_rows": pl.Int64()},
+    )
+    rate = pl.col("rejected") / pl.max_horizontal(pl.col("rows"), pl.col("min_rows"))
+    return (
+        slices.join(settings, on="_facility", how="left")
+        .with_columns(rate.alias("error_rate"))
+        .with_columns((pl.col("error_rate") > pl.col("threshold")).alias("held"))
+    )
+
+
+def metadata_version(spec: SourceSpec) -> str:
+    """A digest of the metadata the gate's decisions depend on: held rows are evaluated again when it
+    changes (columns, casts and transforms, rules, thresholds)."""
+    relevant = spec.model_dump_json(include={"columns", "checks", "quality"})
+    return hashlib.sha256(relevant.encode()).hexdigest()[:16]
 
 
 def freshness_sla(spec: SourceSpec) -> tuple[int, str] | None:
@@ -211,9 +229,10 @@ __all__ = [
     "GateResult",
     "GateSchemaError",
     "evaluate",
+    "facility_gate",
     "failures",
-    "freshness",
     "freshness_sla",
     "gate_decision",
+    "metadata_version",
     "summary",
 ]

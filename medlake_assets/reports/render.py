@@ -4,8 +4,9 @@ preview for the Dagster materialization.
 Pages go to the lake's object store under `reports/<name>/<partition>/` (`report.html`, `chart.png`): in the
 embedded default that is `MEDLAKE_HOME/reports/...`, in production the S3 bucket, so a page outlives the
 run's pod. An unpartitioned report's partition is its run time in UTC, e.g. `2026-11-26T0700Z`, so each run
-keeps its own page. Gold reports are
-aggregates, so showing their values is fine (no record-level PHI reaches a gold table).
+keeps its own page. Each customer's page (only its facilities' rows) goes under its own prefix,
+`customers/<customer>/reports/<name>/<partition>/` (see `reports.run.render_customer_pages`). Gold reports
+are aggregates, so showing their values is fine (no record-level PHI reaches a gold table).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ PREVIEW_ROWS = 20
 CHART_MAX_X = 60  # bars per series; beyond this a chart is unreadable, so it shows the last (sorted) x values
 HTML_FILE = "report.html"
 CHART_FILE = "chart.png"
+OPERATOR_PREFIX = "reports"
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; }
@@ -116,8 +118,10 @@ def render_html(
     checks: Sequence[CheckOutcome],
     chart_file: str | None = None,
     limit: int = HTML_ROWS,
+    note: str | None = None,
 ) -> str:
-    """A self-contained page: title, description, as-of time, checks, chart (if any) and the first rows."""
+    """A self-contained page: title, description, who it is for (`note`), as-of time, checks, chart (if any)
+    and the first rows."""
     title = html.escape(report.identifier)
     shown = min(limit, rows.num_rows)
     body = [[html.escape(_text(value)) for value in row] for row in _row_values(rows, limit)]
@@ -132,6 +136,7 @@ def render_html(
             "<body>",
             f"<h1>{title}</h1>",
             f"<p>{html.escape(report.header.description)}</p>",
+            f"<p>{html.escape(note)}</p>" if note else "",
             f"<p>As of {html.escape(as_of.astimezone(UTC).isoformat())}; "
             f"showing {shown} of {rows.num_rows} rows.</p>",
             "<h2>Checks</h2>",
@@ -197,18 +202,26 @@ def render_report(
     as_of: datetime,
     checks: Sequence[CheckOutcome],
     partition: str | None = None,
+    prefix: str = OPERATOR_PREFIX,
+    note: str | None = None,
 ) -> RenderedReport:
     """Put `report.html` (and `chart.png` if the header has a chart) under
-    `reports/<name>/<partition>/` of the store; the partition defaults to the run time."""
-    folder = f"reports/{report.name}/{partition or partition_name(as_of)}"
+    `<prefix>/<name>/<partition>/` of the store; the partition defaults to the run time."""
+    folder = f"{prefix}/{report.name}/{partition or partition_name(as_of)}"
     chart = report.header.chart
     chart_url = None
     if chart is not None:
         title = f"{report.identifier}: {chart.y} by {chart.x}"
         store.put(f"{folder}/{CHART_FILE}", render_chart(rows, chart, title))
         chart_url = store.url(f"{folder}/{CHART_FILE}")
-    page = render_html(report, rows, as_of, checks, CHART_FILE if chart_url else None)
+    page = render_html(report, rows, as_of, checks, CHART_FILE if chart_url else None, note=note)
     store.put(f"{folder}/{HTML_FILE}", page.encode("utf-8"))
     return RenderedReport(
         html=store.url(f"{folder}/{HTML_FILE}"), chart=chart_url, preview=markdown_preview(rows)
     )
+
+
+def customer_prefix(customer: str) -> str:
+    """Where a customer's pages go: one prefix per customer, so one grant (a bucket policy, a signed
+    listing) covers exactly its pages and a listing never shows another customer's."""
+    return f"customers/{customer}/{OPERATOR_PREFIX}"

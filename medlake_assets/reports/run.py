@@ -18,10 +18,14 @@ from pyiceberg.expressions import And, BooleanExpression, GreaterThanOrEqual, Le
 from pyiceberg.schema import Schema
 from pyiceberg.types import DateType
 
+from medlake_assets.ingest.objectstore import ObjectStore
 from medlake_assets.lake import Lake
-from medlake_assets.reports.render import RenderedReport, render_report
+from medlake_assets.reports.render import RenderedReport, customer_prefix, partition_name, render_report
 from medlake_assets.reports.spec import NotNullCheck, RangeCheck, ReportCheck, ReportSpec, check_name
 from medlake_assets.serving.sql import connect
+from medlake_assets.serving.tenancy import facility_rows
+from medlake_assets.spec.access import FACILITY_COLUMNS, Access, facility_column, load_access
+from medlake_assets.tables.bronze import ALL_ROWS, replace_rows
 from medlake_assets.tables.silver import ensure_table
 
 RESULT_VIEW = "report_result"
@@ -46,6 +50,20 @@ class PartitionWindow:
 
 
 @dataclass(frozen=True)
+class CustomerPages:
+    """The page of each customer (by customer id), or why there are none."""
+
+    pages: dict[str, RenderedReport]
+    skipped: str | None = None
+
+    def note(self) -> str:
+        """The line the operator's page carries about them."""
+        if self.skipped:
+            return self.skipped
+        return f"Customer pages (each with only its facilities' rows): {', '.join(sorted(self.pages))}."
+
+
+@dataclass(frozen=True)
 class ReportRun:
     report: str
     identifier: str
@@ -55,6 +73,7 @@ class ReportRun:
     as_of: datetime
     seconds: float
     rendered: RenderedReport
+    customer_pages: CustomerPages
 
 
 def query_report(
@@ -132,13 +151,10 @@ def write_gold(
             catalog.drop_table(identifier)
     table = ensure_table(catalog, identifier, rows.schema, report.header.partition_by)
     rows = rows.cast(pa.schema([field.with_nullable(True) for field in rows.schema]))
-    if table.metadata.current_snapshot_id is None:
-        # A first write appends: overwriting a table with no snapshot only warns that nothing matched.
-        table.append(rows)
-    elif window is None:
-        table.overwrite(rows)
-    else:
-        table.overwrite(rows, overwrite_filter=window_filter(table.schema(), report, window))
+    # Always a replacement, redone on fresh metadata if another writer committed meanwhile (two runs of
+    # the report at once): an append on a first write would land twice when two writers both saw it empty.
+    row_filter = ALL_ROWS if window is None else window_filter(table.schema(), report, window)
+    replace_rows(table, rows, row_filter, {})
     return catalog.load_table(identifier).metadata.current_snapshot_id
 
 
@@ -153,11 +169,48 @@ def window_filter(schema: Schema, report: ReportSpec, window: PartitionWindow) -
     return And(GreaterThanOrEqual(column, bound(window.start)), LessThan(column, bound(window.end)))
 
 
+def render_customer_pages(
+    store: ObjectStore,
+    report: ReportSpec,
+    rows: pa.Table,
+    as_of: datetime,
+    access: Access,
+    partition: str,
+) -> CustomerPages:
+    """One page per customer under `customers/<customer>/reports/<name>/<partition>/`, with only the rows
+    of its facilities and the header checks evaluated over those rows (counts of other customers' rows
+    never show). A report without a facility column cannot be split, so it gets none."""
+    column = facility_column(rows.column_names)
+    if column is None:
+        return CustomerPages(
+            {},
+            f"No customer pages: {report.identifier} has no facility column "
+            f"({', '.join(FACILITY_COLUMNS)}), so its rows cannot be split by customer.",
+        )
+    if not access.customers:
+        return CustomerPages({}, "No customer pages: the access metadata declares no customers.")
+    pages = {}
+    for customer in access.customers.values():
+        mine = facility_rows(rows, column, customer.facilities)
+        pages[customer.id] = render_report(
+            store,
+            report,
+            mine,
+            as_of,
+            evaluate_checks(mine, report.header.checks),
+            partition,
+            prefix=customer_prefix(customer.id),
+            note=f"For {customer.name} ({customer.id}): facilities {', '.join(customer.facilities)}.",
+        )
+    return CustomerPages(pages)
+
+
 def run_report(
     lake: Lake, report: ReportSpec, as_of: datetime | None = None, window: PartitionWindow | None = None
 ) -> ReportRun:
     """Query the lake, check the rows, write `gold.<name>` (or its window), then render its page under the
-    lake's home; checks never stop the write (gold is derived)."""
+    lake's home, and one page per customer of `metadata/access/`; checks never stop the write (gold is
+    derived)."""
     if (window is None) != (report.header.partitions is None):
         raise ValueError(f"report {report.name}: a partitioned report runs for a window, any other without")
     started = time.perf_counter()
@@ -165,9 +218,10 @@ def run_report(
     rows = query_report(connect(lake), report, as_of, window)
     checks = evaluate_checks(rows, report.header.checks)
     snapshot_id = write_gold(lake.catalog, report, rows, window)
-    rendered = render_report(
-        lake.store, report, rows, as_of, checks, partition=window.label if window else None
-    )
+    partition = window.label if window else partition_name(as_of)
+    access = load_access(lake.settings.access_dir)
+    customer_pages = render_customer_pages(lake.store, report, rows, as_of, access, partition)
+    rendered = render_report(lake.store, report, rows, as_of, checks, partition, note=customer_pages.note())
     return ReportRun(
         report=report.name,
         identifier=report.identifier,
@@ -177,4 +231,5 @@ def run_report(
         as_of=as_of,
         seconds=time.perf_counter() - started,
         rendered=rendered,
+        customer_pages=customer_pages,
     )

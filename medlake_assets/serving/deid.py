@@ -1,21 +1,25 @@
 """`silver_deid.*`: de-identified DuckDB views over every silver table, for ML and broad analytics.
 
-What each view does to a silver table, decided from the `pii` flags in `metadata/sources/*.yaml`:
-- identifiers (a `pii` column that some table is keyed on: `patient_id`, the pii primary-key columns,
-  and `silver.encounters`' key) become keyed tokens: hex HMAC-SHA256 of the value, so joins between
-  tables still work but the value cannot be recovered or recomputed without the key;
-- every date and timestamp (pii or not, e.g. `birth_date`, `admit_ts`, `_valid_from`) moves by the
-  row's patient offset: a whole number of days in -180..-1 or 1..180 from a keyed HMAC of the patient
-  id, the same in every table, so joins, sequences and intervals (length of stay, age at a visit) hold;
-  rows without a patient keep their dates;
-- other `pii` columns (names, postal codes: free text) are dropped, with their companion columns;
-- lineage that points back at identified data or carries real dates (`_archive`, `_member`,
-  `_record`, `_batch`, `_landing_day`, `_ingested_at`) is dropped, and so is any column the metadata
-  does not describe (fail closed: a column added to a table is not exposed before it is declared).
+What each view does with a column is declared in `metadata/sources/*.yaml` (`deid:` on each column,
+validated by `spec.models.ColumnSpec`), never guessed from its name:
+- `token`: identifiers (patient, visit, and every id unique per message, order or document, which a
+  sender fills from a counter or a clock) become keyed tokens: hex HMAC-SHA256 of the value, so joins
+  and duplicate checks still work but the value, its order and its neighbours are gone, and it cannot be
+  recomputed without the key;
+- `shift`: dates and timestamps move by the row's patient offset: a whole number of days in -180..-1 or
+  1..180 from a keyed HMAC of the patient id, the same in every table, so sequences and intervals (length
+  of stay, age at a visit) hold. A row without a patient has no offset: its dates are null, since a real
+  date beside shifted ones would anchor them; a table without `patient_id` has its dates dropped;
+- `keep`: as is (never for a date or a pii column: the source model refuses it);
+- `drop`, or no `deid` at all: left out. A column the metadata does not describe, lineage (`_archive`,
+  `_member`, `_record` ordinals, `_batch`, `_landing_day`, `_ingested_at`) included, is left out too
+  (fail closed: a new column is not exposed before someone decides what it is).
 
-`silver.encounters` is derived from `silver.adt_events`: its columns with an ADT column's name take
-that column's flag; its own columns (`facility`, `status`, `last_event_ts`, `event_count`) are declared
-below.
+Companion columns follow their column, except the `_offset` of a shifted timestamp, which is dropped: the
+sender's UTC offset changes with daylight saving time, so beside a shifted date it tells the real season.
+
+Columns the code adds (`_facility`, the merge columns) and `silver.encounters`' own columns are declared
+below; encounters' columns named like an ADT column take that column's treatment.
 
 The key comes from the secret `MEDLAKE_DEID_KEY`; the views are refused without it. It reaches DuckDB
 only inside two Python functions (`medlake_deid_token`, `medlake_deid_shift_days`): never in SQL text,
@@ -30,7 +34,6 @@ import hashlib
 import hmac
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal
 
 import duckdb
 import pyarrow as pa
@@ -38,12 +41,12 @@ import pyarrow.compute as pc
 from duckdb import sqltypes
 
 from medlake_assets.silver.encounters import ENCOUNTER_COLUMNS
-from medlake_assets.silver.encounters import KEY as ENCOUNTER_KEY
 from medlake_assets.spec import SourceSpec
+from medlake_assets.spec.models import DeidTreatment
 from medlake_assets.tables.merge import DELETED, IS_CURRENT, VALID_FROM, VALID_TO
 from medlake_assets.transforms.casts import companion_types
 
-Treatment = Literal["keep", "token", "drop"]
+Treatment = DeidTreatment
 
 DEID_KEY_ENV = "MEDLAKE_DEID_KEY"
 MIN_KEY_LENGTH = 32
@@ -57,21 +60,23 @@ SHIFT_FUNCTION = "medlake_deid_shift_days"
 ENCOUNTERS_SOURCE = "adt_events"
 ENCOUNTERS = "encounters"
 # Encounter columns that are not an ADT column: the visit's facility (the landing facility), its
-# status, its latest event time (a date: shifted like every date) and a count.
+# status, its latest event time and a count of its messages.
 ENCOUNTERS_OWN: dict[str, Treatment] = {
     "facility": "keep",
     "status": "keep",
-    "last_event_ts": "keep",
+    "last_event_ts": "shift",
     "event_count": "keep",
 }
-# Merge columns carry no identifier; `_valid_from` / `_valid_to` are dates and get shifted.
+# Columns the code adds to silver tables: the landing facility and the merge columns.
 SYSTEM_COLUMNS: dict[str, Treatment] = {
     "_facility": "keep",
     DELETED: "keep",
-    VALID_FROM: "keep",
-    VALID_TO: "keep",
+    VALID_FROM: "shift",
+    VALID_TO: "shift",
     IS_CURRENT: "keep",
 }
+# Companions of a shifted column, by suffix (any other companion is dropped).
+SHIFTED_COMPANIONS: dict[str, Treatment] = {"_precision": "keep", "_offset": "drop"}
 _CACHE_SIZE = 200_000
 
 
@@ -117,38 +122,26 @@ def shift_days(key: bytes, patient_id: str) -> int:
     return spread - MAX_SHIFT_DAYS if spread < MAX_SHIFT_DAYS else spread - MAX_SHIFT_DAYS + 1
 
 
-def identifier_columns(sources: Mapping[str, SourceSpec]) -> frozenset[str]:
-    """The pii columns that are tokenized rather than dropped: those some table is keyed on."""
-    keyed = {PATIENT_COLUMN}
-    for spec in sources.values():
-        pii = set(spec.pii_columns())
-        keyed |= pii & set(spec.write.primary_key)
-        if spec.name == ENCOUNTERS_SOURCE:
-            keyed |= pii & set(ENCOUNTER_KEY)
-    return frozenset(keyed)
+def _companion_treatment(treatment: Treatment, suffix: str) -> Treatment:
+    if treatment == "shift":
+        return SHIFTED_COMPANIONS.get(suffix, "drop")
+    return "keep" if treatment == "keep" else "drop"
 
 
-def source_treatments(spec: SourceSpec, identifiers: frozenset[str]) -> dict[str, Treatment]:
+def source_treatments(spec: SourceSpec) -> dict[str, Treatment]:
     """What the deid view does with each column of `silver.<spec.name>` (columns not named: dropped)."""
     treatments: dict[str, Treatment] = dict(SYSTEM_COLUMNS)
     for column in spec.columns:
-        if not column.pii or column.type in ("date", "timestamp"):
-            treatment: Treatment = "keep"  # dates are shifted in the view, whether pii or not
-        elif column.name in identifiers:
-            treatment = "token"
-        else:
-            treatment = "drop"
+        treatment: Treatment = column.deid or "drop"
         treatments[column.name] = treatment
         for suffix in companion_types(column.type, column.format):
-            # `_offset` / `_precision` say nothing alone; they go where their column goes.
-            treatments[column.name + suffix] = "drop" if treatment == "drop" else "keep"
+            treatments[column.name + suffix] = _companion_treatment(treatment, suffix)
     return treatments
 
 
 def table_treatments(sources: Mapping[str, SourceSpec]) -> dict[str, dict[str, Treatment]]:
     """Treatments per silver table name: one per source, plus `encounters` derived from its source."""
-    identifiers = identifier_columns(sources)
-    tables = {name: source_treatments(spec, identifiers) for name, spec in sources.items()}
+    tables = {name: source_treatments(spec) for name, spec in sources.items()}
     if ENCOUNTERS_SOURCE in tables:
         events = tables[ENCOUNTERS_SOURCE]
         derived = {name: ENCOUNTERS_OWN.get(name) or events.get(name, "drop") for name in ENCOUNTER_COLUMNS}
@@ -168,29 +161,30 @@ def view_sql(table: str, columns: Sequence[tuple[str, str]], treatments: Mapping
     """`CREATE OR REPLACE VIEW silver_deid.<table>` over `silver.<table>` with its `(name, DuckDB type)`
     columns: identifiers tokenized, dates shifted by the row's patient offset, the rest kept or dropped.
 
-    A table with dates but no `patient_id` column has no offset to apply: its dates are dropped.
+    Fail closed: a column without a treatment, a date not declared `shift`, and every date of a table
+    without `patient_id` (no offset to apply) are left out; a row without a patient gets null dates.
     """
     has_patient = any(name == PATIENT_COLUMN for name, _ in columns)
-    shift = "coalesce(__shift_days, 0)"  # rows without a patient keep their dates
+    shift = "__shift_days"
     selected = []
     for name, duckdb_type in columns:
         treatment = treatments.get(name, "drop")
         column = _ident(name)
-        if treatment == "drop" or (_is_date(duckdb_type) and not has_patient):
-            continue
+        is_date = _is_date(duckdb_type)
         if treatment == "token":
             selected.append(f"{TOKEN_FUNCTION}(CAST({column} AS VARCHAR)) AS {column}")
-        elif duckdb_type == "DATE":
-            selected.append(f"{column} + {shift} AS {column}")
-        elif _is_date(duckdb_type):
-            # Whole days of elapsed time, not calendar days: intervals survive daylight-saving changes.
-            selected.append(f"{column} + to_seconds({shift} * 86400) AS {column}")
-        else:
+        elif treatment == "keep" and not is_date:
             selected.append(column)
+        elif treatment == "shift" and is_date and has_patient:
+            if duckdb_type == "DATE":
+                selected.append(f"{column} + {shift} AS {column}")
+            else:
+                # Whole days of elapsed time, not calendar days: intervals survive daylight-saving changes.
+                selected.append(f"{column} + to_seconds({shift} * 86400) AS {column}")
     source = f"{SOURCE_SCHEMA}.{_ident(table)}"
     if has_patient:
         patient = _ident(PATIENT_COLUMN)
-        source = f"(SELECT *, {SHIFT_FUNCTION}(CAST({patient} AS VARCHAR)) AS __shift_days FROM {source})"
+        source = f"(SELECT *, {SHIFT_FUNCTION}(CAST({patient} AS VARCHAR)) AS {shift} FROM {source})"
     return (
         f"CREATE OR REPLACE VIEW {DEID_SCHEMA}.{_ident(table)} AS SELECT {', '.join(selected)} FROM {source}"
     )

@@ -1,8 +1,10 @@
-"""Reads for ML and notebooks: `read("silver.lab_results", columns=[...], where=..., as_of=...)`.
+"""Reads for ML and notebooks: `read("silver.lab_results", columns=[...], where=..., as_of=...,
+customer=...)`.
 
 Column selection and the row filter go to pyiceberg's scan, which prunes data files by partition and
-column statistics before reading, and reads only the selected columns. The result is Arrow, with
-bridges to Polars, pandas (if installed) and `tf.data` (the optional `medlake[tf]` extra).
+column statistics before reading, and reads only the selected columns. With `customer`, the filter also
+keeps only that customer's facilities (`serving.tenancy`), in the same pushed-down scan. The result is
+Arrow, with bridges to Polars, pandas (if installed) and `tf.data` (the optional `medlake[tf]` extra).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 import pyarrow as pa
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression
+from pyiceberg.schema import Schema
+from pyiceberg.table import DataScan, Snapshot
 from pyiceberg.table import Table as IcebergTable
 
 from medlake_assets.lake import Lake
@@ -26,6 +30,8 @@ from medlake_assets.serving.catalog_info import (
     snapshot_at,
 )
 from medlake_assets.serving.deid import DEID_SCHEMA
+from medlake_assets.serving.tenancy import customer_facilities, facility_filter
+from medlake_assets.spec.access import load_access
 
 if TYPE_CHECKING:
     import pandas
@@ -147,19 +153,24 @@ def tf_slices(arrow: pa.Table, batch_size: int) -> Iterator[pa.Table]:
         yield arrow.slice(start, batch_size)
 
 
-def read(
+@dataclass(frozen=True)
+class PlannedRead:
+    """A read before it runs: the snapshot and schema it reads, and its scan (None: no snapshot then)."""
+
+    snapshot: Snapshot | None
+    schema: Schema
+    scan: DataScan | None
+
+
+def plan_read(
     table: str,
     columns: Sequence[str] | None = None,
     where: str | BooleanExpression | None = None,
     as_of: AsOf | None = None,
     lake: Lake | None = None,
-) -> ReadResult:
-    """Rows of `<namespace>.<table>`, filtered and projected in the scan, optionally as of a past moment.
-
-    `where` is a pyiceberg expression or a string pyiceberg parses (`"facility = 'F001' and value > 2"`);
-    `as_of` is a snapshot id or an ISO timestamp / datetime (naive means UTC). `lake` defaults to the one
-    the `MEDLAKE_*` environment describes.
-    """
+    customer: str | None = None,
+) -> PlannedRead:
+    """The scan `read` runs, with the same arguments; `scan.plan_files()` shows the files it would open."""
     if table.startswith(f"{DEID_SCHEMA}."):
         # The deid views exist only in DuckDB (tokens and shifts are computed there): say where to look.
         raise ValueError(
@@ -170,6 +181,10 @@ def read(
         from medlake_assets.config import load_settings
 
         lake = Lake(load_settings())
+    # An unknown customer fails before any table is opened.
+    facilities = (
+        None if customer is None else customer_facilities(load_access(lake.settings.access_dir), customer)
+    )
     iceberg_table = lake.catalog.load_table(table)
     if as_of is None:
         snapshot = iceberg_table.current_snapshot()
@@ -179,19 +194,54 @@ def read(
         if not existed_at(iceberg_table, point):
             raise AsOfError(f"table {table} did not exist yet as of {as_of}")
         snapshot = snapshot_at(table, iceberg_table, point)
-    selected = tuple(columns) if columns is not None else ("*",)
+    schema = _schema_at(iceberg_table, snapshot)
+    row_filter: str | BooleanExpression = where if where is not None else AlwaysTrue()
+    # Checked even for a table with no rows yet: a table that cannot be scoped is refused, never empty.
+    scope = None if facilities is None else facility_filter(table, schema.column_names, facilities)
     if snapshot is None:
-        # No data yet at that moment: an empty result with the requested columns.
-        empty = iceberg_table.schema().as_arrow().empty_table()
-        return ReadResult(empty if columns is None else empty.select(list(columns)), table, None)
+        return PlannedRead(None, schema, None)
     scan = iceberg_table.scan(
-        row_filter=where if where is not None else AlwaysTrue(),
-        selected_fields=selected,
+        row_filter=row_filter,
+        selected_fields=tuple(columns) if columns is not None else ("*",),
         snapshot_id=snapshot.snapshot_id,
     )
-    arrow = scan.to_arrow()
+    return PlannedRead(snapshot, schema, scan if scope is None else scan.filter(scope))
+
+
+def read(
+    table: str,
+    columns: Sequence[str] | None = None,
+    where: str | BooleanExpression | None = None,
+    as_of: AsOf | None = None,
+    lake: Lake | None = None,
+    customer: str | None = None,
+) -> ReadResult:
+    """Rows of `<namespace>.<table>`, filtered and projected in the scan, optionally as of a past moment.
+
+    `where` is a pyiceberg expression or a string pyiceberg parses (`"facility = 'F001' and value > 2"`);
+    `as_of` is a snapshot id or an ISO timestamp / datetime (naive means UTC); `customer` (an id from
+    `metadata/access/`) keeps only rows of that customer's facilities, and refuses a table that has no
+    facility column (`serving.tenancy.TenancyError`). `lake` defaults to the one the `MEDLAKE_*`
+    environment describes.
+    """
+    planned = plan_read(table, columns, where, as_of, lake, customer)
+    if planned.scan is None:
+        # No data yet at that moment: an empty result with the requested columns.
+        empty = planned.schema.as_arrow().empty_table()
+        return ReadResult(empty if columns is None else empty.select(list(columns)), table, None)
+    arrow = planned.scan.to_arrow()
     # pyiceberg returns the table's column order; keep the order the caller asked for.
-    return ReadResult(arrow if columns is None else arrow.select(list(columns)), table, snapshot.snapshot_id)
+    snapshot_id = planned.snapshot.snapshot_id if planned.snapshot else None
+    return ReadResult(arrow if columns is None else arrow.select(list(columns)), table, snapshot_id)
+
+
+def _schema_at(iceberg_table: IcebergTable, snapshot: Snapshot | None) -> Schema:
+    """The schema the table had at `snapshot` (the one a scan of that snapshot reads with)."""
+    if snapshot is not None and snapshot.schema_id is not None:
+        for schema in iceberg_table.metadata.schemas:
+            if schema.schema_id == snapshot.schema_id:
+                return schema
+    return iceberg_table.schema()
 
 
 def _is_id_of(iceberg_table: IcebergTable, as_of: AsOf) -> bool:

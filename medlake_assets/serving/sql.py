@@ -8,6 +8,10 @@ independent check that the tables pyiceberg wrote are valid Iceberg. Extensions 
 from __future__ import annotations
 
 import os
+import shutil
+import sqlite3
+import tempfile
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlparse
@@ -21,6 +25,7 @@ from rich.text import Text
 from sqlalchemy.engine import make_url
 
 from medlake_assets.lake import Lake
+from medlake_assets.quality.freshness import register_freshness_view
 from medlake_assets.serving.catalog_info import AsOf, existed_at, resolve_as_of, snapshot_at, table_names
 from medlake_assets.serving.deid import deid_configured, register_deid_views
 
@@ -66,13 +71,34 @@ def _configure_s3(con: duckdb.DuckDBPyConnection, endpoint_url: str | None) -> N
     con.execute(f"CREATE OR REPLACE SECRET medlake_s3 ({', '.join(options)})")
 
 
+def sqlite_snapshot(path: str) -> Path:
+    """A private, consistent copy of a SQLite ledger database, for DuckDB to attach instead of the file.
+
+    DuckDB's sqlite scanner links a SQLite of its own, and two SQLite libraries on one database file in
+    one process break SQLite's POSIX locks (sqlite.org/howtocorrupt.html, "multiple copies of SQLite
+    linked into the same application"): once DuckDB closed the live file, this process's connections
+    had lost their locks, another process deleted the WAL they still wrote to, and every ledger write
+    after that was lost. The copy is made by Python's own sqlite3 (the backup API: one moment's state),
+    so only DuckDB ever opens it; it is removed with the DuckDB connection.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="medlake-ledger-"))
+    copy = folder / "ledger.db"
+    source, target = sqlite3.connect(path), sqlite3.connect(copy)
+    try:
+        source.backup(target)
+    finally:
+        source.close()
+        target.close()
+    return copy
+
+
 def _attach_ledger(con: duckdb.DuckDBPyConnection, catalog_url: str) -> None:
     """`meta.*` views over the ledger database (the caller makes sure its tables exist)."""
     parsed = urlparse(catalog_url)
     if parsed.scheme.startswith("sqlite"):
-        con.execute(
-            f"ATTACH {_quote(catalog_url.split(':///', 1)[1])} AS medlake_state (TYPE sqlite, READ_ONLY)"
-        )
+        copy = sqlite_snapshot(catalog_url.split(":///", 1)[1])
+        weakref.finalize(con, shutil.rmtree, copy.parent, True)
+        con.execute(f"ATTACH {_quote(str(copy))} AS medlake_state (TYPE sqlite, READ_ONLY)")
     else:
         # Through a secret, not a DSN: DuckDB shows an ATTACH path in duckdb_databases() and in its
         # connection errors, password included; secrets are redacted.
@@ -92,6 +118,7 @@ def _attach_ledger(con: duckdb.DuckDBPyConnection, catalog_url: str) -> None:
     for view, table in [
         ("quality", "medlake_quality"),
         ("processed", "medlake_processed"),
+        ("held", "medlake_held"),
         ("sql_audit", "medlake_sql_audit"),
     ]:
         exists = con.execute(
@@ -137,9 +164,10 @@ def connect(
 
     With `as_of` (a snapshot id, or an ISO timestamp / datetime, naive meaning UTC) every view reads the
     snapshot that was current then, and tables created later are absent. `meta.*` (the ledger) is not
-    versioned and always shows the present. `ledger_url` attaches the ledger through another URL than the
-    catalog's (serve-sql: a database role that cannot write). `extensions` are loaded (all by default, so
-    a session can also attach PostgreSQL or read S3; serve-sql loads only `needed_extensions`).
+    versioned and shows the present: the moment of the call (a copy of it on the embedded SQLite ledger).
+    `ledger_url` attaches the ledger through another URL than the catalog's (serve-sql: a database role
+    that cannot write). `extensions` are loaded (all by default, so a session can also attach PostgreSQL
+    or read S3; serve-sql loads only `needed_extensions`).
     """
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     con.execute(f"SET extension_directory = {_quote(str(lake.settings.home / 'duckdb_extensions'))}")
@@ -152,6 +180,7 @@ def connect(
     _create_views(con, lake.catalog, as_of)
     _ = lake.ledger  # opening the ledger creates its tables on a lake nothing reached yet
     _attach_ledger(con, ledger_url)
+    register_freshness_view(con, lake.sources)  # meta.freshness: each facility's cadence, lag and limit
     if deid_configured():
         register_deid_views(con, lake.sources)  # silver_deid.*: needs the secret MEDLAKE_DEID_KEY
     return con

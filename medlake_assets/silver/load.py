@@ -1,10 +1,12 @@
 """Bring one silver table up to date for a landing day: type, audit, quarantine, then publish.
 
 Incremental: only the bronze batches of the day that this table has not taken in yet (the ledger's
-`medlake_processed`). Audit before publish: the batch is typed and checked first; when its error rate is
-above the source's threshold nothing is committed to silver (the gate fails and the batches stay
-unprocessed), otherwise the passing rows are merged in one commit and the failing rows go to
-`quarantine.<source>` with their rule and reason.
+`medlake_processed`). Audit before publish: the rows are typed and checked first and the failing rows go
+to `quarantine.<source>` with their rule and reason. Then the gate decides per facility and batch (a
+*slice*, `quality/gate.py: facility_gate`): a slice over its facility's threshold is held back (its
+passing rows stay in bronze, the decision goes to `meta.held`, `quality/held.py`); the passing rows of
+every other slice are merged in one commit. The batches count as taken in either way: held slices are
+taken up again, by themselves, when an operator releases them or when the metadata changes.
 """
 
 from __future__ import annotations
@@ -14,14 +16,24 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
+from functools import reduce
 
 import polars as pl
 import pyarrow as pa
-from pyiceberg.expressions import And, EqualTo, In
+from pyiceberg.expressions import And, BooleanExpression, EqualTo, In, Or
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 
 from medlake_assets.lake import Lake
-from medlake_assets.quality.gate import evaluate
+from medlake_assets.quality.gate import evaluate, facility_gate, metadata_version
+from medlake_assets.quality.held import (
+    RELEASED,
+    HeldSlice,
+    SliceOutcome,
+    held_slices,
+    record,
+    supersede,
+    to_evaluate,
+)
 from medlake_assets.spec import SourceSpec
 from medlake_assets.tables.bronze import arrow_schema, bronze_table, quarantine_table, replace_rows
 from medlake_assets.tables.merge import LINEAGE_COLUMNS, MERGE_COLUMNS, merge_into
@@ -40,13 +52,24 @@ class SilverReport:
     rejected_by_facility: Counter[str] = field(default_factory=Counter)
     warnings: Counter[str] = field(default_factory=Counter)
     threshold: float = 0.0
-    published: bool = True
+    held: Counter[str] = field(default_factory=Counter)
+    """Passing rows held back in this run, per facility."""
+    published_facilities: int = 0
+    reevaluated: int = 0
+    """Held or released slices of earlier runs taken up again."""
+    released: int = 0
+    """Slices published in this run because an operator released them."""
     seconds: float = 0.0
     snapshot_id: int | None = None
 
     @property
     def error_rate(self) -> float:
         return self.rejected / self.rows_in if self.rows_in else 0.0
+
+    @property
+    def published(self) -> bool:
+        """False only when the run had rows and every facility's were held back: nothing to publish."""
+        return not self.held or self.published_facilities > 0
 
 
 def consumer(name: str) -> str:
@@ -99,19 +122,69 @@ def _quality_counts(quarantine: pl.DataFrame, gate) -> list[dict]:
     return counts.rename({"_batch": "batch_id", "_facility": "facility"}).to_dicts()
 
 
+def _scan_filter(day: date, todo: list[str], again: list[HeldSlice]) -> BooleanExpression:
+    """The day's rows of the new batches, and of each slice taken up again only its facility's rows."""
+    parts: list[BooleanExpression] = [In("_batch", todo)] if todo else []
+    facilities: dict[str, list[str]] = {}
+    for item in again:
+        facilities.setdefault(item.batch_id, []).append(item.facility)
+    parts += [And(EqualTo("_batch", batch), In("_facility", names)) for batch, names in facilities.items()]
+    return And(EqualTo("_landing_day", day.isoformat()), reduce(Or, parts))
+
+
+def _slice_outcomes(
+    rows: pl.DataFrame, quarantine: pl.DataFrame, spec: SourceSpec, released: set[tuple[str, str]]
+) -> pl.DataFrame:
+    """One gate decision per facility and batch (see `facility_gate`); a released slice is never held."""
+    slice_key = ["_batch", "_facility"]
+    counts = rows.group_by(slice_key).agg(pl.len().alias("rows"))
+    rejected = (
+        quarantine.select(*slice_key, *LINEAGE_COLUMNS[:3])
+        .unique()
+        .group_by(slice_key)
+        .agg(pl.len().alias("rejected"))
+    )
+    rules = quarantine.group_by(*slice_key, "rule").agg(pl.len().alias("n"))
+    rules = rules.group_by(slice_key).agg(pl.struct("rule", "n").alias("rules"))
+    decided = facility_gate(
+        counts.join(rejected, on=slice_key, how="left").with_columns(pl.col("rejected").fill_null(0)), spec
+    )
+    released_slices = pl.DataFrame(
+        [(*key, True) for key in sorted(released)],
+        schema={"_batch": pl.String(), "_facility": pl.String(), "released": pl.Boolean()},
+        orient="row",
+    )
+    return (
+        decided.join(released_slices, on=slice_key, how="left")
+        .with_columns(pl.col("released").fill_null(False))
+        .with_columns((pl.col("held") & ~pl.col("released")).alias("held"))
+        .join(rules, on=slice_key, how="left")
+        .sort(slice_key)
+    )
+
+
 def load_silver(lake: Lake, spec: SourceSpec, day: date, *, full: bool = False) -> SilverReport:
-    """Take the day's new bronze batches into `silver.<source>` (all of them when `full`)."""
+    """Take the day's new bronze batches into `silver.<source>` (all of them when `full`), and take up
+    again the day's held slices that an operator released or that changed metadata may now pass."""
     started = time.perf_counter()
     name = consumer(spec.name)
+    version = metadata_version(spec)
     report = SilverReport(table=name, threshold=spec.quality.max_error_rate)
-    loaded = lake.ledger.loaded_batches(spec.name, day)
-    todo = sorted(loaded if full else loaded - lake.ledger.processed_batches(name, day))
+    ledger = lake.ledger
+    loaded = ledger.loaded_batches(spec.name, day)
+    supersede(ledger, spec.name, day, sorted(loaded))
+    todo = sorted(loaded if full else loaded - ledger.processed_batches(name, day))
+    again = [item for item in to_evaluate(ledger, spec.name, version, day) if item.batch_id not in todo]
+    released = {
+        (item.batch_id, item.facility)
+        for item in held_slices(ledger, spec.name, day=day, statuses=(RELEASED,))
+    }
     report.batches = todo
-    if not todo:
+    report.reevaluated = len(again)
+    if not todo and not again:
         return report
     bronze = bronze_table(lake.catalog, spec)
-    scan = bronze.scan(row_filter=And(EqualTo("_landing_day", day.isoformat()), In("_batch", todo)))
-    rows = pl.from_arrow(scan.to_arrow())
+    rows = pl.from_arrow(bronze.scan(row_filter=_scan_filter(day, todo, again)).to_arrow())
     report.rows_in = rows.height
     typed = apply_types(rows, spec)
     cast_failed = typed.failures.group_by("_row").agg(pl.col("rule").first(), pl.col("reason").first())
@@ -126,10 +199,14 @@ def load_silver(lake: Lake, spec: SourceSpec, day: date, *, full: bool = False) 
     report.rules.update(dict(quarantine.group_by("rule").len().iter_rows()))
     report.rejected_by_facility.update(dict(quarantine.group_by("_facility").len().iter_rows()))
     report.warnings.update(gate.warnings)
-    lake.ledger.record_quality(spec.name, "silver", day, todo, _quality_counts(quarantine, gate))
-    # Replace this stage's rejects of these batches (a re-run), leaving bronze-stage rejects alone.
+    counts = _quality_counts(quarantine, gate)
+    ledger.record_quality(spec.name, "silver", day, todo, [c for c in counts if c["batch_id"] in todo])
+    for item in again:  # only that facility's counts of an earlier batch are replaced
+        mine = [c for c in counts if (c["batch_id"], c["facility"]) == (item.batch_id, item.facility)]
+        ledger.record_quality(spec.name, "silver", day, [item.batch_id], mine, facilities=[item.facility])
+    # Replace this stage's rejects of these archives (a re-run), leaving bronze-stage rejects alone.
     rejects_table = quarantine_table(lake.catalog, spec)
-    properties = {"medlake.silver_batches": json.dumps(todo)}
+    properties = {"medlake.silver_batches": json.dumps(todo + sorted({i.batch_id for i in again}))}
     target = arrow_schema(rejects_table)
     replace_rows(
         rejects_table,
@@ -138,23 +215,51 @@ def load_silver(lake: Lake, spec: SourceSpec, day: date, *, full: bool = False) 
         And(EqualTo("stage", "silver"), In("_archive", rows.get_column("_archive").unique().to_list())),
         properties,
     )
-    if report.error_rate > report.threshold:
-        report.published = False
-        report.seconds = time.perf_counter() - started
-        return report
-    table = ensure_table(lake.catalog, name, silver_schema(spec), spec.write.partition_by)
-    merged = merge_into(
-        table,
-        gate.passed,
-        mode=spec.write.mode,
-        key=spec.write.primary_key,
-        sequence_by=spec.write.sequence_by,
-        sequence_ranks=spec.write.sequence_ranks or None,
-        delete_marker=spec.write.delete_marker_tuple,
-        snapshot_properties=properties,
+    outcomes = _slice_outcomes(rows, quarantine, spec, released)
+    held_back = outcomes.filter(pl.col("held"))
+    report.held.update(
+        dict(held_back.group_by("_facility").agg((pl.col("rows") - pl.col("rejected")).sum()).iter_rows())
     )
-    report.rows_written = gate.passed.height
-    report.snapshot_id = merged.metadata.current_snapshot_id
-    lake.ledger.mark_processed(name, spec.name, day, todo)
+    publish = gate.passed.join(
+        held_back.select("_batch", "_facility"), on=["_batch", "_facility"], how="anti"
+    )
+    report.published_facilities = outcomes.filter(~pl.col("held")).get_column("_facility").n_unique()
+    report.released = outcomes.filter(pl.col("released")).height
+    if publish.height:
+        table = ensure_table(lake.catalog, name, silver_schema(spec), spec.write.partition_by)
+        merged = merge_into(
+            table,
+            publish,
+            mode=spec.write.mode,
+            key=spec.write.primary_key,
+            sequence_by=spec.write.sequence_by,
+            sequence_ranks=spec.write.sequence_ranks or None,
+            delete_marker=spec.write.delete_marker_tuple,
+            snapshot_properties=properties,
+        )
+        report.rows_written = publish.height
+        report.snapshot_id = merged.metadata.current_snapshot_id
+    # After the commit: a crash before this line re-runs the batches, and the merge is idempotent.
+    record(
+        ledger,
+        spec.name,
+        day,
+        [
+            SliceOutcome(
+                batch_id=row["_batch"],
+                facility=row["_facility"],
+                rows=row["rows"],
+                rejected=row["rejected"],
+                error_rate=row["error_rate"],
+                threshold=row["threshold"],
+                rules={item["rule"]: item["n"] for item in row["rules"] or []},
+                held=row["held"],
+            )
+            for row in outcomes.iter_rows(named=True)
+        ],
+        version,
+        consumer=name,
+    )
+    ledger.mark_processed(name, spec.name, day, todo)
     report.seconds = time.perf_counter() - started
     return report

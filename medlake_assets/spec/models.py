@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import zoneinfo
+from collections.abc import Mapping
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -34,7 +35,7 @@ class PasswordRef(StrictModel):
             names.insert(0, f"{self.env}__{facility_env_suffix(facility)}")
         return names
 
-    def resolve(self, facility: str, environ: dict[str, str] | None = None) -> str | None:
+    def resolve(self, facility: str, environ: Mapping[str, str] | None = None) -> str | None:
         environ = os.environ if environ is None else environ
         for name in self.env_names(facility):
             if environ.get(name):
@@ -96,8 +97,16 @@ class LandingSpec(StrictModel):
         return re.compile(self.member_pattern)
 
 
+ControlCharacters = Literal["strip", "reject"]
+CONTROL_CHARACTERS_HELP = (
+    "a value holding a control character (C0 but tab, line feed, carriage return; DEL): `reject` its record "
+    "(rule <format>.control_character) or `strip` the characters"
+)
+
+
 class CsvFormat(StrictModel):
     kind: Literal["csv"] = "csv"
+    control_characters: ControlCharacters = Field(default="reject", description=CONTROL_CHARACTERS_HELP)
     delimiter: str = Field(default=",", min_length=1, max_length=1)
     quote: str = Field(default='"', min_length=1, max_length=1)
     header: bool = True
@@ -106,6 +115,7 @@ class CsvFormat(StrictModel):
 
 class Hl7Format(StrictModel):
     kind: Literal["hl7v2"] = "hl7v2"
+    control_characters: ControlCharacters = Field(default="reject", description=CONTROL_CHARACTERS_HELP)
     message_types: list[str] = Field(default_factory=list, description="e.g. ['ADT^A01']; empty = all")
     repeat: Literal["first", "join"] = "first"
     null_tokens: list[str] = Field(default_factory=lambda: ['""'])
@@ -113,6 +123,7 @@ class Hl7Format(StrictModel):
 
 class XmlFormat(StrictModel):
     kind: Literal["xml"] = "xml"
+    control_characters: ControlCharacters = Field(default="reject", description=CONTROL_CHARACTERS_HELP)
     record_xpath: str
     namespaces: dict[str, str] = Field(default_factory=dict)
 
@@ -120,6 +131,8 @@ class XmlFormat(StrictModel):
 FormatSpec = Annotated[CsvFormat | Hl7Format | XmlFormat, Field(discriminator="kind")]
 
 ColumnType = Literal["string", "int", "long", "double", "boolean", "date", "timestamp", "decimal"]
+# What `silver_deid.<source>` does with a column (serving/deid.py): a column without one is left out.
+DeidTreatment = Literal["keep", "token", "shift", "drop"]
 
 
 class ColumnSpec(StrictModel):
@@ -132,6 +145,11 @@ class ColumnSpec(StrictModel):
     )
     nullable: bool = True
     pii: bool = False
+    deid: DeidTreatment | None = Field(
+        default=None,
+        description="in silver_deid: keep as is, token (keyed HMAC), shift (dates: the patient's offset) or "
+        "drop; a column without it is dropped",
+    )
     description: str = ""
     transforms: list[str] = Field(
         default_factory=list,
@@ -177,7 +195,18 @@ class ColumnSpec(StrictModel):
             raise ValueError("timezone: only timestamp columns take a time zone")
         if self.null_tokens is not None and "null_tokens" not in self.transforms:
             raise ValueError("null_tokens: given, but `null_tokens` is not among the column's transforms")
+        self._check_deid()
         return self
+
+    def _check_deid(self) -> None:
+        is_date = self.type in ("date", "timestamp")
+        if self.deid == "shift" and not is_date:
+            raise ValueError(f"deid: only date and timestamp columns are shifted, this one is {self.type}")
+        if self.deid == "keep" and is_date:
+            # A real date beside the patient's shifted ones would give the offset away.
+            raise ValueError("deid: a date or timestamp is `shift` or `drop`, never `keep`")
+        if self.deid == "keep" and self.pii:
+            raise ValueError("deid: a pii column is `token`, `shift` or `drop`, never `keep`")
 
 
 class DeleteMarker(StrictModel):
@@ -232,10 +261,30 @@ class IngestSpec(StrictModel):
     """How the sensor turns landed archives into runs."""
 
     max_archives_per_run: int = Field(default=500, ge=1)
-    max_bytes_per_run: int = Field(default=256 * 1024**2, ge=1)
+    max_bytes_per_run: int = Field(default=64 * 1024**2, ge=1)
     open_days: int = Field(default=2, ge=1, description="landing days before today the sensor still lists")
     max_quarantine_rate: float = Field(default=0.05, ge=0, le=1)
-    start_date: str = "2024-01-01"
+
+
+class FacilityQuality(StrictModel):
+    """One facility's own gate and freshness settings; an unset field takes the source's."""
+
+    max_error_rate: float | None = Field(default=None, ge=0, le=1)
+    min_rows: int | None = Field(default=None, ge=1)
+    max_lag_minutes: int | None = Field(
+        default=None, ge=1, description="the facility's freshness limit, instead of its learned cadence"
+    )
+
+
+class FacilityFreshness(StrictModel):
+    """How each facility's usual cadence is learned from its arrivals in the ledger (`meta.freshness`)."""
+
+    lookback_days: int = Field(
+        default=14, ge=1, description="arrivals of these landing days teach the cadence"
+    )
+    late_factor: float = Field(default=1.5, gt=1, description="stale after this many usual intervals")
+    min_deliveries: int = Field(default=6, ge=2, description="below this, the source's SLA applies instead")
+    min_lag_minutes: int = Field(default=10, ge=1, description="floor of a learned limit")
 
 
 class QualitySpec(StrictModel):
@@ -243,8 +292,24 @@ class QualitySpec(StrictModel):
         default=0.05,
         ge=0,
         le=1,
-        description="share of a batch's rows failing error rules above which silver is not published",
+        description="share of a facility's rows in a batch failing error rules above which they are held",
     )
+    min_rows: int = Field(
+        default=20,
+        ge=1,
+        description="a facility's slice of a batch smaller than this counts as this many rows for the rate",
+    )
+    facilities: dict[str, FacilityQuality] = Field(default_factory=dict)
+    facility_freshness: FacilityFreshness = Field(default_factory=FacilityFreshness)
+
+    def facility(self, facility: str) -> FacilityQuality:
+        """The facility's settings with the source's filled in where it sets none."""
+        own = self.facilities.get(facility, FacilityQuality())
+        return FacilityQuality(
+            max_error_rate=self.max_error_rate if own.max_error_rate is None else own.max_error_rate,
+            min_rows=self.min_rows if own.min_rows is None else own.min_rows,
+            max_lag_minutes=own.max_lag_minutes,
+        )
 
 
 class RetentionSpec(StrictModel):

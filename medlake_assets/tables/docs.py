@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
+from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 
 if TYPE_CHECKING:
@@ -29,6 +30,17 @@ def with_docs(schema: pa.Schema, docs: Mapping[str, str]) -> pa.Schema:
             field.with_metadata({**(field.metadata or {}), DOC_KEY: doc.encode()}) if doc else field
         )
     return pa.schema(fields, metadata=schema.metadata)
+
+
+def schema_docs(schema: Schema | pa.Schema) -> dict[str, str]:
+    """The column docs a schema carries (Iceberg field docs, or Arrow field metadata `doc`)."""
+    if isinstance(schema, pa.Schema):
+        return {
+            field.name: field.metadata[DOC_KEY].decode()
+            for field in schema
+            if field.metadata and DOC_KEY in field.metadata
+        }
+    return {field.name: field.doc for field in schema.fields if field.doc}
 
 
 def apply_column_docs(table: Table, docs: Mapping[str, str]) -> list[str]:

@@ -25,12 +25,16 @@ def describe(defs: dg.Definitions) -> dict:
             "group": node.group_name,
             "kinds": sorted(node.kinds),
             "partitions": partitions
-            and {
-                "type": type(partitions).__name__,
-                "start": partitions.start.strftime("%Y-%m-%d"),
-                "timezone": partitions.timezone,
-                "end_offset": partitions.end_offset,
-            },
+            and (
+                {"type": type(partitions).__name__, "name": partitions.name}
+                if isinstance(partitions, dg.DynamicPartitionsDefinition)
+                else {
+                    "type": type(partitions).__name__,
+                    "start": partitions.start.strftime("%Y-%m-%d"),
+                    "timezone": partitions.timezone,
+                    "end_offset": partitions.end_offset,
+                }
+            ),
             "checks": sorted(
                 [graph.get_check_spec(check).name, graph.get_check_spec(check).blocking]
                 for check in graph.get_check_keys_for_assets({key})

@@ -9,7 +9,9 @@ import dagster as dg
 import pytest
 
 from medlake_assets.definitions import build_definitions
+from medlake_assets.defs.flow import FLOW_JOB, LANDING_SENSOR
 from medlake_assets.defs.runner import ingest_once
+from medlake_assets.defs.silver import pending_silver
 from medlake_assets.defs.sources import batch_run_config, job_name
 from medlake_assets.generate import write_feeds
 from medlake_assets.serving.sql import connect
@@ -77,7 +79,7 @@ def test_generate_ingest_matches_manifest_and_rerun_changes_nothing(landed):
     with dg.instance_for_test() as instance:
         summary = ingest_once(defs, instance, lake)
         assert summary.failed_runs == 0
-        assert summary.runs >= len(manifest["sources"])
+        assert summary.sensors["landing"] == 1  # one run: every source of the day, bronze and silver
         assert_lake_matches_manifest(lake, manifest)
         snapshots = {
             source: lake.catalog.load_table(f"bronze.{source}").metadata.current_snapshot_id
@@ -110,7 +112,19 @@ def test_duckdb_reads_the_same_rows_as_pyiceberg(landed):
     )
 
 
-def test_sensor_batches_new_archives_into_runs(tmp_path, archive_password):
+def _tick(defs, instance, cursor=None):
+    sensor = defs.get_repository_def().get_sensor_def(LANDING_SENSOR)
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, definitions=defs, resources=defs.resources
+    )
+    return sensor(context)
+
+
+def batch_ids(request: dg.RunRequest) -> set[str]:
+    return {value for key, value in request.tags.items() if key.startswith("medlake/batch/")}
+
+
+def test_landing_sensor_sizes_batches_by_backlog_one_run_per_cycle(tmp_path, archive_password):
     sources_dir = tmp_path / "sources"
     shutil.copytree(SOURCES_DIR, sources_dir)
     defaults = (
@@ -124,46 +138,79 @@ def test_sensor_batches_new_archives_into_runs(tmp_path, archive_password):
     settings = local_settings(home, MEDLAKE_SOURCES_DIR=str(sources_dir))
     defs = build_definitions(settings)
     lake = open_lake(settings)
-    archives = manifest["sources"]["lab_results"]["archives"]
+    job = defs.resolve_job_def(FLOW_JOB)
     with dg.instance_for_test() as instance:
-        sensor = defs.get_repository_def().get_sensor_def("landing_lab_results")
-        context = dg.build_sensor_context(
-            instance=instance,
-            cursor=json.dumps({"since": DAY.isoformat()}),
-            definitions=defs,
-            resources=defs.resources,
-        )
-        result = sensor(context)
-        requests = result.run_requests
-        assert len(requests) == -(-archives // 3)
-        batch_ids = [request.tags["medlake/batch"] for request in requests]
-        assert [request.run_key for request in requests] == batch_ids
-        assert {request.partition_key for request in requests} == {DAY.isoformat()}
-        assert all(len(lake.ledger.batch_files(batch_id)) <= 3 for batch_id in batch_ids)
-        assert sum(len(lake.ledger.batch_files(batch_id)) for batch_id in batch_ids) == archives
+        result = _tick(defs, instance, json.dumps({"since": DAY.isoformat()}))
+        # One run for the landing day, carrying the oldest batch (<= 3 archives) of every source, into
+        # bronze and silver (and silver.encounters for ADT).
+        [request] = result.run_requests
+        assert request.partition_key == DAY.isoformat()
+        assert request.tags["dagster/priority"] == "10"  # dequeued before report runs
+        batches = {
+            key.removeprefix("medlake/batch/"): value
+            for key, value in request.tags.items()
+            if key.startswith("medlake/batch/")
+        }
+        assert set(batches) == set(manifest["sources"])
+        assert {key.to_user_string() for key in request.asset_selection} == {
+            f"{layer}/{source}" for layer in ("bronze", "silver") for source in manifest["sources"]
+        } | {"silver/encounters"}
+        ops = request.run_config["ops"]
+        assert {ops[f"bronze__{source}"]["config"]["batch_id"] for source in batches} == set(batches.values())
+        assert all(1 <= len(lake.ledger.batch_files(batch_id)) <= 3 for batch_id in batches.values())
         assert json.loads(result.cursor)["since"] > DAY.isoformat()
 
-        # A second tick with the runs not yet done requests the same batches under the same run keys
-        # (Dagster drops a repeated run key), and claims nothing new.
-        again = sensor(
-            dg.build_sensor_context(
-                instance=instance, cursor=result.cursor, definitions=defs, resources=defs.resources
-            )
+        # While that run is in flight, its sources are busy: nothing more is claimed or requested.
+        claimed = {source: lake.ledger.unfinished_batches(source) for source in manifest["sources"]}
+        queued = instance.create_run_for_job(
+            job, run_config=request.run_config, tags=request.tags, status=dg.DagsterRunStatus.NOT_STARTED
         )
-        assert [request.run_key for request in again.run_requests] == batch_ids
+        assert _tick(defs, instance, result.cursor).run_requests == []
+        assert {source: lake.ledger.unfinished_batches(source) for source in manifest["sources"]} == claimed
 
-        # A failed run is retried under a new run key.
-        job = defs.resolve_job_def(job_name(lake.sources["lab_results"]))
-        first = requests[0]
-        instance.create_run_for_job(
-            job, run_config=first.run_config, tags=first.tags, status=dg.DagsterRunStatus.FAILURE
-        )
-        retried = sensor(
-            dg.build_sensor_context(
-                instance=instance, cursor=result.cursor, definitions=defs, resources=defs.resources
+        # When it failed, its batches are pending still: the next run retries them under a new run key,
+        # and what landed meanwhile is claimed now (the backlog), a batch of at most 3 per source.
+        instance.report_run_failed(queued, "simulated")
+        [retry] = _tick(defs, instance, result.cursor).run_requests
+        assert retry.run_key != request.run_key
+        assert {key: value for key, value in retry.tags.items()} == request.tags
+        for source in manifest["sources"]:
+            pending = lake.ledger.unfinished_batches(source)
+            assert sum(len(batch.file_ids) for batch in pending) == manifest["sources"][source]["archives"]
+
+        # After MAX_ATTEMPTS runs a batch is parked and the source's next batch goes ahead.
+        for _ in range(2):
+            instance.create_run_for_job(
+                job, run_config=retry.run_config, tags=retry.tags, status=dg.DagsterRunStatus.FAILURE
             )
+        [after] = _tick(defs, instance, result.cursor).run_requests
+        assert not batch_ids(after) & batch_ids(request)
+
+
+def test_one_run_loads_every_source_into_bronze_and_silver(landed):
+    settings, manifest = landed
+    lake = open_lake(settings)
+    defs = build_definitions(settings)
+    labels = []
+    with dg.instance_for_test() as instance:
+        summary = ingest_once(
+            defs, instance, lake, on_run=lambda label, *_: labels.append(label), refresh_reports=False
         )
-        assert retried.run_requests[0].run_key == f"{batch_ids[0]}#retry1"
+        assert summary.failed_runs == 0
+        assert labels == [LANDING_SENSOR]  # no refine run: silver came in the same run
+        [run] = instance.get_runs(filters=dg.RunsFilter(job_name=FLOW_JOB))
+        materialized = {
+            record.asset_key.to_user_string()
+            for record in instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey(["silver", "lab_results"])), limit=10
+            ).records
+        }
+        assert materialized == {"silver/lab_results"}
+        assert all(
+            not pending_silver(lake.ledger, spec) for spec in lake.sources.values()
+        ), "every loaded batch is in silver"
+        assert run.status == dg.DagsterRunStatus.SUCCESS
+    assert_lake_matches_manifest(lake, manifest)
 
 
 def test_crash_after_commit_before_ledger_is_repaired(landed, monkeypatch):

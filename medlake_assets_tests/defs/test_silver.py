@@ -1,14 +1,18 @@
 """Silver through the real runs: typed and merged tables equal a reference computed from bronze, re-runs
-change nothing, and a batch over the error threshold is held back with silver and encounters untouched."""
+change nothing, and a batch whose only facility is over the error threshold is held back with silver and
+encounters untouched."""
 
 from __future__ import annotations
+
+import json
 
 import dagster as dg
 import pytest
 
 from medlake_assets.definitions import build_definitions
+from medlake_assets.defs.flow import FLOW_JOB, LANDING_SENSOR
 from medlake_assets.defs.resources import LakeResource
-from medlake_assets.defs.runner import ingest_once
+from medlake_assets.defs.runner import apply_partition_requests, ingest_once
 from medlake_assets.defs.silver import SilverLoadConfig, refine_job_name
 from medlake_assets.generate import write_feeds
 from medlake_assets.ingest.objectstore import LocalObjectStore
@@ -125,7 +129,8 @@ def test_batch_over_threshold_is_held_back(tmp_path, archive_password):
     lake = open_lake(settings)
     with dg.instance_for_test() as instance:
         summary = ingest_once(build_definitions(settings), instance, lake)
-        assert summary.failed_runs == 1  # the silver run: its blocking quality gate failed
+        # The one run (bronze, then silver): its silver step's blocking quality gate failed.
+        assert summary.failed_runs == 1
         evaluations = instance.event_log_storage.get_latest_asset_check_execution_by_key(
             [dg.AssetCheckKey(dg.AssetKey(["silver", "adt_events"]), "quality_gate")]
         )
@@ -139,7 +144,10 @@ def test_batch_over_threshold_is_held_back(tmp_path, archive_password):
     assert len(rejects) == 10
     assert {row["rule"] for row in rejects} == {"cast.timestamp"}
     assert all(row["stage"] == "silver" and "2026BAD" not in row["reason"] for row in rejects)
-    assert lake.ledger.processed_batches("silver.adt_events", DAY) == set()
+    # The batch was taken in: its only facility's rows wait in meta.held, not in the batch's pending state.
+    assert len(lake.ledger.processed_batches("silver.adt_events", DAY)) == 1
+    (held,) = connect(lake).execute("SELECT facility, status, rows, rejected FROM meta.held").fetchall()
+    assert held == ("F1", "held", 40, 10)
 
     # `medlake quality` shows the held-back rows per facility and rule.
     from typer.testing import CliRunner
@@ -179,7 +187,24 @@ def test_catch_up_sensor_refines_batches_silver_missed(tmp_path, archive_passwor
                 instance=instance, resources={"lake": LakeResource.from_settings(settings)}
             )
 
-        assert ingest_once(defs, instance, lake, refine_silver=False, refresh_reports=False).failed_runs == 0
+        # Bronze only: the landing sensor's run with its silver steps left out.
+        landing = defs.resolve_sensor_def(LANDING_SENSOR)
+        cursor = json.dumps({"since": DAY.isoformat()})
+        ticked = landing(
+            dg.build_sensor_context(
+                instance=instance, cursor=cursor, definitions=defs, resources=defs.resources
+            )
+        )
+        apply_partition_requests(instance, ticked)
+        for request in ticked.run_requests:
+            result = defs.resolve_job_def(FLOW_JOB).execute_in_process(
+                run_config=request.run_config,
+                instance=instance,
+                partition_key=request.partition_key,
+                asset_selection=[key for key in request.asset_selection if key.path[0] == "bronze"],
+                tags=request.tags,
+            )
+            assert result.success
         assert sensor(tick()).run_requests == []  # just loaded: eager automation's turn
 
         monkeypatch.setattr(silver_defs, "CATCH_UP_GRACE", silver_defs.timedelta(0))

@@ -2,13 +2,14 @@
 
     python -m medlake_assets_tests.faults.sensor_daemon [--die-after-evaluation] [--refine]
 
-Each tick, per landing sensor (in name order): read the sensor's cursor stored in the Dagster instance
-(`DAGSTER_HOME`), evaluate the sensor with it (`dg.build_sensor_context`), drop run requests whose run key
-already has a run (as the daemon does), store the new cursor, then execute the submitted runs in this
-process (standing in for the run launcher). Ticks until one submits nothing. On start it marks runs of a
-dead earlier process failed (standing in for run monitoring). `--die-after-evaluation` SIGKILLs the
-process right after the first sensor evaluation, before its cursor is stored or any run submitted: a
-daemon dying mid-tick. `--refine` brings silver up to date at the end (the silver automation's part).
+Each tick, per landing sensor (`landing`, `landing_unrouted`): read the sensor's cursor stored in the
+Dagster instance (`DAGSTER_HOME`), evaluate the sensor with it (`dg.build_sensor_context`), drop run
+requests whose run key already has a run (as the daemon does), store the new cursor, then execute the
+submitted runs in this process (standing in for the run launcher). Ticks until one submits nothing. On
+start it marks runs of a dead earlier process failed (standing in for run monitoring).
+`--die-after-evaluation` SIGKILLs the process right after the first sensor evaluation, before its cursor
+is stored or any run submitted: a daemon dying mid-tick. `--refine` brings silver up to date at the end
+(the silver automation's part).
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ import dagster as dg
 from medlake_assets.config import load_settings
 from medlake_assets.definitions import build_definitions
 from medlake_assets.defs.resources import LakeResource
-from medlake_assets.defs.runner import RUNNER_PID_TAG, IngestSummary, fail_orphaned_runs, refine
+from medlake_assets.defs.runner import (
+    RUNNER_PID_TAG,
+    IngestSummary,
+    apply_partition_requests,
+    fail_orphaned_runs,
+    refine,
+)
 
 RUN_KEY_TAG = "dagster/run_key"
 CURSOR_PREFIX = "medlake-test/sensor-cursor/"
@@ -45,6 +52,7 @@ def tick(
         resources=defs.resources,
     )
     result = sensor(context)
+    apply_partition_requests(instance, result)
     if die:
         os.kill(os.getpid(), signal.SIGKILL)
     requests = list(result.run_requests or []) if isinstance(result, dg.SensorResult) else []
@@ -69,7 +77,7 @@ def main() -> None:
     instance = dg.DagsterInstance.get()
     fail_orphaned_runs(instance)
     sensors = sorted(
-        (s for s in defs.get_repository_def().sensor_defs if s.name.startswith("landing_")),
+        (s for s in defs.get_repository_def().sensor_defs if s.name.startswith("landing")),
         key=lambda s: s.name,
     )
     while True:
@@ -82,6 +90,7 @@ def main() -> None:
                     run_config=request.run_config,
                     instance=instance,
                     partition_key=request.partition_key,
+                    asset_selection=request.asset_selection,
                     tags={**request.tags, RUN_KEY_TAG: request.run_key, RUNNER_PID_TAG: str(os.getpid())},
                     raise_on_error=False,
                 )

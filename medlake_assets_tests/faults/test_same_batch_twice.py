@@ -10,17 +10,21 @@ import dagster as dg
 import pytest
 
 from medlake_assets.definitions import build_definitions
+from medlake_assets.defs.runner import apply_partition_requests
 from medlake_assets_tests.faults.harness import assert_equals_clean_run, log_tail, run_ingest, wait_until
 
 
 def claim_batches(faulted) -> list[str]:
-    """One tick of every landing sensor on the lake's Dagster instance (which also creates its storage
+    """One tick of the landing sensors on the lake's Dagster instance (which also creates its storage
     before the workers share it): registers and claims the landed files, runs nothing."""
     defs = build_definitions(faulted.settings)
     with dg.DagsterInstance.from_config(faulted.env["DAGSTER_HOME"]) as instance:
         for sensor in defs.get_repository_def().sensor_defs:
-            if sensor.name.startswith("landing_"):
-                sensor(dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources))
+            if sensor.name.startswith("landing"):
+                result = sensor(
+                    dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources)
+                )
+                apply_partition_requests(instance, result)
     lake = faulted.lake()
     return [batch.batch_id for source in lake.sources for batch in lake.ledger.unfinished_batches(source)]
 

@@ -54,8 +54,8 @@ def test_sensor_process_killed_mid_tick_and_mid_run_resumes_from_its_cursor(
     )
     kill(process)
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
-        cursors = {name: stored_cursor(instance, f"landing_{name}") for name in lake.sources}
-    assert any(cursors.values()), "the restarted process stored no cursor"
+        cursor = stored_cursor(instance, "landing")
+    assert cursor, "the restarted process stored no cursor"
     assert lake.ledger.counts()["pending"] > 0  # killed with work left
 
     fault_feeds.land(lake.store, third)

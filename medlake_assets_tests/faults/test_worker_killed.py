@@ -20,7 +20,7 @@ from medlake_assets_tests.faults.harness import (
 
 def bronze_runs_in_progress(instance: dg.DagsterInstance) -> int:
     runs = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
-    return sum(BATCH_TAG in run.tags for run in runs)
+    return sum(any(key.startswith(BATCH_TAG) for key in run.tags) for run in runs)
 
 
 @pytest.mark.e2e

@@ -21,7 +21,7 @@ import dagster as dg
 from medlake_assets.config import load_settings
 from medlake_assets.definitions import build_definitions
 from medlake_assets.defs.resources import LakeResource
-from medlake_assets.defs.sources import BATCH_TAG, SOURCE_TAG, batch_run_config, job_name
+from medlake_assets.defs.sources import SOURCE_TAG, batch_run_config, batch_tag, job_name
 
 
 def main() -> None:
@@ -44,7 +44,7 @@ def main() -> None:
             run_config=batch_run_config(spec, batch_id),
             instance=instance,
             partition_key=files[0].landing_day.isoformat(),
-            tags={BATCH_TAG: batch_id, SOURCE_TAG: spec.name},
+            tags={batch_tag(spec.name): batch_id, SOURCE_TAG: spec.name},
             raise_on_error=False,
         )
         print(json.dumps({"batch": batch_id, "success": result.success}), flush=True)

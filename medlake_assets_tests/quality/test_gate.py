@@ -12,9 +12,10 @@ from medlake_assets.quality import (
     GateSchemaError,
     build_schema,
     evaluate,
-    freshness,
+    facility_gate,
     freshness_sla,
     gate_decision,
+    metadata_version,
     summary,
 )
 from medlake_assets.spec import SourceSpec
@@ -345,29 +346,52 @@ def test_missing_lineage_column_raises(lab_spec: SourceSpec) -> None:
         evaluate(lab_frame().drop("_batch"), lab_spec)
 
 
-@pytest.mark.parametrize(
-    ("latest", "expected"),
-    [
-        (T0 - timedelta(minutes=10), (True, 10.0)),
-        (T0 - timedelta(minutes=30), (True, 30.0)),  # at the limit
-        (T0 - timedelta(minutes=30, seconds=30), (False, 30.5)),
-        (T0 + timedelta(minutes=2), (True, -2.0)),  # sender clock ahead: shown, not hidden
-        (None, (False, None)),
-    ],
-)
-def test_freshness(latest: datetime | None, expected: tuple[bool, float | None]) -> None:
-    assert freshness(latest, T0, 30) == expected
+def slices(*rows: tuple[str, str, int, int]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=["_batch", "_facility", "rows", "rejected"], orient="row")
 
 
-def test_freshness_needs_time_zones() -> None:
-    with pytest.raises(ValueError, match="time-zone-aware"):
-        freshness(datetime(2026, 3, 1, 7, 0), T0, 30)
+def test_facility_gate_holds_each_facility_on_its_own(lab_spec: SourceSpec) -> None:
+    """5% and 20 rows by default: small slices count as 20 rows, so one bad row passes and two do not."""
+    quality = lab_spec.quality.model_copy(
+        update={
+            "facilities": {"F9": lab_spec.quality.facility("F9").model_copy(update={"max_error_rate": 0.3})}
+        }
+    )
+    spec = lab_spec.model_copy(update={"quality": quality})
+    decided = facility_gate(
+        slices(
+            ("b1", "F1", 40, 10),  # 25%: held
+            ("b1", "F2", 40, 0),
+            ("b1", "F3", 4, 1),  # 1 / max(4, 20) = 5%: at the threshold, passes
+            ("b1", "F4", 4, 2),  # 2 / 20 = 10%: held
+            ("b2", "F1", 100, 5),  # the same facility's next batch, 5%: passes on its own
+            ("b2", "F9", 40, 10),  # 25% under its own 30%
+        ),
+        spec,
+    )
+    assert decided.sort("_batch", "_facility").select("_batch", "_facility", "error_rate", "held").rows() == [
+        ("b1", "F1", 0.25, True),
+        ("b1", "F2", 0.0, False),
+        ("b1", "F3", 0.05, False),
+        ("b1", "F4", 0.1, True),
+        ("b2", "F1", 0.05, False),
+        ("b2", "F9", 0.25, False),
+    ]
+
+
+def test_metadata_version_changes_with_what_the_gate_depends_on(lab_spec: SourceSpec) -> None:
+    version = metadata_version(lab_spec)
+    assert metadata_version(lab_spec.model_copy()) == version
+    looser = lab_spec.quality.model_copy(update={"max_error_rate": 0.2})
+    assert metadata_version(lab_spec.model_copy(update={"quality": looser})) != version
+    assert metadata_version(lab_spec.model_copy(update={"checks": lab_spec.checks[:1]})) != version
+    assert metadata_version(lab_spec.model_copy(update={"description": "other words"})) == version
 
 
 def test_freshness_sla_from_metadata(sources: dict[str, SourceSpec]) -> None:
     assert {name: freshness_sla(spec) for name, spec in sorted(sources.items())} == {
-        "adt_events": (60, "warn"),
-        "bed_census": (30, "warn"),
-        "lab_results": (120, "warn"),
-        "patient_documents": (1440, "warn"),
+        "adt_events": (60, "error"),
+        "bed_census": (30, "error"),
+        "lab_results": (120, "error"),
+        "patient_documents": (1440, "error"),
     }

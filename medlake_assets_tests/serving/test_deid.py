@@ -168,26 +168,25 @@ def _rows(con: duckdb.DuckDBPyConnection, relation: str) -> list[dict]:
     return [dict(zip(result.columns, row, strict=True)) for row in result.fetchall()]
 
 
-# Per table: a kept, non-pii column that identifies a row in both the silver table and its deid view.
+# Per table: a column that identifies a row in both the silver table and its deid view, and whether the
+# view shows it as a token.
 ROW_KEY = {
-    "adt_events": "message_control_id",
-    "bed_census": "bed_id",
-    "lab_results": "order_id",
-    "patient_documents": "document_id",
+    "adt_events": ("message_control_id", True),
+    "bed_census": ("bed_id", False),
+    "encounters": ("visit_number", True),
+    "lab_results": ("order_id", True),
+    "patient_documents": ("document_id", True),
 }
 
 
 def _pairs(con: duckdb.DuckDBPyConnection, table: str) -> list[tuple[dict, dict]]:
-    """(silver row, deid row) pairs of a table, matched on a kept key column."""
-    key = ROW_KEY.get(table)
+    """(silver row, deid row) pairs of a table, matched on its row key (through its token if tokenized)."""
+    key, tokenized = ROW_KEY[table]
     raw = _rows(con, f"silver.{table}")
     deid_rows = _rows(con, f"silver_deid.{table}")
-    if key is None:  # encounters: the visit, through its token
-        by_key = {row["visit_number"]: row for row in deid_rows}
-        return [(row, by_key[token(KEY.encode(), row["visit_number"])]) for row in raw]
     by_key = {row[key]: row for row in deid_rows}
     assert len(by_key) == len(raw) == len(deid_rows)
-    return [(row, by_key[row[key]]) for row in raw]
+    return [(row, by_key[token(KEY.encode(), row[key]) if tokenized else row[key]]) for row in raw]
 
 
 def test_every_silver_table_gets_a_view_with_free_text_and_lineage_gone(deid):
@@ -201,11 +200,38 @@ def test_every_silver_table_gets_a_view_with_free_text_and_lineage_gone(deid):
             assert gone not in names, (table, gone)
         assert {"_landing_day", "_ingested_at"}.isdisjoint(names), table
         assert "patient_id" in names, table
-    # What stays: clinical content, the facility, dates (shifted) and their companions.
-    assert {"birth_date", "birth_date_precision", "admit_ts", "sex", "visit_number"} <= set(
-        columns["adt_events"]
-    )
-    assert {"_valid_from", "_valid_to", "_is_current", "gender"} <= set(columns["patient_documents"])
+    # What stays, as metadata/sources/*.yaml declares it: clinical content, the facility, tokens, shifted
+    # dates and their precision (not their UTC offset); no charset, room or bed, no bed census time.
+    assert columns == {
+        "adt_events": [
+            *("message_control_id", "message_type", "trigger_event", "message_ts", "message_ts_precision"),
+            *("sending_facility", "patient_id", "birth_date", "birth_date_precision", "sex", "patient_class"),
+            *("point_of_care", "visit_number", "admit_ts", "admit_ts_precision", "discharge_ts"),
+            *("discharge_ts_precision", "_facility"),
+        ],
+        "bed_census": ["facility_id", "unit", "bed_id", "status", "patient_id", "_facility", "_deleted"],
+        "encounters": [
+            *(
+                "facility",
+                "visit_number",
+                "patient_id",
+                "status",
+                "patient_class",
+                "point_of_care",
+                "admit_ts",
+            ),
+            *("discharge_ts", "last_event_ts", "event_count", "_facility", "_deleted"),
+        ],
+        "lab_results": [
+            *("facility_id", "patient_id", "order_id", "test_code", "test_name", "value", "unit"),
+            *("reference_range", "abnormal_flag", "result_status", "result_ts", "_facility", "_deleted"),
+        ],
+        "patient_documents": [
+            *("document_id", "effective_ts", "effective_ts_precision", "document_code", "patient_id"),
+            *("birth_date", "birth_date_precision", "gender", "_facility", "_deleted", "_valid_from"),
+            *("_valid_to", "_is_current"),
+        ],
+    }
 
 
 def test_tokens_are_the_keyed_hmac_stable_across_tables_and_connections(deid, lake_and_patients):
@@ -280,11 +306,10 @@ def test_dates_shift_by_one_offset_per_patient_across_tables(deid):
             for column, value in raw.items():
                 if column not in shifted or not isinstance(value, date):
                     continue
-                moved = shifted[column] - value
                 if raw["patient_id"] is None:
-                    assert moved == timedelta(0), (table, column)  # no patient: the date stays
+                    assert shifted[column] is None, (table, column)  # no patient, no offset: no date
                 else:
-                    offsets.setdefault(raw["patient_id"], set()).add(moved)
+                    offsets.setdefault(raw["patient_id"], set()).add(shifted[column] - value)
     assert set(offsets) == {patient["patient_id"] for patient in patients}
     for patient_id, moved in offsets.items():
         assert moved == {timedelta(days=shift_days(KEY.encode(), patient_id))}, patient_id
@@ -349,6 +374,44 @@ def test_undeclared_columns_are_dropped_and_dates_without_a_patient_too():
     sql = view_sql(
         "feed",
         [("code", "VARCHAR"), ("secret_note", "VARCHAR"), ("seen_at", "TIMESTAMP WITH TIME ZONE")],
-        {"code": "keep", "seen_at": "keep"},
+        {"code": "keep", "seen_at": "shift"},
     )
     assert sql == 'CREATE OR REPLACE VIEW silver_deid."feed" AS SELECT "code" FROM silver."feed"'
+
+
+def test_a_date_is_never_kept_real_even_if_a_treatment_says_keep():
+    sql = view_sql(
+        "feed",
+        [("patient_id", "VARCHAR"), ("seen_on", "DATE"), ("seen_at", "TIMESTAMP WITH TIME ZONE")],
+        {"patient_id": "token", "seen_on": "keep", "seen_at": "shift"},
+    )
+    assert '"seen_on"' not in sql
+    assert '"seen_at" + to_seconds(__shift_days * 86400) AS "seen_at"' in sql
+
+
+def test_treatments_come_from_the_metadata(sources):
+    treatments = table_treatments(sources)
+    adt = treatments["adt_events"]
+    assert {
+        name: adt[name] for name in ("message_control_id", "visit_number", "patient_id")
+    } == dict.fromkeys(("message_control_id", "visit_number", "patient_id"), "token")
+    assert (
+        adt["message_ts"] == adt["message_ts_precision"] == "shift" or adt["message_ts_precision"] == "keep"
+    )
+    assert adt["message_ts_offset"] == "drop"  # daylight saving time in the offset tells the real season
+    assert {adt["charset"], adt["room"], adt["bed"], adt["family_name"]} == {"drop"}
+    assert treatments["lab_results"]["order_id"] == "token"
+    assert treatments["patient_documents"]["document_id"] == "token"
+    assert treatments["bed_census"]["updated_at"] == "drop"
+    encounters = treatments["encounters"]
+    assert (encounters["last_event_ts"], encounters["room"], encounters["visit_number"]) == (
+        "shift",
+        "drop",
+        "token",
+    )
+    # A column added to a source without `deid` is dropped.
+    spec = sources["lab_results"]
+    added = spec.model_copy(
+        update={"columns": [*spec.columns, spec.columns[0].model_copy(update={"name": "new", "deid": None})]}
+    )
+    assert table_treatments({"lab_results": added})["lab_results"]["new"] == "drop"

@@ -55,6 +55,8 @@ def test_shipped_sources_load(sources):
     # _defaults.yaml is merged under every file
     assert all(spec.landing.password.env == "MEDLAKE_ARCHIVE_PASSWORD" for spec in sources.values())
     assert sources["lab_results"].write.primary_key == ["facility_id", "order_id", "test_code"]
+    # Every shipped column says what silver_deid does with it (an undeclared one would be left out).
+    assert [(s.name, c.name) for s in sources.values() for c in s.columns if c.deid is None] == []
 
 
 def test_minimal_valid_source(tmp_path):
@@ -87,6 +89,35 @@ def test_minimal_valid_source(tmp_path):
         ((["columns", 1, "name"], "id"), "duplicate column names ['id']"),
         ((["landing", "password", "env"], "lower-case"), "landing.password.env: String should match pattern"),
         ((["name"], DELETE), "name: Field required"),
+        (
+            (["columns", 0, "deid"], "hash"),
+            "columns.0.deid: Input should be 'keep', 'token', 'shift' or 'drop'",
+        ),
+        (
+            (["columns", 0, "deid"], "shift"),
+            "deid: only date and timestamp columns are shifted, this one is string",
+        ),
+        (
+            (["columns", 1, "deid"], "keep"),
+            "columns.1: Value error, deid: a date or timestamp is `shift` or `drop`",
+        ),
+        (
+            (["columns", 0], {"name": "id", "source": "id", "pii": True, "deid": "keep"}),
+            "columns.0: Value error, deid: a pii column is `token`, `shift` or `drop`, never `keep`",
+        ),
+        (
+            (["quality"], {"facilities": {"F1": {"max_error_rate": 1.5}}}),
+            "quality.facilities.F1.max_error_rate: Input should be less than or equal to 1",
+        ),
+        ((["quality"], {"min_rows": 0}), "quality.min_rows: Input should be greater than or equal to 1"),
+        (
+            (["quality"], {"facility_freshness": {"late_factor": 1}}),
+            "quality.facility_freshness.late_factor: Input should be greater than 1",
+        ),
+        (
+            (["quality"], {"facilities": {"F1": {"max_lag": 60}}}),
+            "quality.facilities.F1.max_lag: Extra inputs",
+        ),
     ],
 )
 def test_invalid_source_names_file_and_field(tmp_path, change, message):

@@ -1,0 +1,196 @@
+"""The `landing` sensor and the `ingest_landed` job: new archives of every source into bronze and silver.
+
+One run per sensor cycle and landing day carries one ledger batch per source, and loads each batch into
+bronze and then silver (and `silver.encounters` for ADT) in the same process. Why one run for all
+sources: a Dagster run is a process of its own (in production a pod), and starting one costs 5-20 s on
+the project's 2-core machine (imports, definitions, instance), more than loading the batch itself; a
+run per source and a second run for silver made that cost 8 times per cycle (docs/benchmarks.md).
+
+Batches are sized by the backlog: a source's new archives are claimed only while no `ingest_landed` run
+holding that source is queued or running, so everything that landed during a run goes into the next one
+(a few archives at a quiet hour, hundreds in a surge), and the run queue never holds more runs than
+`runs_in_flight` (backpressure: the backlog waits in the ledger, not as a pile of small queued runs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from datetime import UTC, date, datetime, timedelta
+
+import dagster as dg
+
+from medlake_assets.defs.resources import LakeResource
+from medlake_assets.defs.silver import ENCOUNTERS_SOURCE, silver_key
+from medlake_assets.defs.sources import (
+    BATCH_TAG,
+    IN_FLIGHT,
+    LANDING_DAYS,
+    MAX_ATTEMPTS,
+    BronzeLoadConfig,
+    batch_tag,
+    bronze_key,
+    bronze_op_name,
+)
+from medlake_assets.ingest.batch import MISSING_SECRET, release_holds
+from medlake_assets.ingest.landing import day_prefix, days_to_list, register_landed
+from medlake_assets.spec import SourceSpec
+from medlake_assets.tables.ledger import Batch, Ledger
+
+FLOW_JOB = "ingest_landed"
+PRIORITY_TAG = "dagster/priority"
+LANDING_SENSOR = "landing"
+
+
+def flow_keys(spec: SourceSpec) -> list[dg.AssetKey]:
+    """What a source's batch updates in an `ingest_landed` run: bronze, silver (and encounters for ADT)."""
+    keys = [bronze_key(spec), silver_key(spec.name)]
+    return keys + ([silver_key("encounters")] if spec.name == ENCOUNTERS_SOURCE else [])
+
+
+def sources_in_run(tags: dict[str, str]) -> set[str]:
+    """The sources whose batches a run loads (from its `medlake/batch/<source>` tags)."""
+    prefix = f"{BATCH_TAG}/"
+    return {key.removeprefix(prefix) for key in tags if key.startswith(prefix)}
+
+
+def attempts(instance: dg.DagsterInstance, source: str, batch_id: str) -> list[dg.DagsterRun]:
+    """Every run (of any job) that was given this batch."""
+    return list(instance.get_runs(filters=dg.RunsFilter(tags={batch_tag(source): batch_id})))
+
+
+def flow_run_requests(
+    instance: dg.DagsterInstance,
+    specs: Sequence[SourceSpec],
+    ledger: Ledger,
+    *,
+    busy: set[str],
+    free_runs: int,
+) -> list[dg.RunRequest]:
+    """Up to `free_runs` runs, each for one landing day with the oldest runnable batch of each source.
+
+    A batch is runnable when no run of it is in flight and it has had fewer than `MAX_ATTEMPTS` runs
+    (after that it is parked: `medlake ingest --once` gives it one more). Sources in `busy` wait for
+    their running batch. With more free runs than days, a day's sources are spread over several runs
+    (several workers then load them at once).
+    """
+    if free_runs < 1:
+        return []
+    by_day: dict[date, dict[str, tuple[Batch, int]]] = {}
+    for spec in specs:
+        if spec.name in busy:
+            continue
+        for batch in ledger.unfinished_batches(spec.name):
+            if spec.name in by_day.get(batch.landing_day, {}):
+                continue
+            runs = attempts(instance, spec.name, batch.batch_id)
+            if any(run.status in IN_FLIGHT for run in runs) or len(runs) >= MAX_ATTEMPTS:
+                continue
+            by_day.setdefault(batch.landing_day, {})[spec.name] = (batch, len(runs))
+    groups: list[tuple[date, dict[str, tuple[Batch, int]]]] = []
+    spare = free_runs - len(by_day)  # runs left to spread one day's sources over
+    for day, chosen in sorted(by_day.items()):
+        names = sorted(chosen)
+        slots = min(len(names), 1 + max(0, spare))
+        spare -= slots - 1
+        groups += [(day, {name: chosen[name] for name in names[slot::slots]}) for slot in range(slots)]
+    by_name = {spec.name: spec for spec in specs}
+    return [
+        flow_run_request([by_name[name] for name in chosen], day, chosen)
+        for day, chosen in groups[:free_runs]
+    ]
+
+
+def flow_run_request(
+    specs: Sequence[SourceSpec], day: date, chosen: dict[str, tuple[Batch, int]]
+) -> dg.RunRequest:
+    """The run of one landing day's batches: bronze then silver per source, each batch in its op's config."""
+    # The key names the batches and how many runs each already had, so a retry is a new run.
+    label = "\n".join(f"{name}={batch.batch_id}#{tries}" for name, (batch, tries) in sorted(chosen.items()))
+    digest = hashlib.sha256(label.encode()).hexdigest()[:16]
+    return dg.RunRequest(
+        run_key=f"{day.isoformat()}:{digest}",
+        partition_key=day.isoformat(),
+        asset_selection=[key for spec in specs for key in flow_keys(spec)],
+        run_config=dg.RunConfig(
+            ops={
+                bronze_op_name(spec): BronzeLoadConfig(batch_id=chosen[spec.name][0].batch_id)
+                for spec in specs
+            }
+        ),
+        # Ahead of report runs in the queue: with few workers, fresh data first, reports when it is in.
+        tags={PRIORITY_TAG: "10", **{batch_tag(name): batch.batch_id for name, (batch, _) in chosen.items()}},
+    )
+
+
+def build_flow_defs(
+    specs: Iterable[SourceSpec], sensor_interval_seconds: int = 30, runs_in_flight: int = 1
+) -> dg.Definitions:
+    """The `ingest_landed` job over every source's bronze and silver assets, and the `landing` sensor."""
+    specs = sorted(specs, key=lambda spec: spec.name)
+    job = dg.define_asset_job(
+        name=FLOW_JOB,
+        selection=[key for spec in specs for key in flow_keys(spec)],
+        partitions_def=LANDING_DAYS,
+        executor_def=dg.in_process_executor,
+        description="Load newly landed archives into bronze and then silver: one ledger batch per source, "
+        "every source of a landing day in one run.",
+    )
+
+    @dg.sensor(
+        name=LANDING_SENSOR,
+        job=job,
+        minimum_interval_seconds=sensor_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Registers new archives in the open landing days of every source, claims them into "
+        "batches while no run of their source is in flight, and requests one run per landing day.",
+    )
+    def landing(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult:
+        opened = lake.lake()
+        cursor = json.loads(context.cursor) if context.cursor else {}
+        since = date.fromisoformat(cursor["since"]) if cursor.get("since") else None
+        today = datetime.now(UTC).date()
+        open_days = max(spec.ingest.open_days for spec in specs)
+        prefixes = [
+            day_prefix(spec.name, day) for spec in specs for day in days_to_list(since, today, open_days)
+        ]
+        scan = register_landed(
+            opened.store, opened.ledger, list(opened.sources.values()), prefixes, today=today
+        )
+        for spec in specs:  # a secret set, or a future day come, since: they load in this tick's batches
+            release_holds(opened, spec, today)
+        in_flight = context.instance.get_runs(
+            filters=dg.RunsFilter(job_name=FLOW_JOB, statuses=list(IN_FLIGHT))
+        )
+        busy = {source for run in in_flight for source in sources_in_run(run.tags)}
+        for spec in specs:
+            if spec.name not in busy:
+                opened.ledger.claim_batches(
+                    spec.name,
+                    max_archives=spec.ingest.max_archives_per_run,
+                    max_bytes=spec.ingest.max_bytes_per_run,
+                )
+        requests = flow_run_requests(
+            context.instance, specs, opened.ledger, busy=busy, free_runs=runs_in_flight - len(in_flight)
+        )
+        if scan.registered or scan.quarantined or requests:
+            context.log.info(
+                f"{scan.registered} new archives, {scan.quarantined} quarantined at landing, "
+                f"{len(requests)} runs requested ({len(in_flight)} in flight)"
+            )
+        for spec in specs:
+            if held := opened.ledger.held(spec.name, MISSING_SECRET):
+                secrets = sorted({row.reason or "" for row in held})
+                context.log.warning(f"{spec.name}: {len(held)} archives held for a missing secret: {secrets}")
+        next_since = today - timedelta(days=open_days)
+        known = set(context.instance.get_dynamic_partitions(LANDING_DAYS.name or ""))
+        new_days = sorted({request.partition_key for request in requests if request.partition_key} - known)
+        return dg.SensorResult(
+            run_requests=requests,
+            cursor=json.dumps({"since": next_since.isoformat()}),
+            # A run's landing day becomes a partition in the same tick (Dagster adds it before the runs).
+            dynamic_partitions_requests=[LANDING_DAYS.build_add_request(new_days)] if new_days else None,
+        )
+
+    return dg.Definitions(jobs=[job], sensors=[landing])
