@@ -7,6 +7,8 @@ when the client goes away (the socket reports a hang-up) or when the client send
 
 from __future__ import annotations
 
+import math
+import os
 import re
 import select
 import threading
@@ -359,17 +361,20 @@ class Session:
 
 
 class _Watch:
-    """While DuckDB works: interrupt it at the statement timeout or when the client hangs up."""
+    """While DuckDB works: interrupt it at the statement timeout or when the client hangs up.
 
-    POLL_SECONDS = 0.2
+    The watching thread sleeps in poll() on the client's socket and on a wake-up pipe that the statement's
+    end writes to, so a statement is never held back waiting for the watch to notice it finished (a
+    fixed poll interval cost every execute and every batch read that interval).
+    """
 
     def __init__(self, session: Session):
         self.session = session
-        self.done = threading.Event()
         self.deadline = time.monotonic() + session.statement_timeout
 
     def __enter__(self) -> _Watch:
         self.session._interrupt_reason = None
+        self.wake_read, self.wake_write = os.pipe()
         self.thread = threading.Thread(target=self._run, name="serve-sql-watch", daemon=True)
         self.thread.start()
         return self
@@ -378,17 +383,24 @@ class _Watch:
         poller = select.poll()
         hangup = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
         poller.register(self.session.socket_fileno, hangup)
-        while not self.done.is_set():
-            if poller.poll(self.POLL_SECONDS * 1000):
-                self.session.interrupt("client_gone")
-                return
-            if time.monotonic() >= self.deadline:
+        poller.register(self.wake_read, select.POLLIN)
+        while True:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
                 self.session.interrupt("timeout")
+                return
+            events = dict(poller.poll(math.ceil(left * 1000)))
+            if self.wake_read in events:
+                return  # the statement ended
+            if events:
+                self.session.interrupt("client_gone")
                 return
 
     def __exit__(self, kind: Any, error: BaseException | None, traceback: Any) -> None:
-        self.done.set()
+        os.write(self.wake_write, b"x")
         self.thread.join()
+        os.close(self.wake_read)
+        os.close(self.wake_write)
         if isinstance(error, duckdb.InterruptException) and self.session._interrupt_reason:
             raise QueryInterrupted(self.session._interrupt_reason) from None
 
