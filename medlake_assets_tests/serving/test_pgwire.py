@@ -815,9 +815,10 @@ def test_postgres_ledger_is_read_through_a_role_that_cannot_write(tmp_path):
         connection.execute(sa.text(f"DROP ROLE IF EXISTS {role}"))
 
 
-SUPERSET_VENV = Path(__file__).resolve().parents[2] / ".venv-superset"  # `make superset-venv` (test-e2e)
+SUPERSET_VENV = Path(__file__).resolve().parents[2] / ".venv-superset"  # `make superset-venv`
 
 
+@pytest.mark.superset  # `make test-superset`, not in test-e2e or CI: its environment and starts are slow
 def test_superset_test_db_and_a_chart_query(served, tmp_path):
     """Apache Superset, installed in its own environment (its pins differ from ours): `superset test-db`
     passes connectivity and every inspector call, then stops at its engine test that creates a table,
