@@ -11,25 +11,26 @@ import struct
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import dagster as dg
 import psycopg
 import scramp
 from sqlalchemy import text
 
-from medlake_assets.definitions import build_definitions
-from medlake_assets.defs.runner import ingest_once
 from medlake_assets.generate import write_feeds
 from medlake_assets.lake import Lake
+from medlake_assets.reports.run import PartitionWindow, query_report, write_gold
+from medlake_assets.reports.spec import load_reports
 from medlake_assets.serving.pgwire import build_server
 from medlake_assets.serving.pgwire.config import ServeSettings
 from medlake_assets.serving.pgwire.server import SqlServer
-from medlake_assets_tests.lake_helpers import DAY, local_settings, open_lake
+from medlake_assets.serving.sql import connect
+from medlake_assets_tests.lake_helpers import DAY, load_landed, local_settings, open_lake
 
 # Four facilities: Northwind owns F0001 and F0002, Riverside F0003 and F0004 (metadata/access/demo.yaml).
-GENERATION = {"facilities": 4, "archives": 16, "seed": 3, "bad_rate": 0.1, "day": DAY, "size_scale": 0.02}
+GENERATION = {"facilities": 4, "archives": 8, "bad_rate": 0.1, "size_scale": 0.02}  # per landing day
 PASSWORD_ENVS = {
     "medlake": "MEDLAKE_SQL_PASSWORD",
     "northwind_analyst": "MEDLAKE_SQL_PASSWORD__NORTHWIND_ANALYST",
@@ -69,15 +70,25 @@ class Served:
         return " ".join(f"{name}={value}" for name, value in parts.items())
 
 
-def make_lake(home: Path) -> tuple[Lake, dict]:
-    """A generated and ingested lake (bronze, silver, quarantine, gold, ledger) under `home`."""
-    manifest = write_feeds(home, **GENERATION)
-    settings = local_settings(home)
-    lake = open_lake(settings)
-    with dg.instance_for_test() as instance:
-        summary = ingest_once(build_definitions(settings), instance, lake)
-    assert summary.failed_runs == 0
-    return lake, manifest
+def make_lake(home: Path) -> Lake:
+    """A lake under `home` over two landing days (bronze with its quarantine, silver, encounters, the
+    ledger), loaded by the pipeline's own loads (`load_landed`, no Dagster runs: the orchestration is tested
+    in `defs/`), then every gold table written by its report's query (no pages rendered). Two days give
+    silver a first snapshot to travel back to."""
+    lake = open_lake(local_settings(home))
+    for seed, day in ((3, DAY - timedelta(days=1)), (4, DAY)):
+        write_feeds(home, **GENERATION, seed=seed, day=day)
+        assert load_landed(lake) > 0
+    start = datetime.combine(DAY - timedelta(days=2), datetime.min.time(), UTC)
+    end = datetime.combine(DAY + timedelta(days=1), datetime.min.time(), UTC)
+    con = connect(lake)
+    try:
+        for report in load_reports(lake.settings.reports_dir):
+            window = PartitionWindow(start, end, "test") if report.header.partitions is not None else None
+            write_gold(lake.catalog, report, query_report(con, report, end, window), window)
+    finally:
+        con.close()
+    return lake
 
 
 def serve(lake: Lake, environ: dict[str, str], **limits: Any) -> Served:
