@@ -375,25 +375,21 @@ def test_time_travel_is_filtered_too(served):
     with served.connect() as operator:
         operator.execute(f"SET medlake.as_of = '{first}'")
         assert operator.execute("SHOW medlake.as_of").fetchone() == (str(first),)
-        then = dict(
-            operator.execute("SELECT facility_id, count(*) FROM silver.lab_results GROUP BY 1").fetchall()
-        )
+        then = _facilities_and_counts(operator)
         operator.execute("RESET medlake.as_of")
         now = dict(
             operator.execute("SELECT facility_id, count(*) FROM silver.lab_results GROUP BY 1").fetchall()
         )
-    assert 0 < sum(then.values()) < sum(now.values())  # the first landing day only, then both
+    # the first landing day only, then both
+    assert 0 < sum(then["silver.lab_results"].values()) < sum(now.values())
     with served.connect("northwind_analyst") as con:
         con.execute(f"SET medlake.as_of = '{first}'")
-        rows = dict(con.execute("SELECT facility_id, count(*) FROM silver.lab_results GROUP BY 1").fetchall())
-        assert set(rows) <= NORTHWIND
-        assert rows == {facility: count for facility, count in then.items() if facility in NORTHWIND}
-        bronze = {
-            facility for (facility,) in con.execute("SELECT DISTINCT _facility FROM bronze.lab_results")
-        }
-        assert bronze <= NORTHWIND
+        seen = _facilities_and_counts(con)
         error = refused(con, "SET medlake.as_of = 'yesterday-ish'")
         assert "neither a snapshot id nor an ISO timestamp" in str(error)
+    assert {"bronze.lab_results", "silver.lab_results", "silver_deid.lab_results"} <= set(seen)
+    for name, counts in seen.items():  # every relation as of then: exactly its facilities' rows of then
+        assert counts == {facility: n for facility, n in then[name].items() if facility in NORTHWIND}, name
 
 
 def test_the_audit_log_records_who_read_what_without_text_or_values(served):
