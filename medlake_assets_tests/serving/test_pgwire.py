@@ -215,6 +215,11 @@ def test_an_error_to_a_client_that_left_logs_no_query_text_or_values(served, log
         sock.close()  # before reading the answer
     with served.connect() as con:  # the server is still serving
         assert con.execute("SELECT 1 AS alive").fetchone() == (1,)
+        # a bound parameter (extended protocol) in a failing statement is not logged either
+        with pytest.raises(psycopg.Error):
+            con.execute(
+                "SELECT * FROM silver.lab_results WHERE patient_id = %s AND no_such_column = 1", (PLANTED,)
+            )
     time.sleep(1)  # let the abandoned sessions finish their (interrupted) work
     text = logs()
     assert PLANTED not in text

@@ -4,12 +4,16 @@ reach, and one login's database is not another's."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import duckdb
 import pytest
 
 from medlake_assets.serving.pgwire.config import ServeSettings
 from medlake_assets.serving.pgwire.database import open_login_database
 from medlake_assets.spec.access import load_access
+from medlake_assets_tests.serving.pgwire_helpers import base_environ, raw_login, send_query, serve, stop
 from medlake_assets_tests.serving.serving_lake import LABS, build_serving_lake
 
 
@@ -72,3 +76,19 @@ def test_each_login_database_is_its_own(served):
         second.con.execute("SELECT x FROM planted")
     schema, table = LABS.split(".")
     assert second.con.execute(f"SELECT count(*) FROM {schema}.{table}").fetchone()[0] > 0
+
+
+def test_stopping_the_server_ends_every_connection_and_its_database(served):
+    """server_close returns only once each connection's thread has closed its DuckDB database, even one
+    in the middle of a query: a database left open at process exit aborted the process ("terminate
+    called without an active exception")."""
+    lake, _, _ = served
+    running = serve(lake, base_environ())
+    idle = running.connect()
+    busy = raw_login(running)
+    send_query(busy, "SELECT count(*) FROM range(100000000000)")
+    time.sleep(0.5)  # the query is running
+    stop(running)
+    assert [thread for thread in threading.enumerate() if thread.name == "serve-sql"] == []
+    busy.close()
+    idle.close()

@@ -38,6 +38,7 @@ from medlake_assets.serving.pgwire.statements import Refused, Statement
 from medlake_assets.spec.access import Access
 
 log = logging.getLogger(__name__)
+CLOSE_WAIT_SECONDS = 30  # server_close waits this long for the connections to end
 DATABASE = "medlake"
 FLUSH_BYTES = 256 * 1024
 STARTUP_PARAMETERS = ("server_version", "server_encoding", "client_encoding", "datestyle", "timezone")
@@ -545,6 +546,7 @@ class SqlServer:
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(serve.max_connections)
         self._stopped = threading.Event()
+        self._threads: set[threading.Thread] = set()
 
     def register(self, connection: Connection) -> None:
         with self._lock:
@@ -579,15 +581,20 @@ class SqlServer:
                 finally:
                     sock.close()
                 continue
-            threading.Thread(
+            thread = threading.Thread(
                 target=self._handle, args=(sock, address[0]), daemon=True, name="serve-sql"
-            ).start()
+            )
+            with self._lock:
+                self._threads.add(thread)
+            thread.start()
 
     def _handle(self, sock: socket.socket, address: str) -> None:
         try:
             Connection(self, sock, address).run()
         finally:
             self._slots.release()
+            with self._lock:
+                self._threads.discard(threading.current_thread())
 
     def shutdown(self) -> None:
         self._stopped.set()
@@ -598,8 +605,17 @@ class SqlServer:
         with self._lock:
             connections = list(self._connections.values())
         for connection in connections:
+            if connection.session is not None:
+                connection.session.interrupt("server_stopped")
             with contextlib.suppress(OSError):
                 connection.sock.shutdown(socket.SHUT_RDWR)
+        # Wait for every connection's thread to close its DuckDB database: a database still open when the
+        # process exits is torn down under its running threads, and the process aborts.
+        with self._lock:
+            threads = list(self._threads)
+        deadline = time.monotonic() + CLOSE_WAIT_SECONDS
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
         if self.audit is not None:
             self.audit.close()
 

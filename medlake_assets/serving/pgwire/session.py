@@ -68,6 +68,7 @@ class QueryInterrupted(Exception):
             "timeout": ("57014", "canceling statement due to statement timeout"),
             "cancel": ("57014", "canceling statement due to user request"),
             "client_gone": ("08006", "the client closed the connection"),
+            "server_stopped": ("57P01", "terminating connection due to administrator command"),
         }
         self.reason = reason
         self.sqlstate, text = messages[reason]
