@@ -30,7 +30,7 @@ from medlake_assets.serving.sql import connect
 from medlake_assets_tests.lake_helpers import DAY, load_landed, local_settings, open_lake
 
 # Four facilities: Northwind owns F0001 and F0002, Riverside F0003 and F0004 (metadata/access/demo.yaml).
-GENERATION = {"facilities": 4, "archives": 8, "bad_rate": 0.1, "size_scale": 0.02}  # per landing day
+GENERATION = {"facilities": 4, "archives": 8, "bad_rate": 0.3, "size_scale": 0.02}  # per landing day
 PASSWORD_ENVS = {
     "medlake": "MEDLAKE_SQL_PASSWORD",
     "northwind_analyst": "MEDLAKE_SQL_PASSWORD__NORTHWIND_ANALYST",
@@ -76,7 +76,8 @@ def make_lake(home: Path) -> Lake:
     in `defs/`), then every gold table written by its report's query (no pages rendered). Two days give
     silver a first snapshot to travel back to."""
     lake = open_lake(local_settings(home))
-    for seed, day in ((3, DAY - timedelta(days=1)), (4, DAY)):
+    # seeds whose bad records put quarantine rows in each customer's facilities (F0001 and F0003)
+    for seed, day in ((3, DAY - timedelta(days=1)), (6, DAY)):
         write_feeds(home, **GENERATION, seed=seed, day=day)
         assert load_landed(lake) > 0
     start = datetime.combine(DAY - timedelta(days=2), datetime.min.time(), UTC)

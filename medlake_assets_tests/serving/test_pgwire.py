@@ -355,6 +355,9 @@ def test_each_customer_sees_only_its_facilities_in_every_relation(served):
             seen = _facilities_and_counts(con)
         assert "meta.sql_audit" not in seen
         assert expected_relations <= set(seen)
+        # quarantine and gold too, each filtered to its facilities (not hidden)
+        assert any(name.startswith("quarantine.") and set(counts) & own for name, counts in seen.items())
+        assert any(name.startswith("gold.") and set(counts) & own for name, counts in seen.items())
         for name, counts in seen.items():
             assert set(counts) <= own, (user, name, counts)
             # exactly its facilities' rows: as many as the operator sees for them
