@@ -75,6 +75,13 @@ def describe_lake(
     return described
 
 
+def table_column_docs(spec: SourceSpec, identifier: str) -> dict[str, str]:
+    """Column descriptions of one of a source's tables (`bronze.<name>`, `silver.<name>`,
+    `silver.encounters` for adt_events, ...): the docs its Iceberg table carries."""
+    description = describe_lake({spec.name: spec}).get(identifier)
+    return dict(description.columns) if description is not None else {}
+
+
 def column_docs(description: TableDescription | None, names: Iterable[str]) -> dict[str, str]:
     """The docs of the given column names (columns without a description are left out)."""
     if description is None:

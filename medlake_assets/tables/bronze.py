@@ -22,7 +22,7 @@ from pyiceberg.types import (
 )
 
 from medlake_assets.spec import SourceSpec
-from medlake_assets.spec.descriptions import describe_lake
+from medlake_assets.spec.descriptions import table_column_docs
 from medlake_assets.tables.catalog import ensure_table
 from medlake_assets.tables.commits import CONFLICTS, REDO_ATTEMPTS, wait_before_redo
 
@@ -69,19 +69,15 @@ def _schema(fields: Sequence[tuple[str, IcebergType]], docs: Mapping[str, str] |
     )
 
 
-def _docs(identifier: str, spec: SourceSpec) -> dict[str, str]:
-    description = describe_lake({spec.name: spec}).get(identifier)
-    return dict(description.columns) if description is not None else {}
-
-
 def bronze_schema(spec: SourceSpec) -> Schema:
     """Declared columns as received (strings), then the lineage columns, with their descriptions."""
     columns = [(name, StringType()) for name in spec.column_names()] + LINEAGE
-    return _schema(columns, _docs(f"bronze.{spec.name}", spec))
+    return _schema(columns, table_column_docs(spec, f"bronze.{spec.name}"))
 
 
 def quarantine_schema(spec: SourceSpec | None = None) -> Schema:
-    return _schema(QUARANTINE_FIELDS, _docs(f"quarantine.{spec.name}", spec) if spec is not None else None)
+    docs = table_column_docs(spec, f"quarantine.{spec.name}") if spec is not None else None
+    return _schema(QUARANTINE_FIELDS, docs)
 
 
 # Bronze and quarantine rows are partitioned by their landing day (identity).

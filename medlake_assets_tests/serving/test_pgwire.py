@@ -458,6 +458,11 @@ def test_psql_lists_tables_with_descriptions_and_runs_queries(served):
     assert not any(line.startswith("pg_catalog|") for line in lines)
     assert any(line.startswith("medlake|medlake|UTF8|") for line in lines)
     assert any(":" in line and line.count(":") == 2 for line in lines[-1:])  # an interval, e.g. 04:41:18
+    # The same descriptions are the Iceberg tables' column docs, set by the pipeline's loads.
+    catalog = served.lake.catalog
+    for identifier in ("bronze.lab_results", "silver.lab_results"):
+        assert catalog.load_table(identifier).schema().find_field("test_code").doc == "LOINC code"
+    assert catalog.load_table("silver.encounters").schema().find_field("event_count").doc
 
 
 def test_psycopg_types_parameters_intervals_and_prepared_statements(served):
@@ -505,6 +510,9 @@ def test_sqlalchemy_psycopg2_and_pandas(served):
                 column["name"]: column for column in inspector.get_columns("lab_results", schema="silver")
             }
             assert columns["test_code"]["comment"] == "LOINC code"
+            # a gold table's description is its report's header
+            comment = inspector.get_table_comment("bed_availability", schema="gold")["text"]
+            assert comment.startswith("Beds by status per facility and unit")
             frame = pd.read_sql(
                 sa.text(
                     "SELECT facility_id, count(*) AS n FROM silver.lab_results "
