@@ -17,6 +17,7 @@ from medlake_assets.lake import Lake
 from medlake_assets.silver.encounters import derive_encounters
 from medlake_assets.silver.load import consumer
 from medlake_assets.spec import SourceSpec
+from medlake_assets.spec.descriptions import table_column_docs
 from medlake_assets.tables.merge import DELETED, merge_into
 from medlake_assets.tables.silver import ensure_table
 
@@ -56,7 +57,7 @@ def load_encounters(lake: Lake, spec: SourceSpec, day: date) -> dict:
         pl.lit(datetime.now(UTC)).cast(pl.Datetime("us", "UTC")).alias("_ingested_at")
     )
     schema = encounters.with_columns(pl.lit(False).alias(DELETED)).to_arrow().schema
-    table = ensure_table(lake.catalog, ENCOUNTERS, schema, PARTITION_BY)
+    table = ensure_table(lake.catalog, ENCOUNTERS, schema, PARTITION_BY, table_column_docs(spec, ENCOUNTERS))
     merge_into(
         table,
         encounters,

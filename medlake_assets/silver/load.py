@@ -35,6 +35,7 @@ from medlake_assets.quality.held import (
     to_evaluate,
 )
 from medlake_assets.spec import SourceSpec
+from medlake_assets.spec.descriptions import table_column_docs
 from medlake_assets.tables.bronze import arrow_schema, bronze_table, quarantine_table, replace_rows
 from medlake_assets.tables.merge import LINEAGE_COLUMNS, MERGE_COLUMNS, merge_into
 from medlake_assets.tables.silver import ensure_table
@@ -226,7 +227,8 @@ def load_silver(lake: Lake, spec: SourceSpec, day: date, *, full: bool = False) 
     report.published_facilities = outcomes.filter(~pl.col("held")).get_column("_facility").n_unique()
     report.released = outcomes.filter(pl.col("released")).height
     if publish.height:
-        table = ensure_table(lake.catalog, name, silver_schema(spec), spec.write.partition_by)
+        docs = table_column_docs(spec, name)  # the Iceberg column docs, from the source metadata
+        table = ensure_table(lake.catalog, name, silver_schema(spec), spec.write.partition_by, docs)
         merged = merge_into(
             table,
             publish,
