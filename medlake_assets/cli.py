@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import os
 import sys
@@ -32,7 +33,11 @@ def _dagster_instance():
     settings = load_settings()
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(settings.home / "dagster")))
     home.mkdir(parents=True, exist_ok=True)
-    return dg.DagsterInstance.get()
+    # Two commands starting at once on a new home would both create Dagster's SQLite storage and one would
+    # fail on its schema version row: the first creates it, the second waits and opens it.
+    with open(home / ".instance.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return dg.DagsterInstance.get()
 
 
 @app.command()
@@ -101,6 +106,18 @@ def _summary_table(title: str) -> Table:
     return table
 
 
+def _print_missing_secrets(lake) -> int:
+    """Say which secrets to set for the archives held pending without a password; how many are held."""
+    from collections import Counter
+
+    from medlake_assets.ingest.batch import MISSING_SECRET
+
+    held = Counter((row.source, row.facility, row.reason) for row in lake.ledger.held(rule=MISSING_SECRET))
+    for (source, facility, reason), count in sorted(held.items()):
+        console.print(f"[red]{source} {facility}: {count} archives held pending: {reason}[/red]")
+    return sum(held.values())
+
+
 @app.command()
 def ingest(
     once: Annotated[
@@ -132,8 +149,9 @@ def ingest(
         console.print(
             _summary_table(f"{summary.runs} runs ({summary.failed_runs} failed) in {summary.seconds:.1f} s")
         )
+        held = _print_missing_secrets(lake)
         if once:
-            raise typer.Exit(1 if summary.failed_runs else 0)
+            raise typer.Exit(1 if summary.failed_runs or held else 0)
         time.sleep(interval)
 
 

@@ -33,6 +33,7 @@ from medlake_assets.defs.sources import (
     bronze_key,
     bronze_op_name,
 )
+from medlake_assets.ingest.batch import MISSING_SECRET, release_holds
 from medlake_assets.ingest.landing import day_prefix, days_to_list, register_landed
 from medlake_assets.spec import SourceSpec
 from medlake_assets.tables.ledger import Batch, Ledger
@@ -154,7 +155,11 @@ def build_flow_defs(
         prefixes = [
             day_prefix(spec.name, day) for spec in specs for day in days_to_list(since, today, open_days)
         ]
-        scan = register_landed(opened.store, opened.ledger, list(opened.sources.values()), prefixes)
+        scan = register_landed(
+            opened.store, opened.ledger, list(opened.sources.values()), prefixes, today=today
+        )
+        for spec in specs:  # a secret set, or a future day come, since: they load in this tick's batches
+            release_holds(opened, spec, today)
         in_flight = context.instance.get_runs(
             filters=dg.RunsFilter(job_name=FLOW_JOB, statuses=list(IN_FLIGHT))
         )
@@ -174,6 +179,10 @@ def build_flow_defs(
                 f"{scan.registered} new archives, {scan.quarantined} quarantined at landing, "
                 f"{len(requests)} runs requested ({len(in_flight)} in flight)"
             )
+        for spec in specs:
+            if held := opened.ledger.held(spec.name, MISSING_SECRET):
+                secrets = sorted({row.reason or "" for row in held})
+                context.log.warning(f"{spec.name}: {len(held)} archives held for a missing secret: {secrets}")
         next_since = today - timedelta(days=open_days)
         known = set(context.instance.get_dynamic_partitions(LANDING_DAYS.name or ""))
         new_days = sorted({request.partition_key for request in requests if request.partition_key} - known)

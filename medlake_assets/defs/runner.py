@@ -67,6 +67,21 @@ def ingest_once(
     The first tick lists every landing day present (not only the open ones), so a single call processes
     everything currently in the landing zone.
     """
+    # One pass at a time on a lake: a second `ingest --once` waits here, then finds nothing left to do,
+    # instead of running the same batches, silver days and reports again beside the first.
+    with lake.ledger.lake_lock("ingest-once"):
+        return _ingest_once(defs, instance, lake, on_run, max_ticks, refine_silver, refresh_reports)
+
+
+def _ingest_once(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    lake: Lake,
+    on_run: RunCallback | None,
+    max_ticks: int,
+    refine_silver: bool,
+    refresh_reports: bool,
+) -> IngestSummary:
     from medlake_assets.defs.flow import LANDING_SENSOR, sources_in_run
 
     started = time.perf_counter()

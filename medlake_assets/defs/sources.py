@@ -112,6 +112,13 @@ def build_source_defs(spec: SourceSpec) -> dg.Definitions:
             "made bad on purpose (`medlake generate --bad-rate`) show here as archive.bad_password and "
             "archive.corrupt.",
         ),
+        # A missing archive password is a configuration fault: the run fails, naming the secret to set.
+        dg.AssetCheckSpec(
+            "archive_secrets",
+            asset=key,
+            blocking=True,
+            description="Every archive that needs a password found its secret (else it is held pending).",
+        ),
         dg.AssetCheckSpec(
             "ledger_matches_table",
             asset=key,
@@ -157,6 +164,12 @@ def build_source_defs(spec: SourceSpec) -> dg.Definitions:
         ledger_records = sum(r.records for r in reports)
         table_records = sum(_rows_of_batch(opened, spec, r, day) for r in reports)
         top_rules = dict(rules.most_common(5))
+        held = sum(r.archives_held for r in reports)
+        missing = ", ".join(sorted(set().union(*(r.missing_secrets for r in reports))))
+        if held:
+            context.log.error(
+                f"{spec.name}: {held} archives held pending, their password is not configured: set {missing}"
+            )
         quarantined_facilities = sorted(
             {
                 row.facility or ""
@@ -181,8 +194,14 @@ def build_source_defs(spec: SourceSpec) -> dg.Definitions:
                 "seconds": round(sum(r.seconds for r in reports), 3),
                 "snapshot_id": str(reports[-1].snapshot_id) if reports else "",
                 "rules": json.dumps(top_rules),
+                "archives_held": held,
             },
             check_results=[
+                dg.AssetCheckResult(
+                    check_name="archive_secrets",
+                    passed=not held,
+                    metadata={"archives_held": held, "missing_secrets": missing},
+                ),
                 dg.AssetCheckResult(
                     check_name="quarantine_rate",
                     passed=rate <= threshold,

@@ -23,6 +23,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from ctypes import POINTER, byref, c_int, c_longlong, c_size_t, c_void_p, cast, string_at
+from dataclasses import dataclass
 from typing import Literal
 
 import libarchive.ffi as la_ffi
@@ -71,6 +72,14 @@ def detect_kind(data: bytes) -> ArchiveKind:
     return "none"
 
 
+@dataclass(frozen=True)
+class Unpacked:
+    """An archive's members, and the names of its files that do not match the member pattern (not read)."""
+
+    members: list[Member]
+    unmatched: list[str]
+
+
 def read_members(
     data: bytes,
     *,
@@ -81,7 +90,30 @@ def read_members(
     limits: ArchiveLimits,
     engine: Engine = "libarchive",
 ) -> list[Member]:
-    """The members of the archive `data` (object key `name`) whose names match `member_regex`.
+    """The members of the archive `data` (object key `name`) whose names match `member_regex`."""
+    return unpack(
+        data,
+        name=name,
+        accepted=accepted,
+        password=password,
+        member_regex=member_regex,
+        limits=limits,
+        engine=engine,
+    ).members
+
+
+def unpack(
+    data: bytes,
+    *,
+    name: str,
+    accepted: Sequence[str],
+    password: str | None,
+    member_regex: re.Pattern[str],
+    limits: ArchiveLimits,
+    engine: Engine = "libarchive",
+) -> Unpacked:
+    """The members of the archive `data` (object key `name`) whose names match `member_regex`, and the names
+    of the other files in it (so that nothing in an archive goes unaccounted for).
 
     Directories and links are skipped. Raises `ArchiveRejected` with a stable rule code when the archive
     cannot be used; decompression stops at the first cap of `limits` crossed, counting real bytes.
@@ -102,11 +134,17 @@ def read_members(
             f"Archive {archive!r} is {kind!r} by its magic bytes; this source accepts {sorted(accepted)}.",
         )
     budget = _Budget(limits, len(data))
+    unmatched: list[str] = []
     if kind == "zip":
         # The libarchive engine lists with the standard library, the reference with pyzipper's fork of it.
         opener = zipfile.ZipFile if engine == "libarchive" else pyzipper.AESZipFile
         with _open_zip(opener, data, archive) as listing:
             plan = _zip_plan(listing.infolist(), archive, member_regex, limits)
+            unmatched = [
+                entry
+                for info, member in plan
+                if member is None and _is_file(info, entry := info.filename.replace("\\", "/"))
+            ]
             if not any(member for _, member in plan):
                 members: list[Member] = []
             elif engine == "libarchive":
@@ -126,7 +164,7 @@ def read_members(
         raise ArchiveRejected(
             "archive.empty", f"Archive {archive!r} has no member matching {member_regex.pattern!r}."
         )
-    return members
+    return Unpacked(members, unmatched)
 
 
 def decrypt_floor(data: bytes, *, password: str | None) -> int:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from pyiceberg.expressions import EqualTo
 
-from medlake_assets.ingest.landing import quarantine_original
+from medlake_assets.ingest.landing import FUTURE_DAY, quarantine_original
 from medlake_assets.ingest.pipeline import (
     ArchiveContext,
     ArchiveResult,
@@ -33,7 +33,9 @@ from medlake_assets.tables.bronze import (
     commit_batch,
     quarantine_table,
 )
-from medlake_assets.tables.ledger import FileResult, FileRow
+from medlake_assets.tables.ledger import PENDING, QUARANTINED, FileResult, FileRow
+
+MISSING_SECRET = "config.missing_secret"
 
 
 @dataclass
@@ -49,6 +51,9 @@ class BatchReport:
     seconds: float = 0.0
     rules: Counter[str] = field(default_factory=Counter)
     snapshot_id: int | None = None
+    archives_held: int = 0
+    missing_secrets: set[str] = field(default_factory=set)
+    """Secrets (environment variable names) whose absence held archives back: a configuration fault."""
 
     @property
     def quarantine_rate(self) -> float:
@@ -73,11 +78,31 @@ def load_batch(
 ) -> BatchReport:
     """Load `files` (ledger rows of one source) as `batch_id`; bad input is quarantined, never raised.
 
-    Under the batch's lock: a second worker given the same batch waits, then replaces the rows the first
-    committed (it sees the batch id in a snapshot) rather than appending them again.
+    Under the batch's lock: a second worker given the same batch (two runs of it racing, e.g. the daemon's
+    and an `ingest --once`) waits, then finds every file done and loads nothing again; if the first died
+    between its commit and the ledger update, it replaces the rows the first committed (it sees the batch
+    id in a snapshot) rather than appending them again. A backfill (`replace`) always reloads.
     """
     with lake.ledger.batch_lock(batch_id):
+        current = lake.ledger.batch_files(batch_id)
+        if not replace and all(row.status != PENDING for row in current):
+            return _report_from_ledger(lake, spec, batch_id, current)
         return _load_batch(lake, spec, batch_id, files, replace=replace)
+
+
+def _report_from_ledger(lake: Lake, spec: SourceSpec, batch_id: str, files: Sequence[FileRow]) -> BatchReport:
+    """The report of a batch already done, from its ledger rows: nothing is read or committed."""
+    report = BatchReport(batch_id=batch_id, source=spec.name, archives=len(files))
+    for row in files:
+        if row.status == QUARANTINED:
+            report.archives_quarantined += 1
+            report.rules[row.rule or ""] += 1
+        else:
+            report.members += row.members or 0
+            report.records += row.records or 0
+            report.rejected_records += row.rejected_records or 0
+    report.snapshot_id = bronze_table(lake.catalog, spec).metadata.current_snapshot_id
+    return report
 
 
 def _load_batch(
@@ -98,15 +123,21 @@ def _load_batch(
             yield ArchiveWork(data, context, spec, password, engine)
 
     # Only the bytes of archives with something to quarantine are kept (the copy must be what was parsed).
-    results: list[tuple[FileRow, ArchiveResult, int, bytes | None]] = [
-        (row, result, len(item.data), item.data if result.quarantined or result.rejects else None)
-        for row, (item, result) in zip(files, process_archives(work()), strict=True)
-    ]
+    results: list[tuple[FileRow, ArchiveResult, int, bytes | None]] = []
+    held: list[tuple[FileRow, str]] = []
+    for row, (item, result) in zip(files, process_archives(work()), strict=True):
+        if result.rule == "archive.no_password" and password_ref is not None:
+            # A missing secret is a configuration fault, not bad input: hold the archive, never quarantine it.
+            held.append((row, password_ref.env_names(row.facility or "")[0]))
+            continue
+        data = item.data if result.quarantined or result.rejects else None
+        results.append((row, result, len(item.data), data))
     archive_results = [result for _, result, _, _ in results]
 
     bronze = bronze_table(lake.catalog, spec)
     rejects = quarantine_table(lake.catalog, spec)
-    keys = [row.key for row in files]
+    # Held archives stay out of the commit: a re-sent key keeps its earlier version's rows until it loads.
+    keys = [row.key for row, *_ in results]
     # Replace when this batch may already be in the table: a retry after a crash, or a backfill.
     # Replace when these archives may already be in the table: a retry after a crash, a backfill, or a
     # facility re-sending a file under the same key (a new version replaces the old one's rows).
@@ -128,6 +159,13 @@ def _load_batch(
     )
 
     report = BatchReport(batch_id=batch_id, source=spec.name, archives=len(files))
+    by_reason: dict[str, list[int]] = {}
+    for row, secret in held:
+        by_reason.setdefault(_missing_secret_reason(spec, row.facility or ""), []).append(row.id)
+        report.archives_held += 1
+        report.missing_secrets.add(secret)
+    for reason, ids in by_reason.items():
+        lake.ledger.hold(ids, MISSING_SECRET, reason)
     loaded, quarantined = [], []
     for row, result, size, data in results:
         report.bytes_read += size
@@ -159,6 +197,34 @@ def _load_batch(
     report.snapshot_id = bronze.metadata.current_snapshot_id
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _missing_secret_reason(spec: SourceSpec, facility: str) -> str:
+    """The variable(s) to set, never a value."""
+    names = spec.landing.password.env_names(facility) if spec.landing.password else []
+    either = f"{names[0]} (or {names[1]} for every facility)" if len(names) > 1 else "".join(names)
+    return (
+        f"the archive is encrypted and no password is configured: set the secret {either}; "
+        "it stays pending and loads by itself once the secret is set"
+    )
+
+
+def release_holds(lake: Lake, spec: SourceSpec, today: date, environ: Mapping[str, str] | None = None) -> int:
+    """Let held files of the source be claimed again once their cause is gone: the secret of an archive
+    held for a missing password is set, or the landing day of a future-dated file has come. Checked on
+    every sensor tick (one indexed query); returns how many were released."""
+    password_ref = spec.landing.password
+    ready = [
+        row.id
+        for row in lake.ledger.held(spec.name)
+        if (
+            row.rule == MISSING_SECRET
+            and (password_ref is None or password_ref.resolve(row.facility or "", environ))
+        )
+        or (row.rule == FUTURE_DAY and row.landing_day is not None and row.landing_day <= today)
+    ]
+    lake.ledger.release(ready)
+    return len(ready)
 
 
 def _rejects_summary(result: ArchiveResult) -> str | None:

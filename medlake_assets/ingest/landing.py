@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import date, timedelta
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, timedelta
 
 from medlake_assets.ingest.objectstore import ObjectInfo, ObjectStore
 from medlake_assets.spec import SourceSpec
@@ -13,6 +13,7 @@ from medlake_assets.tables.ledger import Ledger, NewObject
 
 LANDING = "landing/"
 QUARANTINE = "quarantine/"
+FUTURE_DAY = "landing.future_day"
 
 
 def day_prefix(source: str, day: date) -> str:
@@ -31,18 +32,86 @@ def days_to_list(since: date | None, today: date, open_days: int) -> list[date]:
     return [first + timedelta(days=offset) for offset in range((today - first).days + 1)]
 
 
+def _name(folder: str) -> str:
+    return folder.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _is_year(name: str) -> bool:
+    return len(name) == 4 and name.isdigit()
+
+
+def _is_month(name: str) -> bool:
+    return len(name) == 2 and name.isdigit() and 1 <= int(name) <= 12
+
+
+def landing_day_of(year: str, month: str, day: str) -> date | None:
+    """The day that `<yyyy>/<mm>/<dd>` folder names give, written exactly as `day_prefix` writes it, or None
+    (a folder `5/` for the 5th is never listed by a sensor, which lists `05/`)."""
+    if not (_is_year(year) and _is_month(month) and len(day) == 2 and day.isdigit()):
+        return None
+    try:
+        return date(int(year), int(month), int(day))
+    except ValueError:
+        return None
+
+
 def landed_days(store: ObjectStore, source: str) -> list[date]:
     """Every landing day folder present for a source (three cheap delimiter listings deep)."""
     days = []
     for year in store.list_prefixes(f"{LANDING}{source}/"):
         for month in store.list_prefixes(year):
-            for day in store.list_prefixes(month):
-                parts = day.rstrip("/").split("/")[-3:]
-                try:
-                    days.append(date(int(parts[0]), int(parts[1]), int(parts[2])))
-                except ValueError:
-                    continue
+            for day_folder in store.list_prefixes(month):
+                day = landing_day_of(_name(year), _name(month), _name(day_folder))
+                if day is not None:
+                    days.append(day)
     return sorted(days)
+
+
+@dataclass(frozen=True)
+class Strays:
+    """What no sensor's day listing reaches: loose objects, and folders to list whole."""
+
+    objects: list[ObjectInfo]
+    prefixes: list[str]
+
+
+def find_strays(store: ObjectStore, sources: Iterable[SourceSpec], today: date) -> Strays:
+    """Everything under `landing/` outside the day folders the landing sensors list.
+
+    Walks only the levels above the day folders with delimiter listings: `landing/`, each source, year and
+    month folder, i.e. 1 + S x (1 + Y + 12 Y) listings for S sources with Y years of history (about 27 per
+    source for two years), however many objects the days hold. Objects directly at those levels are
+    strays; so are folders that are not a source, a year, a month or a day as `day_prefix` writes it, and
+    day folders after today (listed whole; they are rare). Days before the sensor's open window are not
+    strays: `medlake ingest --once` and backfills load them.
+    """
+    specs = {spec.name: spec for spec in sources}
+    folders, strays = store.list_level(LANDING)
+    prefixes: list[str] = []
+    for folder in folders:
+        spec = specs.get(_name(folder))
+        if spec is None:
+            prefixes.append(folder)
+            continue
+        years, loose = store.list_level(folder)
+        strays += loose
+        for year in years:
+            if not _is_year(_name(year)):
+                prefixes.append(year)
+                continue
+            months, loose = store.list_level(year)
+            strays += loose
+            for month in months:
+                if not _is_month(_name(month)):
+                    prefixes.append(month)
+                    continue
+                days, loose = store.list_level(month)
+                strays += loose
+                for day_folder in days:
+                    day = landing_day_of(_name(year), _name(month), _name(day_folder))
+                    if day is None or day > today:
+                        prefixes.append(day_folder)
+    return Strays(strays, prefixes)
 
 
 @dataclass(frozen=True)
@@ -91,21 +160,33 @@ class ScanReport:
 
 
 def register_landed(
-    store: ObjectStore, ledger: Ledger, sources: Sequence[SourceSpec], prefixes: Sequence[str]
+    store: ObjectStore,
+    ledger: Ledger,
+    sources: Sequence[SourceSpec],
+    prefixes: Sequence[str],
+    objects: Sequence[ObjectInfo] = (),
+    *,
+    today: date | None = None,
 ) -> ScanReport:
-    """List prefixes, register new objects as pending, and quarantine the ones no single source claims."""
+    """List prefixes (and take `objects` as listed), register new objects as pending, and quarantine the
+    ones no single source claims. An object of a day after `today` (default: today, UTC) is registered
+    held (`landing.future_day`) until its day comes."""
+    today = today or datetime.now(UTC).date()
     listed = registered = quarantined = 0
-    for prefix in prefixes:
-        known = ledger.known_keys(store.uri, prefix)
-        fresh = [obj for obj in store.list(prefix) if (obj.key, obj.etag) not in known]
+    batches = [(prefix, list(store.list(prefix))) for prefix in prefixes]
+    for obj in objects:  # loose objects: known-check each one by its own key
+        batches.append((obj.key, [obj]))
+    for prefix, found in batches:
+        fresh = _unknown(store, ledger, prefix, found)
         listed += len(fresh)
         routed = [route(obj, sources) for obj in fresh]
         good = [item for item in routed if item.rule is None]
+        now = [item for item in good if item.landing_day <= today]
+        later = [item for item in good if item.landing_day > today]
+        registered += ledger.register([_new(store, item) for item in now])
         registered += ledger.register(
-            [
-                NewObject(store.uri, r.obj.key, r.obj.etag, r.obj.size, r.source, r.facility, r.landing_day)
-                for r in good
-            ]
+            [_new(store, item) for item in later],
+            hold=(FUTURE_DAY, "the landing day is after today: it loads once that day comes"),
         )
         for item in routed:
             if item.rule is None:
@@ -116,25 +197,38 @@ def register_landed(
             # copy writes the same bytes).
             quarantine_original(store, item.obj.key, None, reason)
             quarantined += ledger.quarantine_unrouted(
-                [
-                    NewObject(
-                        store.uri,
-                        item.obj.key,
-                        item.obj.etag,
-                        item.obj.size,
-                        item.source,
-                        item.facility,
-                        None,
-                    )
-                ],
-                item.rule,
-                item.reason or "",
-                quarantine_key,
+                [_new(store, item)], item.rule, item.reason or "", quarantine_key
             )
     return ScanReport(listed, registered, quarantined)
 
 
-def unrouted_prefixes(store: ObjectStore, sources: Iterable[str]) -> list[str]:
-    """Top-level landing folders that belong to no source (their objects can only be quarantined)."""
-    known = {f"{LANDING}{name}/" for name in sources}
-    return [prefix for prefix in store.list_prefixes(LANDING) if prefix not in known]
+def _unknown(store: ObjectStore, ledger: Ledger, prefix: str, found: list[ObjectInfo]) -> list[ObjectInfo]:
+    """The listed objects whose content the ledger does not hold yet, with their content id as etag.
+
+    An object is known by (key, content id): a copied or restored file is the same version. The content id
+    is read only for a listed stamp (etag) never seen before; a stamp that is not the content id itself (a
+    local file's size-mtime-inode) is remembered, so the next listing reads nothing.
+    """
+    known = ledger.known_keys(store.uri, prefix)
+    # Known as listed: S3, whose etag is the content id, or a local row registered before content ids.
+    unknown = [obj for obj in found if (obj.key, obj.etag) not in known]
+    stamped = ledger.stamped(store.uri, prefix) if unknown else {}
+    fresh, new_stamps = [], []
+    for obj in unknown:
+        etag = stamped.get((obj.key, obj.etag))
+        if etag is None:
+            try:
+                etag = store.content_id(obj)
+            except FileNotFoundError:  # removed since the listing: nothing to register
+                continue
+            if etag != obj.etag:
+                new_stamps.append((obj.key, obj.etag, etag))
+        if (obj.key, etag) not in known:
+            fresh.append(replace(obj, etag=etag))
+    ledger.record_stamps(store.uri, new_stamps)
+    return fresh
+
+
+def _new(store: ObjectStore, item: Routed) -> NewObject:
+    obj = item.obj
+    return NewObject(store.uri, obj.key, obj.etag, obj.size, item.source, item.facility, item.landing_day)

@@ -7,6 +7,7 @@ relative to the store's root (a folder, or a bucket prefix), so one key names th
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 from collections.abc import Iterator
@@ -44,6 +45,11 @@ class ObjectStore(Protocol):
         """The immediate "folders" below `prefix`, each ending in '/', sorted; only those holding objects."""
         ...
 
+    def list_level(self, prefix: str = "") -> tuple[list[str], list[ObjectInfo]]:
+        """One delimiter listing: the immediate folders below `prefix` (as `list_prefixes`) and the objects
+        directly in it, each sorted; what lies deeper is not listed."""
+        ...
+
     def get(self, key: str) -> bytes:
         """The object's bytes; FileNotFoundError if there is none."""
         ...
@@ -53,6 +59,11 @@ class ObjectStore(Protocol):
         ...
 
     def exists(self, key: str) -> bool: ...
+
+    def content_id(self, info: ObjectInfo) -> str:
+        """The identity of the object version's content, the ledger's `etag`: equal for equal bytes, so a
+        copied or restored object is recognised. Costs a read where the listed etag is not content-based."""
+        ...
 
     def url(self, key: str) -> str:
         """The object's full URI (`file:///...` or `s3://bucket/prefix/key`)."""
@@ -103,13 +114,29 @@ def _holds_file(directory: str) -> bool:
     return False
 
 
+def _info(key: str, entry: os.DirEntry) -> ObjectInfo | None:
+    """A listed file's ObjectInfo; None if it was removed since the scan."""
+    try:
+        stat = entry.stat()
+    except FileNotFoundError:
+        return None
+    return ObjectInfo(
+        key=key,
+        size=stat.st_size,
+        etag=f"{stat.st_size}-{stat.st_mtime_ns}-{stat.st_ino}",
+        last_modified=_utc_from_ns(stat.st_mtime_ns),
+    )
+
+
 class LocalObjectStore:
     """Objects are the files below `root`.
 
     Names starting with '.' (files or folders) are invisible and cannot be used as keys: they are writes in
     progress. Anything uploading into a local landing folder must write to a dotfile and rename it when
-    complete, as `put` does, so a sensor never reads half an archive. The etag is `size-mtime_ns-inode`:
-    cheap, and it changes when a file is replaced (a rename brings a new inode, even within one clock tick).
+    complete, as `put` does, so a sensor never reads half an archive. The listed etag is
+    `size-mtime_ns-inode`: cheap, and it changes when a file is replaced (a rename brings a new inode, even
+    within one clock tick), but also when the same bytes are copied or restored; `content_id` is the
+    SHA-256 of the bytes.
     Like S3, folders without any file below them are not listed. Unlike S3, a key cannot be both a file and
     a folder ("a" and "a/b").
     """
@@ -156,17 +183,22 @@ class LocalObjectStore:
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
                 yield from self._walk(entry.path, f"{base}{entry.name}/")
-            elif entry.is_file():
-                try:
-                    stat = entry.stat()
-                except FileNotFoundError:  # removed since the scan
-                    continue
-                yield ObjectInfo(
-                    key=f"{base}{entry.name}",
-                    size=stat.st_size,
-                    etag=f"{stat.st_size}-{stat.st_mtime_ns}-{stat.st_ino}",
-                    last_modified=_utc_from_ns(stat.st_mtime_ns),
-                )
+            elif entry.is_file() and (info := _info(f"{base}{entry.name}", entry)) is not None:
+                yield info
+
+    def list_level(self, prefix: str = "") -> tuple[list[str], list[ObjectInfo]]:
+        start = self._start(prefix)
+        if start is None:
+            return [], []
+        directory, base, name_start = start
+        try:
+            with os.scandir(directory) as scan:
+                entries = [e for e in scan if e.name.startswith(name_start) and _visible(e.name)]
+        except (FileNotFoundError, NotADirectoryError):
+            return [], []
+        files = sorted((e for e in entries if e.is_file()), key=lambda e: e.name)
+        objects = [info for e in files if (info := _info(f"{base}{e.name}", e)) is not None]
+        return self.list_prefixes(prefix), objects
 
     def list_prefixes(self, prefix: str = "") -> list[str]:
         start = self._start(prefix)
@@ -212,6 +244,10 @@ class LocalObjectStore:
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def content_id(self, info: ObjectInfo) -> str:
+        with open(self._path(info.key), "rb") as file:
+            return "sha256:" + hashlib.file_digest(file, "sha256").hexdigest()
 
     def url(self, key: str) -> str:
         return self._path(key).as_uri()
@@ -269,18 +305,30 @@ class S3ObjectStore:
         )
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        skip = len(self.prefix)
         for page in self._pages(prefix):
-            for item in page.get("Contents", ()):
-                key = item["Key"][skip:]
-                if not key or key.endswith("/"):
-                    continue
-                yield ObjectInfo(
-                    key=key,
-                    size=item["Size"],
-                    etag=item["ETag"].strip('"'),
-                    last_modified=item["LastModified"].astimezone(UTC),
-                )
+            yield from self._objects(page)
+
+    def _objects(self, page: dict[str, Any]) -> Iterator[ObjectInfo]:
+        skip = len(self.prefix)
+        for item in page.get("Contents", ()):
+            key = item["Key"][skip:]
+            if not key or key.endswith("/"):
+                continue
+            yield ObjectInfo(
+                key=key,
+                size=item["Size"],
+                etag=item["ETag"].strip('"'),
+                last_modified=item["LastModified"].astimezone(UTC),
+            )
+
+    def list_level(self, prefix: str = "") -> tuple[list[str], list[ObjectInfo]]:
+        skip = len(self.prefix)
+        folders: list[str] = []
+        objects: list[ObjectInfo] = []
+        for page in self._pages(prefix, Delimiter="/"):
+            folders += [common["Prefix"][skip:] for common in page.get("CommonPrefixes", ())]
+            objects += self._objects(page)
+        return folders, objects
 
     def list_prefixes(self, prefix: str = "") -> list[str]:
         skip = len(self.prefix)
@@ -313,6 +361,13 @@ class S3ObjectStore:
 
     def url(self, key: str) -> str:
         return f"s3://{self.bucket}/{self.prefix}{check_key(key)}"
+
+    def content_id(self, info: ObjectInfo) -> str:
+        # S3's ETag is the MD5 of the bytes for a single-part upload; for a multipart upload it is the MD5
+        # of the parts' MD5s with `-N`, so the same bytes uploaded with another part size get another ETag
+        # and load once more, replacing the key's rows (no duplicates). Hashing the bytes instead would
+        # cost a second GET of every new archive.
+        return info.etag
 
 
 def open_store(url: str, *, endpoint_url: str | None = None) -> ObjectStore:

@@ -15,7 +15,7 @@ from multiprocessing import get_context
 
 import pyarrow as pa
 
-from medlake_assets.ingest.archives import read_members
+from medlake_assets.ingest.archives import unpack
 from medlake_assets.ingest.parsers import parse_member_arrow
 from medlake_assets.ingest.types import ArchiveRejected, MemberRejected, RecordReject
 from medlake_assets.spec import SourceSpec
@@ -67,7 +67,7 @@ def process_archive(
     result = ArchiveResult(context=context)
     landing = spec.landing
     try:
-        members = read_members(
+        unpacked = unpack(
             data,
             name=context.key,
             accepted=landing.archives,
@@ -79,6 +79,7 @@ def process_archive(
     except ArchiveRejected as rejected:
         result.rule, result.reason = rejected.rule, rejected.reason
         return result
+    members = unpacked.members
     result.members = len(members)
     names = spec.column_names()
     columns: dict[str, list[pa.Array]] = {name: [] for name in names}
@@ -105,6 +106,11 @@ def process_archive(
         result.rule = first.rule
         result.reason = f"no record could be loaded; first problem in member {first.member!r}: {first.reason}"
         result.table = None
+    # Files of the archive the source does not read are named in quarantine, never dropped unseen.
+    unmatched = f"the file does not match the source's member_pattern {landing.member_pattern!r}; not read"
+    result.rejects.extend(
+        RecordReject(name, None, None, "archive.unmatched_member", unmatched) for name in unpacked.unmatched
+    )
     return result
 
 

@@ -25,6 +25,7 @@ from medlake_assets.reports.spec import NotNullCheck, RangeCheck, ReportCheck, R
 from medlake_assets.serving.sql import connect
 from medlake_assets.serving.tenancy import facility_rows
 from medlake_assets.spec.access import FACILITY_COLUMNS, Access, facility_column, load_access
+from medlake_assets.tables.bronze import ALL_ROWS, replace_rows
 from medlake_assets.tables.silver import ensure_table
 
 RESULT_VIEW = "report_result"
@@ -150,13 +151,10 @@ def write_gold(
             catalog.drop_table(identifier)
     table = ensure_table(catalog, identifier, rows.schema, report.header.partition_by)
     rows = rows.cast(pa.schema([field.with_nullable(True) for field in rows.schema]))
-    if table.metadata.current_snapshot_id is None:
-        # A first write appends: overwriting a table with no snapshot only warns that nothing matched.
-        table.append(rows)
-    elif window is None:
-        table.overwrite(rows)
-    else:
-        table.overwrite(rows, overwrite_filter=window_filter(table.schema(), report, window))
+    # Always a replacement, redone on fresh metadata if another writer committed meanwhile (two runs of
+    # the report at once): an append on a first write would land twice when two writers both saw it empty.
+    row_filter = ALL_ROWS if window is None else window_filter(table.schema(), report, window)
+    replace_rows(table, rows, row_filter, {})
     return catalog.load_table(identifier).metadata.current_snapshot_id
 
 

@@ -8,6 +8,10 @@ independent check that the tables pyiceberg wrote are valid Iceberg. Extensions 
 from __future__ import annotations
 
 import os
+import shutil
+import sqlite3
+import tempfile
+import weakref
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -53,13 +57,34 @@ def _configure_s3(con: duckdb.DuckDBPyConnection, endpoint_url: str | None) -> N
     con.execute(f"CREATE OR REPLACE SECRET medlake_s3 ({', '.join(options)})")
 
 
+def sqlite_snapshot(path: str) -> Path:
+    """A private, consistent copy of a SQLite ledger database, for DuckDB to attach instead of the file.
+
+    DuckDB's sqlite scanner links a SQLite of its own, and two SQLite libraries on one database file in
+    one process break SQLite's POSIX locks (sqlite.org/howtocorrupt.html, "multiple copies of SQLite
+    linked into the same application"): once DuckDB closed the live file, this process's connections
+    had lost their locks, another process deleted the WAL they still wrote to, and every ledger write
+    after that was lost. The copy is made by Python's own sqlite3 (the backup API: one moment's state),
+    so only DuckDB ever opens it; it is removed with the DuckDB connection.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="medlake-ledger-"))
+    copy = folder / "ledger.db"
+    source, target = sqlite3.connect(path), sqlite3.connect(copy)
+    try:
+        source.backup(target)
+    finally:
+        source.close()
+        target.close()
+    return copy
+
+
 def _attach_ledger(con: duckdb.DuckDBPyConnection, catalog_url: str) -> None:
     """`meta.*` views over the ledger database (the caller makes sure its tables exist)."""
     parsed = urlparse(catalog_url)
     if parsed.scheme.startswith("sqlite"):
-        con.execute(
-            f"ATTACH {_quote(catalog_url.split(':///', 1)[1])} AS medlake_state (TYPE sqlite, READ_ONLY)"
-        )
+        copy = sqlite_snapshot(catalog_url.split(":///", 1)[1])
+        weakref.finalize(con, shutil.rmtree, copy.parent, True)
+        con.execute(f"ATTACH {_quote(str(copy))} AS medlake_state (TYPE sqlite, READ_ONLY)")
     else:
         # Through a secret, not a DSN: DuckDB shows an ATTACH path in duckdb_databases() and in its
         # connection errors, password included; secrets are redacted.
@@ -119,7 +144,7 @@ def connect(lake: Lake, as_of: AsOf | None = None) -> duckdb.DuckDBPyConnection:
 
     With `as_of` (a snapshot id, or an ISO timestamp / datetime, naive meaning UTC) every view reads the
     snapshot that was current then, and tables created later are absent. `meta.*` (the ledger) is not
-    versioned and always shows the present.
+    versioned and shows the present: the moment of the call (a copy of it on the embedded SQLite ledger).
     """
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     con.execute(f"SET extension_directory = {_quote(str(lake.settings.home / 'duckdb_extensions'))}")

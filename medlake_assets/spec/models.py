@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import zoneinfo
+from collections.abc import Mapping
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -34,7 +35,7 @@ class PasswordRef(StrictModel):
             names.insert(0, f"{self.env}__{facility_env_suffix(facility)}")
         return names
 
-    def resolve(self, facility: str, environ: dict[str, str] | None = None) -> str | None:
+    def resolve(self, facility: str, environ: Mapping[str, str] | None = None) -> str | None:
         environ = os.environ if environ is None else environ
         for name in self.env_names(facility):
             if environ.get(name):
@@ -96,8 +97,16 @@ class LandingSpec(StrictModel):
         return re.compile(self.member_pattern)
 
 
+ControlCharacters = Literal["strip", "reject"]
+CONTROL_CHARACTERS_HELP = (
+    "a value holding a control character (C0 but tab, line feed, carriage return; DEL): `reject` its record "
+    "(rule <format>.control_character) or `strip` the characters"
+)
+
+
 class CsvFormat(StrictModel):
     kind: Literal["csv"] = "csv"
+    control_characters: ControlCharacters = Field(default="reject", description=CONTROL_CHARACTERS_HELP)
     delimiter: str = Field(default=",", min_length=1, max_length=1)
     quote: str = Field(default='"', min_length=1, max_length=1)
     header: bool = True
@@ -106,6 +115,7 @@ class CsvFormat(StrictModel):
 
 class Hl7Format(StrictModel):
     kind: Literal["hl7v2"] = "hl7v2"
+    control_characters: ControlCharacters = Field(default="reject", description=CONTROL_CHARACTERS_HELP)
     message_types: list[str] = Field(default_factory=list, description="e.g. ['ADT^A01']; empty = all")
     repeat: Literal["first", "join"] = "first"
     null_tokens: list[str] = Field(default_factory=lambda: ['""'])
@@ -113,6 +123,7 @@ class Hl7Format(StrictModel):
 
 class XmlFormat(StrictModel):
     kind: Literal["xml"] = "xml"
+    control_characters: ControlCharacters = Field(default="reject", description=CONTROL_CHARACTERS_HELP)
     record_xpath: str
     namespaces: dict[str, str] = Field(default_factory=dict)
 

@@ -9,7 +9,6 @@ import pyarrow as pa
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, In
-from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.transforms import IdentityTransform
@@ -23,6 +22,7 @@ from pyiceberg.types import (
 )
 
 from medlake_assets.spec import SourceSpec
+from medlake_assets.tables.catalog import ensure_table
 from medlake_assets.tables.commits import CONFLICTS, REDO_ATTEMPTS, wait_before_redo
 
 LINEAGE: list[tuple[str, IcebergType]] = [
@@ -76,31 +76,19 @@ def quarantine_schema() -> Schema:
     return _schema(QUARANTINE_FIELDS)
 
 
-def _ensure_table(catalog: Catalog, identifier: str, schema: Schema) -> Table:
-    landing_day = schema.find_field("_landing_day")
-    partition_spec = PartitionSpec(
-        PartitionField(
-            source_id=landing_day.field_id, field_id=1000, transform=IdentityTransform(), name="_landing_day"
-        )
-    )
-    table = catalog.create_table_if_not_exists(
-        identifier, schema=schema, partition_spec=partition_spec, properties=TABLE_PROPERTIES
-    )
-    missing = [field.name for field in schema.fields if field.name not in table.schema().column_names]
-    if missing:
-        # A column added to the metadata: evolve the table rather than failing (older rows read as null).
-        with table.update_schema() as update:
-            update.union_by_name(schema)
-        table = catalog.load_table(identifier)
-    return table
+# Bronze and quarantine rows are partitioned by their landing day (identity).
+_BY_LANDING_DAY = [("_landing_day", IdentityTransform(), "_landing_day")]
 
 
 def bronze_table(catalog: Catalog, spec: SourceSpec) -> Table:
-    return _ensure_table(catalog, f"bronze.{spec.name}", bronze_schema(spec))
+    schema = bronze_schema(spec)
+    return ensure_table(catalog, f"bronze.{spec.name}", schema, _BY_LANDING_DAY, TABLE_PROPERTIES)
 
 
 def quarantine_table(catalog: Catalog, spec: SourceSpec) -> Table:
-    return _ensure_table(catalog, f"quarantine.{spec.name}", quarantine_schema())
+    return ensure_table(
+        catalog, f"quarantine.{spec.name}", quarantine_schema(), _BY_LANDING_DAY, TABLE_PROPERTIES
+    )
 
 
 def arrow_schema(table: Table) -> pa.Schema:

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Mapping, Sequence
 
+import pyarrow as pa
 from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.exceptions import CommitFailedException, NoSuchTableError, TableAlreadyExistsError
+from pyiceberg.schema import Schema
+from pyiceberg.table import Table
+from pyiceberg.transforms import Transform
 from sqlalchemy.exc import IntegrityError
 
 from medlake_assets.config import Settings
@@ -42,3 +48,42 @@ def open_catalog(settings: Settings) -> Catalog:
         with contextlib.suppress(IntegrityError):
             catalog.create_namespace_if_not_exists(namespace)
     return catalog
+
+
+PartitionField = tuple[str, Transform, str]
+"""(source column, transform, partition field name)."""
+
+
+def ensure_table(
+    catalog: Catalog,
+    identifier: str,
+    schema: Schema | pa.Schema,
+    partition_fields: Sequence[PartitionField],
+    properties: Mapping[str, str],
+) -> Table:
+    """The table, loaded; created with its partition spec only when missing. Every layer ensures its tables
+    here.
+
+    Loading first matters: pyiceberg's `create_table_if_not_exists` creates first, so every call on an
+    existing table wrote an orphan `00000-*.metadata.json` before finding the table. A column added to the
+    metadata later is added to the table (older rows read it as null).
+    """
+    try:
+        table = catalog.load_table(identifier)
+    except NoSuchTableError:
+        # Table and partition spec in one commit: a concurrent writer never sees it unpartitioned.
+        create = catalog.create_table_transaction(identifier, schema=schema, properties=dict(properties))
+        if partition_fields:
+            with create.update_spec() as update:
+                for column, transform, name in partition_fields:
+                    update.add_field(column, transform, name)
+        # Another writer created it first (with the same schema and spec): pyiceberg reports that as either.
+        with contextlib.suppress(TableAlreadyExistsError, CommitFailedException):
+            create.commit_transaction()
+        table = catalog.load_table(identifier)
+    names = schema.names if isinstance(schema, pa.Schema) else schema.column_names
+    if any(name not in table.schema().column_names for name in names):
+        with table.update_schema() as update:
+            update.union_by_name(schema)
+        table = catalog.load_table(identifier)
+    return table

@@ -57,6 +57,7 @@ _MAX_IDS_PER_STATEMENT = 10_000
 _PG_LOCK_CLASS = 0x6D6C  # "ml": namespaces the advisory locks taken below
 _PG_CREATE_LOCK = 0
 _PG_BATCH_LOCK_CLASS = 0x6D62  # "mb": one advisory lock per batch id (`batch_lock`)
+_PG_LAKE_LOCK_CLASS = 0x6D6B  # "mk": lake-wide named locks (`lake_lock`)
 
 
 class UtcDateTime(TypeDecorator):
@@ -135,6 +136,17 @@ processed = Table(
     Column("processed_at", UtcDateTime, nullable=False),
     UniqueConstraint("consumer", "batch_id", name="uq_medlake_processed"),
     Index("ix_medlake_processed_consumer_day", "consumer", "landing_day"),
+)
+# Which content (`files.etag`) a listed version stamp of an object had, where the two differ (a local file's
+# size-mtime-inode): a later listing with the same stamp needs no read to know what it holds.
+stamps = Table(
+    "medlake_stamps",
+    metadata,
+    Column("store", Text, nullable=False),
+    Column("key", Text().with_variant(Text(collation="C"), "postgresql"), nullable=False),
+    Column("stamp", Text, nullable=False),
+    Column("etag", Text, nullable=False),
+    UniqueConstraint("store", "key", "stamp", name="uq_medlake_stamps"),
 )
 
 # Facilities' rows of a batch that silver's gate held back (`quality/held.py`), and what became of them.
@@ -334,34 +346,42 @@ class Ledger:
         """Close the pooled connections."""
         self._engine.dispose()
 
-    @contextlib.contextmanager
-    def batch_lock(self, batch_id: str) -> Iterator[None]:
+    def batch_lock(self, batch_id: str) -> contextlib.AbstractContextManager[None]:
         """Hold `batch_id` for this process while it loads the batch; another process loading the same batch
-        (two workers given one batch) waits here, then finds the first one's commit and replaces its rows
-        instead of appending them a second time.
+        (two workers given one batch) waits here, then finds the first one's work done instead of appending
+        its rows a second time."""
+        return self._lock(_PG_BATCH_LOCK_CLASS, batch_id, "batch-locks")
 
-        The lock dies with its holder, so a killed worker never leaves a batch locked: on PostgreSQL it is a
-        session advisory lock on a connection of its own, on SQLite an fcntl record lock on one byte (chosen
-        by the batch id's hash) of a file beside the database.
+    def lake_lock(self, name: str) -> contextlib.AbstractContextManager[None]:
+        """Hold the lake-wide lock `name` (e.g. one `medlake ingest --once` at a time on a lake); another
+        process taking it waits until this one is done."""
+        return self._lock(_PG_LAKE_LOCK_CLASS, name, "lake-locks")
+
+    @contextlib.contextmanager
+    def _lock(self, lock_class: int, name: str, suffix: str) -> Iterator[None]:
+        """An exclusive lock on `name` that dies with its holder, so a killed process never leaves it held:
+        on PostgreSQL a session advisory lock on a connection of its own, on SQLite an fcntl record lock on
+        one byte (chosen by the name's hash) of the file `<database>.<suffix>` beside the database (one
+        file per kind of lock: closing any descriptor of a file drops all of a process's locks on it).
         """
         if self._postgres:
-            key = int.from_bytes(hashlib.sha256(batch_id.encode()).digest()[:4], "big", signed=True)
+            key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big", signed=True)
             connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
             try:
-                connection.execute(select(func.pg_advisory_lock(_PG_BATCH_LOCK_CLASS, key)))
+                connection.execute(select(func.pg_advisory_lock(lock_class, key)))
                 yield
             finally:
                 # If the server went away the lock went with the session; the unlock may fail then.
                 with contextlib.suppress(Exception):
-                    connection.execute(select(func.pg_advisory_unlock(_PG_BATCH_LOCK_CLASS, key)))
+                    connection.execute(select(func.pg_advisory_unlock(lock_class, key)))
                 connection.close()
             return
         database = make_url(self._url).database
         if not database or database == ":memory:":  # private to this process: nobody to wait for
             yield
             return
-        offset = int.from_bytes(hashlib.sha256(batch_id.encode()).digest()[:5], "big")
-        descriptor = os.open(f"{database}.batch-locks", os.O_RDWR | os.O_CREAT, 0o600)
+        offset = int.from_bytes(hashlib.sha256(name.encode()).digest()[:5], "big")
+        descriptor = os.open(f"{database}.{suffix}", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.lockf(descriptor, fcntl.LOCK_EX, 1, offset)
             yield
@@ -384,17 +404,22 @@ class Ledger:
                 new += connection.execute(statement).rowcount
         return new
 
-    def register(self, objects: Sequence[NewObject]) -> int:
-        """Insert the objects not yet known as pending, in one transaction; returns how many were new."""
+    def register(self, objects: Sequence[NewObject], *, hold: tuple[str, str] | None = None) -> int:
+        """Insert the objects not yet known as pending, in one transaction; returns how many were new.
+
+        With `hold` (rule, reason) they are registered held back (see `hold`) until `release`.
+        """
         for obj in objects:
             if obj.source is None or obj.landing_day is None:
                 raise ValueError(
                     f"object {obj.key!r} has no source or landing day; register it with quarantine_unrouted"
                 )
         now = _now()
+        rule, reason = hold or (None, None)
         return self._insert_absent(
             [
-                _object_values(obj) | {"status": PENDING, "first_seen_at": now, "updated_at": now}
+                _object_values(obj)
+                | {"status": PENDING, "rule": rule, "reason": reason, "first_seen_at": now, "updated_at": now}
                 for obj in objects
             ]
         )
@@ -428,6 +453,26 @@ class Ledger:
         with self._engine.connect() as connection:
             return {(key, etag) for key, etag in connection.execute(query)}
 
+    def stamped(self, store: str, prefix: str) -> dict[tuple[str, str], str]:
+        """{(key, stamp): etag} recorded for objects of `store` under the key prefix (`record_stamps`)."""
+        query = select(stamps.c.key, stamps.c.stamp, stamps.c.etag).where(
+            stamps.c.store == store, stamps.c.key >= prefix
+        )
+        if (upper := _after_prefix(prefix)) is not None:
+            query = query.where(stamps.c.key < upper)
+        with self._engine.connect() as connection:
+            return {(key, stamp): etag for key, stamp, etag in connection.execute(query)}
+
+    def record_stamps(self, store: str, rows: Sequence[tuple[str, str, str]]) -> None:
+        """Remember (key, stamp, etag) of listed objects, if absent (a repeat changes nothing)."""
+        values = [{"store": store, "key": key, "stamp": stamp, "etag": etag} for key, stamp, etag in rows]
+        if not values:
+            return
+        with self._writer.begin() as connection:
+            for chunk in _chunks(sorted(values, key=lambda row: (row["key"], row["stamp"])), 1000):
+                statement = self._insert(stamps).values(list(chunk))
+                connection.execute(statement.on_conflict_do_nothing(index_elements=["store", "key", "stamp"]))
+
     def claim_batches(self, source: str, *, max_archives: int, max_bytes: int) -> list[Batch]:
         """Assign the source's unclaimed pending files to new batches (see `cut_batches`), in one transaction.
 
@@ -440,9 +485,15 @@ class Ledger:
         with self._writer.begin() as connection:
             if self._postgres:  # claimers of one source queue here (SQLite's BEGIN IMMEDIATE does the same)
                 connection.execute(select(func.pg_advisory_xact_lock(_PG_LOCK_CLASS, func.hashtext(source))))
+            # A pending file with a rule is held back (`hold`) until `release` clears it.
             rows = connection.execute(
                 select(files.c.id, files.c.landing_day, files.c.size)
-                .where(files.c.source == source, files.c.status == PENDING, files.c.batch_id.is_(None))
+                .where(
+                    files.c.source == source,
+                    files.c.status == PENDING,
+                    files.c.batch_id.is_(None),
+                    files.c.rule.is_(None),
+                )
                 .order_by(files.c.landing_day, files.c.id)
             ).all()
             batches = cut_batches(source, rows, max_archives=max_archives, max_bytes=max_bytes)
@@ -652,6 +703,37 @@ class Ledger:
         with self._writer.begin() as connection:
             self._require_ids(connection, {result.file_id for result in results})
             connection.execute(statement, parameters)
+
+    def hold(self, file_ids: Sequence[int], rule: str, reason: str) -> None:
+        """Keep files pending but out of every batch, with the rule and reason that hold them back (e.g. a
+        missing secret), in one transaction; `claim_batches` skips them until `release`."""
+        self._set(file_ids, batch_id=None, rule=rule, reason=reason)
+
+    def release(self, file_ids: Sequence[int]) -> None:
+        """Let held files be claimed again (the cause of the hold is gone), in one transaction."""
+        self._set(file_ids, rule=None, reason=None)
+
+    def held(self, source: str | None = None, rule: str | None = None) -> list[FileRow]:
+        """Files held back (pending with a rule), for one source and rule or all, in id order."""
+        conditions = [files.c.status == PENDING, files.c.batch_id.is_(None), files.c.rule.is_not(None)]
+        if source is not None:
+            conditions.append(files.c.source == source)
+        if rule is not None:
+            conditions.append(files.c.rule == rule)
+        return self._rows(*conditions)
+
+    def _set(self, file_ids: Sequence[int], **values: Any) -> None:
+        ids = sorted(set(file_ids))
+        if not ids:
+            return
+        with self._writer.begin() as connection:
+            self._require_ids(connection, set(ids))
+            for chunk in _chunks(ids, _MAX_IDS_PER_STATEMENT):
+                connection.execute(
+                    update(files)
+                    .where(files.c.id.in_(chunk), files.c.status == PENDING)
+                    .values(updated_at=_now(), **values)
+                )
 
     def assign_batch(self, file_ids: Sequence[int], batch_id: str) -> None:
         """Make `batch_id` the owner of these files (a backfill re-owning a day), in one transaction."""

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
-from pyiceberg.exceptions import CommitFailedException, TableAlreadyExistsError
 from pyiceberg.table import Table
 from pyiceberg.transforms import (
     BucketTransform,
@@ -19,6 +17,7 @@ from pyiceberg.transforms import (
 )
 
 from medlake_assets.tables.bronze import TABLE_PROPERTIES
+from medlake_assets.tables.catalog import ensure_table as ensure_catalog_table
 from medlake_assets.tables.merge import parse_partition
 
 _TRANSFORMS: dict[str, type[Transform]] = {
@@ -38,27 +37,11 @@ def _transform(field: str) -> tuple[str, Transform]:
 
 
 def ensure_table(catalog: Catalog, identifier: str, schema: pa.Schema, partition_by: Sequence[str]) -> Table:
-    """Create the table from an Arrow schema (all columns optional) and its partition spec, if absent.
-
-    A column added to the metadata later is added to the table (older rows read it as null).
-    """
+    """The table from an Arrow schema (all columns optional) and its partition fields (`partition_by` as in
+    the metadata), loaded, or created if absent (`tables.catalog.ensure_table`)."""
+    fields = []
+    for field in partition_by:
+        column, transform = _transform(field)
+        fields.append((column, transform, f"{column}_{type(transform).__name__.lower()}"))
     schema = pa.schema([field.with_nullable(True) for field in schema])
-    if not catalog.table_exists(identifier):
-        # Table and partition spec in one commit: a concurrent writer never sees it unpartitioned.
-        create = catalog.create_table_transaction(identifier, schema=schema, properties=TABLE_PROPERTIES)
-        if partition_by:
-            with create.update_spec() as update:
-                for field in partition_by:
-                    column, transform = _transform(field)
-                    update.add_field(column, transform, f"{column}_{type(transform).__name__.lower()}")
-        # Another writer created it first (with the same schema and spec): pyiceberg reports that as either.
-        with contextlib.suppress(TableAlreadyExistsError, CommitFailedException):
-            create.commit_transaction()
-        return catalog.load_table(identifier)
-    table = catalog.load_table(identifier)
-    missing = [name for name in schema.names if name not in table.schema().column_names]
-    if missing:
-        with table.update_schema() as update:
-            update.union_by_name(schema)
-        table = catalog.load_table(identifier)
-    return table
+    return ensure_catalog_table(catalog, identifier, schema, fields, TABLE_PROPERTIES)

@@ -13,6 +13,7 @@ from medlake_assets.definitions import build_definitions
 from medlake_assets.defs.runner import ingest_once
 from medlake_assets.generate import BAD_KINDS, write_feeds
 from medlake_assets.ingest.objectstore import LocalObjectStore
+from medlake_assets_tests.accounting import accounting_problems
 from medlake_assets_tests.ingest.archive_builders import gzip_bytes, zip_zipcrypto
 from medlake_assets_tests.lake_helpers import DAY, ledger_by_key, local_settings, open_lake, table_rows
 
@@ -46,6 +47,23 @@ def test_no_run_fails_on_bad_input(bad_lake):
     assert {bad["kind"] for bad in manifest["bad_files"]} == {kind.name for kind in BAD_KINDS}
     assert summary.runs > 0
     assert summary.failed_runs == 0
+
+
+def test_every_landed_object_member_and_record_is_accounted_for(bad_lake):
+    """The invariant over every kind of bad file the generator plants (half the archives are bad)."""
+    lake, manifest, _ = bad_lake
+    assert accounting_problems(lake) == []
+    # The generator's own counts agree with the ledger's, source by source.
+    ledger = ledger_by_key(lake)
+    for entry in manifest["archives"]:
+        row = ledger[entry["key"]]
+        assert row["status"] == entry["expect"], entry["key"]
+        if entry["expect"] == "loaded":
+            assert (row["members"], row["records"], row["rejected_records"]) == (
+                entry["members"],
+                entry["records"],
+                entry["rejected_records"],
+            ), entry["key"]
 
 
 @pytest.mark.parametrize("kind", [kind.name for kind in BAD_KINDS])

@@ -47,11 +47,13 @@ def test_sigkill_mid_ingest_then_rerun_equals_clean_run(tmp_path, archive_passwo
         "MEDLAKE_SOURCES_DIR": str(sources_dir),
     }
     command = [sys.executable, "-m", "medlake_assets.cli", "ingest", "--once"]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "ingest.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while loaded_files(killed_home) < total // 4 and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
-    assert process.poll() is None, "ingest finished before it could be killed"
+    assert process.poll() is None, f"ingest finished before it could be killed:\n{log.read_text()[-4000:]}"
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert 0 < loaded_files(killed_home) < total

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from medlake_assets.ingest.parsers.csv import parse_csv
-from medlake_assets.ingest.text import decode_text
+from medlake_assets.ingest.text import CONTROL_CHARACTER, decode_text
 from medlake_assets.ingest.types import MemberRejected, ParsedMember, RecordReject
 from medlake_assets.spec import ColumnSpec, CsvFormat, SourceSpec, load_source
 
@@ -413,10 +413,15 @@ def test_round_trip_with_csv_writer(rows: list[list[str]], delimiter: str) -> No
         fallbacks=[],
     )
 
-    assert parsed.rejects == []
-    assert parsed.ordinals == list(range(1, len(rows) + 1))
+    # Records holding a control character are rejected (the default policy); all others round-trip.
+    bad = [number for number, row in enumerate(rows, 1) if CONTROL_CHARACTER.search("".join(row))]
+    assert [(reject.record, reject.rule) for reject in parsed.rejects] == [
+        (number, "csv.control_character") for number in bad
+    ]
+    kept = [row for number, row in enumerate(rows, 1) if number not in bad]
+    assert parsed.ordinals == [number for number in range(1, len(rows) + 1) if number not in bad]
     assert parsed.columns == {
-        name: [None if row[index] in nulls else row[index] for row in rows]
+        name: [None if row[index] in nulls else row[index] for row in kept]
         for index, name in enumerate(header)
     }
 

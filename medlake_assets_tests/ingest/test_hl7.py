@@ -75,7 +75,7 @@ def parse(
 
 
 def adt_events_member() -> bytes:
-    """One A01..A08 sequence for one synthetic patient plus a lab result the source filters out."""
+    """One A01..A08 sequence for one synthetic patient plus a lab result the source does not accept."""
     messages = [
         [
             msh("SYNCTL0001", "ADT^A01^ADT_A01", charset="UNICODE UTF-8", ts="20240305083000"),
@@ -178,8 +178,9 @@ def test_adt_events_source_every_column_exact() -> None:
         fallbacks=spec.landing.encoding_fallbacks,
     )
 
-    assert parsed.rejects == []
-    assert parsed.ordinals == [1, 2, 4, 5, 6]  # the ORU^R01 (message 3) is filtered out, not rejected
+    # The ORU^R01 (message 3) is not an accepted type: quarantined with that rule, never dropped unseen.
+    assert [(r.record, r.line, r.rule) for r in parsed.rejects] == [(3, 11, "hl7.message_type_not_accepted")]
+    assert parsed.ordinals == [1, 2, 4, 5, 6]
     assert parsed.columns == {
         "message_control_id": ["SYNCTL0001", "SYNCTL0002", "SYNCTL0003", "SYNCTL0004", "SYNCTL0005"],
         "message_type": ["ADT", "ADT", "ADT", "ADT", "ADT"],
@@ -673,7 +674,9 @@ def test_message_type_filter(message_types: list[str], ids: list[str], ordinals:
     parsed = parse(typed_member(), columns(id="MSH-10"), fmt=Hl7Format(message_types=message_types))
     assert parsed.columns == {"id": ids}
     assert parsed.ordinals == ordinals
-    assert parsed.rejects == []
+    # The others are quarantined with the rule, so every message is accounted for.
+    assert [reject.record for reject in parsed.rejects] == sorted({1, 2, 3, 4} - set(ordinals))
+    assert {reject.rule for reject in parsed.rejects} <= {"hl7.message_type_not_accepted"}
 
 
 def test_null_tokens_and_empty_values_become_none() -> None:
@@ -778,3 +781,28 @@ def test_every_column_has_one_value_per_accepted_message() -> None:
         (11, "hl7.malformed_msh"),
         (21, "hl7.bad_segment"),
     ]
+
+
+# --- every message is accounted for ---------------------------------------------------------------------
+
+
+def test_msh2_declaring_other_separators_than_used_is_quarantined_not_dropped() -> None:
+    """`MSH|$~\\&` declares `$` as component separator while MSH-9 uses `^`: the type would read as
+    `ADT^A01` and the source's type filter would drop the message without a trace."""
+    mismatched = "\r".join([msh("SYNCTL2", "ADT^A01^ADT_A01", enc="$~\\&"), "PID|1||SYN2"])
+    member = "\r".join([adt("SYNCTL1"), mismatched, adt("SYNCTL3")])
+    parsed = parse(member, columns(id="MSH-10"), fmt=Hl7Format(message_types=["ADT"]))
+    assert parsed.columns == {"id": ["SYNCTL1", "SYNCTL3"]}
+    assert parsed.ordinals == [1, 3]
+    [reject] = parsed.rejects
+    assert (reject.record, reject.line, reject.rule) == (2, 5, "hl7.delimiter_mismatch")
+    assert "'$'" in reject.reason and "'^'" in reject.reason
+    assert reject.raw == mismatched
+
+
+def test_messages_the_type_filter_leaves_out_are_quarantined_with_the_rule() -> None:
+    parsed = parse(typed_member(), columns(id="MSH-10"), fmt=Hl7Format(message_types=["ADT"]))
+    assert parsed.ordinals == [1, 2, 4]
+    [reject] = parsed.rejects
+    assert (reject.record, reject.rule) == (3, "hl7.message_type_not_accepted")
+    assert reject.reason == "MSH-9 message type is not among the source's message_types ['ADT']"

@@ -322,3 +322,34 @@ def test_s3_listings_follow_every_page(s3_endpoint: str, s3_bucket: str) -> None
         f"landing/s/2024/03/{day:02d}/" for day in range(1, 6)
     ]
     assert len(calls) == 3  # 5 common prefixes, 2 per page
+
+
+def test_list_level_gives_folders_and_the_objects_directly_below(store: ObjectStore) -> None:
+    fill(store)
+    folders, objects = store.list_level("landing/lab_results/2024/03/02/")
+    assert folders == store.list_prefixes("landing/lab_results/2024/03/02/")
+    assert [(info.key, info.size) for info in objects] == [("landing/lab_results/2024/03/02/fac.zip", 17)]
+    assert store.list_level("") == (["landing/"], [next(iter(store.list("README.txt")))])
+    assert store.list_level("landing/nothing/") == ([], [])
+
+
+def test_content_id_is_the_same_for_the_same_bytes_wherever_and_whenever_written(store: ObjectStore) -> None:
+    """The ledger's identity of an object version: a copy or a restore of the same bytes keeps it, even
+    where the listing's own etag (locally size-mtime-inode) changes."""
+    store.put("a/k.bin", payload(1, 100))
+    (first,) = store.list("a/")
+    store.put("a/k.bin", payload(1, 100))  # rewritten: same bytes, new file
+    store.put("b/k.bin", payload(1, 100))
+    store.put("c/k.bin", payload(2, 100))
+    (again,), (copy,), (other,) = store.list("a/"), store.list("b/"), store.list("c/")
+    assert store.content_id(first) == store.content_id(again) == store.content_id(copy)
+    assert store.content_id(other) != store.content_id(first)
+
+
+def test_local_content_id_is_a_sha256_of_the_bytes(tmp_path: Path) -> None:
+    import hashlib
+
+    store = LocalObjectStore(tmp_path)
+    store.put("k.bin", payload(3, 5000))
+    (info,) = store.list("")
+    assert store.content_id(info) == "sha256:" + hashlib.sha256(payload(3, 5000)).hexdigest()

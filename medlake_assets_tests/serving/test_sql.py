@@ -126,3 +126,39 @@ def test_shell_ends_at_end_of_input_and_drops_an_unfinished_statement(serving, m
     console = Console(file=io.StringIO(), width=80)
     shell(connect(serving.lake), console)
     assert "one" not in console.file.getvalue()
+
+
+def test_reading_the_sqlite_ledger_never_loses_a_later_ledger_write(tmp_path):
+    """DuckDB's sqlite scanner links its own SQLite; if it opened the live ledger file, closing it dropped
+    this process's locks and another process deleted the WAL this process still wrote to: writes after
+    a `medlake sql` connection (a report, `ingest --once`'s summary) were lost to every other process."""
+    import subprocess
+    import sys
+    from datetime import date
+
+    from medlake_assets.config import load_settings
+    from medlake_assets.lake import Lake
+    from medlake_assets.tables.ledger import NewObject
+
+    lake = Lake(load_settings({"MEDLAKE_HOME": str(tmp_path)}))
+    database = tmp_path / "catalog.db"
+
+    def seen_by_another_process() -> int:
+        code = "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute(sys.argv[2]).fetchone()[0])"
+        query = "SELECT count(*) FROM medlake_files"
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(database), query], capture_output=True, text=True, check=True
+        )
+        return int(done.stdout)
+
+    for number in range(3):
+        con = connect(lake)
+        assert con.execute("SELECT count(*) FROM meta.files").fetchone()[0] == number
+        con.close()
+        assert seen_by_another_process() == number
+        key = f"landing/lab_results/2026/01/01/F1/{number}.csv.gz"
+        lake.ledger.register(
+            [NewObject("local", key, f"etag{number}", 1, "lab_results", "F1", date(2026, 1, 1))]
+        )
+    assert lake.ledger.counts()["pending"] == 3
+    assert seen_by_another_process() == 3

@@ -21,7 +21,12 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from medlake_assets.ingest.text import decode_text
+from medlake_assets.ingest.text import (
+    CONTROL_CHARACTER,
+    control_character_reason,
+    decode_text,
+    has_control_characters,
+)
 from medlake_assets.ingest.types import MemberRejected, ParsedMember, RecordReject
 from medlake_assets.spec.models import ColumnSpec, CsvFormat
 
@@ -47,7 +52,9 @@ def parse_csv(
     - A record whose field count differs from the header's is a `csv.field_count` reject (raw = the fields
       re-joined with the delimiter); one the reader cannot split (e.g. a field over the csv module's size
       limit) is a `csv.malformed` reject and reading resumes on the next line.
-    - Blank lines are not records. Values are kept as received except that `fmt.null_tokens` become None.
+    - Blank lines are not records. Values are kept as received except that `fmt.null_tokens` become None
+      and control characters are stripped, or their record rejected (`csv.control_character`, no raw text),
+      as `fmt.control_characters` says.
     - A reject's `line` is the record's first physical line (1-based, the header included); ordinals count
       every record, rejected ones too.
     - A member with no non-blank line: `MemberRejected("csv.empty")`; a header alone gives zero records.
@@ -101,7 +108,8 @@ def _read_with_polars(
 
     Polars pads a short record with nulls, keeps blank lines as all-null rows, reads an unquoted empty
     field as null, only ends lines at \n, and treats quotes inside unquoted fields differently. So the
-    member qualifies only if: no NUL and no \r outside \r\n; every quote belongs to a well-formed quoted
+    member qualifies only if: no control character (NUL included; values holding one are the standard
+    library path's to strip or reject) and no \r outside \r\n; every quote belongs to a well-formed quoted
     field; Polars raises nothing (it raises on a long record); its first row is the standard library's
     first record; the last column holds no null (no short record, no blank line); and no value reaches the
     csv module's field size limit.
@@ -109,10 +117,12 @@ def _read_with_polars(
     delimiter, quote = fmt.delimiter, fmt.quote
     if (
         not (delimiter.isascii() and quote.isascii())
-        or "\x00" in text
         or text.count("\r") != text.count("\r\n")
         or (quote in text and not _quotes_well_formed(text, delimiter, quote))
     ):
+        return None
+    encoded = text.encode()
+    if has_control_characters(encoded):
         return None
     # The header (or first record) and the declared positions exactly as the standard library path finds
     # them, MemberRejected included; only the first record is split here.
@@ -128,7 +138,7 @@ def _read_with_polars(
 
     try:
         frame = pl.read_csv(
-            text.encode(),
+            encoded,
             has_header=False,
             infer_schema=False,
             separator=delimiter,
@@ -197,9 +207,9 @@ def _parse_text(text: str, member: str, columns: Sequence[ColumnSpec], fmt: CsvF
         positions = _numbered_positions(width, columns, member)
     declared = [(column.name, index) for column in columns if (index := positions[column.name]) is not None]
     pending = [] if fmt.header else [first_row]
-    picked, rejects = _collect(
-        reader, width, [index for _, index in declared], pending, member, fmt.delimiter
-    )
+    # The per-value check runs only for a member that holds a control character somewhere.
+    control = fmt.control_characters if has_control_characters(text.encode()) else None
+    picked, rejects = _collect(reader, width, declared, pending, member, fmt.delimiter, control)
 
     nulls = frozenset(fmt.null_tokens)
     found = {
@@ -274,25 +284,49 @@ def _numbered_positions(width: int, columns: Sequence[ColumnSpec], member: str) 
 def _collect(
     reader: Reader,
     width: int,
-    indexes: list[int],
+    declared: list[tuple[str, int]],
     pending: list[list[str]],
     member: str,
     delimiter: str,
+    control: str | None = None,
 ) -> tuple[list[tuple[str, ...]], list[RecordReject]]:
-    """The declared fields of each well-shaped record (`pending` first) and the rejects: the hot loop.
+    """The declared fields (name, index) of each well-shaped record (`pending` first) and the rejects: the
+    hot loop. `control` is the policy for values with control characters (None: the member has none).
 
     Only small tuples of the declared fields are kept, never the reader's row lists: tuples of strings drop
     out of the garbage collector's tracking, so millions of kept rows do not slow every collection.
     """
-    pick = _picker(indexes)
-    picked = [pick(row) for row in pending]
+    pick = _picker([index for _, index in declared])
+    picked: list[tuple[str, ...]] = []
     rejects: list[RecordReject] = []
+
+    def keep(values: tuple[str, ...], line: int) -> None:
+        if control is not None and CONTROL_CHARACTER.search("".join(values)):
+            if control == "strip":
+                values = tuple(CONTROL_CHARACTER.sub("", value) for value in values)
+            else:
+                name, value = next(
+                    (name, value)
+                    for (name, _), value in zip(declared, values, strict=True)
+                    if CONTROL_CHARACTER.search(value)
+                )
+                record = len(picked) + len(rejects) + 1
+                reason = control_character_reason(name, value)
+                rejects.append(RecordReject(member, record, line, "csv.control_character", reason, None))
+                return
+        picked.append(values)
+
+    for row in pending:
+        keep(pick(row), reader.line_num)
     last_line = reader.line_num  # physical lines consumed before the next record
     while True:
         try:
             for row in reader:
                 if len(row) == width:
-                    picked.append(pick(row))
+                    if control is None:
+                        picked.append(pick(row))
+                    else:
+                        keep(pick(row), last_line + 1)
                 elif row:
                     rejects.append(
                         RecordReject(

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+from medlake_assets.ingest.text import apply_control_policy, has_control_characters
 from medlake_assets.ingest.types import MemberRejected, ParsedMember, RecordReject
 from medlake_assets.spec.models import ColumnSpec, Hl7Format
 
@@ -324,6 +325,7 @@ class _Header:
     """What the MSH segment says before the message is decoded (read from its ASCII-compatible bytes)."""
 
     delimiters: _Delimiters
+    type_field: str  # MSH-9 as received
     message_type: str  # MSH-9.1, upper-cased
     event: str  # MSH-9.2, upper-cased
     control_id: str  # MSH-10, '' when missing
@@ -349,7 +351,26 @@ def _read_header(msh: str, null_tokens: frozenset[str]) -> _Header | tuple[str, 
         return "hl7.missing_message_type", "MSH-9 message type is empty"
     type_parts = fields[8].split(delimiters.component)
     event = type_parts[1].strip().upper() if len(type_parts) > 1 else ""
-    return _Header(delimiters, message_type.upper(), event, first(10), first(18).upper())
+    return _Header(delimiters, fields[8], message_type.upper(), event, first(10), first(18).upper())
+
+
+def _undeclared_separators(header: _Header) -> str | None:
+    """Why MSH-9 shows that the message uses separators its MSH-2 does not declare, or None.
+
+    MSH-9 holds only codes and component separators, so one of HL7's customary separators `^~\\&` in it
+    that MSH-2 does not declare means the sender used separators other than the ones it declared (e.g.
+    MSH-2 `$~\\&` with `^` in the fields): read with the declared ones, the message would be split wrongly
+    or dropped by the type filter.
+    """
+    delimiters = header.delimiters
+    declared = {delimiters.component, delimiters.repetition, delimiters.subcomponent, delimiters.escape}
+    used = sorted({char for char in header.type_field if char in "^~\\&" and char not in declared})
+    if not used:
+        return None
+    return (
+        f"MSH-2 declares component separator {delimiters.component!r}, but MSH-9 (message type) uses "
+        f"{', '.join(repr(char) for char in used)}, which MSH-2 does not declare"
+    )
 
 
 def _index_segments(text: str, separator: str, needed: frozenset[str]) -> dict[str, list[str]] | int:
@@ -394,13 +415,11 @@ def parse_hl7(
     plan = _compile_plan(tuple(column.source for column in columns))
     output: dict[str, list[str | None]] = {column.name: [] for column in columns}
     targets = [output[column.name] for column in columns]
-    groups = [
-        (segment, occurrence, segment == "MSH", [(targets[index], path) for index, path in items])
-        for segment, occurrence, items in plan
-    ]
+    groups = [(segment, occurrence, segment == "MSH", items) for segment, occurrence, items in plan]
     needed = frozenset(segment for segment, *_ in groups)
     wanted_types, wanted_events = _type_filter(fmt.message_types)
     filtering = bool(wanted_types or wanted_events)
+    not_accepted = f"MSH-9 message type is not among the source's message_types {list(fmt.message_types)}"
     null_tokens = frozenset(fmt.null_tokens)
     extractor = _Extractor(null_tokens, join=fmt.repeat == "join")
     default_chain = _canonical_chain([encoding, *fallbacks])
@@ -409,6 +428,9 @@ def parse_hl7(
         data = data[len(_UTF8_BOM) :]
     lines = data.splitlines()
     spans, orphans = _split_member(lines, member)
+    # Values are checked one by one only in a member holding a control character somewhere.
+    control = fmt.control_characters if has_control_characters(data) else None
+    names = [column.name for column in columns]
 
     result = ParsedMember(columns=output)
     for orphan_start, orphan_end in orphans:
@@ -437,10 +459,16 @@ def parse_hl7(
         if isinstance(header, tuple):
             reject(span, *header, raw, default_chain)
             continue
+        mismatch = _undeclared_separators(header)
+        if mismatch is not None:
+            reject(span, "hl7.delimiter_mismatch", mismatch, raw, default_chain)
+            continue
         if filtering and (
             header.message_type not in wanted_types
             and (header.message_type, header.event) not in wanted_events
         ):
+            # Kept in quarantine rather than dropped: every message ends in bronze or quarantine.
+            reject(span, "hl7.message_type_not_accepted", not_accepted, raw, default_chain)
             continue
         if not header.control_id:
             reject(span, "hl7.missing_control_id", "MSH-10 message control id is empty", raw, default_chain)
@@ -468,16 +496,23 @@ def parse_hl7(
         # One extractor per member, re-pointed per message, saves building an object per message.
         extractor.delimiters = delimiters
         extractor.codec = codec
+        values = [None] * len(columns)
         for segment_name, occurrence, is_msh, items in groups:
             occurrences = found.get(segment_name)
             if occurrences is None or len(occurrences) < occurrence:
-                for target, _ in items:
-                    target.append(None)
                 continue
             fields = occurrences[occurrence - 1].split(separator)
             if is_msh:
                 fields.insert(1, separator)  # MSH-1 is the separator itself: align fields[n] with MSH-n
-            for target, path in items:
-                target.append(extractor.value(fields, path, is_msh))
+            for index, path in items:
+                values[index] = extractor.value(fields, path, is_msh)
+        if control is not None:
+            reason = apply_control_policy(values, names, control)
+            if reason is not None:  # no raw text: the archive's original is kept in quarantine/
+                rule = "hl7.control_character"
+                result.rejects.append(RecordReject(member, span.ordinal, span.line, rule, reason))
+                continue
+        for target, value in zip(targets, values, strict=True):
+            target.append(value)
         result.ordinals.append(span.ordinal)
     return result

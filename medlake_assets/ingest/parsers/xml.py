@@ -13,6 +13,7 @@ from typing import Any
 
 from lxml import etree
 
+from medlake_assets.ingest.text import apply_control_policy, has_control_characters
 from medlake_assets.ingest.types import ParsedMember, RecordReject
 from medlake_assets.spec.models import ColumnSpec, XmlFormat
 
@@ -63,8 +64,21 @@ def parse_xml(data: bytes, *, member: str, columns: Sequence[ColumnSpec], fmt: X
     if not records:
         reason = f"no element matches the record XPath {fmt.record_xpath!r}"
         return _rejected(member, columns, "xml.no_record", reason, record=None)
-    parsed = {name: [_as_text(path(record)) for record in records] for name, path in column_paths}
-    return ParsedMember(columns=parsed, ordinals=list(range(1, len(records) + 1)))
+    rows = [[_as_text(path(record)) for _, path in column_paths] for record in records]
+    names = [name for name, _ in column_paths]
+    result = ParsedMember(columns={name: [] for name in names})
+    # XML 1.0 refuses C0 controls in text (xml.malformed), but DEL and its C0 cousins via a declared
+    # encoding can reach a value; checked one by one only when the member holds one.
+    control = fmt.control_characters if has_control_characters(data) else None
+    for ordinal, (record, values) in enumerate(zip(records, rows, strict=True), 1):
+        if control is not None and (reason := apply_control_policy(values, names, control)) is not None:
+            line = record.sourceline
+            result.rejects.append(RecordReject(member, ordinal, line, "xml.control_character", reason))
+            continue
+        for name, value in zip(names, values, strict=True):
+            result.columns[name].append(value)
+        result.ordinals.append(ordinal)
+    return result
 
 
 def _compile(columns: Sequence[ColumnSpec], fmt: XmlFormat) -> _Compiled:
