@@ -3,9 +3,10 @@
 A lab_results-shaped silver table (key facility_id, order_id, test_code; identity partitions on
 facility_id) receives a batch of changes from the facilities a run's archives come from: updates,
 corrections arriving out of order (older than the stored row, so they must lose), exact duplicates, new
-keys and deletes. The merge (read touched partitions, Polars upsert, one filtered overwrite) runs in a
-fresh process so that its peak RSS is its own. The baseline is `Table.upsert` on a smaller table, also in
-its own process and stopped after a time limit (then reported as a lower bound).
+keys and deletes. The merge (the rows of the touched partitions within the batch's key bounds, read one
+data file at a time; Polars upsert; one commit) runs in a fresh process so that its peak RSS is its own.
+The baseline is `Table.upsert` on a smaller table, also in its own process and stopped after a time limit
+(then reported as a lower bound).
 """
 
 from __future__ import annotations
@@ -215,9 +216,9 @@ def _merge_child(work: str, name: str, changes_path: str) -> MergeRun:
     """Runs in a fresh process: read the touched partitions, merge, commit, report timings and peak RSS."""
     from medlake_assets.tables.merge import (
         commit_merge,
+        merge_filter,
         partition_by_of,
         read_current,
-        touched_partitions,
         upsert,
     )
 
@@ -225,7 +226,8 @@ def _merge_child(work: str, name: str, changes_path: str) -> MergeRun:
     changes = pl.read_parquet(changes_path)
     rows = int(table.current_snapshot().summary["total-records"])
     started = time.perf_counter()
-    overwrite_filter = touched_partitions(changes, partition_by_of(table), key=KEY)
+    # What a silver merge of one chunk reads and replaces: the touched partitions narrowed by the key.
+    overwrite_filter = merge_filter(changes, partition_by_of(table), KEY)
     current = read_current(table, overwrite_filter)
     read_done = time.perf_counter()
     merged = upsert(

@@ -59,7 +59,7 @@ from pyiceberg.transforms import (
 from pyiceberg.types import BooleanType, IcebergType, TimestamptzType
 
 from medlake_assets.tables.commits import CONFLICTS, REDO_ATTEMPTS, wait_before_redo
-from medlake_assets.tables.files import StagedFiles, commit_files
+from medlake_assets.tables.files import StagedFiles, commit_files, scan_frames
 
 LINEAGE_COLUMNS = ("_archive", "_member", "_record", "_facility", "_landing_day", "_ingested_at", "_batch")
 # Ties on the full sequence go to the later arrival; these columns define "later", in this order.
@@ -424,8 +424,12 @@ def merge_filter(changes: pl.DataFrame, partition_by: Sequence[str], key: Sequen
 
 
 def read_current(table: Table, overwrite_filter: BooleanExpression) -> pl.DataFrame:
-    """The table's rows matching the filter (the rows a merge replaces)."""
-    return pl.from_arrow(table.scan(row_filter=overwrite_filter).to_arrow())  # type: ignore[return-value]
+    """The table's rows matching the filter (the rows a merge replaces), read one data file at a time (no
+    copy of the whole read on top of the result, unlike `scan().to_arrow()`)."""
+    frames = list(scan_frames(table, overwrite_filter))
+    if not frames:
+        return pl.from_arrow(table.schema().as_arrow().empty_table())  # type: ignore[return-value]
+    return pl.concat(frames, how="vertical_relaxed", rechunk=False)
 
 
 def commit_merge(
