@@ -210,8 +210,9 @@ def _load_batch(
     return report
 
 
-WRITE_BYTES = 64 * 1024**2
-"""Arrow bytes of records buffered before they are written as a data file."""
+WRITE_BYTES = 32 * 1024**2
+"""Arrow bytes of records buffered before they are written as a data file (larger: fewer data files and a
+higher peak)."""
 
 
 class BronzeWriter:

@@ -68,7 +68,7 @@ def process_archive(
     and at least one was rejected; otherwise good records load and bad ones become rejects.
 
     With a `sink`, each member's records go to it a piece at a time as they are parsed (a large CSV member
-    in pieces of a few tens of MB) and a member's text is let go once parsed, so memory holds the archive's
+    in pieces of about 8 MiB of text) and a member's text is let go once parsed, so memory holds the archive's
     unpacked text and one piece, not the whole parse. A quarantined archive has sent nothing (no record).
     """
     result = ArchiveResult(context=context)

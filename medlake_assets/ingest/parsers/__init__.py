@@ -46,7 +46,7 @@ def parse_member_arrow(member: Member, spec: SourceSpec) -> ArrowMember:
 
 
 def parse_member_arrow_pieces(member: Member, spec: SourceSpec) -> Iterator[ArrowMember]:
-    """`parse_member_arrow` in pieces: a large CSV member a few tens of MB at a time
+    """`parse_member_arrow` in pieces: a large CSV member about 8 MiB of text at a time
     (`parse_csv_arrow_chunks`), any other member whole. A `MemberRejected` comes before the first piece."""
     fmt = spec.format
     if isinstance(fmt, CsvFormat):
