@@ -12,7 +12,6 @@ The baseline is `Table.upsert` on a smaller table, also in its own process and s
 from __future__ import annotations
 
 import multiprocessing
-import resource
 import tempfile
 import time
 from dataclasses import dataclass
@@ -214,6 +213,15 @@ def _create_table(work: Path, name: str, initial: pl.DataFrame):
 
 def _merge_child(work: str, name: str, changes_path: str) -> MergeRun:
     """Runs in a fresh process: read the touched partitions, merge, commit, report timings and peak RSS."""
+    from medlake_assets.bench.ingest import PeakRss
+
+    # Sampled here, not `ru_maxrss`: Linux carries the parent's high-water mark (the parent built the
+    # 10M-row table) into a spawned child, which made the earlier 5.1 GB figure the parent's, not the merge's.
+    with PeakRss().watch() as rss:
+        return _merge(work, name, changes_path, rss)
+
+
+def _merge(work: str, name: str, changes_path: str, rss) -> MergeRun:
     from medlake_assets.tables.merge import (
         commit_merge,
         merge_filter,
@@ -243,7 +251,7 @@ def _merge_child(work: str, name: str, changes_path: str) -> MergeRun:
         read_seconds=read_done - started,
         merge_seconds=merge_done - read_done,
         commit_seconds=commit_done - merge_done,
-        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        peak_rss_mb=rss.megabytes,
     )
 
 
