@@ -35,6 +35,7 @@ from medlake_assets.tables.merge import (
     commit_merge,
     key_bounds,
     merge_chunks,
+    merge_filter,
     merge_into,
     partition_by_of,
     plan_chunks,
@@ -289,9 +290,7 @@ def test_upsert_batch_touching_many_partitions_leaves_the_others_alone(upsert_ta
         + [(f, f"O-{f}-1", "T1", None, "P", 50, "D") for f in facilities[6:9]],
         arrived=2,
     )
-    table = apply(upsert_table, "upsert", initial)
-    files_before = {task.file.file_path for task in table.scan().plan_files()}
-    table = apply(table, "upsert", changes)
+    table = apply(upsert_table, "upsert", initial, changes)
     expected = []
     for index, f in enumerate(facilities):
         for n in range(3):
@@ -305,17 +304,40 @@ def test_upsert_batch_touching_many_partitions_leaves_the_others_alone(upsert_ta
     assert rows(table, [*DATA, "_deleted"]) == sorted(
         expected, key=lambda row: tuple((value is None, str(value)) for value in row)
     )
-    # The overwrite is a rewrite snapshot then an append snapshot of the merged keys, both with the batch id.
-    rewrite, add = (snapshot.summary for snapshot in table.snapshots()[-2:])
-    assert (rewrite["medlake.batch"], add["medlake.batch"], add["added-records"]) == ("b2", "b2", "9")
+    # The overwrite is a delete snapshot then an append snapshot, both carrying the batch id.
+    delete, add = (snapshot.summary for snapshot in table.snapshots()[-2:])
+    assert (delete["medlake.batch"], add["medlake.batch"], add["added-records"]) == ("b2", "b2", "30")
     if partition_by_of(table) == ["facility_id"]:
-        # Narrowed to each facility's order ids: the 6 files holding an updated or deleted key are rewritten
-        # without it; the files of untouched facilities and of those with new orders only (O-F-9 is past
-        # their files' order_id bounds) are neither read nor rewritten.
-        assert (rewrite.operation.value, rewrite["deleted-data-files"]) == ("overwrite", "6")
-        assert (rewrite["deleted-records"], rewrite["added-records"]) == ("18", "12")
-        files_after = {task.file.file_path for task in table.scan().plan_files()}
-        assert len(files_before & files_after) == 6
+        # Identity partitions: only the touched facilities' files are dropped, none is rewritten.
+        assert (delete.operation.value, delete["deleted-data-files"]) == ("delete", "9")
+        assert delete["deleted-records"] == "27"
+
+
+def test_merge_filter_narrows_one_facility_or_null_keys_only() -> None:
+    """Key ranges only where chunks need them (one facility cut by order ranges, null keys); many whole
+    facilities are selected by value, so their files are dropped whole rather than rewritten."""
+    one = batch("b", [("F1", "O3", "T1", "v", "P", 1, "U"), ("F1", "O7", "T1", "v", "P", 1, "U")], arrived=1)
+    between = And(GreaterThanOrEqual("order_id", "O3"), LessThanOrEqual("order_id", "O7"))
+    assert merge_filter(one, ["facility_id"], KEY) == And(
+        In("facility_id", ["F1"]), And(EqualTo("facility_id", "F1"), between)
+    )
+    many = batch("b", [("F1", "O3", "T1", "v", "P", 1, "U"), ("F2", "O7", "T1", "v", "P", 1, "U")], arrived=1)
+    assert merge_filter(many, ["facility_id"], KEY) == And(
+        In("facility_id", ["F1", "F2"]), In("facility_id", ["F1", "F2"])
+    )
+    nulls = batch(
+        "b", [("F1", None, "T1", "v", "P", 1, "U"), ("F2", "O7", "T1", "v", "P", 1, "U")], arrived=1
+    )
+    assert merge_filter(nulls, ["facility_id"], KEY) == And(
+        In("facility_id", ["F1", "F2"]),
+        Or(
+            And(EqualTo("facility_id", "F1"), IsNull("order_id")),
+            And(
+                EqualTo("facility_id", "F2"),
+                And(GreaterThanOrEqual("order_id", "O7"), LessThanOrEqual("order_id", "O7")),
+            ),
+        ),
+    )
 
 
 SCD2_COLUMNS = [*DATA, "_deleted", "_valid_from", "_valid_to", "_is_current", "_batch"]
