@@ -7,7 +7,7 @@ export MEDLAKE_HOME ?= $(CURDIR)/.medlake
 export DAGSTER_HOME ?= $(MEDLAKE_HOME)/dagster
 DEMO_ENV := $(MEDLAKE_HOME)/demo.env
 
-.PHONY: install run demo-data ingest ui test test-e2e test-tf test-all lint format bench bench-query workers bench-scale bench-soak bench-memory clean
+.PHONY: install superset-venv run demo-data ingest ui test test-e2e test-superset test-tf test-all lint format bench bench-query workers bench-scale bench-soak bench-memory clean
 
 install: $(VENV)/.installed
 
@@ -48,16 +48,31 @@ test: install
 	$(BIN)/ruff format --check medlake_assets medlake_dev medlake_assets_tests docs/examples
 	@$(TEST_SERVICES) && $(BIN)/python -m pytest -m "not e2e and not tf" -n 2 -q
 
+# Apache Superset pins other versions of Flask, SQLAlchemy and friends: it gets its own environment.
+SUPERSET_VENV := .venv-superset
+SUPERSET_PACKAGES := apache-superset==6.1.0 psycopg2-binary==2.9.13 flask-caching==2.3.1 cachetools==8.0.2 rich==15.0.0
+superset-venv: $(SUPERSET_VENV)/.installed
+
+$(SUPERSET_VENV)/.installed: $(VENV)/.installed
+	@test -x $(SUPERSET_VENV)/bin/python || $(BIN)/uv venv -q -p $(PYTHON) $(SUPERSET_VENV)
+	VIRTUAL_ENV=$(CURDIR)/$(SUPERSET_VENV) $(BIN)/uv pip install -q $(SUPERSET_PACKAGES)
+	@touch $@
+
 test-e2e: install
 	@scripts/ensure_test_clients.sh
-	@$(TEST_SERVICES) && $(BIN)/python -m pytest -m "e2e and not tf" -n 2 -q --durations=15
+	@$(TEST_SERVICES) && $(BIN)/python -m pytest -m "e2e and not tf and not superset" -n 2 -q --durations=15
+
+# Apache Superset against serve-sql: its environment is a large install and each Superset start takes
+# ~20 s, so it has its own target, outside `make test-e2e` and CI (which must stay under 15 minutes).
+test-superset: install superset-venv
+	@$(TEST_SERVICES) && $(BIN)/python -m pytest -m superset -q
 
 # TensorFlow is large and optional: its tests run in their own environment so .venv stays lean.
 test-tf: install
 	UV_PROJECT_ENVIRONMENT=.venv-tf $(BIN)/uv sync --frozen --extra dev --extra tf
 	@$(TEST_SERVICES) && .venv-tf/bin/python -m pytest -m tf -q
 
-test-all: test test-e2e
+test-all: test test-e2e test-superset
 
 lint: install
 	$(BIN)/ruff check medlake_assets medlake_dev medlake_assets_tests docs/examples
@@ -106,6 +121,12 @@ bench-soak: install $(DEMO_ENV)
 	@set -a && source $(DEMO_ENV) && set +a && \
 	  export MEDLAKE_BENCH_POSTGRES_URL="$$(scripts/start_postgres.sh)" && \
 	  $(BIN)/medlake bench soak --work-dir $(MEDLAKE_HOME)/bench-soak $(SOAK)
+
+# `medlake bench memory`: peak RSS of each bronze and silver run on a day holding 40 MB archives; exits 1 when
+# a run is above the bound (1.5 GB). The lake stays in $(MEDLAKE_HOME)/bench-memory.
+bench-memory: install $(DEMO_ENV)
+	@set -a && source $(DEMO_ENV) && set +a && \
+	  $(BIN)/medlake bench memory --work-dir $(MEDLAKE_HOME)/bench-memory
 
 clean:
 	rm -rf $(MEDLAKE_HOME)

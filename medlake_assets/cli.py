@@ -273,24 +273,29 @@ def serve_sql(
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: all interfaces)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 5433,
 ) -> None:
-    """Serve the lake read-only over the PostgreSQL protocol (psql, psycopg, PowerBI, Tableau, Metabase).
+    """Serve the lake read-only over the PostgreSQL protocol (psql, JDBC, ODBC, PowerBI, Tableau, Superset).
 
-    User from MEDLAKE_SQL_USER (default medlake), password from the secret MEDLAKE_SQL_PASSWORD (required).
-    No TLS: keep it on 127.0.0.1 or behind a TLS terminator.
+    Logins, roles and customers come from metadata/access/*.yaml, passwords from the secrets they name;
+    TLS, limits and the read-only ledger role from MEDLAKE_SQL_* settings (docs/serving.md).
     """
-    password = os.environ.get("MEDLAKE_SQL_PASSWORD", "")
-    if not password:
-        console.print("[red]MEDLAKE_SQL_PASSWORD is not set: serve-sql will not start without one[/red]")
-        raise typer.Exit(2)
     from medlake_assets.lake import Lake
-    from medlake_assets.serving.pgwire import serve
+    from medlake_assets.lake.settings import SettingsError
+    from medlake_assets.serving.pgwire import ServeError, build_server
+    from medlake_assets.spec.access import AccessError
 
-    user = os.environ.get("MEDLAKE_SQL_USER", "medlake")
-    console.print(f"serve-sql: PostgreSQL protocol on {host}:{port}, user {user}, read-only")
     try:
-        serve(Lake(load_settings()), host, port, user, password)
+        server = build_server(Lake(load_settings()), host, port)
+    except (ServeError, SettingsError, AccessError) as error:
+        console.print(f"[red]serve-sql will not start: {error}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+    tls = "TLS" if server.tls is not None else "no TLS: keep it on loopback"
+    console.print(f"serve-sql: PostgreSQL protocol on {host}:{port}, read-only, {tls}", highlight=False)
+    try:
+        server.serve_forever()
     except KeyboardInterrupt:
         console.print("serve-sql: stopped")
+    finally:
+        server.server_close()
 
 
 @app.command()
@@ -589,6 +594,16 @@ def maintain(
         counts = report_metadata(report)
         out.add_row(name, *[str(counts[c]) for c in [*columns, "orphan_megabytes", "seconds"]])
     Console(width=None if sys.stdout.isatty() else 160).print(out)
+    if not dry_run:
+        from medlake_assets.gold.spec import load_reports
+        from medlake_assets.lake.docs import refresh_docs
+
+        folder = lake.settings.reports_dir
+        reports = (
+            [(r.identifier, r.header.description) for r in load_reports(folder)] if folder.is_dir() else []
+        )
+        described = refresh_docs(lake, reports)  # column docs brought up to date with the metadata
+        console.print(f"column docs updated on {len(described)} tables", highlight=False)
 
 
 @app.command()

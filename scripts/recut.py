@@ -36,6 +36,8 @@ MOVES: list[tuple[str, str]] = [
     ("medlake_assets/tables/commits.py", "medlake_assets/lake/commits.py"),
     ("medlake_assets/tables/ledger.py", "medlake_assets/lake/ledger.py"),
     ("medlake_assets/tables/maintenance.py", "medlake_assets/lake/maintenance.py"),
+    ("medlake_assets/tables/docs.py", "medlake_assets/lake/docs.py"),
+    ("medlake_assets/tables/files.py", "medlake_assets/lake/files.py"),
     # ingest/ owns bronze writes.
     ("medlake_assets/tables/bronze.py", "medlake_assets/ingest/bronze.py"),
     # silver/: typing, cleaning, quality, silver tables and merges.

@@ -3,6 +3,11 @@
 Order matters for exactly-once: the Iceberg commit comes first and the ledger update second. A crash in
 between leaves the files `pending`; the retry sees the batch id in a snapshot summary and replaces the same
 archives' rows instead of appending them again.
+
+Bounded memory: records are written as data files of the bronze table while the batch is read
+(`BronzeWriter`, a file every `WRITE_BYTES` of Arrow data; a large archive piece by piece as it is parsed,
+`process_archives`), and the batch's single commit then adds all of them. A run holds about one archive's
+unpacked text and one buffer of records, not the batch.
 """
 
 from __future__ import annotations
@@ -13,9 +18,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
-from pyiceberg.expressions import EqualTo
+import pyarrow as pa
+from pyiceberg.expressions import AlwaysFalse, EqualTo, In
+from pyiceberg.table import Table
 
 from medlake_assets.ingest.bronze import (
+    BATCH_PROPERTY,
     arrow_schema,
     batch_committed,
     bronze_table,
@@ -27,11 +35,12 @@ from medlake_assets.ingest.pipeline import (
     ArchiveContext,
     ArchiveResult,
     ArchiveWork,
-    bronze_rows,
     process_archives,
     reject_rows,
+    with_lineage,
 )
 from medlake_assets.lake import Lake
+from medlake_assets.lake.files import StagedFiles, replace_with_files
 from medlake_assets.lake.ledger import PENDING, QUARANTINED, FileResult, FileRow
 from medlake_assets.spec import SourceSpec
 
@@ -122,33 +131,35 @@ def _load_batch(
             password = password_ref.resolve(context.facility) if password_ref else None
             yield ArchiveWork(data, context, spec, password, engine)
 
+    bronze = bronze_table(lake.catalog, spec)
+    rejects = quarantine_table(lake.catalog, spec)
+    writer = BronzeWriter(bronze)
     # Only the bytes of archives with something to quarantine are kept (the copy must be what was parsed).
     results: list[tuple[FileRow, ArchiveResult, int, bytes | None]] = []
     held: list[tuple[FileRow, str]] = []
-    for row, (item, result) in zip(files, process_archives(work()), strict=True):
-        if result.rule == "archive.no_password" and password_ref is not None:
-            # A missing secret is a configuration fault, not bad input: hold the archive, never quarantine it.
-            held.append((row, password_ref.env_names(row.facility or "")[0]))
-            continue
-        data = item.data if result.quarantined or result.rejects else None
-        results.append((row, result, len(item.data), data))
-    archive_results = [result for _, result, _, _ in results]
+    try:
+        for row, (item, result) in zip(files, process_archives(work(), sink=writer.add), strict=True):
+            if result.rule == "archive.no_password" and password_ref is not None:
+                # A missing secret is a configuration fault, not bad input: hold the archive, never
+                # quarantine it (it sent no record).
+                held.append((row, password_ref.env_names(row.facility or "")[0]))
+                continue
+            data = item.data if result.quarantined or result.rejects else None
+            results.append((row, result, len(item.data), data))
+        archive_results = [result for _, result, _, _ in results]
 
-    bronze = bronze_table(lake.catalog, spec)
-    rejects = quarantine_table(lake.catalog, spec)
-    # Held archives stay out of the commit: a re-sent key keeps its earlier version's rows until it loads.
-    keys = [row.key for row, *_ in results]
-    # Replace when this batch may already be in the table: a retry after a crash, or a backfill.
-    # Replace when these archives may already be in the table: a retry after a crash, a backfill, or a
-    # facility re-sending a file under the same key (a new version replaces the old one's rows).
-    replace = replace or batch_committed(bronze, batch_id) or bool(lake.ledger.loaded_keys(store.uri, keys))
-    commit_batch(
-        bronze,
-        bronze_rows(archive_results, arrow_schema(bronze), spec),
-        archives=keys,
-        batch_id=batch_id,
-        replace=replace,
-    )
+        # Held archives stay out of the commit: a re-sent key keeps its earlier version's rows until it
+        # loads. Replace when these archives may already be in the table: a retry after a crash, a
+        # backfill, or a facility re-sending a file under the same key (a new version replaces the old
+        # one's rows).
+        keys = [row.key for row, *_ in results]
+        replace = (
+            replace or batch_committed(bronze, batch_id) or bool(lake.ledger.loaded_keys(store.uri, keys))
+        )
+        writer.commit(keys, batch_id, replace)
+    except BaseException:
+        writer.discard()
+        raise
     commit_batch(
         rejects,
         reject_rows(archive_results, arrow_schema(rejects)),
@@ -197,6 +208,45 @@ def _load_batch(
     report.snapshot_id = bronze.metadata.current_snapshot_id
     report.seconds = time.perf_counter() - started
     return report
+
+
+WRITE_BYTES = 32 * 1024**2
+"""Arrow bytes of records buffered before they are written as a data file (larger: fewer data files and a
+higher peak)."""
+
+
+class BronzeWriter:
+    """Records of a batch with their lineage, written as staged data files of the bronze table as they come
+    (a file per `WRITE_BYTES`), committed together by `commit`."""
+
+    def __init__(self, table: Table, write_bytes: int | None = None) -> None:
+        self.staged = StagedFiles(table)
+        self.schema = arrow_schema(table)
+        self.write_bytes = write_bytes or WRITE_BYTES
+        self._buffer: list[pa.Table] = []
+        self._buffered = 0
+
+    def add(self, item: ArchiveWork, records: pa.Table) -> None:
+        self._buffer.append(with_lineage(records, item.context, self.schema))
+        self._buffered += records.nbytes
+        if self._buffered >= self.write_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buffer:
+            self.staged.write(pa.concat_tables(self._buffer))
+        self._buffer, self._buffered = [], 0
+
+    def commit(self, archives: Sequence[str], batch_id: str, replace: bool) -> None:
+        """Add the staged files in one commit; `replace` first deletes the rows of `archives` (a retry, a
+        backfill, a re-sent key), as `commit_batch` does."""
+        self.flush()
+        rows_of_archives = In("_archive", list(archives)) if replace and archives else AlwaysFalse()
+        replace_with_files(self.staged, rows_of_archives, {BATCH_PROPERTY: batch_id})
+
+    def discard(self) -> None:
+        self._buffer, self._buffered = [], 0
+        self.staged.discard()
 
 
 def _missing_secret_reason(spec: SourceSpec, facility: str) -> str:

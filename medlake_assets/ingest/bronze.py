@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
@@ -24,6 +24,7 @@ from pyiceberg.types import (
 from medlake_assets.lake.catalog import ensure_table
 from medlake_assets.lake.commits import CONFLICTS, REDO_ATTEMPTS, wait_before_redo
 from medlake_assets.spec import SourceSpec
+from medlake_assets.spec.descriptions import table_column_docs
 
 LINEAGE: list[tuple[str, IcebergType]] = [
     ("_archive", StringType()),
@@ -58,22 +59,25 @@ TABLE_PROPERTIES = {
 }
 
 
-def _schema(fields: Sequence[tuple[str, IcebergType]]) -> Schema:
+def _schema(fields: Sequence[tuple[str, IcebergType]], docs: Mapping[str, str] | None = None) -> Schema:
+    docs = docs or {}
     return Schema(
         *[
-            NestedField(field_id=i, name=name, field_type=kind, required=False)
+            NestedField(field_id=i, name=name, field_type=kind, required=False, doc=docs.get(name))
             for i, (name, kind) in enumerate(fields, 1)
         ]
     )
 
 
 def bronze_schema(spec: SourceSpec) -> Schema:
-    """Declared columns as received (strings), then the lineage columns."""
-    return _schema([(name, StringType()) for name in spec.column_names()] + LINEAGE)
+    """Declared columns as received (strings), then the lineage columns, with their descriptions."""
+    columns = [(name, StringType()) for name in spec.column_names()] + LINEAGE
+    return _schema(columns, table_column_docs(spec, f"bronze.{spec.name}"))
 
 
-def quarantine_schema() -> Schema:
-    return _schema(QUARANTINE_FIELDS)
+def quarantine_schema(spec: SourceSpec | None = None) -> Schema:
+    docs = table_column_docs(spec, f"quarantine.{spec.name}") if spec is not None else None
+    return _schema(QUARANTINE_FIELDS, docs)
 
 
 # Bronze and quarantine rows are partitioned by their landing day (identity).
@@ -87,7 +91,7 @@ def bronze_table(catalog: Catalog, spec: SourceSpec) -> Table:
 
 def quarantine_table(catalog: Catalog, spec: SourceSpec) -> Table:
     return ensure_table(
-        catalog, f"quarantine.{spec.name}", quarantine_schema(), _BY_LANDING_DAY, TABLE_PROPERTIES
+        catalog, f"quarantine.{spec.name}", quarantine_schema(spec), _BY_LANDING_DAY, TABLE_PROPERTIES
     )
 
 

@@ -85,12 +85,11 @@ def find_strays(store: ObjectStore, sources: Iterable[SourceSpec], today: date) 
     day folders after today (listed whole; they are rare). Days before the sensor's open window are not
     strays: `medlake ingest --once` and backfills load them.
     """
-    specs = {spec.name: spec for spec in sources}
+    names = {spec.name for spec in sources}
     folders, strays = store.list_level(LANDING)
     prefixes: list[str] = []
     for folder in folders:
-        spec = specs.get(_name(folder))
-        if spec is None:
+        if _name(folder) not in names:
             prefixes.append(folder)
             continue
         years, loose = store.list_level(folder)

@@ -6,7 +6,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -16,7 +16,7 @@ from multiprocessing import get_context
 import pyarrow as pa
 
 from medlake_assets.ingest.archives import unpack
-from medlake_assets.ingest.parsers import parse_member_arrow
+from medlake_assets.ingest.parsers import parse_member_arrow_pieces
 from medlake_assets.ingest.types import ArchiveRejected, MemberRejected, RecordReject
 from medlake_assets.spec import SourceSpec
 
@@ -38,18 +38,20 @@ class ArchiveResult:
     members: int = 0
     """Files in the archive: the members read and the ones not matching `member_pattern`."""
     table: pa.Table | None = None
-    """The loaded records: the declared columns (large_string), then `_member` and `_record`."""
+    """The loaded records: the declared columns (large_string), then `_member` and `_record` (None when they
+    went to a sink piece by piece, see `process_archive`)."""
     rejects: list[RecordReject] = field(default_factory=list)
     rule: str | None = None
     reason: str | None = None
+    records: int = 0
 
     @property
     def quarantined(self) -> bool:
         return self.rule is not None
 
-    @property
-    def records(self) -> int:
-        return self.table.num_rows if self.table is not None else 0
+
+RecordSink = Callable[[pa.Table], None]
+"""Takes an archive's records a piece at a time (the `ArchiveResult.table` columns), e.g. to write them."""
 
 
 def process_archive(
@@ -59,11 +61,16 @@ def process_archive(
     *,
     password: str | None,
     engine: str = "libarchive",
+    sink: RecordSink | None = None,
 ) -> ArchiveResult:
     """Unpack and parse one archive; never raises for bad input.
 
     The whole archive is quarantined when it cannot be opened or when none of its members yields a record
     and at least one was rejected; otherwise good records load and bad ones become rejects.
+
+    With a `sink`, each member's records go to it a piece at a time as they are parsed (a large CSV member
+    in pieces of about 8 MiB of text) and a member's text is let go once parsed, so memory holds the archive's
+    unpacked text and one piece, not the whole parse. A quarantined archive has sent nothing (no record).
     """
     result = ArchiveResult(context=context)
     landing = spec.landing
@@ -81,28 +88,35 @@ def process_archive(
         result.rule, result.reason = rejected.rule, rejected.reason
         return result
     members = unpacked.members
+    unmatched_names = unpacked.unmatched
+    del unpacked
     # Every file the archive holds, read or not: the unread ones are named in quarantine below.
-    result.members = len(members) + len(unpacked.unmatched)
+    result.members = len(members) + len(unmatched_names)
     names = spec.column_names()
-    columns: dict[str, list[pa.Array]] = {name: [] for name in names}
-    member_names: list[pa.Array] = []
-    ordinals: list[pa.Array] = []
-    for member in members:
+    kept: list[pa.Table] = []
+    members.reverse()  # popped in archive order, so each member's text is freed once parsed
+    while members:
+        member = members.pop()
         try:
-            parsed = parse_member_arrow(member, spec)
+            for parsed in parse_member_arrow_pieces(member, spec):
+                result.rejects.extend(parsed.rejects)
+                if not parsed.record_count:
+                    continue
+                arrays = [parsed.columns[name] for name in names]
+                arrays += [_repeat(member.name, pa.large_string(), parsed.record_count), parsed.ordinals]
+                piece = pa.Table.from_arrays(arrays, names=[*names, "_member", "_record"])
+                result.records += piece.num_rows
+                if sink is not None:
+                    sink(piece)
+                else:
+                    kept.append(piece)
         except MemberRejected as rejected:
             result.rejects.append(
                 RecordReject(member.name, None, rejected.line, rejected.rule, rejected.reason, None)
             )
-            continue
-        for name in names:
-            columns[name].append(parsed.columns[name])
-        member_names.append(_repeat(member.name, pa.large_string(), parsed.record_count))
-        ordinals.append(parsed.ordinals)
-        result.rejects.extend(parsed.rejects)
-    arrays = [_concat(columns[name], pa.large_string()) for name in names]
-    arrays += [_concat(member_names, pa.large_string()), _concat(ordinals, pa.int64())]
-    result.table = pa.Table.from_arrays(arrays, names=[*names, "_member", "_record"])
+        del member
+    if sink is None:
+        result.table = _concat_tables(kept, names)
     if not result.records and result.rejects:
         first = result.rejects[0]
         result.rule = first.rule
@@ -111,17 +125,21 @@ def process_archive(
     # Files of the archive the source does not read are named in quarantine, never dropped unseen.
     unmatched = f"the file does not match the source's member_pattern {landing.member_pattern!r}; not read"
     result.rejects.extend(
-        RecordReject(name, None, None, "archive.unmatched_member", unmatched) for name in unpacked.unmatched
+        RecordReject(name, None, None, "archive.unmatched_member", unmatched) for name in unmatched_names
     )
     return result
 
 
+def _concat_tables(tables: list[pa.Table], names: list[str]) -> pa.Table:
+    """One table of the pieces, each column one contiguous array (as the parsers' arrays were)."""
+    if not tables:
+        empty = [pa.array([], pa.large_string()) for _ in [*names, "_member"]] + [pa.array([], pa.int64())]
+        return pa.Table.from_arrays(empty, names=[*names, "_member", "_record"])
+    return pa.concat_tables(tables).combine_chunks()
+
+
 def _repeat(value: object, kind: pa.DataType, count: int) -> pa.Array:
     return pa.repeat(pa.scalar(value, kind), count)
-
-
-def _concat(chunks: list[pa.Array], kind: pa.DataType) -> pa.Array:
-    return pa.concat_arrays(chunks) if chunks else pa.array([], kind)
 
 
 @dataclass(frozen=True)
@@ -136,8 +154,17 @@ class ArchiveWork:
     engine: str = "libarchive"
 
 
-def _process(work: ArchiveWork) -> ArchiveResult:
-    return process_archive(work.data, work.context, work.spec, password=work.password, engine=work.engine)
+def _process(work: ArchiveWork, sink: RecordSink | None = None) -> ArchiveResult:
+    return process_archive(
+        work.data, work.context, work.spec, password=work.password, engine=work.engine, sink=sink
+    )
+
+
+IN_PROCESS_BYTES = 4 * 1024**2
+"""With a sink, an archive this large (compressed) is parsed in the calling process, piece by piece, rather
+than in a pool worker that would hold its whole parse and send it back pickled."""
+
+ArchiveSink = Callable[[ArchiveWork, pa.Table], None]
 
 
 def ingest_workers() -> int:
@@ -180,28 +207,49 @@ def _worker_pool(workers: int) -> ProcessPoolExecutor:
 
 
 def process_archives(
-    work: Iterable[ArchiveWork], *, workers: int | None = None
+    work: Iterable[ArchiveWork], *, workers: int | None = None, sink: ArchiveSink | None = None
 ) -> Iterator[tuple[ArchiveWork, ArchiveResult]]:
     """Each item of `work` with its `process_archive` result, in input order, on `workers` processes.
 
     `workers` defaults to `ingest_workers()`. At most eight archives per worker are in flight: enough that
     one slow archive at the head does not idle the others, few enough that a batch's bytes are not all held.
+
+    With a `sink`, every archive's records go to `sink(item, table)` instead of its result's `table`, in
+    input order, before the result is yielded: piece by piece for archives parsed in this process (all of
+    them with one worker; with more, those of `IN_PROCESS_BYTES` or more, after the pool's earlier ones).
     """
     workers = ingest_workers() if workers is None else workers
+
+    def here(item: ArchiveWork) -> ArchiveResult:
+        return _process(item, (lambda piece: sink(item, piece)) if sink is not None else None)
+
+    def handed_over(item: ArchiveWork, result: ArchiveResult) -> ArchiveResult:
+        if sink is not None and result.table is not None:
+            if result.records:
+                sink(item, result.table)
+            result.table = None
+        return result
+
     if workers == 1:
-        yield from ((item, _process(item)) for item in work)
+        yield from ((item, here(item)) for item in work)
         return
     pool = _worker_pool(workers)
     pending: deque[tuple[ArchiveWork, Future[ArchiveResult]]] = deque()
     try:
         for item in work:
+            if sink is not None and len(item.data) >= IN_PROCESS_BYTES:
+                while pending:
+                    done, future = pending.popleft()
+                    yield done, handed_over(done, future.result())
+                yield item, here(item)
+                continue
             pending.append((item, pool.submit(_process, item)))
             if len(pending) >= 8 * workers:
                 done, future = pending.popleft()
-                yield done, future.result()
+                yield done, handed_over(done, future.result())
         while pending:
             done, future = pending.popleft()
-            yield done, future.result()
+            yield done, handed_over(done, future.result())
     except BrokenProcessPool:
         _discard_pool()
         raise
@@ -220,24 +268,28 @@ def _discard_pool() -> None:
 
 def bronze_rows(results: list[ArchiveResult], schema: pa.Schema, spec: SourceSpec) -> pa.Table:
     """One Arrow table of the loaded archives' records, with lineage columns, in the bronze schema."""
-    tables = []
-    for result in results:
-        if result.quarantined or result.table is None or not result.records:
-            continue
-        count, context, table = result.records, result.context, result.table
-        lineage = {
-            "_archive": context.key,
-            "_facility": context.facility,
-            "_landing_day": context.landing_day,
-            "_ingested_at": context.ingested_at,
-            "_batch": context.batch_id,
-        }
-        arrays = [
-            table.column(name) if name in table.column_names else _repeat(lineage[name], kind, count)
-            for name, kind in zip(schema.names, schema.types, strict=True)
-        ]
-        tables.append(pa.Table.from_arrays(arrays, schema=schema))
+    tables = [
+        with_lineage(result.table, result.context, schema)
+        for result in results
+        if not result.quarantined and result.table is not None and result.records
+    ]
     return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def with_lineage(table: pa.Table, context: ArchiveContext, schema: pa.Schema) -> pa.Table:
+    """An archive's records (or a piece of them) with its lineage columns, in the bronze schema."""
+    lineage = {
+        "_archive": context.key,
+        "_facility": context.facility,
+        "_landing_day": context.landing_day,
+        "_ingested_at": context.ingested_at,
+        "_batch": context.batch_id,
+    }
+    arrays = [
+        table.column(name) if name in table.column_names else _repeat(lineage[name], kind, table.num_rows)
+        for name, kind in zip(schema.names, schema.types, strict=True)
+    ]
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def reject_rows(results: list[ArchiveResult], schema: pa.Schema) -> pa.Table:

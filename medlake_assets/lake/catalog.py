@@ -15,6 +15,7 @@ from pyiceberg.table import Table
 from pyiceberg.transforms import Transform
 from sqlalchemy.exc import IntegrityError
 
+from medlake_assets.lake.docs import apply_column_docs, schema_docs
 from medlake_assets.lake.settings import Settings
 
 NAMESPACES = ("bronze", "silver", "quarantine", "gold")
@@ -66,7 +67,8 @@ def ensure_table(
 
     Loading first matters: pyiceberg's `create_table_if_not_exists` creates first, so every call on an
     existing table wrote an orphan `00000-*.metadata.json` before finding the table. A column added to the
-    metadata later is added to the table (older rows read it as null).
+    metadata later is added to the table (older rows read it as null), and the schema's column docs
+    (descriptions from the metadata) are kept up to date.
     """
     try:
         table = catalog.load_table(identifier)
@@ -85,5 +87,7 @@ def ensure_table(
     if any(name not in table.schema().column_names for name in names):
         with table.update_schema() as update:
             update.union_by_name(schema)
+        table = catalog.load_table(identifier)
+    if apply_column_docs(table, schema_docs(schema)):  # descriptions changed in the metadata since creation
         table = catalog.load_table(identifier)
     return table

@@ -12,6 +12,7 @@ import shutil
 import sqlite3
 import tempfile
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -29,6 +30,19 @@ from medlake_assets.serving.deid import deid_configured, register_deid_views
 from medlake_assets.silver.quality.freshness import register_freshness_view
 
 EXTENSIONS = ("avro", "iceberg", "httpfs", "sqlite_scanner", "postgres_scanner")
+
+
+def needed_extensions(warehouse: str, ledger_url: str) -> list[str]:
+    """The extensions a lake's views need (each LOAD costs ~0.1-0.3 s, paid by every serve-sql connection)."""
+    needed = ["avro", "iceberg"]
+    if warehouse.startswith("s3://"):
+        needed.append("httpfs")
+    needed.append(
+        "sqlite_scanner" if urlparse(ledger_url).scheme.startswith("sqlite") else "postgres_scanner"
+    )
+    return needed
+
+
 SHELL_ROW_LIMIT = 1000
 SHELL_HELP = "SQL ends with ';' (may span lines). .tables lists the relations, .quit (or Ctrl-D) leaves."
 
@@ -105,6 +119,7 @@ def _attach_ledger(con: duckdb.DuckDBPyConnection, catalog_url: str) -> None:
         ("quality", "medlake_quality"),
         ("processed", "medlake_processed"),
         ("held", "medlake_held"),
+        ("sql_audit", "medlake_sql_audit"),
     ]:
         exists = con.execute(
             "SELECT count(*) FROM duckdb_tables() WHERE database_name = 'medlake_state' AND table_name = ?",
@@ -139,23 +154,32 @@ def _create_views(con: duckdb.DuckDBPyConnection, catalog: Catalog, as_of: AsOf 
         con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM iceberg_scan({location}{pinned})")
 
 
-def connect(lake: Lake, as_of: AsOf | None = None) -> duckdb.DuckDBPyConnection:
+def connect(
+    lake: Lake,
+    as_of: AsOf | None = None,
+    ledger_url: str | None = None,
+    extensions: Sequence[str] = EXTENSIONS,
+) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with `<namespace>.<table>` views for every Iceberg table and `meta.*`.
 
     With `as_of` (a snapshot id, or an ISO timestamp / datetime, naive meaning UTC) every view reads the
     snapshot that was current then, and tables created later are absent. `meta.*` (the ledger) is not
     versioned and shows the present: the moment of the call (a copy of it on the embedded SQLite ledger).
+    `ledger_url` attaches the ledger through another URL than the catalog's (serve-sql: a database role
+    that cannot write). `extensions` are loaded (all by default, so a session can also attach PostgreSQL
+    or read S3; serve-sql loads only `needed_extensions`).
     """
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     con.execute(f"SET extension_directory = {_quote(str(lake.settings.home / 'duckdb_extensions'))}")
-    for name in EXTENSIONS:
+    ledger_url = ledger_url or lake.settings.catalog_url
+    for name in extensions:
         import_extension(name, con=con)
         con.execute(f"LOAD {name}")
     if lake.settings.warehouse.startswith("s3://"):
         _configure_s3(con, lake.settings.s3_endpoint_url)
     _create_views(con, lake.catalog, as_of)
     _ = lake.ledger  # opening the ledger creates its tables on a lake nothing reached yet
-    _attach_ledger(con, lake.settings.catalog_url)
+    _attach_ledger(con, ledger_url)
     register_freshness_view(con, lake.sources)  # meta.freshness: each facility's cadence, lag and limit
     if deid_configured():
         register_deid_views(con, lake.sources)  # silver_deid.*: needs the secret MEDLAKE_DEID_KEY

@@ -7,25 +7,35 @@ to `quarantine.<source>` with their rule and reason. Then the gate decides per f
 passing rows stay in bronze, the decision goes to `meta.held`, `quality/held.py`); the passing rows of
 every other slice are merged in one commit. The batches count as taken in either way: held slices are
 taken up again, by themselves, when an operator releases them or when the metadata changes.
+
+Bounded memory: the rows are cut into chunks of about `CHUNK_ROWS` on local disk (`silver/chunks.py`:
+never splitting a key or a unique rule's group). Each chunk is typed and checked alone; its rejects and
+passing rows go to disk (rejects as data files of the quarantine table, committed once). A slice's counts
+are sums over chunks, so the gate takes the same decisions as on the whole day at once. Then the passing
+rows of published slices are merged chunk by chunk (`tables/merge.py: merge_chunks`) in one commit.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
 from functools import reduce
+from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
 from pyiceberg.expressions import And, BooleanExpression, EqualTo, In, Or
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 
-from medlake_assets.ingest.bronze import arrow_schema, bronze_table, quarantine_table, replace_rows
+from medlake_assets.ingest.bronze import bronze_table, quarantine_table
 from medlake_assets.lake import Lake
-from medlake_assets.silver.merge import LINEAGE_COLUMNS, MERGE_COLUMNS, merge_into
+from medlake_assets.lake.files import StagedFiles, replace_with_files
+from medlake_assets.silver.chunks import Chunks, spill_chunks
+from medlake_assets.silver.merge import LINEAGE_COLUMNS, MERGE_COLUMNS, merge_chunks
 from medlake_assets.silver.quality.gate import evaluate, facility_gate, metadata_version
 from medlake_assets.silver.quality.held import (
     RELEASED,
@@ -36,9 +46,15 @@ from medlake_assets.silver.quality.held import (
     supersede,
     to_evaluate,
 )
+from medlake_assets.silver.quality.schemas import build_schema
 from medlake_assets.silver.tables import ensure_table
 from medlake_assets.silver.typed import apply_types, typed_schema
 from medlake_assets.spec import SourceSpec
+from medlake_assets.spec.descriptions import table_column_docs
+
+CHUNK_ROWS = 200_000
+"""Bronze rows a silver run types, checks and merges at a time (about: a key is never split)."""
+SLICE = ["_batch", "_facility"]
 
 
 @dataclass
@@ -108,7 +124,7 @@ def _rejected_rows(frame: pl.DataFrame, rows: pl.DataFrame, columns: list[str]) 
     )
 
 
-def _quality_counts(quarantine: pl.DataFrame, gate) -> list[dict]:
+def _quality_counts(quarantine: pl.DataFrame, gate) -> pl.DataFrame:
     """Rows per batch, facility, rule and severity: every rejected row (casts included) and every warning."""
     errors = quarantine.group_by("_batch", "_facility", "rule").agg(pl.len().alias("rows"))
     errors = errors.with_columns(pl.lit("error").alias("severity"))
@@ -118,8 +134,72 @@ def _quality_counts(quarantine: pl.DataFrame, gate) -> list[dict]:
         frames.append(
             warned.select("_batch", "_facility", "rule", "severity", pl.col("rows").cast(pl.UInt32))
         )
-    counts = pl.concat([frame.cast({"rows": pl.Int64}) for frame in frames])
-    return counts.rename({"_batch": "batch_id", "_facility": "facility"}).to_dicts()
+    return pl.concat([frame.cast({"rows": pl.Int64}) for frame in frames])
+
+
+@dataclass
+class _Audit:
+    """What the chunks' audits add up to: per-slice counts, quality counts, and where passing rows are."""
+
+    passed: list[Path] = field(default_factory=list)
+    slice_rows: list[pl.DataFrame] = field(default_factory=list)
+    slice_rejected: list[pl.DataFrame] = field(default_factory=list)
+    slice_rules: list[pl.DataFrame] = field(default_factory=list)
+    quality: list[pl.DataFrame] = field(default_factory=list)
+
+    def totals(self) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+        """(rows, rejected rows, failures per rule) per slice over every chunk."""
+        slice_schema = {"_batch": pl.String(), "_facility": pl.String()}
+
+        def total(frames: list[pl.DataFrame], by: list[str], column: str) -> pl.DataFrame:
+            schema = {**slice_schema, **({"rule": pl.String()} if "rule" in by else {}), column: pl.Int64()}
+            return pl.concat([pl.DataFrame(schema=schema), *frames]).group_by(by).agg(pl.col(column).sum())
+
+        return (
+            total(self.slice_rows, SLICE, "rows"),
+            total(self.slice_rejected, SLICE, "rejected"),
+            total(self.slice_rules, [*SLICE, "rule"], "n"),
+        )
+
+    def quality_counts(self) -> list[dict]:
+        if not self.quality:
+            return []
+        counts = pl.concat(self.quality).group_by("_batch", "_facility", "rule", "severity")
+        counts = counts.agg(pl.col("rows").sum()).sort("_batch", "_facility", "rule", "severity")
+        return counts.rename({"_batch": "batch_id", "_facility": "facility"}).to_dicts()
+
+
+def _audit_chunk(
+    rows: pl.DataFrame, spec: SourceSpec, schema, report: SilverReport, audit: _Audit, rejects: StagedFiles
+) -> pl.DataFrame:
+    """Type and check one chunk of bronze rows: rejects staged for quarantine, counts added to `audit` and
+    `report`; returns the passing rows."""
+    typed = apply_types(rows, spec)
+    cast_failed = typed.failures.group_by("_row").agg(pl.col("rule").first(), pl.col("reason").first())
+    clean = typed.frame.with_row_index("_row").join(cast_failed.select("_row"), on="_row", how="anti")
+    del typed
+    gate = evaluate(clean.drop("_row"), spec, schema=schema)
+    gate_rows = gate.rejected.join(
+        clean.select("_row", *LINEAGE_COLUMNS[:3]), on=list(LINEAGE_COLUMNS[:3]), how="inner"
+    ).select("_row", "rule", "reason")
+    del clean
+    rejected = pl.concat([cast_failed.select("_row", "rule", "reason"), gate_rows])
+    quarantine = _rejected_rows(rows, rejected, spec.column_names())
+    report.rejected += quarantine.select(LINEAGE_COLUMNS[:3]).unique().height
+    report.rules.update(dict(quarantine.group_by("rule").len().iter_rows()))
+    report.rejected_by_facility.update(dict(quarantine.group_by("_facility").len().iter_rows()))
+    report.warnings.update(gate.warnings)
+    audit.quality.append(_quality_counts(quarantine, gate))
+    audit.slice_rows.append(rows.group_by(SLICE).agg(pl.len().cast(pl.Int64).alias("rows")))
+    audit.slice_rejected.append(
+        quarantine.select(*SLICE, *LINEAGE_COLUMNS[:3])
+        .unique()
+        .group_by(SLICE)
+        .agg(pl.len().cast(pl.Int64).alias("rejected"))
+    )
+    audit.slice_rules.append(quarantine.group_by(*SLICE, "rule").agg(pl.len().cast(pl.Int64).alias("n")))
+    rejects.write_frame(quarantine)
+    return gate.passed
 
 
 def _scan_filter(day: date, todo: list[str], again: list[HeldSlice]) -> BooleanExpression:
@@ -132,22 +212,12 @@ def _scan_filter(day: date, todo: list[str], again: list[HeldSlice]) -> BooleanE
     return And(EqualTo("_landing_day", day.isoformat()), reduce(Or, parts))
 
 
-def _slice_outcomes(
-    rows: pl.DataFrame, quarantine: pl.DataFrame, spec: SourceSpec, released: set[tuple[str, str]]
-) -> pl.DataFrame:
+def _slice_outcomes(audit: _Audit, spec: SourceSpec, released: set[tuple[str, str]]) -> pl.DataFrame:
     """One gate decision per facility and batch (see `facility_gate`); a released slice is never held."""
-    slice_key = ["_batch", "_facility"]
-    counts = rows.group_by(slice_key).agg(pl.len().alias("rows"))
-    rejected = (
-        quarantine.select(*slice_key, *LINEAGE_COLUMNS[:3])
-        .unique()
-        .group_by(slice_key)
-        .agg(pl.len().alias("rejected"))
-    )
-    rules = quarantine.group_by(*slice_key, "rule").agg(pl.len().alias("n"))
-    rules = rules.group_by(slice_key).agg(pl.struct("rule", "n").alias("rules"))
+    counts, rejected, rules = audit.totals()
+    rules = rules.group_by(SLICE).agg(pl.struct("rule", "n").alias("rules"))
     decided = facility_gate(
-        counts.join(rejected, on=slice_key, how="left").with_columns(pl.col("rejected").fill_null(0)), spec
+        counts.join(rejected, on=SLICE, how="left").with_columns(pl.col("rejected").fill_null(0)), spec
     )
     released_slices = pl.DataFrame(
         [(*key, True) for key in sorted(released)],
@@ -155,15 +225,64 @@ def _slice_outcomes(
         orient="row",
     )
     return (
-        decided.join(released_slices, on=slice_key, how="left")
+        decided.join(released_slices, on=SLICE, how="left")
         .with_columns(pl.col("released").fill_null(False))
         .with_columns((pl.col("held") & ~pl.col("released")).alias("held"))
-        .join(rules, on=slice_key, how="left")
-        .sort(slice_key)
+        .join(rules, on=SLICE, how="left")
+        .sort(SLICE)
     )
 
 
-def load_silver(lake: Lake, spec: SourceSpec, day: date, *, full: bool = False) -> SilverReport:
+def _properties(todo: list[str], again: list[HeldSlice]) -> dict[str, str]:
+    return {"medlake.silver_batches": json.dumps(todo + sorted({item.batch_id for item in again}))}
+
+
+def _audit_and_quarantine(
+    lake: Lake,
+    spec: SourceSpec,
+    day: date,
+    todo: list[str],
+    again: list[HeldSlice],
+    chunks: Chunks,
+    folder: Path,
+    released: set[tuple[str, str]],
+    report: SilverReport,
+) -> pl.DataFrame:
+    """Audit every chunk (passing rows to `folder`, their paths in `chunks.passed`), record the quality
+    counts, replace this stage's rejects of the run's archives; returns the gate's decision per slice."""
+    ledger = lake.ledger
+    schema = build_schema(spec)
+    rejects_table = quarantine_table(lake.catalog, spec)
+    rejects = StagedFiles(rejects_table)
+    audit = _Audit()
+    try:
+        for number, path in enumerate(chunks.paths):
+            passed = _audit_chunk(pl.read_parquet(path), spec, schema, report, audit, rejects)
+            audit.passed.append(folder / f"passed-{number:05d}.parquet")
+            passed.write_parquet(audit.passed[-1])
+            path.unlink()
+    except BaseException:
+        rejects.discard()
+        raise
+    chunks.passed = audit.passed
+    counts = audit.quality_counts()
+    ledger.record_quality(spec.name, "silver", day, todo, [c for c in counts if c["batch_id"] in todo])
+    for item in again:  # only that facility's counts of an earlier batch are replaced
+        mine = [c for c in counts if (c["batch_id"], c["facility"]) == (item.batch_id, item.facility)]
+        ledger.record_quality(spec.name, "silver", day, [item.batch_id], mine, facilities=[item.facility])
+    # Replace this stage's rejects of these archives (a re-run), leaving bronze-stage rejects alone.
+    replace_with_files(
+        rejects,
+        # Every earlier silver reject of these archives: a bronze backfill gives them new batch ids.
+        And(EqualTo("stage", "silver"), In("_archive", sorted(chunks.archives))),
+        _properties(todo, again),
+    )
+    return _slice_outcomes(audit, spec, released)
+
+
+def load_silver(
+    lake: Lake, spec: SourceSpec, day: date, *, full: bool = False, chunk_rows: int = CHUNK_ROWS
+) -> SilverReport:
     """Take the day's new bronze batches into `silver.<source>` (all of them when `full`), and take up
     again the day's held slices that an operator released or that changed metadata may now pass."""
     started = time.perf_counter()
@@ -184,61 +303,38 @@ def load_silver(lake: Lake, spec: SourceSpec, day: date, *, full: bool = False) 
     if not todo and not again:
         return report
     bronze = bronze_table(lake.catalog, spec)
-    rows = pl.from_arrow(bronze.scan(row_filter=_scan_filter(day, todo, again)).to_arrow())
-    report.rows_in = rows.height
-    typed = apply_types(rows, spec)
-    cast_failed = typed.failures.group_by("_row").agg(pl.col("rule").first(), pl.col("reason").first())
-    clean = typed.frame.with_row_index("_row").join(cast_failed.select("_row"), on="_row", how="anti")
-    gate = evaluate(clean.drop("_row"), spec)
-    gate_rows = gate.rejected.join(
-        clean.select("_row", *LINEAGE_COLUMNS[:3]), on=list(LINEAGE_COLUMNS[:3]), how="inner"
-    ).select("_row", "rule", "reason")
-    rejected = pl.concat([cast_failed.select("_row", "rule", "reason"), gate_rows])
-    quarantine = _rejected_rows(rows, rejected, spec.column_names())
-    report.rejected = quarantine.select(LINEAGE_COLUMNS[:3]).unique().height
-    report.rules.update(dict(quarantine.group_by("rule").len().iter_rows()))
-    report.rejected_by_facility.update(dict(quarantine.group_by("_facility").len().iter_rows()))
-    report.warnings.update(gate.warnings)
-    counts = _quality_counts(quarantine, gate)
-    ledger.record_quality(spec.name, "silver", day, todo, [c for c in counts if c["batch_id"] in todo])
-    for item in again:  # only that facility's counts of an earlier batch are replaced
-        mine = [c for c in counts if (c["batch_id"], c["facility"]) == (item.batch_id, item.facility)]
-        ledger.record_quality(spec.name, "silver", day, [item.batch_id], mine, facilities=[item.facility])
-    # Replace this stage's rejects of these archives (a re-run), leaving bronze-stage rejects alone.
-    rejects_table = quarantine_table(lake.catalog, spec)
-    properties = {"medlake.silver_batches": json.dumps(todo + sorted({i.batch_id for i in again}))}
-    target = arrow_schema(rejects_table)
-    replace_rows(
-        rejects_table,
-        quarantine.select(target.names).to_arrow().cast(target),
-        # Every earlier silver reject of these archives: a bronze backfill gives them new batch ids.
-        And(EqualTo("stage", "silver"), In("_archive", rows.get_column("_archive").unique().to_list())),
-        properties,
-    )
-    outcomes = _slice_outcomes(rows, quarantine, spec, released)
-    held_back = outcomes.filter(pl.col("held"))
-    report.held.update(
-        dict(held_back.group_by("_facility").agg((pl.col("rows") - pl.col("rejected")).sum()).iter_rows())
-    )
-    publish = gate.passed.join(
-        held_back.select("_batch", "_facility"), on=["_batch", "_facility"], how="anti"
-    )
-    report.published_facilities = outcomes.filter(~pl.col("held")).get_column("_facility").n_unique()
-    report.released = outcomes.filter(pl.col("released")).height
-    if publish.height:
-        table = ensure_table(lake.catalog, name, silver_schema(spec), spec.write.partition_by)
-        merged = merge_into(
-            table,
-            publish,
-            mode=spec.write.mode,
-            key=spec.write.primary_key,
-            sequence_by=spec.write.sequence_by,
-            sequence_ranks=spec.write.sequence_ranks or None,
-            delete_marker=spec.write.delete_marker_tuple,
-            snapshot_properties=properties,
+    with tempfile.TemporaryDirectory(prefix=f"medlake-silver-{spec.name}-") as scratch:
+        folder = Path(scratch)
+        chunks = spill_chunks(bronze, _scan_filter(day, todo, again), spec, folder, chunk_rows)
+        report.rows_in = chunks.rows
+        outcomes = _audit_and_quarantine(lake, spec, day, todo, again, chunks, folder, released, report)
+        held_back = outcomes.filter(pl.col("held"))
+        report.held.update(
+            dict(held_back.group_by("_facility").agg((pl.col("rows") - pl.col("rejected")).sum()).iter_rows())
         )
-        report.rows_written = publish.height
-        report.snapshot_id = merged.metadata.current_snapshot_id
+        published = outcomes.filter(~pl.col("held"))
+        report.published_facilities = published.get_column("_facility").n_unique()
+        report.released = outcomes.filter(pl.col("released")).height
+        report.rows_written = int(published.select((pl.col("rows") - pl.col("rejected")).sum()).item() or 0)
+        if report.rows_written:
+            docs = table_column_docs(spec, name)  # the Iceberg column docs, from the source metadata
+            table = ensure_table(lake.catalog, name, silver_schema(spec), spec.write.partition_by, docs)
+            held_keys = held_back.select(SLICE)
+
+            def publish(path: Path):
+                return lambda: pl.read_parquet(path).join(held_keys, on=SLICE, how="anti")
+
+            merged = merge_chunks(
+                table,
+                [publish(path) for path in chunks.passed],
+                mode=spec.write.mode,
+                key=spec.write.primary_key,
+                sequence_by=spec.write.sequence_by,
+                sequence_ranks=spec.write.sequence_ranks or None,
+                delete_marker=spec.write.delete_marker_tuple,
+                snapshot_properties=_properties(todo, again),
+            )
+            report.snapshot_id = merged.metadata.current_snapshot_id
     # After the commit: a crash before this line re-runs the batches, and the merge is idempotent.
     record(
         ledger,

@@ -1,16 +1,22 @@
 """Silver write modes as pure Polars merges, committed with one filtered Iceberg overwrite.
 
-A batch of typed change rows (declared columns plus lineage) is merged with the current silver rows of
-the partitions it touches, and the result replaces exactly those rows in one commit:
+A batch of typed change rows (declared columns plus lineage) is merged with the current silver rows that
+may hold its keys, and the result replaces exactly those rows in one commit:
 
-    overwrite_filter = touched_partitions(changes, partition_by, key=key)
+    overwrite_filter = And(touched_partitions(changes, partition_by, key=key), key_bounds(changes, key))
     current = read_current(table, overwrite_filter)
     merged = upsert(current, changes, key=..., sequence_by=...)          # or scd2(...)
     commit_merge(table, merged, overwrite_filter, {"medlake.batch": batch_id})
 
-`merge_into` does these four steps and redoes them when a concurrent commit conflicts.
-pyiceberg's own `Table.upsert` is not used: it took 221-317 s for 100k keys on a 1M-row partitioned
-table and 0.12.0 duplicates rows on partitioned tables (design.md section 5).
+`key_bounds` narrows the partitions to the ranges of the key's second column per value of its first (per
+facility, the batch's order ids), so data files whose column bounds miss every key of the batch are
+neither read nor rewritten; `merge_filter` uses it for a chunk of one facility (or with null keys), where
+chunks need it not to overlap. `merge_chunks` does these steps for a batch held chunk by chunk on disk (each
+chunk's merged rows written as data files right away, all of them committed at once: memory is one chunk),
+`merge_into` for one frame; both redo everything when a concurrent commit conflicts. `plan_chunks` cuts a
+batch into chunks whose filters never overlap. pyiceberg's own `Table.upsert` is not used: it took
+221-317 s for 100k keys on a 1M-row partitioned table and 0.12.0 duplicates rows on partitioned tables
+(design.md section 5).
 
 Modes:
 - `append`: no merge. The batch's rows replace the rows of its archives (`archive_filter`), exactly like
@@ -25,8 +31,7 @@ Modes:
 from __future__ import annotations
 
 import re
-import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime
 from functools import reduce
 from typing import Literal
@@ -36,10 +41,12 @@ from pyiceberg.expressions import (
     AlwaysFalse,
     And,
     BooleanExpression,
+    EqualTo,
     GreaterThanOrEqual,
     In,
     IsNull,
     LessThan,
+    LessThanOrEqual,
     Or,
 )
 from pyiceberg.table import Table
@@ -54,6 +61,7 @@ from pyiceberg.types import BooleanType, IcebergType, TimestamptzType
 
 from medlake_assets.errors import MedlakeError
 from medlake_assets.lake.commits import CONFLICTS, REDO_ATTEMPTS, wait_before_redo
+from medlake_assets.lake.files import StagedFiles, commit_files, scan_frames
 
 LINEAGE_COLUMNS = ("_archive", "_member", "_record", "_facility", "_landing_day", "_ingested_at", "_batch")
 # Ties on the full sequence go to the later arrival; these columns define "later", in this order.
@@ -299,9 +307,143 @@ def touched_partitions(
     return reduce(And, predicates)
 
 
+def key_bounds(changes: pl.DataFrame, key: Sequence[str], *, max_terms: int = 200) -> BooleanExpression:
+    """A row filter covering every row that may hold a version of the batch's keys, narrowed by the key.
+
+    With one key column: its values. With more: per value of the first key column, the range of the second
+    (`facility_id = 'F1' AND order_id BETWEEN min AND max`), so data files whose column bounds miss every
+    range are pruned by their metrics; past `max_terms` values of the first column (the filter is evaluated
+    against every data file in Python), all of them with one range of the second. A null matches a null.
+    """
+    if changes.is_empty():
+        return AlwaysFalse()
+    first = key[0]
+    if len(key) == 1:
+        return _values_filter(first, changes.get_column(first))
+    second = key[1]
+    groups = (
+        changes.filter(pl.col(first).is_not_null())
+        .group_by(first)
+        .agg(
+            pl.col(second).min().alias("low"),
+            pl.col(second).max().alias("high"),
+            pl.col(second).is_null().any().alias("nulls"),
+        )
+        .sort(first)
+    )
+    terms: list[BooleanExpression] = []
+    if groups.height > max_terms:
+        terms.append(
+            And(
+                _values_filter(first, groups.get_column(first)),
+                _range_filter(second, changes.get_column(second)),
+            )
+        )
+    else:
+        for value, low, high, nulls in groups.iter_rows():
+            within = _between(second, low, high) if low is not None else AlwaysFalse()
+            if nulls:
+                within = Or(within, IsNull(second))
+            terms.append(And(EqualTo(first, _literal(value)), within))
+    if changes.get_column(first).null_count():
+        terms.append(IsNull(first))
+    return _any(terms)
+
+
+def _any(terms: Sequence[BooleanExpression]) -> BooleanExpression:
+    # pyiceberg's Or of many terms builds a balanced tree (no deep recursion when it is evaluated).
+    return AlwaysFalse() if not terms else terms[0] if len(terms) == 1 else Or(*terms)
+
+
+def _between(column: str, low: object, high: object) -> BooleanExpression:
+    return And(GreaterThanOrEqual(column, _literal(low)), LessThanOrEqual(column, _literal(high)))
+
+
+def _values_filter(column: str, values: pl.Series) -> BooleanExpression:
+    literals = [_literal(value) for value in values.unique().drop_nulls().sort().to_list()]
+    found: BooleanExpression = In(column, literals) if literals else AlwaysFalse()
+    return Or(found, IsNull(column)) if values.null_count() else found
+
+
+def _range_filter(column: str, values: pl.Series) -> BooleanExpression:
+    known = values.drop_nulls()
+    found = _between(column, known.min(), known.max()) if len(known) else AlwaysFalse()
+    return Or(found, IsNull(column)) if values.null_count() else found
+
+
+def plan_chunks(groups: pl.DataFrame, columns: Sequence[str], max_rows: int) -> pl.DataFrame:
+    """A chunk number for every group of a batch's rows, so that the batch can be merged chunk by chunk.
+
+    `groups` has the distinct values of `columns` (the first one or two key columns) and their `rows`.
+    Rows with the same values always share a chunk, a chunk holds about `max_rows` rows, and the chunks'
+    `key_bounds` never overlap (each chunk's merge reads and replaces rows no other chunk touches):
+
+    - values of the first column are packed whole into chunks, in sorted order (a chunk is then a set of
+      first-column values no other chunk has);
+    - a first-column value with more than `max_rows` rows (a facility's 40 MB archive) gets chunks of its
+      own, cut between sorted values of the second column (disjoint ranges of it);
+    - groups with a null in any column go to one last chunk (`key_bounds` keeps nulls apart).
+
+    Returns `groups` with a `chunk` column numbered from 0 in that order.
+    """
+    first = columns[0]
+    start = pl.col("rows").cum_sum() - pl.col("rows")  # rows before this group
+    has_null = pl.any_horizontal(pl.col(name).is_null() for name in columns)
+    valid = groups.filter(~has_null)
+    per_first = valid.group_by(first).agg(pl.col("rows").sum()).sort(first)
+    large = per_first.filter(pl.col("rows") > max_rows) if len(columns) > 1 else per_first.clear()
+    whole = (
+        per_first.join(large.select(first), on=first, how="anti")
+        .sort(first)
+        .with_columns((start // max_rows).alias("chunk"))
+    )
+    offset = int(whole.get_column("chunk").max() or 0) + 1 if whole.height else 0
+    split = (
+        valid.join(large.select(first), on=first, how="semi")
+        .sort(columns[:2])
+        .with_columns((start.over(first) // max_rows).alias("part"))
+    )
+    split = split.with_columns(
+        (pl.struct(first, "part").rank("dense").cast(pl.Int64) - 1 + offset).alias("chunk")
+    ).drop("part")
+    last = int(split.get_column("chunk").max() or offset - 1) + 1 if split.height else offset
+    return pl.concat(
+        [
+            valid.join(large.select(first), on=first, how="anti").join(
+                whole.select(first, "chunk"), on=first, how="left"
+            ),
+            split,
+            groups.filter(has_null).with_columns(pl.lit(last, dtype=pl.Int64).alias("chunk")),
+        ],
+        how="vertical_relaxed",
+    ).with_columns(pl.col("chunk").cast(pl.Int64))
+
+
+def merge_filter(changes: pl.DataFrame, partition_by: Sequence[str], key: Sequence[str]) -> BooleanExpression:
+    """The rows an upsert or scd2 merge of `changes` reads and replaces: the touched partitions and values
+    of the key's first column, narrowed to the second column's ranges (`key_bounds`) only when the changes
+    hold a single value of the first column or a null in the first two key columns.
+
+    That is exactly when `plan_chunks` needs it for chunks that never overlap (a large facility cut by
+    order ranges; nulls kept apart). Narrowing many values costs more than it saves: measured on `bench
+    merge` (100 facilities, changes across each one's whole order range), the 100-term filter made the
+    read 6x and the commit 5x slower (files partly matching are rewritten instead of dropped whole).
+    """
+    partitions = touched_partitions(changes, partition_by, key=key)
+    firsts = changes.get_column(key[0])
+    nulls = any(changes.get_column(name).null_count() for name in key[:2])
+    if len(key) > 1 and (nulls or firsts.n_unique() == 1):
+        return And(partitions, key_bounds(changes, key))
+    return And(partitions, _values_filter(key[0], firsts))
+
+
 def read_current(table: Table, overwrite_filter: BooleanExpression) -> pl.DataFrame:
-    """The table's rows matching the filter (the rows a merge replaces)."""
-    return pl.from_arrow(table.scan(row_filter=overwrite_filter).to_arrow())  # type: ignore[return-value]
+    """The table's rows matching the filter (the rows a merge replaces), read one data file at a time (no
+    copy of the whole read on top of the result, unlike `scan().to_arrow()`)."""
+    frames = list(scan_frames(table, overwrite_filter))
+    if not frames:
+        return pl.from_arrow(table.schema().as_arrow().empty_table())  # type: ignore[return-value]
+    return pl.concat(frames, how="vertical_relaxed", rechunk=False)
 
 
 def commit_merge(
@@ -316,18 +458,104 @@ def commit_merge(
     between: pyiceberg then validates (serializable isolation, its default) that no commit since that read
     added or removed files the filter matches, and raises instead of losing a concurrent update.
     """
-    target = table.schema().as_arrow()
-    missing = [name for name in target.names if name not in merged.columns]
-    if missing:
-        merged = merged.with_columns(pl.lit(None).alias(name) for name in missing)
-    arrow = merged.select(target.names).to_arrow().cast(target)
-    if isinstance(overwrite_filter, AlwaysFalse) and not len(arrow):
-        return
+    staged = StagedFiles(table)
+    try:
+        staged.write_frame(merged)
+        commit_files(table, staged.files, overwrite_filter, snapshot_properties or {})
+    except CONFLICTS:
+        staged.discard()  # nothing of the attempt landed
+        raise
+
+
+Chunk = Callable[[], pl.DataFrame]
+"""Loads one chunk of a batch's change rows when the merge gets to it."""
+
+
+def merge_chunks(
+    table: Table,
+    chunks: Sequence[Chunk],
+    *,
+    mode: Literal["append", "upsert", "scd2"],
+    key: Sequence[str] = (),
+    sequence_by: Sequence[str] = (),
+    sequence_ranks: Mapping[str, Sequence[str]] | None = None,
+    delete_marker: tuple[str, str] | None = None,
+    snapshot_properties: Mapping[str, str] | None = None,
+    attempts: int = REDO_ATTEMPTS,
+) -> Table:
+    """Merge a batch given as chunks into `table` in one commit, holding one chunk at a time.
+
+    Each chunk is loaded, merged with the current rows of its `merge_filter` and written as data files at
+    once; one transaction then deletes what the chunks' filters matched and adds every file. For upsert and
+    scd2 no key may be in two chunks and the chunks' filters must not overlap (`plan_chunks`), else rows
+    that two filters match would be written twice. On a conflicting concurrent commit the staged files are
+    deleted and everything is redone on the refreshed table (a blind retry could lose the other writer's
+    rows). Returns the refreshed table.
+    """
     properties = dict(snapshot_properties or {})
-    with warnings.catch_warnings():
-        # A batch of only new partitions deletes nothing; pyiceberg warns about it, which is expected here.
-        warnings.filterwarnings("ignore", message="Delete operation did not match any records")
-        table.overwrite(arrow, overwrite_filter=overwrite_filter, snapshot_properties=properties)
+    for attempt in range(attempts):
+        staged = StagedFiles(table)
+        try:
+            replaced = _stage_merge(
+                table, staged, chunks, mode, key, sequence_by, sequence_ranks, delete_marker
+            )
+        except BaseException:
+            staged.discard()
+            raise
+        try:
+            commit_files(table, staged.files, replaced, properties)
+            return table.refresh()
+        except CONFLICTS:
+            staged.discard()  # nothing of the attempt landed
+            if attempt == attempts - 1:
+                name = ".".join(table.name())
+                raise MergeConflictError(
+                    f"table {name}: merge conflicted with concurrent commits {attempts} times"
+                ) from None
+            wait_before_redo(attempt)
+            table = table.refresh()
+    raise AssertionError("unreachable")
+
+
+def _stage_merge(
+    table: Table,
+    staged: StagedFiles,
+    chunks: Sequence[Chunk],
+    mode: str,
+    key: Sequence[str],
+    sequence_by: Sequence[str],
+    sequence_ranks: Mapping[str, Sequence[str]] | None,
+    delete_marker: tuple[str, str] | None,
+) -> BooleanExpression:
+    """Write every chunk's merged rows as staged files; returns the filter of the rows they replace."""
+    partition_by = partition_by_of(table)
+    replaced: list[BooleanExpression] = []
+    archives: set[str] = set()
+    for load in chunks:
+        changes = load()
+        if changes.is_empty():
+            continue
+        if mode == "append":
+            archives.update(changes.get_column("_archive").unique().drop_nulls().to_list())
+            staged.write_frame(append(changes))
+            continue
+        overwrite_filter = merge_filter(changes, partition_by, key)
+        merge = upsert if mode == "upsert" else scd2
+        merged = merge(
+            read_current(table, overwrite_filter),
+            changes,
+            key=key,
+            sequence_by=sequence_by,
+            sequence_ranks=sequence_ranks,
+            delete_marker=delete_marker,
+        )
+        del changes
+        staged.write_frame(merged)
+        replaced.append(overwrite_filter)
+    if mode == "append":
+        # Like `archive_filter`: a re-run of the batch replaces its archives' rows.
+        return In("_archive", sorted(archives)) if archives else AlwaysFalse()
+    return _any(replaced)
 
 
 def merge_into(
@@ -342,35 +570,16 @@ def merge_into(
     snapshot_properties: Mapping[str, str] | None = None,
     attempts: int = REDO_ATTEMPTS,
 ) -> Table:
-    """Read the touched partitions, merge the batch, commit; redo all of it if a concurrent commit conflicts.
-
-    Returns the refreshed table. A blind retry of the same overwrite could lose the other writer's rows,
-    hence the re-read and re-merge.
-    """
-    for attempt in range(attempts):
-        try:
-            if mode == "append":
-                commit_merge(table, append(changes), archive_filter(changes), snapshot_properties)
-                return table.refresh()
-            overwrite_filter = touched_partitions(changes, partition_by_of(table), key=key)
-            current = read_current(table, overwrite_filter)
-            merge = upsert if mode == "upsert" else scd2
-            merged = merge(
-                current,
-                changes,
-                key=key,
-                sequence_by=sequence_by,
-                sequence_ranks=sequence_ranks,
-                delete_marker=delete_marker,
-            )
-            commit_merge(table, merged, overwrite_filter, snapshot_properties)
-            return table.refresh()
-        except CONFLICTS:
-            if attempt == attempts - 1:
-                name = ".".join(table.name())
-                raise MergeConflictError(
-                    f"table {name}: merge conflicted with concurrent commits {attempts} times"
-                ) from None
-            wait_before_redo(attempt)
-            table = table.refresh()
-    raise AssertionError("unreachable")
+    """Read the rows that may hold the batch's keys, merge the batch, commit; redo all of it if a
+    concurrent commit conflicts (`merge_chunks` with one chunk). Returns the refreshed table."""
+    return merge_chunks(
+        table,
+        [lambda: changes],
+        mode=mode,
+        key=key,
+        sequence_by=sequence_by,
+        sequence_ranks=sequence_ranks,
+        delete_marker=delete_marker,
+        snapshot_properties=snapshot_properties,
+        attempts=attempts,
+    )

@@ -10,7 +10,17 @@ import polars as pl
 import pytest
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import ValidationException
-from pyiceberg.expressions import AlwaysFalse, And, GreaterThanOrEqual, In, LessThan, Or
+from pyiceberg.expressions import (
+    AlwaysFalse,
+    And,
+    EqualTo,
+    GreaterThanOrEqual,
+    In,
+    IsNull,
+    LessThan,
+    LessThanOrEqual,
+    Or,
+)
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
@@ -23,8 +33,12 @@ from medlake_assets.silver.merge import (
     append,
     archive_filter,
     commit_merge,
+    key_bounds,
+    merge_chunks,
+    merge_filter,
     merge_into,
     partition_by_of,
+    plan_chunks,
     read_current,
     scd2,
     touched_partitions,
@@ -299,6 +313,33 @@ def test_upsert_batch_touching_many_partitions_leaves_the_others_alone(upsert_ta
         assert delete["deleted-records"] == "27"
 
 
+def test_merge_filter_narrows_one_facility_or_null_keys_only() -> None:
+    """Key ranges only where chunks need them (one facility cut by order ranges, null keys); many whole
+    facilities are selected by value, so their files are dropped whole rather than rewritten."""
+    one = batch("b", [("F1", "O3", "T1", "v", "P", 1, "U"), ("F1", "O7", "T1", "v", "P", 1, "U")], arrived=1)
+    between = And(GreaterThanOrEqual("order_id", "O3"), LessThanOrEqual("order_id", "O7"))
+    assert merge_filter(one, ["facility_id"], KEY) == And(
+        In("facility_id", ["F1"]), And(EqualTo("facility_id", "F1"), between)
+    )
+    many = batch("b", [("F1", "O3", "T1", "v", "P", 1, "U"), ("F2", "O7", "T1", "v", "P", 1, "U")], arrived=1)
+    assert merge_filter(many, ["facility_id"], KEY) == And(
+        In("facility_id", ["F1", "F2"]), In("facility_id", ["F1", "F2"])
+    )
+    nulls = batch(
+        "b", [("F1", None, "T1", "v", "P", 1, "U"), ("F2", "O7", "T1", "v", "P", 1, "U")], arrived=1
+    )
+    assert merge_filter(nulls, ["facility_id"], KEY) == And(
+        In("facility_id", ["F1", "F2"]),
+        Or(
+            And(EqualTo("facility_id", "F1"), IsNull("order_id")),
+            And(
+                EqualTo("facility_id", "F2"),
+                And(GreaterThanOrEqual("order_id", "O7"), LessThanOrEqual("order_id", "O7")),
+            ),
+        ),
+    )
+
+
 SCD2_COLUMNS = [*DATA, "_deleted", "_valid_from", "_valid_to", "_is_current", "_batch"]
 
 
@@ -453,3 +494,96 @@ def test_pure_merges_without_a_table() -> None:
     assert history.sort("order_id", "_is_current").select(
         "order_id", "value", "_valid_to", "_is_current"
     ).rows() == [("O1", "1", None, True), ("O2", "2", ts(1), False), ("O2", "3", None, True)]
+
+
+def test_plan_chunks_packs_whole_values_splits_a_large_one_and_keeps_nulls_apart() -> None:
+    groups = pl.DataFrame(
+        {
+            "facility_id": ["F1", "F2", "F2", "F2", "F2", "F3", None, "F4"],
+            "order_id": ["O1", "O1", "O2", "O3", "O4", "O1", "O1", None],
+            "rows": [2, 3, 3, 3, 3, 1, 1, 1],
+        }
+    )
+    plan = plan_chunks(groups, ["facility_id", "order_id"], 5)
+    chunk = {(f, o): c for f, o, c in plan.select("facility_id", "order_id", "chunk").iter_rows()}
+    # F1 and F3 are packed whole (F1 first, then F3: sorted), F2 (12 rows) gets chunks of its own cut
+    # between order ids, and the groups with a null go to one last chunk.
+    assert chunk[("F1", "O1")] == chunk[("F3", "O1")] == 0
+    assert [chunk[("F2", o)] for o in ("O1", "O2", "O3", "O4")] == [1, 1, 2, 2]
+    assert chunk[(None, "O1")] == chunk[("F4", None)] == 3
+    assert plan.height == groups.height
+
+
+def test_key_bounds_narrow_to_each_first_value_and_keep_nulls() -> None:
+    changes = pl.DataFrame(
+        {"facility_id": ["F1", "F1", "F2", None], "order_id": ["O3", "O7", None, "O1"]},
+    )
+    bounds = key_bounds(changes, ["facility_id", "order_id"])
+    assert bounds == Or(
+        And(
+            EqualTo("facility_id", "F1"),
+            And(GreaterThanOrEqual("order_id", "O3"), LessThanOrEqual("order_id", "O7")),
+        ),
+        And(EqualTo("facility_id", "F2"), IsNull("order_id")),
+        IsNull("facility_id"),
+    )
+    many = pl.DataFrame({"facility_id": ["F1", "F2", "F3"], "order_id": ["O5", "O1", "O9"]})
+    assert key_bounds(many, ["facility_id", "order_id"], max_terms=2) == And(
+        In("facility_id", ["F1", "F2", "F3"]),
+        And(GreaterThanOrEqual("order_id", "O1"), LessThanOrEqual("order_id", "O9")),
+    )
+
+
+@pytest.mark.parametrize("mode", ["upsert", "scd2"])
+@pytest.mark.parametrize("partition", ["identity", "bucket", "none"])
+def test_merge_in_chunks_equals_one_merge(tmp_path: Path, partition: str, mode: str) -> None:
+    """A batch merged in planned chunks of 2-3 rows (into rows written before, nulls in the key too) gives
+    the table one merge gives, in one commit."""
+    initial = batch(
+        "b1",
+        [(f, f"O{n}", "T1", f"v{n}", "P", n, "U") for f in ("F1", "F2", "F3") for n in range(6)]
+        + [("F1", None, "T1", "null order", "P", 1, "U")],
+        arrived=1,
+    )
+    changes = batch(
+        "b2",
+        [("F1", f"O{n}", "T1", "final", "F", 20, "U") for n in range(0, 6, 2)]
+        + [("F2", "O9", "T1", "new", "P", 20, "U"), ("F3", "O1", "T1", None, "P", 20, "D")]
+        + [
+            ("F1", None, "T1", "null order again", "F", 20, "U"),
+            (None, "O1", "T1", "no facility", "P", 20, "U"),
+        ],
+        arrived=2,
+    )
+    key = ["facility_id", "order_id"]
+    groups = changes.group_by(key).agg(pl.len().alias("rows"))
+    plan = plan_chunks(groups, key, 2)
+    numbered = changes.join(plan.select(*key, "chunk"), on=key, how="left", nulls_equal=True)
+    parts = [part.drop("chunk") for _, part in sorted(numbered.partition_by("chunk", as_dict=True).items())]
+    assert len(parts) >= 4
+
+    def merged(chunks: list[pl.DataFrame], home: Path) -> list[tuple]:
+        table = apply(make_table(home, mode, partition), mode, initial)
+        before = len(table.snapshots())
+        table = merge_chunks(
+            table,
+            [lambda part=part: part for part in chunks],
+            mode=mode,  # type: ignore[arg-type]
+            key=KEY,
+            sequence_by=SEQUENCE,
+            sequence_ranks=RANKS,
+            delete_marker=DELETE,
+            snapshot_properties={"medlake.batch": "b2"},
+        )
+        assert {s.summary["medlake.batch"] for s in table.snapshots()[before:]} == {"b2"}
+        return rows(table, UPSERT_COLUMNS if mode == "upsert" else SCD2_COLUMNS)
+
+    (tmp_path / "one").mkdir()
+    (tmp_path / "chunks").mkdir()
+    expected = merged([changes], tmp_path / "one")
+    assert merged(parts, tmp_path / "chunks") == expected
+    if mode == "upsert":
+        assert len(expected) == 3 * 6 + 1 + 2  # F2's new order and the row without a facility
+    else:  # every version kept; F1's updated orders close their first version at minute 20
+        assert len(expected) == 3 * 6 + 1 + len(changes)
+        assert ("F1", "O0", "T1", "v0", "P", ts(0), "U", False, ts(0), ts(20), False, "b1") in expected

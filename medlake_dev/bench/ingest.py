@@ -105,7 +105,7 @@ class IngestBenchmark:
         return table
 
 
-class _PeakRss:
+class PeakRss:
     """Peak resident memory of this process plus its children, sampled every 20 ms in a thread."""
 
     def __init__(self) -> None:
@@ -125,7 +125,7 @@ class _PeakRss:
             self._stop.wait(0.02)
 
     @contextmanager
-    def watch(self) -> Iterator[_PeakRss]:
+    def watch(self) -> Iterator[PeakRss]:
         thread = threading.Thread(target=self._sample, daemon=True)
         thread.start()
         try:
@@ -235,7 +235,7 @@ def run_ingest_benchmark(
 
     list(process_archives(iter([]), workers=workers))  # start the pool outside the measurement
     members = records = 0
-    with _PeakRss().watch() as parse_rss:
+    with PeakRss().watch() as parse_rss:
         started = time.perf_counter()
         for _, result in process_archives(parse_work(), workers=workers):
             if not result.quarantined:
@@ -247,7 +247,7 @@ def run_ingest_benchmark(
     with (
         tempfile.TemporaryDirectory() as dagster_home,
         dg.DagsterInstance.local_temp(dagster_home) as instance,
-        _PeakRss().watch() as pipeline_rss,
+        PeakRss().watch() as pipeline_rss,
     ):
         started = time.perf_counter()
         with console.status("ingesting through the Dagster sensors and runs"):
@@ -256,7 +256,7 @@ def run_ingest_benchmark(
     with (
         tempfile.TemporaryDirectory() as dagster_home,
         dg.DagsterInstance.local_temp(dagster_home) as instance,
-        _PeakRss().watch() as silver_rss,
+        PeakRss().watch() as silver_rss,
     ):
         started = time.perf_counter()
         with console.status("bringing silver up to date"):

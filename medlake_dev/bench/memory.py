@@ -1,15 +1,16 @@
-"""`medlake bench memory`: peak memory of an ingest run whose batch holds the largest production archives.
+"""`medlake bench memory`: peak memory of ingest and silver runs whose batch holds the largest production
+archives.
 
 A landing day of production-shaped archives from the generator plus one 40 MB archive of each of the
-largest-expanding formats (lab results CSV, ~11x; ADT HL7 v2, ~7.5x), every archive its own password-
-protected zip. Each stage runs in a fresh child process, as a run worker of `medlake workers` does it
-(`MEDLAKE_INGEST_WORKERS=1`), and is sampled every 20 ms (the process and its children):
+largest-expanding formats (lab results CSV, ~11.5x: ~460 MB of text; ADT HL7 v2, ~7.5x), every archive its
+own password-protected zip. Each stage runs in a fresh child process, as a run worker of `medlake workers`
+does it (`MEDLAKE_INGEST_WORKERS=1`), and is sampled every 20 ms (the process and its children):
 
-- bronze: the landing sensor's batch of each source loaded (`load_batch`: unpack, parse, commit, ledger);
-- silver: each source's silver table brought up to date for the day (`load_silver`: type, check, merge).
+- bronze: the landing sensor's batches of each source loaded (`load_batch`: unpack, parse, commit, ledger);
+- silver: each source's silver table brought up to date for the whole day at once (`load_silver`: type,
+  check, merge), then `silver.encounters` from the day's ADT events (`load_encounters`).
 
-The bound (1.5 GB by default) is asserted for every bronze batch: the command exits 1 when one is above.
-Silver is measured and reported against the same bound.
+The bound (1.5 GB by default) is asserted for every stage: the command exits 1 when one is above.
 """
 
 from __future__ import annotations
@@ -31,12 +32,16 @@ from rich.table import Table
 LARGE_BYTES = 40_000_000
 
 
+ENCOUNTERS = "encounters"
+
+
 @dataclass
 class StageMemory:
     stage: str
     source: str
     archives: int
     megabytes_in: float
+    rows: int
     peak_mb: float
     seconds: float
 
@@ -88,31 +93,38 @@ class _Peak:
         self._stop.set()
 
 
-def _stage(home: str, stage: str, source: str, day: date) -> tuple[int, float, float]:
-    """In a child process: one source's bronze batches (or its silver) for the day; (archives, MB, s)."""
+def _stage(home: str, stage: str, source: str, day: date) -> tuple[int, float, int, float]:
+    """In a child process: one source's bronze batches (or its silver) for the day;
+    (archives, MB, rows, s)."""
     import time
 
     from medlake_assets.ingest.batch import load_batch
     from medlake_assets.lake import Lake
     from medlake_assets.lake.settings import load_settings
+    from medlake_assets.silver.encounters_load import load_encounters
     from medlake_assets.silver.load import load_silver
 
     # One process per run, as `medlake workers` runs them (MEDLAKE_INGEST_WORKERS=1): what is measured is
     # a run worker's own memory.
     os.environ["MEDLAKE_INGEST_WORKERS"] = "1"
     lake = Lake(load_settings({**os.environ, "MEDLAKE_HOME": home}))
-    spec = lake.sources[source]
     started = time.perf_counter()
+    if source == ENCOUNTERS:
+        adt = next(spec for spec in lake.sources.values() if spec.format.kind == "hl7v2")
+        visits = load_encounters(lake, adt, day)["visits"]
+        return 0, 0.0, visits, time.perf_counter() - started
+    spec = lake.sources[source]
     if stage == "silver":
-        load_silver(lake, spec, day)
-        return 0, 0.0, time.perf_counter() - started
-    archives, size = 0, 0
+        report = load_silver(lake, spec, day)
+        return 0, 0.0, report.rows_in, time.perf_counter() - started
+    archives, size, records = 0, 0, 0
     for batch in lake.ledger.unfinished_batches(source):
         files = lake.ledger.batch_files(batch.batch_id)
         report = load_batch(lake, spec, batch.batch_id, files)
         archives += report.archives
         size += report.bytes_read
-    return archives, size / 1e6, time.perf_counter() - started
+        records += report.records
+    return archives, size / 1e6, records, time.perf_counter() - started
 
 
 def _measure(home: Path, stage: str, source: str, day: date) -> StageMemory:
@@ -122,11 +134,11 @@ def _measure(home: Path, stage: str, source: str, day: date) -> StageMemory:
         thread = threading.Thread(target=peak.sample, args=(pid,), daemon=True)
         thread.start()
         try:
-            archives, megabytes, seconds = child.submit(_stage, str(home), stage, source, day).result()
+            archives, megabytes, rows, seconds = child.submit(_stage, str(home), stage, source, day).result()
         finally:
             peak.stop()
             thread.join()
-    return StageMemory(stage, source, archives, megabytes, peak.peak / 2**20, seconds)
+    return StageMemory(stage, source, archives, megabytes, rows, peak.peak / 2**20, seconds)
 
 
 def run_memory_benchmark(
@@ -157,14 +169,15 @@ def run_memory_benchmark(
             spec.name, max_archives=spec.ingest.max_archives_per_run, max_bytes=spec.ingest.max_bytes_per_run
         )
     results = []
-    for stage in ("bronze", "silver"):
-        for spec in specs:
-            with console.status(f"{stage} {spec.name}"):
-                results.append(_measure(home, stage, spec.name, day))
+    stages = [("bronze", spec.name) for spec in specs] + [("silver", spec.name) for spec in specs]
+    stages.append(("silver", ENCOUNTERS))
+    for stage, source in stages:
+        with console.status(f"{stage} {source}"):
+            results.append(_measure(home, stage, source, day))
     table = Table(
         title=f"medlake bench memory: peak RSS of one stage in a fresh process (bound {bound_mb:,.0f} MB)"
     )
-    for column in ("stage", "source", "archives", "MB in", "peak RSS MB", "seconds", "within bound"):
+    for column in ("stage", "source", "archives", "MB in", "rows", "peak RSS MB", "seconds", "within bound"):
         table.add_column(column, justify="left" if column in ("stage", "source") else "right")
     for result in results:
         table.add_row(
@@ -172,6 +185,7 @@ def run_memory_benchmark(
             result.source,
             str(result.archives) if result.stage == "bronze" else "",
             f"{result.megabytes_in:.1f}" if result.stage == "bronze" else "",
+            f"{result.rows:,}",
             f"{result.peak_mb:,.0f}",
             f"{result.seconds:.1f}",
             "yes" if result.peak_mb <= bound_mb else "[red]no[/red]",

@@ -944,9 +944,10 @@ def _document_payload(rng: random.Random, plan: ArchivePlan, budget: int) -> Pay
 
 
 def _build_payload(rng: random.Random, plan: ArchivePlan, limits: ArchiveLimits) -> Payload:
-    """The archive's members: text of about target size x expected ratio, within half the reader's limits."""
+    """The archive's members: text of about target size x expected ratio, within 90% of the reader's total
+    limit (a 40 MB lab archive is ~460 MB of CSV; its limit is 512 MiB) and half its member limit."""
     budget = min(
-        round(plan.target_bytes * EXPECTED_RATIO[plan.source]), limits.max_total_uncompressed_bytes // 2
+        round(plan.target_bytes * EXPECTED_RATIO[plan.source]), limits.max_total_uncompressed_bytes * 9 // 10
     )
     member_cap = min(MAX_MEMBER_TEXT, limits.max_member_bytes // 2)
     if plan.source in CSV_SOURCES:

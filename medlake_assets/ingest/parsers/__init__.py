@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from medlake_assets.ingest.parsers.csv import ArrowMember
 from medlake_assets.ingest.types import Member, ParsedMember
 from medlake_assets.spec import CsvFormat, Hl7Format, SourceSpec, XmlFormat
@@ -41,3 +43,22 @@ def parse_member_arrow(member: Member, spec: SourceSpec) -> ArrowMember:
             fallbacks=spec.landing.encoding_fallbacks,
         )
     return ArrowMember.from_parsed(parse_member(member, spec))
+
+
+def parse_member_arrow_pieces(member: Member, spec: SourceSpec) -> Iterator[ArrowMember]:
+    """`parse_member_arrow` in pieces: a large CSV member about 8 MiB of text at a time
+    (`parse_csv_arrow_chunks`), any other member whole. A `MemberRejected` comes before the first piece."""
+    fmt = spec.format
+    if isinstance(fmt, CsvFormat):
+        from medlake_assets.ingest.parsers.csv import parse_csv_arrow_chunks
+
+        yield from parse_csv_arrow_chunks(
+            member.data,
+            member=member.name,
+            columns=spec.columns,
+            fmt=fmt,
+            encoding=spec.landing.encoding,
+            fallbacks=spec.landing.encoding_fallbacks,
+        )
+        return
+    yield parse_member_arrow(member, spec)
