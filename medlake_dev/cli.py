@@ -3,6 +3,7 @@ by `medlake_assets.cli` when this package is installed beside it."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -108,6 +109,8 @@ def demo(
                 reports.add_row(report.name, f"{dev.url}/runs/{run_id}", outcome)
             console.print(summary_table("ingested by the landing sensor"))
             console.print(reports)
+            if (manifest_path := settings.home / "manifest.json").exists():
+                console.print(planted_faults(json.loads(manifest_path.read_text())), highlight=False)
             console.print(
                 f"Dagster UI: {dev.url} (runs under their jobs: {dev.url}/runs, assets: {dev.url}/assets)\n"
                 f"Report pages: {settings.home / 'reports'}/<report>/<partition or run time>/report.html\n"
@@ -411,3 +414,18 @@ def bench_soak(
         out.print(table)
     if not result.ok:
         raise typer.Exit(1)
+
+
+def planted_faults(manifest: dict) -> str:
+    """What the generator made bad on purpose, so a red check in the demo reads as the fault it shows."""
+    totals = {key: sum(counts[key] for counts in manifest["sources"].values()) for key in PLANTED}
+    return (
+        f"Planted faults (generate --bad-rate): {totals['archives_quarantined']} archives meant for "
+        f"quarantine, {totals['rejected_records']} records meant to be rejected in bronze and "
+        f"{totals['silver_rejected_records']} in silver. They are in quarantine.* and meta.files with their "
+        "rules (`medlake status`); the quarantine_rate and quality_gate checks that warn or fail in the UI "
+        "show these faults."
+    )
+
+
+PLANTED = ("archives_quarantined", "rejected_records", "silver_rejected_records")

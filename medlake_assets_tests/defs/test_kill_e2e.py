@@ -26,6 +26,7 @@ def loaded_files(home) -> int:
 
 
 @pytest.mark.e2e
+@pytest.mark.faults
 def test_sigkill_mid_ingest_then_rerun_equals_clean_run(tmp_path, archive_password):
     sources_dir = tmp_path / "sources"
     import shutil

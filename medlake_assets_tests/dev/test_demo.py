@@ -13,6 +13,8 @@ from medlake_assets.defs.gold import report_job_name, report_run_tags
 from medlake_assets.gold import load_reports
 from medlake_assets.lake import Lake
 from medlake_assets.lake.settings import load_settings
+from medlake_assets_tests.lake_helpers import DAY
+from medlake_dev.cli import PLANTED, planted_faults
 from medlake_dev.demo import LOCATION, REPOSITORY, DagsterDev, free_port, wait_until_ingested
 from medlake_dev.generate import write_feeds
 
@@ -71,3 +73,15 @@ def test_dagster_ui_shows_runs_under_jobs_and_filled_landing_days(tmp_path, monk
             node = dev.graphql(PARTITIONS, {"path": path})["assetNodeOrError"]
             assert node["partitionKeys"] == [day], path
             assert node["partitionStats"] == {"numMaterialized": 1, "numPartitions": 1, "numFailed": 0}, path
+
+
+def test_the_demo_names_the_faults_the_generator_planted(tmp_path, archive_password):
+    generation = {"facilities": 2, "archives": 24, "seed": 3, "bad_rate": 0.3, "size_scale": 0.01}
+    manifest = write_feeds(tmp_path, day=DAY, **generation)
+    sources = manifest["sources"].values()
+    planted = {key: sum(counts[key] for counts in sources) for key in PLANTED}
+    assert planted["archives_quarantined"] > 0  # the seed plants bad archives
+    text = planted_faults(manifest)
+    assert f"{planted['archives_quarantined']} archives meant for quarantine" in text
+    assert f"{planted['rejected_records']} records meant to be rejected in bronze" in text
+    assert f"{planted['silver_rejected_records']} in silver" in text

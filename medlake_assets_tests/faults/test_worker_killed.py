@@ -24,6 +24,7 @@ def bronze_runs_in_progress(instance: dg.DagsterInstance) -> int:
 
 
 @pytest.mark.e2e
+@pytest.mark.faults
 def test_run_worker_sigkilled_mid_batch_then_next_ingest_equals_clean_run(make_lake, fault_feeds, clean_run):
     """Killed: the `medlake ingest --once` process executing the runs (the run worker), with SIGKILL, while
     a bronze batch run is in progress and after earlier batches were loaded. The next `ingest --once` marks
