@@ -7,7 +7,7 @@ export MEDLAKE_HOME ?= $(CURDIR)/.medlake
 export DAGSTER_HOME ?= $(MEDLAKE_HOME)/dagster
 DEMO_ENV := $(MEDLAKE_HOME)/demo.env
 
-.PHONY: install superset-venv run demo-data ingest ui test test-e2e test-superset test-tf test-all lint format bench bench-query workers bench-scale bench-soak bench-memory clean
+.PHONY: install superset-venv run demo-data ingest ui test test-e2e test-faults test-superset test-tf test-all lint format bench bench-query workers bench-scale bench-soak bench-memory clean
 
 install: $(VENV)/.installed
 
@@ -44,8 +44,8 @@ TEST_SERVICES = pg="$${MEDLAKE_TEST_POSTGRES_URL:-$$(scripts/start_postgres.sh)}
 	export MEDLAKE_TEST_POSTGRES_URL="$$pg" MEDLAKE_TEST_S3_ENDPOINT="$$s3"
 
 test: install
-	$(BIN)/ruff check medlake_assets medlake_assets_tests docs/examples
-	$(BIN)/ruff format --check medlake_assets medlake_assets_tests docs/examples
+	$(BIN)/ruff check medlake_assets medlake_dev medlake_assets_tests docs/examples
+	$(BIN)/ruff format --check medlake_assets medlake_dev medlake_assets_tests docs/examples
 	@$(TEST_SERVICES) && $(BIN)/python -m pytest -m "not e2e and not tf" -n 2 -q
 
 # Apache Superset pins other versions of Flask, SQLAlchemy and friends: it gets its own environment.
@@ -60,7 +60,12 @@ $(SUPERSET_VENV)/.installed: $(VENV)/.installed
 
 test-e2e: install
 	@scripts/ensure_test_clients.sh
-	@$(TEST_SERVICES) && $(BIN)/python -m pytest -m "e2e and not tf and not superset" -n 2 -q --durations=15
+	@$(TEST_SERVICES) && $(BIN)/python -m pytest -m "e2e and not tf and not superset and not faults" -n 2 -q --durations=15
+
+# The fault-injection suite (each test runs ingestion two or three times beside a fault and compares the
+# lake with a clean run): ~8 minutes on 2 cores, so outside `make test-e2e` and CI (15-minute budget).
+test-faults: install
+	@$(TEST_SERVICES) && $(BIN)/python -m pytest -m faults -n 2 -q --durations=15
 
 # Apache Superset against serve-sql: its environment is a large install and each Superset start takes
 # ~20 s, so it has its own target, outside `make test-e2e` and CI (which must stay under 15 minutes).
@@ -72,14 +77,14 @@ test-tf: install
 	UV_PROJECT_ENVIRONMENT=.venv-tf $(BIN)/uv sync --frozen --extra dev --extra tf
 	@$(TEST_SERVICES) && .venv-tf/bin/python -m pytest -m tf -q
 
-test-all: test test-e2e test-superset
+test-all: test test-e2e test-faults test-superset
 
 lint: install
-	$(BIN)/ruff check medlake_assets medlake_assets_tests docs/examples
+	$(BIN)/ruff check medlake_assets medlake_dev medlake_assets_tests docs/examples
 
 format: install
-	$(BIN)/ruff check --fix medlake_assets medlake_assets_tests docs/examples
-	$(BIN)/ruff format medlake_assets medlake_assets_tests docs/examples
+	$(BIN)/ruff check --fix medlake_assets medlake_dev medlake_assets_tests docs/examples
+	$(BIN)/ruff format medlake_assets medlake_dev medlake_assets_tests docs/examples
 
 bench: install $(DEMO_ENV)
 	@set -a && source $(DEMO_ENV) && set +a && $(BIN)/medlake bench ingest

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dagster as dg
 
-from medlake_assets.config import Settings, load_settings
+from medlake_assets.defs.bronze import build_source_defs
 from medlake_assets.defs.flow import build_flow_defs
+from medlake_assets.defs.gold import build_report_defs, load_reports, report_automation_sensor
 from medlake_assets.defs.landing import unrouted_sensor
 from medlake_assets.defs.maintenance import build_maintenance_defs
-from medlake_assets.defs.reports import build_report_defs, load_reports, report_automation_sensor
 from medlake_assets.defs.resources import LakeResource
 from medlake_assets.defs.silver import (
     build_freshness_defs,
@@ -16,7 +16,7 @@ from medlake_assets.defs.silver import (
     silver_automation_sensor,
     silver_catch_up_sensor,
 )
-from medlake_assets.defs.sources import build_source_defs
+from medlake_assets.lake.settings import Settings, load_settings
 from medlake_assets.spec import load_sources
 
 

@@ -20,7 +20,7 @@ from sqlalchemy import text
 
 from medlake_assets.ingest.pipeline import ArchiveResult
 from medlake_assets.lake import Lake
-from medlake_assets.tables.ledger import LOADED, PENDING, QUARANTINED
+from medlake_assets.lake.ledger import LOADED, PENDING, QUARANTINED
 
 
 def _table(lake: Lake, identifier: str, columns: list[str]) -> pa.Table | None:

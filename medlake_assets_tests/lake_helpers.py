@@ -9,14 +9,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sqlalchemy import select, update
 
-from medlake_assets.config import Settings, load_settings
 from medlake_assets.defs.resources import LakeResource
 from medlake_assets.ingest.batch import load_batch
 from medlake_assets.ingest.landing import day_prefix, landed_days, register_landed
 from medlake_assets.lake import Lake
+from medlake_assets.lake.ledger import NewObject, batch_id_for, files
+from medlake_assets.lake.settings import Settings, load_settings
 from medlake_assets.silver.encounters_load import load_encounters
 from medlake_assets.silver.load import load_silver
-from medlake_assets.tables.ledger import NewObject, batch_id_for, files
 
 DAY = date(2026, 11, 20)
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from medlake_assets.ingest.objectstore import S3_ENDPOINT_ENV
+from medlake_assets.lake.objectstore import S3_ENDPOINT_ENV
 
 TEST_ENDPOINT_ENV = "MEDLAKE_TEST_S3_ENDPOINT"
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import medlake_assets
+import medlake_dev
 from medlake_assets.errors import MedlakeError
 from medlake_assets.spec.loader import SpecError
 
@@ -20,7 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def defined_error_classes() -> dict[str, type]:
     found = {}
-    for module_info in pkgutil.walk_packages(medlake_assets.__path__, "medlake_assets."):
+    modules = [
+        *pkgutil.walk_packages(medlake_assets.__path__, "medlake_assets."),
+        *pkgutil.walk_packages(medlake_dev.__path__, "medlake_dev."),
+    ]
+    for module_info in modules:
         module = importlib.import_module(module_info.name)
         for name, value in vars(module).items():
             if (
@@ -34,7 +39,9 @@ def defined_error_classes() -> dict[str, type]:
 
 def test_every_public_error_class_derives_from_medlake_error():
     classes = defined_error_classes()
-    assert "medlake_assets.spec.loader.SpecError" in classes  # the walk reaches the package's modules
+    # The walk reaches both packages' modules.
+    assert "medlake_assets.spec.loader.SpecError" in classes
+    assert "medlake_dev.generate.feeds.MissingPasswordError" in classes
     strays = sorted(
         name
         for name, cls in classes.items()

@@ -12,13 +12,13 @@ from typer.testing import CliRunner
 from medlake_assets.cli import app
 from medlake_assets.definitions import build_definitions
 from medlake_assets.defs.runner import ingest_once
-from medlake_assets.generate import write_feeds
-from medlake_assets.ingest.objectstore import LocalObjectStore
+from medlake_assets.ingest.bronze import quarantine_table
+from medlake_assets.lake.ledger import NewObject
+from medlake_assets.lake.objectstore import LocalObjectStore
 from medlake_assets.serving.sql import connect
-from medlake_assets.tables.bronze import quarantine_table
-from medlake_assets.tables.ledger import NewObject
 from medlake_assets_tests.defs.test_silver_gate import lab_row, land_lab
 from medlake_assets_tests.lake_helpers import DAY, local_settings, open_lake, time_passes
+from medlake_dev.generate import write_feeds
 
 
 def status_lines(output: str, source: str) -> list[str]:

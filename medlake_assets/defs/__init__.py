@@ -1,1 +1,1 @@
-"""The thin Dagster layer: resources, the per-source builder, sensors and checks."""
+"""The thin Dagster layer: assets, checks, sensors and jobs per layer (bronze, silver, gold, maintenance)."""

@@ -21,9 +21,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 
-from medlake_assets.defs.resources import LakeResource
-from medlake_assets.defs.silver import derived_keys, silver_key
-from medlake_assets.defs.sources import (
+from medlake_assets.defs.bronze import (
     BATCH_TAG,
     IN_FLIGHT,
     LANDING_DAYS,
@@ -33,10 +31,12 @@ from medlake_assets.defs.sources import (
     bronze_key,
     bronze_op_name,
 )
+from medlake_assets.defs.resources import LakeResource
+from medlake_assets.defs.silver import derived_keys, silver_key
 from medlake_assets.ingest.batch import MISSING_SECRET, release_holds
 from medlake_assets.ingest.landing import day_prefix, days_to_list, register_landed
+from medlake_assets.lake.ledger import Batch, Ledger
 from medlake_assets.spec import SourceSpec
-from medlake_assets.tables.ledger import Batch, Ledger
 
 FLOW_JOB = "ingest_landed"
 PRIORITY_TAG = "dagster/priority"

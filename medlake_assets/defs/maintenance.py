@@ -13,22 +13,22 @@ from datetime import date, timedelta
 import dagster as dg
 from pyiceberg.expressions import EqualTo
 
+from medlake_assets.defs.bronze import SOURCE_TAG, batch_run_config, ensure_landing_days, job_name
 from medlake_assets.defs.policies import table_pool
 from medlake_assets.defs.resources import LakeResource
 from medlake_assets.defs.runner import RUNNER_PID_TAG, quiet
 from medlake_assets.defs.silver import SilverLoadConfig, refine_job_name, silver_key
-from medlake_assets.defs.sources import SOURCE_TAG, batch_run_config, ensure_landing_days, job_name
+from medlake_assets.gold.spec import ReportSpec
 from medlake_assets.lake import Lake
-from medlake_assets.reports.spec import ReportSpec
-from medlake_assets.spec import SourceSpec
-from medlake_assets.spec.models import RetentionSpec
-from medlake_assets.tables.maintenance import (
+from medlake_assets.lake.maintenance import (
     MIB,
     CompactionPolicy,
     MaintenanceReport,
     maintain_table,
     retention_for,
 )
+from medlake_assets.spec import SourceSpec
+from medlake_assets.spec.models import RetentionSpec
 
 MAINTENANCE_JOB = "maintain_tables"
 MAINTENANCE_CRON = "0 3 * * *"  # after the nightly reports (02:00 UTC)

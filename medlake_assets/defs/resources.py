@@ -9,8 +9,8 @@ from urllib.parse import urlparse
 
 import dagster as dg
 
-from medlake_assets.config import DEFAULT_ACCESS_DIR, DEFAULT_REPORTS_DIR, Settings
 from medlake_assets.lake import Lake
+from medlake_assets.lake.settings import DEFAULT_ACCESS_DIR, DEFAULT_REPORTS_DIR, Settings
 
 CATALOG_URL_ENV = "MEDLAKE_CATALOG_URL"
 

@@ -149,7 +149,7 @@ def retry_parked_batches(
     A fault that lasts a little while (S3 away, quarantine unwritable) fails a batch's attempts in quick
     succession; running `ingest --once` after fixing it means "try again", so the batch is not parked.
     """
-    from medlake_assets.defs.sources import (
+    from medlake_assets.defs.bronze import (
         IN_FLIGHT,
         MAX_ATTEMPTS,
         batch_run_request,
@@ -183,8 +183,8 @@ def refine(
     Silver normally comes in the same run as bronze; this picks up what is left (a held batch, a bronze
     backfill). The daemon does it with eager automation and the catch-up sensor.
     """
+    from medlake_assets.defs.bronze import ensure_landing_days
     from medlake_assets.defs.silver import pending_silver, refine_job_name
-    from medlake_assets.defs.sources import ensure_landing_days
 
     for spec in lake.sources.values():
         days = sorted(pending_silver(lake.ledger, spec))
@@ -205,7 +205,7 @@ def refresh_on_update_reports(
     on_run: RunCallback | None = None,
 ) -> None:
     """Rebuild the `on_update` gold reports after new data (the daemon does it with eager automation)."""
-    from medlake_assets.defs.reports import load_reports, report_job_name
+    from medlake_assets.defs.gold import load_reports, report_job_name
 
     for report in load_reports(lake.settings.reports_dir):
         inputs = [f"{namespace}.{table}" for namespace, table in report.reads if namespace != "meta"]

@@ -10,9 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 import dagster as dg
 import polars as pl
 
-from medlake_assets.defs.policies import table_pool
-from medlake_assets.defs.resources import LakeResource
-from medlake_assets.defs.sources import (
+from medlake_assets.defs.bronze import (
     BATCH_TAG,
     IN_FLIGHT,
     SOURCE_TAG,
@@ -20,13 +18,15 @@ from medlake_assets.defs.sources import (
     ensure_landing_days,
     landing_partitions,
 )
+from medlake_assets.defs.policies import table_pool
+from medlake_assets.defs.resources import LakeResource
 from medlake_assets.lake import Lake
-from medlake_assets.quality.gate import freshness_sla, metadata_version
-from medlake_assets.quality.held import PUBLISHED, HeldSlice, held_slices, release, to_evaluate
+from medlake_assets.lake.ledger import Ledger
 from medlake_assets.silver.encounters_load import ENCOUNTERS
 from medlake_assets.silver.load import SilverReport, consumer, load_silver
+from medlake_assets.silver.quality.gate import freshness_sla, metadata_version
+from medlake_assets.silver.quality.held import PUBLISHED, HeldSlice, held_slices, release, to_evaluate
 from medlake_assets.spec import SourceSpec
-from medlake_assets.tables.ledger import Ledger
 
 
 class SilverLoadConfig(dg.Config):

@@ -1,1 +1,1 @@
-"""Landing, unpacking and parsing: pure functions with no Dagster import."""
+"""Landing to bronze: routing, unpacking, parsing and bronze writes, with no Dagster import."""

@@ -22,6 +22,14 @@ import pyarrow as pa
 from pyiceberg.expressions import AlwaysFalse, EqualTo, In
 from pyiceberg.table import Table
 
+from medlake_assets.ingest.bronze import (
+    BATCH_PROPERTY,
+    arrow_schema,
+    batch_committed,
+    bronze_table,
+    commit_batch,
+    quarantine_table,
+)
 from medlake_assets.ingest.landing import FUTURE_DAY, quarantine_original
 from medlake_assets.ingest.pipeline import (
     ArchiveContext,
@@ -32,17 +40,9 @@ from medlake_assets.ingest.pipeline import (
     with_lineage,
 )
 from medlake_assets.lake import Lake
+from medlake_assets.lake.files import StagedFiles, replace_with_files
+from medlake_assets.lake.ledger import PENDING, QUARANTINED, FileResult, FileRow
 from medlake_assets.spec import SourceSpec
-from medlake_assets.tables.bronze import (
-    BATCH_PROPERTY,
-    arrow_schema,
-    batch_committed,
-    bronze_table,
-    commit_batch,
-    quarantine_table,
-)
-from medlake_assets.tables.files import StagedFiles, replace_with_files
-from medlake_assets.tables.ledger import PENDING, QUARANTINED, FileResult, FileRow
 
 MISSING_SECRET = "config.missing_secret"
 

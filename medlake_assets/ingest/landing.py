@@ -7,9 +7,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 
-from medlake_assets.ingest.objectstore import ObjectInfo, ObjectStore
+from medlake_assets.lake.ledger import Ledger, NewObject
+from medlake_assets.lake.objectstore import ObjectInfo, ObjectStore
 from medlake_assets.spec import SourceSpec
-from medlake_assets.tables.ledger import Ledger, NewObject
 
 LANDING = "landing/"
 QUARANTINE = "quarantine/"

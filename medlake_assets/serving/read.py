@@ -178,7 +178,7 @@ def plan_read(
             f"medlake_assets.serving.sql.connect(lake).sql('SELECT ... FROM {table}').arrow()"
         )
     if lake is None:
-        from medlake_assets.config import load_settings
+        from medlake_assets.lake.settings import load_settings
 
         lake = Lake(load_settings())
     # An unknown customer fails before any table is opened.

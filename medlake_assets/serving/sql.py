@@ -25,9 +25,9 @@ from rich.text import Text
 from sqlalchemy.engine import make_url
 
 from medlake_assets.lake import Lake
-from medlake_assets.quality.freshness import register_freshness_view
 from medlake_assets.serving.catalog_info import AsOf, existed_at, resolve_as_of, snapshot_at, table_names
 from medlake_assets.serving.deid import deid_configured, register_deid_views
+from medlake_assets.silver.quality.freshness import register_freshness_view
 
 EXTENSIONS = ("avro", "iceberg", "httpfs", "sqlite_scanner", "postgres_scanner")
 

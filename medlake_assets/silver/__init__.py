@@ -1,1 +1,1 @@
-"""Silver tables derived from other silver tables: pure Polars functions, no Dagster."""
+"""Bronze to silver: typing, cleaning, quality gates, silver tables, merges, derived tables; no Dagster."""

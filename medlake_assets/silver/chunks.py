@@ -25,11 +25,11 @@ import pyarrow.parquet as pq
 from pyiceberg.expressions import BooleanExpression
 from pyiceberg.table import Table
 
-from medlake_assets.quality.schemas import unique_key
+from medlake_assets.lake.files import scan_batches, scan_frames
+from medlake_assets.silver.merge import plan_chunks
+from medlake_assets.silver.quality.schemas import unique_key
+from medlake_assets.silver.typed import apply_types
 from medlake_assets.spec import SourceSpec
-from medlake_assets.tables.files import scan_batches, scan_frames
-from medlake_assets.tables.merge import plan_chunks
-from medlake_assets.transforms.typed import apply_types
 
 _CHUNK = "__chunk"
 

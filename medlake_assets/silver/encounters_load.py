@@ -22,13 +22,13 @@ import pyarrow.parquet as pq
 from pyiceberg.expressions import And, EqualTo, In
 
 from medlake_assets.lake import Lake
+from medlake_assets.lake.files import scan_frames
 from medlake_assets.silver.encounters import derive_encounters
 from medlake_assets.silver.load import CHUNK_ROWS, consumer
+from medlake_assets.silver.merge import DELETED, Chunk, merge_chunks, plan_chunks
+from medlake_assets.silver.tables import ensure_table
 from medlake_assets.spec import SourceSpec
 from medlake_assets.spec.descriptions import table_column_docs
-from medlake_assets.tables.files import scan_frames
-from medlake_assets.tables.merge import DELETED, Chunk, merge_chunks, plan_chunks
-from medlake_assets.tables.silver import ensure_table
 
 ENCOUNTERS = "silver.encounters"
 KEY = ["facility", "visit_number"]

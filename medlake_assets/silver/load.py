@@ -31,9 +31,13 @@ import pyarrow as pa
 from pyiceberg.expressions import And, BooleanExpression, EqualTo, In, Or
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 
+from medlake_assets.ingest.bronze import bronze_table, quarantine_table
 from medlake_assets.lake import Lake
-from medlake_assets.quality.gate import evaluate, facility_gate, metadata_version
-from medlake_assets.quality.held import (
+from medlake_assets.lake.files import StagedFiles, replace_with_files
+from medlake_assets.silver.chunks import Chunks, spill_chunks
+from medlake_assets.silver.merge import LINEAGE_COLUMNS, MERGE_COLUMNS, merge_chunks
+from medlake_assets.silver.quality.gate import evaluate, facility_gate, metadata_version
+from medlake_assets.silver.quality.held import (
     RELEASED,
     HeldSlice,
     SliceOutcome,
@@ -42,15 +46,11 @@ from medlake_assets.quality.held import (
     supersede,
     to_evaluate,
 )
-from medlake_assets.quality.schemas import build_schema
-from medlake_assets.silver.chunks import Chunks, spill_chunks
+from medlake_assets.silver.quality.schemas import build_schema
+from medlake_assets.silver.tables import ensure_table
+from medlake_assets.silver.typed import apply_types, typed_schema
 from medlake_assets.spec import SourceSpec
 from medlake_assets.spec.descriptions import table_column_docs
-from medlake_assets.tables.bronze import bronze_table, quarantine_table
-from medlake_assets.tables.files import StagedFiles, replace_with_files
-from medlake_assets.tables.merge import LINEAGE_COLUMNS, MERGE_COLUMNS, merge_chunks
-from medlake_assets.tables.silver import ensure_table
-from medlake_assets.transforms.typed import apply_types, typed_schema
 
 CHUNK_ROWS = 200_000
 """Bronze rows a silver run types, checks and merges at a time (about: a key is never split)."""

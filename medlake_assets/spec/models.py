@@ -153,7 +153,7 @@ class ColumnSpec(StrictModel):
     description: str = ""
     transforms: list[str] = Field(
         default_factory=list,
-        description="shared cleaning transforms (transforms/cleaning.py), in order, before the cast",
+        description="shared cleaning transforms (silver/cleaning.py), in order, before the cast",
     )
     null_tokens: list[str] | None = Field(
         default=None,
@@ -166,7 +166,7 @@ class ColumnSpec(StrictModel):
     @field_validator("transforms")
     @classmethod
     def _known_transforms(cls, value: list[str]) -> list[str]:
-        from medlake_assets.transforms.cleaning import TRANSFORMS
+        from medlake_assets.silver.cleaning import TRANSFORMS
 
         unknown = [name for name in value if name not in TRANSFORMS]
         if unknown:
@@ -185,7 +185,7 @@ class ColumnSpec(StrictModel):
 
     @model_validator(mode="after")
     def _settings_fit_type(self) -> ColumnSpec:
-        from medlake_assets.transforms.casts import check_format
+        from medlake_assets.silver.casts import check_format
 
         try:
             check_format(self.type, self.format)

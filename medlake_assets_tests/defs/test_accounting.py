@@ -16,13 +16,13 @@ from hypothesis import strategies as st
 
 from medlake_assets.definitions import build_definitions
 from medlake_assets.defs.runner import ingest_once
-from medlake_assets.generate import write_feeds
 from medlake_assets.ingest.batch import release_holds
 from medlake_assets.ingest.landing import find_strays, register_landed
 from medlake_assets_tests.accounting import accounting_problems
 from medlake_assets_tests.ingest.archive_builders import gzip_bytes, zip_aes, zip_plain, zip_zipcrypto
 from medlake_assets_tests.ingest.test_accounting_fuzz import csv_member, hl7_member, xml_member
 from medlake_assets_tests.lake_helpers import DAY, ledger_by_key, local_settings, open_lake, table_rows
+from medlake_dev.generate import write_feeds
 
 PASSWORD = "synthetic-test-password"
 DAY_PATH = f"{DAY:%Y/%m/%d}"

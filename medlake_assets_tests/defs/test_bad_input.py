@@ -11,11 +11,11 @@ import pytest
 
 from medlake_assets.definitions import build_definitions
 from medlake_assets.defs.runner import ingest_once
-from medlake_assets.generate import BAD_KINDS, write_feeds
-from medlake_assets.ingest.objectstore import LocalObjectStore
+from medlake_assets.lake.objectstore import LocalObjectStore
 from medlake_assets_tests.accounting import accounting_problems
 from medlake_assets_tests.ingest.archive_builders import gzip_bytes, zip_zipcrypto
 from medlake_assets_tests.lake_helpers import DAY, ledger_by_key, local_settings, open_lake, table_rows
+from medlake_dev.generate import BAD_KINDS, write_feeds
 
 PASSWORD = "synthetic-test-password"
 

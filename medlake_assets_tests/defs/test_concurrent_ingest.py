@@ -16,18 +16,18 @@ from collections import Counter
 import dagster as dg
 import pyarrow as pa
 
-from medlake_assets.config import load_settings
 from medlake_assets.definitions import build_definitions
+from medlake_assets.defs.bronze import BATCH_TAG
 from medlake_assets.defs.runner import ingest_once
-from medlake_assets.defs.sources import BATCH_TAG
-from medlake_assets.generate import write_feeds
+from medlake_assets.gold.run import write_gold
+from medlake_assets.gold.spec import load_report
 from medlake_assets.ingest.batch import load_batch
 from medlake_assets.lake import Lake
-from medlake_assets.reports.run import write_gold
-from medlake_assets.reports.spec import load_report
+from medlake_assets.lake.settings import load_settings
 from medlake_assets_tests.accounting import accounting_problems
 from medlake_assets_tests.defs.test_ingest import assert_lake_matches_manifest
 from medlake_assets_tests.lake_helpers import DAY, lineage_keys, local_settings, open_lake, table_rows
+from medlake_dev.generate import write_feeds
 
 INGEST = [sys.executable, "-m", "medlake_assets.cli", "ingest", "--once"]
 GENERATION = {"facilities": 3, "archives": 24, "seed": 8, "bad_rate": 0.2, "day": DAY, "size_scale": 0.02}

@@ -9,13 +9,12 @@ import dagster as dg
 import pytest
 
 from medlake_assets.definitions import build_definitions
+from medlake_assets.defs.bronze import batch_run_config, job_name
 from medlake_assets.defs.flow import FLOW_JOB, LANDING_SENSOR
 from medlake_assets.defs.runner import ingest_once
 from medlake_assets.defs.silver import pending_silver
-from medlake_assets.defs.sources import batch_run_config, job_name
-from medlake_assets.generate import write_feeds
+from medlake_assets.lake.ledger import Ledger
 from medlake_assets.serving.sql import connect
-from medlake_assets.tables.ledger import Ledger
 from medlake_assets_tests.conftest import SOURCES_DIR
 from medlake_assets_tests.lake_helpers import (
     DAY,
@@ -25,6 +24,7 @@ from medlake_assets_tests.lake_helpers import (
     open_lake,
     table_rows,
 )
+from medlake_dev.generate import write_feeds
 
 GENERATION = {"facilities": 4, "archives": 48, "seed": 11, "bad_rate": 0.35, "day": DAY, "size_scale": 0.02}
 

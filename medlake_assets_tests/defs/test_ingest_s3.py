@@ -7,10 +7,10 @@ import pytest
 
 from medlake_assets.definitions import build_definitions
 from medlake_assets.defs.runner import ingest_once
-from medlake_assets.generate import generate_feeds
 from medlake_assets.serving.sql import connect
 from medlake_assets_tests.defs.test_ingest import GENERATION, assert_lake_matches_manifest
 from medlake_assets_tests.lake_helpers import local_settings, open_lake, table_rows
+from medlake_dev.generate import generate_feeds
 
 
 @pytest.mark.s3

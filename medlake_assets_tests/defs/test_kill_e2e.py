@@ -13,10 +13,10 @@ import pytest
 
 from medlake_assets.definitions import build_definitions
 from medlake_assets.defs.runner import ingest_once
-from medlake_assets.generate import write_feeds
 from medlake_assets_tests.defs.test_ingest import assert_lake_matches_manifest
 from medlake_assets_tests.faults.harness import files_done, table_contents
 from medlake_assets_tests.lake_helpers import DAY, local_settings, open_lake
+from medlake_dev.generate import write_feeds
 
 GENERATION = {"facilities": 4, "archives": 48, "seed": 5, "bad_rate": 0.1, "day": DAY, "size_scale": 0.05}
 
@@ -26,6 +26,7 @@ def loaded_files(home) -> int:
 
 
 @pytest.mark.e2e
+@pytest.mark.faults
 def test_sigkill_mid_ingest_then_rerun_equals_clean_run(tmp_path, archive_password):
     sources_dir = tmp_path / "sources"
     import shutil

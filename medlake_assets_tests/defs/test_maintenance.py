@@ -25,12 +25,12 @@ from medlake_assets.defs.maintenance import (
     reprocess_day,
 )
 from medlake_assets.defs.runner import ingest_once
-from medlake_assets.generate import write_feeds
-from medlake_assets.reports import load_reports
+from medlake_assets.gold import load_reports
+from medlake_assets.ingest.bronze import arrow_schema, bronze_table, commit_batch
 from medlake_assets.serving.sql import connect
-from medlake_assets.tables.bronze import arrow_schema, bronze_table, commit_batch
 from medlake_assets_tests.conftest import SOURCES_DIR
 from medlake_assets_tests.lake_helpers import DAY, lineage_keys, local_settings, open_lake, table_rows
+from medlake_dev.generate import write_feeds
 
 GENERATION = {"facilities": 2, "archives": 16, "seed": 5, "bad_rate": 0.0, "day": DAY, "size_scale": 0.02}
 

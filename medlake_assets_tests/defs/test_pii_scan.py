@@ -21,12 +21,12 @@ import pytest
 
 from medlake_assets.definitions import build_definitions
 from medlake_assets.defs.runner import ingest_once
-from medlake_assets.generate import write_feeds
 from medlake_assets.ingest.archives import read_members
-from medlake_assets.ingest.objectstore import LocalObjectStore
 from medlake_assets.lake import Lake
+from medlake_assets.lake.objectstore import LocalObjectStore
 from medlake_assets.serving.sql import connect
 from medlake_assets_tests.lake_helpers import DAY, local_settings, open_lake
+from medlake_dev.generate import write_feeds
 
 pytestmark = pytest.mark.e2e
 

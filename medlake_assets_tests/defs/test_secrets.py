@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from medlake_assets.config import load_settings
 from medlake_assets.definitions import build_definitions
 from medlake_assets.defs.resources import CATALOG_URL_ENV, LakeResource
 from medlake_assets.lake import Lake
+from medlake_assets.lake.settings import load_settings
 from medlake_assets.serving.sql import connect
 from medlake_assets_tests.faults.servers import create_database
 from medlake_assets_tests.postgres import postgres_url

@@ -14,11 +14,11 @@ from medlake_assets.defs.flow import FLOW_JOB, LANDING_SENSOR
 from medlake_assets.defs.resources import LakeResource
 from medlake_assets.defs.runner import apply_partition_requests, ingest_once
 from medlake_assets.defs.silver import SilverLoadConfig, refine_job_name
-from medlake_assets.generate import write_feeds
-from medlake_assets.ingest.objectstore import LocalObjectStore
+from medlake_assets.lake.objectstore import LocalObjectStore
 from medlake_assets.serving.sql import connect
 from medlake_assets_tests.ingest.archive_builders import zip_aes
 from medlake_assets_tests.lake_helpers import DAY, local_settings, open_lake
+from medlake_dev.generate import write_feeds
 
 GENERATION = {"facilities": 3, "archives": 36, "seed": 8, "bad_rate": 0.0, "day": DAY, "size_scale": 0.02}
 

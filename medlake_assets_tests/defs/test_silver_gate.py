@@ -15,7 +15,7 @@ from medlake_assets.cli import app
 from medlake_assets.definitions import build_definitions
 from medlake_assets.defs.resources import LakeResource
 from medlake_assets.defs.runner import ingest_once
-from medlake_assets.ingest.objectstore import LocalObjectStore
+from medlake_assets.lake.objectstore import LocalObjectStore
 from medlake_assets.serving.sql import connect
 from medlake_assets_tests.conftest import SOURCES_DIR
 from medlake_assets_tests.ingest.archive_builders import gzip_bytes, zip_aes

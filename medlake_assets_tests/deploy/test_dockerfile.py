@@ -119,7 +119,7 @@ def test_runtime_has_the_venv_metadata_and_libarchive(stages: list[list[tuple[st
     assert env["MEDLAKE_REPORTS_DIR"] == "/app/metadata/reports"
     for folder in ("sources", "reports"):
         assert any((REPO_ROOT / "metadata" / folder).iterdir())
-    config = (REPO_ROOT / "medlake_assets" / "config.py").read_text()
+    config = (REPO_ROOT / "medlake_assets" / "lake" / "settings.py").read_text()
     assert (
         '"MEDLAKE_SOURCES_DIR"' in config and '"MEDLAKE_REPORTS_DIR"' in config and '"MEDLAKE_HOME"' in config
     )

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from kubernetes.utils import parse_quantity
 
-from medlake_assets.config import PRODUCTION, load_settings
+from medlake_assets.lake.settings import PRODUCTION, load_settings
 from medlake_assets.spec import load_sources
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -24,10 +24,10 @@ from dagster_k8s import DagsterK8sJobConfig, K8sRunLauncher, construct_dagster_k
 from dagster_k8s.job import UserDefinedDagsterK8sConfig
 from sqlalchemy.engine import URL, make_url
 
-from medlake_assets.config import load_settings
 from medlake_assets.definitions import build_definitions
-from medlake_assets.workers import scratch_database
+from medlake_assets.lake.settings import load_settings
 from medlake_assets_tests.postgres import postgres_url
+from medlake_dev.workers import scratch_database
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO_ROOT / "deploy" / "dagster.production.yaml"

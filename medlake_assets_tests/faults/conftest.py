@@ -20,11 +20,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from medlake_assets.config import Settings, load_settings
 from medlake_assets.definitions import build_definitions
 from medlake_assets.defs.runner import ingest_once
-from medlake_assets.generate import generate_feeds
 from medlake_assets.lake import Lake
+from medlake_assets.lake.settings import Settings, load_settings
 from medlake_assets_tests.conftest import SOURCES_DIR
 from medlake_assets_tests.defs.test_ingest import assert_lake_matches_manifest
 from medlake_assets_tests.faults.harness import Feeds, ingest_env, lake_contents
@@ -32,6 +31,7 @@ from medlake_assets_tests.faults.servers import PrivatePostgres, create_database
 from medlake_assets_tests.lake_helpers import open_lake
 from medlake_assets_tests.postgres import POSTGRES_ENV
 from medlake_assets_tests.s3_endpoint import s3_client
+from medlake_dev.generate import generate_feeds
 
 # Small enough for a test to run in well under a minute, big enough for several batches per source
 # (3 archives a run) and every kind of bad input that the generator plants at this rate.

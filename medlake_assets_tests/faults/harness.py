@@ -23,9 +23,9 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-from medlake_assets.ingest.objectstore import ObjectStore
 from medlake_assets.lake import Lake
-from medlake_assets.tables.ledger import PENDING
+from medlake_assets.lake.ledger import PENDING
+from medlake_assets.lake.objectstore import ObjectStore
 
 RUN_SPECIFIC_COLUMNS = ("_ingested_at", "_batch")
 LEDGER_COLUMNS = (

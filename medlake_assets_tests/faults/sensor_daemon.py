@@ -20,7 +20,6 @@ import signal
 
 import dagster as dg
 
-from medlake_assets.config import load_settings
 from medlake_assets.definitions import build_definitions
 from medlake_assets.defs.resources import LakeResource
 from medlake_assets.defs.runner import (
@@ -30,6 +29,7 @@ from medlake_assets.defs.runner import (
     fail_orphaned_runs,
     refine,
 )
+from medlake_assets.lake.settings import load_settings
 
 RUN_KEY_TAG = "dagster/run_key"
 CURSOR_PREFIX = "medlake-test/sensor-cursor/"

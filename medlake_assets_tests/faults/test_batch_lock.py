@@ -6,12 +6,12 @@ import subprocess
 import sys
 import threading
 
-from medlake_assets.tables.ledger import Ledger
+from medlake_assets.lake.ledger import Ledger
 from medlake_assets_tests.faults.conftest import new_database
 
 HOLD = """
 import sys
-from medlake_assets.tables.ledger import Ledger
+from medlake_assets.lake.ledger import Ledger
 with Ledger(sys.argv[1]).batch_lock(sys.argv[2]):
     print("held", flush=True)
     sys.stdin.read()

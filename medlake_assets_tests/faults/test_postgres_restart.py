@@ -14,6 +14,7 @@ from medlake_assets_tests.faults.servers import PrivatePostgres, postgres_bin
 
 
 @pytest.mark.e2e
+@pytest.mark.faults
 def test_postgres_restarted_mid_run_then_rerun_equals_clean_run(make_lake, fault_feeds, clean_run):
     """Killed: the PostgreSQL server holding the Iceberg catalog and the ledger, restarted with
     `pg_ctl restart -m fast` (every session terminated) in the middle of a run, on a cluster of the test's

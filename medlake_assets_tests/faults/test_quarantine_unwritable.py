@@ -45,6 +45,7 @@ def unwritable(folder: Path) -> Iterator[None]:
 
 
 @pytest.mark.e2e
+@pytest.mark.faults
 def test_quarantine_folder_unwritable_then_fixed_equals_clean_run(
     tmp_path, make_lake, fault_feeds, clean_run
 ):

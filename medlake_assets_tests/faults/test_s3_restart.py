@@ -18,6 +18,7 @@ OUTAGE_SECONDS = 5
 
 
 @pytest.mark.e2e
+@pytest.mark.faults
 def test_s3_endpoint_stopped_and_restarted_mid_run_then_rerun_equals_clean_run(
     tmp_path, make_lake, fault_feeds, clean_run
 ):

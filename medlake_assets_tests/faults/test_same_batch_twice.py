@@ -30,6 +30,7 @@ def claim_batches(faulted) -> list[str]:
 
 
 @pytest.mark.e2e
+@pytest.mark.faults
 def test_two_workers_executing_the_same_batches_at_once_double_nothing(make_lake, fault_feeds, clean_run):
     """Killed: nothing; the fault is a duplicate delivery: two worker processes (as two run pods would be)
     execute the bronze runs of the same ledger batches, released at the same instant. Whatever order their

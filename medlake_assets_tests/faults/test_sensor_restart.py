@@ -27,6 +27,7 @@ def start_sensor_process(env: dict, log: Path, *args: str) -> subprocess.Popen:
 
 
 @pytest.mark.e2e
+@pytest.mark.faults
 def test_sensor_process_killed_mid_tick_and_mid_run_resumes_from_its_cursor(
     make_lake, fault_feeds, clean_run
 ):

@@ -15,6 +15,7 @@ from medlake_assets_tests.defs.test_ingest import assert_lake_matches_manifest
 
 
 @pytest.mark.e2e
+@pytest.mark.faults
 def test_two_ingest_once_processes_on_postgres_and_s3(make_lake, fault_feeds):
     """The same on the production shape: catalog and ledger on PostgreSQL, landing and tables on S3."""
     lake_under_test = make_lake("two-ingests")

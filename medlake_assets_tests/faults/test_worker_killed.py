@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from medlake_assets.defs.sources import BATCH_TAG
+from medlake_assets.defs.bronze import BATCH_TAG
 from medlake_assets_tests.faults.harness import (
     assert_equals_clean_run,
     files_done,
@@ -24,6 +24,7 @@ def bronze_runs_in_progress(instance: dg.DagsterInstance) -> int:
 
 
 @pytest.mark.e2e
+@pytest.mark.faults
 def test_run_worker_sigkilled_mid_batch_then_next_ingest_equals_clean_run(make_lake, fault_feeds, clean_run):
     """Killed: the `medlake ingest --once` process executing the runs (the run worker), with SIGKILL, while
     a bronze batch run is in progress and after earlier batches were loaded. The next `ingest --once` marks

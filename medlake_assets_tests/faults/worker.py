@@ -18,10 +18,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from medlake_assets.config import load_settings
 from medlake_assets.definitions import build_definitions
+from medlake_assets.defs.bronze import SOURCE_TAG, batch_run_config, batch_tag, job_name
 from medlake_assets.defs.resources import LakeResource
-from medlake_assets.defs.sources import SOURCE_TAG, batch_run_config, batch_tag, job_name
+from medlake_assets.lake.settings import load_settings
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime
 import pyarrow as pa
 import pytest
 
+from medlake_assets.ingest.bronze import bronze_schema
 from medlake_assets.ingest.parsers.csv import ArrowMember, parse_csv, parse_csv_arrow
 from medlake_assets.ingest.pipeline import (
     ArchiveContext,
@@ -21,7 +22,6 @@ from medlake_assets.ingest.pipeline import (
     process_archives,
 )
 from medlake_assets.spec import ColumnSpec, CsvFormat, SourceSpec
-from medlake_assets.tables.bronze import bronze_schema
 
 COLUMNS = [
     ColumnSpec(name="record_id", source="record_id", nullable=False),

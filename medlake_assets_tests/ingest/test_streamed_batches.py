@@ -10,19 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from medlake_assets.generate import write_feeds
 from medlake_assets.ingest import batch as batch_module
 from medlake_assets.ingest import pipeline
 from medlake_assets.ingest.batch import load_batch
+from medlake_assets.ingest.bronze import BATCH_PROPERTY, bronze_table
 from medlake_assets.ingest.landing import day_prefix, register_landed
-from medlake_assets.ingest.objectstore import LocalObjectStore
 from medlake_assets.ingest.parsers import csv as csv_parser
+from medlake_assets.lake.ledger import batch_id_for
+from medlake_assets.lake.objectstore import LocalObjectStore
 from medlake_assets.serving.sql import connect
-from medlake_assets.tables.bronze import BATCH_PROPERTY, bronze_table
-from medlake_assets.tables.ledger import batch_id_for
 from medlake_assets_tests.ingest.archive_builders import gzip_bytes, zip_aes
 from medlake_assets_tests.lake_helpers import DAY, local_settings, open_lake
 from medlake_assets_tests.silver.test_chunked_loads import LAB_HEADER
+from medlake_dev.generate import write_feeds
 
 GENERATION = {"facilities": 3, "archives": 16, "seed": 11, "bad_rate": 0.02, "day": DAY, "size_scale": 0.01}
 

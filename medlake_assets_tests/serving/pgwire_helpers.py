@@ -19,15 +19,15 @@ import psycopg
 import scramp
 from sqlalchemy import text
 
-from medlake_assets.generate import write_feeds
+from medlake_assets.gold.run import PartitionWindow, query_report, write_gold
+from medlake_assets.gold.spec import load_reports
 from medlake_assets.lake import Lake
-from medlake_assets.reports.run import PartitionWindow, query_report, write_gold
-from medlake_assets.reports.spec import load_reports
 from medlake_assets.serving.pgwire import build_server
 from medlake_assets.serving.pgwire.config import ServeSettings
 from medlake_assets.serving.pgwire.server import SqlServer
 from medlake_assets.serving.sql import connect
 from medlake_assets_tests.lake_helpers import DAY, load_landed, local_settings, open_lake
+from medlake_dev.generate import write_feeds
 
 # Four facilities: Northwind owns F0001 and F0002, Riverside F0003 and F0004 (metadata/access/demo.yaml).
 GENERATION = {"facilities": 4, "archives": 8, "bad_rate": 0.3, "size_scale": 0.02}  # per landing day

@@ -20,8 +20,8 @@ from pyiceberg.schema import Schema
 from pyiceberg.transforms import IdentityTransform
 from pyiceberg.types import DateType, DoubleType, LongType, NestedField, StringType
 
-from medlake_assets.config import load_settings
 from medlake_assets.lake import Lake
+from medlake_assets.lake.settings import load_settings
 
 LABS = "silver.lab_results"
 LATE = "bronze.late_feed"

@@ -33,7 +33,7 @@ from medlake_assets.serving.sql import connect, relations
 from medlake_assets.silver.encounters import derive_encounters
 from medlake_assets.silver.encounters_load import ENCOUNTERS, PARTITION_BY
 from medlake_assets.silver.load import silver_schema
-from medlake_assets.tables.silver import ensure_table
+from medlake_assets.silver.tables import ensure_table
 from medlake_assets_tests.lake_helpers import local_settings
 
 KEY = "k" * 16 + "synthetic-test-key-0123456789"

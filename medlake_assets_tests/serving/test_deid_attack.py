@@ -29,11 +29,11 @@ from datetime import date, timedelta
 import duckdb
 import pytest
 
-from medlake_assets.generate import write_feeds
 from medlake_assets.serving.deid import DEID_KEY_ENV, register_deid_views, shift_days, table_treatments, token
 from medlake_assets.serving.sql import connect
 from medlake_assets.spec import SourceSpec
 from medlake_assets_tests.lake_helpers import load_landed, local_settings, open_lake
+from medlake_dev.generate import write_feeds
 
 KEY = "attack-test-synthetic-key-0123456789abcdef"
 DAYS = [date(2025, 3, 3) + timedelta(days=45 * number) for number in range(8)]

@@ -748,14 +748,14 @@ def test_postgres_ledger_is_read_through_a_role_that_cannot_write(tmp_path):
 
     from sqlalchemy.engine import make_url
 
+    from medlake_assets.lake.ledger import NewObject
     from medlake_assets.serving.pgwire import ServeError, check_ledger_role
     from medlake_assets.serving.pgwire.config import load_serve_settings
     from medlake_assets.serving.pgwire.database import open_login_database
     from medlake_assets.spec.access import load_access
-    from medlake_assets.tables.ledger import NewObject
-    from medlake_assets.workers import scratch_database
     from medlake_assets_tests.lake_helpers import local_settings, open_lake
     from medlake_assets_tests.postgres import POSTGRES_ENV
+    from medlake_dev.workers import scratch_database
 
     server_url = os.environ[POSTGRES_ENV]
     role, role_password = f"medlake_reader_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex

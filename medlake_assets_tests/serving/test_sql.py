@@ -142,9 +142,9 @@ def test_reading_the_sqlite_ledger_never_loses_a_later_ledger_write(tmp_path):
     import sys
     from datetime import date
 
-    from medlake_assets.config import load_settings
     from medlake_assets.lake import Lake
-    from medlake_assets.tables.ledger import NewObject
+    from medlake_assets.lake.ledger import NewObject
+    from medlake_assets.lake.settings import load_settings
 
     lake = Lake(load_settings({"MEDLAKE_HOME": str(tmp_path)}))
     database = tmp_path / "catalog.db"

@@ -21,15 +21,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from medlake_assets.generate import write_feeds
+from medlake_assets.gold.run import PartitionWindow, run_report
+from medlake_assets.gold.spec import load_reports
 from medlake_assets.lake import Lake
-from medlake_assets.reports.run import PartitionWindow, run_report
-from medlake_assets.reports.spec import load_reports
 from medlake_assets.serving.catalog_info import AsOfError, table_names
 from medlake_assets.serving.read import plan_read, read
 from medlake_assets.serving.tenancy import TenancyError, facility_rows
 from medlake_assets.spec.access import facility_column, load_access
 from medlake_assets_tests.lake_helpers import load_landed, local_settings
+from medlake_dev.generate import write_feeds
 
 DAYS = [date(2026, 11, 18), date(2026, 11, 20)]
 GENERATION = {"facilities": 6, "archives": 20, "bad_rate": 0.3, "size_scale": 0.02}

@@ -23,14 +23,14 @@ import pytest
 from pyiceberg.schema import Schema
 from pyiceberg.types import BinaryType, FixedType, LongType, NestedField
 
-from medlake_assets.config import load_settings
 from medlake_assets.definitions import build_definitions
 from medlake_assets.defs.runner import ingest_once
-from medlake_assets.generate import write_feeds
 from medlake_assets.lake import Lake
+from medlake_assets.lake.settings import load_settings
 from medlake_assets.serving.read import read
 from medlake_assets.serving.sql import connect
 from medlake_assets_tests.lake_helpers import DAY, local_settings, open_lake
+from medlake_dev.generate import write_feeds
 
 pytestmark = pytest.mark.tf
 

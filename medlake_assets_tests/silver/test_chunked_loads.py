@@ -16,19 +16,19 @@ import polars as pl
 import pytest
 from pyiceberg.expressions import AlwaysTrue
 
-from medlake_assets.generate import write_feeds
 from medlake_assets.ingest.batch import load_batch
+from medlake_assets.ingest.bronze import bronze_table
 from medlake_assets.ingest.landing import day_prefix, register_landed
-from medlake_assets.ingest.objectstore import LocalObjectStore
 from medlake_assets.lake import Lake
+from medlake_assets.lake.ledger import batch_id_for
+from medlake_assets.lake.objectstore import LocalObjectStore
 from medlake_assets.serving.sql import connect
 from medlake_assets.silver.chunks import chunk_columns, spill_chunks
 from medlake_assets.silver.encounters_load import load_encounters
 from medlake_assets.silver.load import load_silver
-from medlake_assets.tables.bronze import bronze_table
-from medlake_assets.tables.ledger import batch_id_for
 from medlake_assets_tests.ingest.archive_builders import gzip_bytes
 from medlake_assets_tests.lake_helpers import DAY, local_settings, open_lake
+from medlake_dev.generate import write_feeds
 
 GENERATION = {"facilities": 3, "archives": 24, "seed": 5, "bad_rate": 0.0, "day": DAY, "size_scale": 0.01}
 SMALL_CHUNKS = 40

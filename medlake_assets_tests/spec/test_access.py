@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from medlake_assets.config import DEFAULT_ACCESS_DIR, load_settings
+from medlake_assets.lake.settings import DEFAULT_ACCESS_DIR, load_settings
 from medlake_assets.spec.access import (
     AccessError,
     can_read_schema,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medlake_assets.config import DEFAULT_SOURCES_DIR
+from medlake_assets.lake.settings import DEFAULT_SOURCES_DIR
 from medlake_assets.spec import SpecError, load_sources
 from medlake_assets.spec.models import facility_env_suffix
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from medlake_assets.config import POSTGRES_SCHEMES, Settings, SettingsError
+from medlake_assets.lake.settings import POSTGRES_SCHEMES, Settings, SettingsError
 from medlake_assets.serving.pgwire.auth import METHODS, SCRAM
 
 # Before a login is authenticated a client may send only small messages: a startup packet (capped at

@@ -22,8 +22,8 @@ from urllib.parse import urlparse
 
 import duckdb
 
+from medlake_assets.gold.spec import load_reports
 from medlake_assets.lake import Lake
-from medlake_assets.reports.spec import load_reports
 from medlake_assets.serving.catalog_info import AsOf
 from medlake_assets.serving.pgwire import catalog as pg_catalog
 from medlake_assets.serving.pgwire.config import ServeSettings

@@ -1,0 +1,150 @@
+"""Iceberg reads and writes in bounded memory: a scan read one data file at a time, and data files written
+chunk by chunk ahead of the single commit that publishes them all.
+
+pyiceberg's `scan().to_arrow()` holds the whole result, and its batch reader hands every planned file to its
+thread pool at once (each file read whole), so reading a day of a table held the day. `scan_batches` reads
+the planned files one after another: at most one data file's rows are in memory.
+
+`StagedFiles` writes a chunk's rows as Parquet data files of the table as soon as the chunk is ready
+(pyiceberg's own writer, one or more files per partition), so a run holds one chunk, not the whole batch.
+`commit_files` then publishes every staged file in one transaction, as `Table.overwrite` does: a filtered
+delete of the rows they replace (whole files dropped, partly matching files rewritten without those rows),
+then one append snapshot of the staged files. Readers see all of it or none of it. A commit that conflicts
+lands nothing (pyiceberg raises `ValidationException` or `CommitFailedException`): the staged files stay
+valid for a retry when their rows do not depend on the table's state (bronze, quarantine), and are
+`discard`ed when they do (a merge is read and done again).
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+
+import polars as pl
+import pyarrow as pa
+from pyiceberg.expressions import AlwaysFalse, AlwaysTrue, BooleanExpression
+from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files
+from pyiceberg.manifest import DataFile
+from pyiceberg.table import Table
+
+from medlake_assets.lake.commits import CONFLICTS, REDO_ATTEMPTS, wait_before_redo
+
+ALL_ROWS = AlwaysTrue()
+
+
+def scan_batches(
+    table: Table, row_filter: BooleanExpression = ALL_ROWS, selected_fields: Sequence[str] = ("*",)
+) -> Iterator[pa.RecordBatch]:
+    """The rows of `table` matching `row_filter` (only `selected_fields`), read one data file at a time."""
+    scan = table.scan(row_filter=row_filter, selected_fields=tuple(selected_fields))
+    reader = ArrowScan(scan.table_metadata, scan.io, scan.projection(), scan.row_filter, scan.case_sensitive)
+    for task in scan.plan_files():
+        yield from reader.to_record_batches([task])
+
+
+def scan_frames(
+    table: Table, row_filter: BooleanExpression = ALL_ROWS, selected_fields: Sequence[str] = ("*",)
+) -> Iterator[pl.DataFrame]:
+    """`scan_batches` as Polars frames."""
+    for batch in scan_batches(table, row_filter, selected_fields):
+        yield pl.from_arrow(batch)  # type: ignore[misc]
+
+
+def as_table_rows(table: Table, frame: pl.DataFrame) -> pa.Table:
+    """A frame in the table's Arrow schema: its columns in order, a column it lacks as nulls."""
+    target = table.schema().as_arrow()
+    missing = [name for name in target.names if name not in frame.columns]
+    if missing:
+        frame = frame.with_columns(pl.lit(None).alias(name) for name in missing)
+    return frame.select(target.names).to_arrow().cast(target)
+
+
+class StagedFiles:
+    """Data files of one commit, written chunk by chunk before it (not yet part of the table)."""
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+        self.commit_uuid = uuid.uuid4()
+        self._counter = itertools.count(0)
+        self.files: list[DataFile] = []
+
+    @property
+    def rows(self) -> int:
+        return sum(data_file.record_count for data_file in self.files)
+
+    def write(self, rows: pa.Table) -> None:
+        """Write `rows` (in the table's Arrow schema) as data files now; memory is this chunk's alone."""
+        if not len(rows):
+            return
+        # pyiceberg's own writer for the files an append or overwrite adds (partitioned and bin-packed by
+        # `write.target-file-size-bytes`); private in 0.12, as in `tables/maintenance.py`.
+        self.files.extend(
+            _dataframe_to_data_files(
+                table_metadata=self.table.metadata,
+                df=rows,
+                io=self.table.io,
+                write_uuid=self.commit_uuid,
+                counter=self._counter,
+            )
+        )
+
+    def write_frame(self, frame: pl.DataFrame) -> None:
+        self.write(as_table_rows(self.table, frame))
+
+    def discard(self) -> None:
+        """Delete the staged files (after a commit that cannot be retried with them)."""
+        for data_file in self.files:
+            self.table.io.delete(data_file.file_path)
+        self.files = []
+
+
+def commit_files(
+    table: Table,
+    files: Sequence[DataFile],
+    delete_filter: BooleanExpression,
+    properties: Mapping[str, str],
+) -> None:
+    """Delete the rows matching `delete_filter` and add `files`, in one transaction of `table`.
+
+    Commit through the `Table` whose state the files were computed from, without refreshing it in between:
+    pyiceberg then validates (serializable isolation, its default) that no commit since added or removed
+    files the filter matches, and raises instead of losing a concurrent update.
+    """
+    deletes = not isinstance(delete_filter, AlwaysFalse)
+    if not deletes and not files:
+        return
+    transaction = table.transaction()
+    if deletes:
+        with warnings.catch_warnings():
+            # A batch of only new rows deletes nothing; pyiceberg warns about it, which is expected here.
+            warnings.filterwarnings("ignore", message="Delete operation did not match any records")
+            transaction.delete(delete_filter, snapshot_properties=dict(properties))
+    if files:
+        with transaction.update_snapshot(snapshot_properties=dict(properties)).fast_append() as append:
+            for data_file in files:
+                append.append_data_file(data_file)
+    transaction.commit_transaction()
+
+
+def replace_with_files(
+    staged: StagedFiles,
+    delete_filter: BooleanExpression,
+    properties: Mapping[str, str],
+    attempts: int = REDO_ATTEMPTS,
+) -> None:
+    """Commit staged files whose rows do not depend on the table's state (a batch's own rows, rejects) in
+    place of the rows matching `delete_filter`; on a conflict the same files are committed again on fresh
+    metadata, which is safe because the rows this filter selects belong to this writer alone."""
+    table = staged.table
+    for attempt in range(attempts):
+        try:
+            commit_files(table, staged.files, delete_filter, properties)
+            return
+        except CONFLICTS:
+            if attempt == attempts - 1:
+                staged.discard()  # nothing of any attempt landed
+                raise
+            wait_before_redo(attempt)
+            table.refresh()

@@ -1,1 +1,0 @@
-"""Iceberg tables and the `meta.files` ledger: catalog, writes, merges, maintenance."""

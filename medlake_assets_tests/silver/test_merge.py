@@ -1,0 +1,589 @@
+"""Silver merges on real Iceberg tables (SqlCatalog on SQLite): upsert, scd2, append, partition filters."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.exceptions import ValidationException
+from pyiceberg.expressions import (
+    AlwaysFalse,
+    And,
+    EqualTo,
+    GreaterThanOrEqual,
+    In,
+    IsNull,
+    LessThan,
+    LessThanOrEqual,
+    Or,
+)
+from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.table import Table
+from pyiceberg.transforms import BucketTransform, DayTransform, IdentityTransform
+from pyiceberg.types import IcebergType, NestedField, StringType, TimestamptzType
+
+from medlake_assets.ingest.bronze import LINEAGE as BRONZE_LINEAGE
+from medlake_assets.silver.merge import (
+    MERGE_COLUMNS,
+    append,
+    archive_filter,
+    commit_merge,
+    key_bounds,
+    merge_chunks,
+    merge_filter,
+    merge_into,
+    partition_by_of,
+    plan_chunks,
+    read_current,
+    scd2,
+    touched_partitions,
+    upsert,
+)
+
+KEY = ["facility_id", "order_id", "test_code"]
+SEQUENCE = ["result_ts", "result_status"]
+RANKS = {"result_status": ["P", "F", "C"]}
+DELETE = ("op", "D")
+T0 = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
+DATA = ["facility_id", "order_id", "test_code", "value", "result_status", "result_ts", "op"]
+DECLARED: list[tuple[str, IcebergType]] = [
+    ("facility_id", StringType()),
+    ("order_id", StringType()),
+    ("test_code", StringType()),
+    ("value", StringType()),
+    ("result_status", StringType()),
+    ("result_ts", TimestamptzType()),
+    ("op", StringType()),
+]
+LINEAGE: list[tuple[str, IcebergType]] = BRONZE_LINEAGE
+
+
+def ts(minutes: int) -> datetime:
+    return T0 + timedelta(minutes=minutes)
+
+
+def batch(name: str, rows: Sequence[tuple], *, arrived: int) -> pl.DataFrame:
+    """Change rows (facility, order, test, value, status, minute, op) with the lineage of one batch."""
+    return pl.DataFrame(
+        [
+            {
+                "facility_id": facility,
+                "order_id": order,
+                "test_code": test,
+                "value": value,
+                "result_status": status,
+                "result_ts": ts(minute) if minute is not None else None,
+                "op": op,
+                "_archive": f"{name}.zip",
+                "_member": "results.csv",
+                "_record": record,
+                "_facility": facility,
+                "_landing_day": date(2026, 11, 20),
+                "_ingested_at": ts(1000 + arrived),
+                "_batch": name,
+            }
+            for record, (facility, order, test, value, status, minute, op) in enumerate(rows, 1)
+        ],
+        schema={
+            "facility_id": pl.String,
+            "order_id": pl.String,
+            "test_code": pl.String,
+            "value": pl.String,
+            "result_status": pl.String,
+            "result_ts": pl.Datetime("us", "UTC"),
+            "op": pl.String,
+            "_archive": pl.String,
+            "_member": pl.String,
+            "_record": pl.Int64,
+            "_facility": pl.String,
+            "_landing_day": pl.Date,
+            "_ingested_at": pl.Datetime("us", "UTC"),
+            "_batch": pl.String,
+        },
+    )
+
+
+def make_table(tmp_path: Path, mode: str, partition: str = "identity") -> Table:
+    catalog = SqlCatalog(
+        "test", uri=f"sqlite:///{tmp_path / 'catalog.db'}", warehouse=f"file://{tmp_path / 'warehouse'}"
+    )
+    catalog.create_namespace_if_not_exists("silver")
+    fields = DECLARED + LINEAGE + MERGE_COLUMNS[mode]
+    schema = Schema(*[NestedField(i, name, kind, required=False) for i, (name, kind) in enumerate(fields, 1)])
+    fields_by_partition = {
+        "identity": [PartitionField(1, 1000, IdentityTransform(), "facility_id")],
+        "bucket": [PartitionField(2, 1000, BucketTransform(4), "order_id_bucket")],
+        "none": [],
+    }
+    spec = PartitionSpec(*fields_by_partition[partition])
+    return catalog.create_table(f"silver.lab_results_{mode}", schema=schema, partition_spec=spec)
+
+
+def apply(table: Table, mode: str, *batches: pl.DataFrame) -> Table:
+    for changes in batches:
+        table = merge_into(
+            table,
+            changes,
+            mode=mode,  # type: ignore[arg-type]
+            key=KEY,
+            sequence_by=SEQUENCE,
+            sequence_ranks=RANKS,
+            delete_marker=DELETE,
+            snapshot_properties={"medlake.batch": changes["_batch"][0]},
+        )
+    return table
+
+
+def rows(table: Table, columns: Sequence[str]) -> list[tuple]:
+    frame = pl.from_arrow(table.scan().to_arrow())
+    return sorted(
+        frame.select(columns).rows(), key=lambda row: tuple((value is None, str(value)) for value in row)
+    )
+
+
+UPSERT_COLUMNS = [*DATA, "_deleted", "_batch", "_record"]
+
+
+@pytest.fixture(params=["identity", "none"])
+def upsert_table(request: pytest.FixtureRequest, tmp_path: Path) -> Table:
+    return make_table(tmp_path, "upsert", request.param)
+
+
+def test_upsert_out_of_order_updates_keep_the_latest_by_sequence(upsert_table: Table) -> None:
+    first = batch(
+        "b1", [("F1", "O1", "T1", "7.0", "F", 30, "U"), ("F1", "O2", "T1", "1", "P", 5, "U")], arrived=1
+    )
+    late = batch(
+        "b2", [("F1", "O1", "T1", "6.0", "P", 10, "U"), ("F1", "O2", "T1", "2", "F", 6, "U")], arrived=2
+    )
+    table = apply(upsert_table, "upsert", first, late)
+    assert rows(table, UPSERT_COLUMNS) == [
+        ("F1", "O1", "T1", "7.0", "F", ts(30), "U", False, "b1", 1),
+        ("F1", "O2", "T1", "2", "F", ts(6), "U", False, "b2", 2),
+    ]
+
+
+def test_upsert_ranks_text_sequence_columns(upsert_table: Table) -> None:
+    """Same timestamp: C beats F beats P whatever the arrival order (alphabetically C < F < P)."""
+    statuses = batch(
+        "b1",
+        [
+            ("F1", "O1", "T1", "corrected", "C", 10, "U"),
+            ("F1", "O1", "T1", "final", "F", 10, "U"),
+            ("F1", "O1", "T1", "prelim", "P", 10, "U"),
+        ],
+        arrived=1,
+    )
+    late_final = batch("b2", [("F1", "O1", "T1", "final again", "F", 10, "U")], arrived=2)
+    table = apply(upsert_table, "upsert", statuses, late_final)
+    assert rows(table, UPSERT_COLUMNS) == [("F1", "O1", "T1", "corrected", "C", ts(10), "U", False, "b1", 1)]
+
+
+def test_upsert_exact_duplicates_and_reruns_keep_the_values(upsert_table: Table) -> None:
+    changes = batch(
+        "b1",
+        [
+            ("F1", "O1", "T1", "5", "F", 10, "U"),
+            ("F1", "O1", "T1", "5", "F", 10, "U"),
+            ("F2", "O9", "T1", "1", "P", 1, "U"),
+        ],
+        arrived=1,
+    )
+    table = apply(upsert_table, "upsert", changes)
+    before = rows(table, [*UPSERT_COLUMNS, "_ingested_at"])
+    assert before == [
+        ("F1", "O1", "T1", "5", "F", ts(10), "U", False, "b1", 2, ts(1001)),
+        ("F2", "O9", "T1", "1", "P", ts(1), "U", False, "b1", 3, ts(1001)),
+    ]
+    # The very same batch again (a retried commit): nothing changes at all.
+    table = apply(table, "upsert", changes)
+    assert rows(table, [*UPSERT_COLUMNS, "_ingested_at"]) == before
+    # The same archives reloaded later: the same values and records; the lineage names the reload.
+    rerun = changes.with_columns(pl.lit(ts(2000)).alias("_ingested_at"), pl.lit("b1-retry").alias("_batch"))
+    table = apply(table, "upsert", rerun)
+    assert rows(table, [*UPSERT_COLUMNS, "_ingested_at"]) == [
+        ("F1", "O1", "T1", "5", "F", ts(10), "U", False, "b1-retry", 2, ts(2000)),
+        ("F2", "O9", "T1", "1", "P", ts(1), "U", False, "b1-retry", 3, ts(2000)),
+    ]
+
+
+def test_upsert_delete_then_reinsert_and_late_older_insert(upsert_table: Table) -> None:
+    inserts = batch(
+        "b1", [("F1", "O1", "T1", "1", "F", 10, "U"), ("F1", "O2", "T1", "2", "F", 10, "U")], arrived=1
+    )
+    deletes = batch(
+        "b2", [("F1", "O1", "T1", None, "F", 20, "D"), ("F1", "O2", "T1", None, "F", 20, "D")], arrived=2
+    )
+    # O1 comes back with a later version; O2 gets an older insert after its delete and stays deleted.
+    after = batch(
+        "b3", [("F1", "O1", "T1", "3", "C", 30, "U"), ("F1", "O2", "T1", "9", "C", 15, "U")], arrived=3
+    )
+    table = apply(upsert_table, "upsert", inserts, deletes)
+    assert rows(table, UPSERT_COLUMNS) == [
+        ("F1", "O1", "T1", None, "F", ts(20), "D", True, "b2", 1),
+        ("F1", "O2", "T1", None, "F", ts(20), "D", True, "b2", 2),
+    ]
+    table = apply(table, "upsert", after)
+    assert rows(table, UPSERT_COLUMNS) == [
+        ("F1", "O1", "T1", "3", "C", ts(30), "U", False, "b3", 1),
+        ("F1", "O2", "T1", None, "F", ts(20), "D", True, "b2", 2),
+    ]
+    live = pl.from_arrow(table.scan(row_filter="_deleted = false").to_arrow())
+    assert live.select("order_id", "value").rows() == [("O1", "3")]
+
+
+def test_upsert_delete_and_insert_in_one_batch(upsert_table: Table) -> None:
+    changes = batch(
+        "b1",
+        [
+            ("F1", "O1", "T1", "1", "F", 10, "U"),
+            ("F1", "O1", "T1", None, "F", 20, "D"),
+            ("F1", "O1", "T1", "0", "P", 5, "U"),
+        ],
+        arrived=1,
+    )
+    table = apply(upsert_table, "upsert", changes)
+    assert rows(table, UPSERT_COLUMNS) == [("F1", "O1", "T1", None, "F", ts(20), "D", True, "b1", 2)]
+
+
+def test_upsert_ties_go_to_the_later_arrival(upsert_table: Table) -> None:
+    same_batch = batch(
+        "b1",
+        [("F1", "O1", "T1", "first", "F", 10, "U"), ("F1", "O1", "T1", "second", "F", 10, "U")],
+        arrived=1,
+    )
+    table = apply(upsert_table, "upsert", same_batch)
+    # Within a batch the later record wins.
+    assert rows(table, UPSERT_COLUMNS) == [("F1", "O1", "T1", "second", "F", ts(10), "U", False, "b1", 2)]
+    later = batch("b2", [("F1", "O1", "T1", "third", "F", 10, "U")], arrived=2)
+    earlier = batch("b0", [("F1", "O1", "T1", "zeroth", "F", 10, "U")], arrived=0)
+    table = apply(table, "upsert", later, earlier)
+    # Across batches the later `_ingested_at` wins, even when that batch was applied first.
+    assert rows(table, UPSERT_COLUMNS) == [("F1", "O1", "T1", "third", "F", ts(10), "U", False, "b2", 1)]
+
+
+def test_upsert_null_sequence_sorts_lowest(upsert_table: Table) -> None:
+    changes = batch(
+        "b1",
+        [("F1", "O1", "T1", "dated", "P", 1, "U"), ("F1", "O1", "T1", "undated", "C", None, "U")],
+        arrived=1,
+    )
+    table = apply(upsert_table, "upsert", changes)
+    assert rows(table, UPSERT_COLUMNS) == [("F1", "O1", "T1", "dated", "P", ts(1), "U", False, "b1", 1)]
+
+
+def test_upsert_batch_touching_many_partitions_leaves_the_others_alone(upsert_table: Table) -> None:
+    facilities = [f"F{i:02d}" for i in range(12)]
+    initial = batch(
+        "b1", [(f, f"O-{f}-{n}", "T1", f"v{n}", "P", n, "U") for f in facilities for n in range(3)], arrived=1
+    )
+    # Touches 9 of 12 facilities: an update, an insert and a delete in three facilities each.
+    changes = batch(
+        "b2",
+        [(f, f"O-{f}-0", "T1", "updated", "F", 50, "U") for f in facilities[:3]]
+        + [(f, f"O-{f}-9", "T1", "new", "P", 50, "U") for f in facilities[3:6]]
+        + [(f, f"O-{f}-1", "T1", None, "P", 50, "D") for f in facilities[6:9]],
+        arrived=2,
+    )
+    table = apply(upsert_table, "upsert", initial, changes)
+    expected = []
+    for index, f in enumerate(facilities):
+        for n in range(3):
+            expected.append((f, f"O-{f}-{n}", "T1", f"v{n}", "P", ts(n), "U", False))
+        if index < 3:
+            expected[-3] = (f, f"O-{f}-0", "T1", "updated", "F", ts(50), "U", False)
+        elif index < 6:
+            expected.append((f, f"O-{f}-9", "T1", "new", "P", ts(50), "U", False))
+        elif index < 9:
+            expected[-2] = (f, f"O-{f}-1", "T1", None, "P", ts(50), "D", True)
+    assert rows(table, [*DATA, "_deleted"]) == sorted(
+        expected, key=lambda row: tuple((value is None, str(value)) for value in row)
+    )
+    # The overwrite is a delete snapshot then an append snapshot, both carrying the batch id.
+    delete, add = (snapshot.summary for snapshot in table.snapshots()[-2:])
+    assert (delete["medlake.batch"], add["medlake.batch"], add["added-records"]) == ("b2", "b2", "30")
+    if partition_by_of(table) == ["facility_id"]:
+        # Identity partitions: only the touched facilities' files are dropped, none is rewritten.
+        assert (delete.operation.value, delete["deleted-data-files"]) == ("delete", "9")
+        assert delete["deleted-records"] == "27"
+
+
+def test_merge_filter_narrows_one_facility_or_null_keys_only() -> None:
+    """Key ranges only where chunks need them (one facility cut by order ranges, null keys); many whole
+    facilities are selected by value, so their files are dropped whole rather than rewritten."""
+    one = batch("b", [("F1", "O3", "T1", "v", "P", 1, "U"), ("F1", "O7", "T1", "v", "P", 1, "U")], arrived=1)
+    between = And(GreaterThanOrEqual("order_id", "O3"), LessThanOrEqual("order_id", "O7"))
+    assert merge_filter(one, ["facility_id"], KEY) == And(
+        In("facility_id", ["F1"]), And(EqualTo("facility_id", "F1"), between)
+    )
+    many = batch("b", [("F1", "O3", "T1", "v", "P", 1, "U"), ("F2", "O7", "T1", "v", "P", 1, "U")], arrived=1)
+    assert merge_filter(many, ["facility_id"], KEY) == And(
+        In("facility_id", ["F1", "F2"]), In("facility_id", ["F1", "F2"])
+    )
+    nulls = batch(
+        "b", [("F1", None, "T1", "v", "P", 1, "U"), ("F2", "O7", "T1", "v", "P", 1, "U")], arrived=1
+    )
+    assert merge_filter(nulls, ["facility_id"], KEY) == And(
+        In("facility_id", ["F1", "F2"]),
+        Or(
+            And(EqualTo("facility_id", "F1"), IsNull("order_id")),
+            And(
+                EqualTo("facility_id", "F2"),
+                And(GreaterThanOrEqual("order_id", "O7"), LessThanOrEqual("order_id", "O7")),
+            ),
+        ),
+    )
+
+
+SCD2_COLUMNS = [*DATA, "_deleted", "_valid_from", "_valid_to", "_is_current", "_batch"]
+
+
+@pytest.fixture(params=["identity", "none"])
+def scd2_table(request: pytest.FixtureRequest, tmp_path: Path) -> Table:
+    return make_table(tmp_path, "scd2", request.param)
+
+
+def test_scd2_late_change_is_slotted_into_the_history(scd2_table: Table) -> None:
+    history = batch(
+        "b1",
+        [
+            ("F1", "O1", "T1", "a", "P", 10, "U"),
+            ("F1", "O1", "T1", "c", "F", 30, "U"),
+            ("F1", "O2", "T1", "x", "P", 5, "U"),
+        ],
+        arrived=1,
+    )
+    late = batch(
+        "b2", [("F1", "O1", "T1", "b", "P", 20, "U"), ("F1", "O1", "T1", "d", "C", 40, "U")], arrived=2
+    )
+    table = apply(scd2_table, "scd2", history, late)
+    expected = [
+        ("F1", "O1", "T1", "a", "P", ts(10), "U", False, ts(10), ts(20), False, "b1"),
+        ("F1", "O1", "T1", "b", "P", ts(20), "U", False, ts(20), ts(30), False, "b2"),
+        ("F1", "O1", "T1", "c", "F", ts(30), "U", False, ts(30), ts(40), False, "b1"),
+        ("F1", "O1", "T1", "d", "C", ts(40), "U", False, ts(40), None, True, "b2"),
+        ("F1", "O2", "T1", "x", "P", ts(5), "U", False, ts(5), None, True, "b1"),
+    ]
+    assert rows(table, SCD2_COLUMNS) == expected
+    # Duplicates of known versions, and the whole of b2 reloaded later: the same versions and validity.
+    table = apply(table, "scd2", late.with_columns(pl.lit(ts(3000)).alias("_ingested_at")), history.head(1))
+    assert rows(table, SCD2_COLUMNS) == expected
+
+
+def test_scd2_duplicates_in_a_batch_and_a_delete(scd2_table: Table) -> None:
+    changes = batch(
+        "b1",
+        [
+            ("F1", "O1", "T1", "a", "P", 10, "U"),
+            ("F1", "O1", "T1", "a", "P", 10, "U"),
+            ("F1", "O1", "T1", "a2", "F", 10, "U"),
+            ("F1", "O1", "T1", None, "F", 50, "D"),
+        ],
+        arrived=1,
+    )
+    table = apply(scd2_table, "scd2", changes)
+    assert rows(table, SCD2_COLUMNS) == [
+        ("F1", "O1", "T1", "a", "P", ts(10), "U", False, ts(10), ts(10), False, "b1"),
+        ("F1", "O1", "T1", "a2", "F", ts(10), "U", False, ts(10), ts(50), False, "b1"),
+        ("F1", "O1", "T1", None, "F", ts(50), "D", True, ts(50), None, True, "b1"),
+    ]
+
+
+def test_append_replaces_the_rows_of_the_batch_archives(tmp_path: Path) -> None:
+    table = make_table(tmp_path, "append", "identity")
+    first = batch(
+        "b1", [("F1", "O1", "T1", "1", "F", 10, "U"), ("F2", "O2", "T1", "2", "F", 10, "U")], arrived=1
+    )
+    second = batch("b2", [("F1", "O1", "T1", "3", "C", 20, "U")], arrived=2)
+    table = apply(table, "append", first, second, first)
+    assert append(first) is first
+    assert rows(table, [*DATA, "_batch"]) == [
+        ("F1", "O1", "T1", "1", "F", ts(10), "U", "b1"),
+        ("F1", "O1", "T1", "3", "C", ts(20), "U", "b2"),
+        ("F2", "O2", "T1", "2", "F", ts(10), "U", "b1"),
+    ]
+    assert archive_filter(first) == In("_archive", ["b1.zip"])
+
+
+def test_touched_partitions_per_transform() -> None:
+    changes = batch(
+        "b1", [("F2", "O1", "T1", "1", "F", 10, "U"), ("F1", "O2", "T1", "2", "F", 60 * 24, "U")], arrived=1
+    )
+    assert touched_partitions(changes, ["facility_id"], key=KEY) == In("facility_id", ["F1", "F2"])
+    assert touched_partitions(changes, ["bucket(16, order_id)"], key=KEY) == In("order_id", ["O1", "O2"])
+    assert touched_partitions(changes, ["facility_id", "bucket(4, order_id)"], key=KEY) == And(
+        In("facility_id", ["F1", "F2"]), In("order_id", ["O1", "O2"])
+    )
+    days = touched_partitions(changes.with_columns(pl.col("result_ts").alias("order_ts")), ["day(order_ts)"])
+    assert days == Or(
+        And(
+            GreaterThanOrEqual("order_ts", "2026-11-20T00:00:00+00:00"),
+            LessThan("order_ts", "2026-11-21T00:00:00+00:00"),
+        ),
+        And(
+            GreaterThanOrEqual("order_ts", "2026-11-21T00:00:00+00:00"),
+            LessThan("order_ts", "2026-11-22T00:00:00+00:00"),
+        ),
+    )
+    assert touched_partitions(changes.head(0), ["facility_id"], key=KEY) == AlwaysFalse()
+    with pytest.raises(ValueError, match="partition column 'value' is not a key column"):
+        touched_partitions(changes, ["value"], key=KEY)
+    with pytest.raises(ValueError, match=r"partition field 'truncate\(4, order_id\)'"):
+        touched_partitions(changes, ["truncate(4, order_id)"], key=KEY)
+
+
+def test_partition_by_of_reads_the_table_spec(tmp_path: Path) -> None:
+    catalog = SqlCatalog(
+        "test", uri=f"sqlite:///{tmp_path / 'catalog.db'}", warehouse=f"file://{tmp_path / 'warehouse'}"
+    )
+    catalog.create_namespace_if_not_exists("silver")
+    fields = DECLARED + LINEAGE
+    schema = Schema(*[NestedField(i, name, kind, required=False) for i, (name, kind) in enumerate(fields, 1)])
+    spec = PartitionSpec(
+        PartitionField(1, 1000, IdentityTransform(), "facility_id"),
+        PartitionField(2, 1001, BucketTransform(16), "order_id_bucket"),
+        PartitionField(6, 1002, DayTransform(), "result_ts_day"),
+    )
+    table = catalog.create_table("silver.specs", schema=schema, partition_spec=spec)
+    assert partition_by_of(table) == ["facility_id", "bucket(16, order_id)", "day(result_ts)"]
+
+
+def test_a_stale_table_conflicts_and_merge_into_redoes_the_merge(tmp_path: Path) -> None:
+    """Another writer commits between our read and our commit: the commit fails, the merge is redone."""
+    table = apply(
+        make_table(tmp_path, "upsert"),
+        "upsert",
+        batch("b1", [("F1", "O1", "T1", "1", "P", 1, "U")], arrived=1),
+    )
+    stale = table.catalog.load_table(table.name())
+    other = apply(table, "upsert", batch("b2", [("F1", "O2", "T1", "2", "P", 1, "U")], arrived=2))
+    changes = batch("b3", [("F1", "O1", "T1", "3", "F", 2, "U")], arrived=3)
+    with pytest.raises(ValidationException):
+        commit_merge(
+            stale,
+            upsert(read_current(stale, In("facility_id", ["F1"])), changes, key=KEY, sequence_by=SEQUENCE),
+            In("facility_id", ["F1"]),
+        )
+    apply(stale, "upsert", changes)
+    assert rows(other.refresh(), UPSERT_COLUMNS) == [
+        ("F1", "O1", "T1", "3", "F", ts(2), "U", False, "b3", 1),
+        ("F1", "O2", "T1", "2", "P", ts(1), "U", False, "b2", 1),
+    ]
+
+
+def test_pure_merges_without_a_table() -> None:
+    """The pure functions on frames: an empty current, and untouched keys passed through as they are."""
+    first = batch(
+        "b1", [("F1", "O1", "T1", "1", "P", 1, "U"), ("F1", "O2", "T1", "2", "P", 1, "U")], arrived=1
+    )
+    merged = upsert(pl.DataFrame(), first, key=KEY, sequence_by=SEQUENCE, sequence_ranks=RANKS)
+    assert merged.columns == [*first.columns, "_deleted"]
+    second = batch("b2", [("F1", "O2", "T1", "3", "F", 1, "U")], arrived=2)
+    merged = upsert(merged, second, key=KEY, sequence_by=SEQUENCE, sequence_ranks=RANKS)
+    assert merged.sort("order_id").select("order_id", "value", "_batch").rows() == [
+        ("O1", "1", "b1"),
+        ("O2", "3", "b2"),
+    ]
+    history = scd2(pl.DataFrame(), first, key=KEY, sequence_by=SEQUENCE)
+    history = scd2(history, second, key=KEY, sequence_by=SEQUENCE, sequence_ranks=RANKS)
+    assert history.sort("order_id", "_is_current").select(
+        "order_id", "value", "_valid_to", "_is_current"
+    ).rows() == [("O1", "1", None, True), ("O2", "2", ts(1), False), ("O2", "3", None, True)]
+
+
+def test_plan_chunks_packs_whole_values_splits_a_large_one_and_keeps_nulls_apart() -> None:
+    groups = pl.DataFrame(
+        {
+            "facility_id": ["F1", "F2", "F2", "F2", "F2", "F3", None, "F4"],
+            "order_id": ["O1", "O1", "O2", "O3", "O4", "O1", "O1", None],
+            "rows": [2, 3, 3, 3, 3, 1, 1, 1],
+        }
+    )
+    plan = plan_chunks(groups, ["facility_id", "order_id"], 5)
+    chunk = {(f, o): c for f, o, c in plan.select("facility_id", "order_id", "chunk").iter_rows()}
+    # F1 and F3 are packed whole (F1 first, then F3: sorted), F2 (12 rows) gets chunks of its own cut
+    # between order ids, and the groups with a null go to one last chunk.
+    assert chunk[("F1", "O1")] == chunk[("F3", "O1")] == 0
+    assert [chunk[("F2", o)] for o in ("O1", "O2", "O3", "O4")] == [1, 1, 2, 2]
+    assert chunk[(None, "O1")] == chunk[("F4", None)] == 3
+    assert plan.height == groups.height
+
+
+def test_key_bounds_narrow_to_each_first_value_and_keep_nulls() -> None:
+    changes = pl.DataFrame(
+        {"facility_id": ["F1", "F1", "F2", None], "order_id": ["O3", "O7", None, "O1"]},
+    )
+    bounds = key_bounds(changes, ["facility_id", "order_id"])
+    assert bounds == Or(
+        And(
+            EqualTo("facility_id", "F1"),
+            And(GreaterThanOrEqual("order_id", "O3"), LessThanOrEqual("order_id", "O7")),
+        ),
+        And(EqualTo("facility_id", "F2"), IsNull("order_id")),
+        IsNull("facility_id"),
+    )
+    many = pl.DataFrame({"facility_id": ["F1", "F2", "F3"], "order_id": ["O5", "O1", "O9"]})
+    assert key_bounds(many, ["facility_id", "order_id"], max_terms=2) == And(
+        In("facility_id", ["F1", "F2", "F3"]),
+        And(GreaterThanOrEqual("order_id", "O1"), LessThanOrEqual("order_id", "O9")),
+    )
+
+
+@pytest.mark.parametrize("mode", ["upsert", "scd2"])
+@pytest.mark.parametrize("partition", ["identity", "bucket", "none"])
+def test_merge_in_chunks_equals_one_merge(tmp_path: Path, partition: str, mode: str) -> None:
+    """A batch merged in planned chunks of 2-3 rows (into rows written before, nulls in the key too) gives
+    the table one merge gives, in one commit."""
+    initial = batch(
+        "b1",
+        [(f, f"O{n}", "T1", f"v{n}", "P", n, "U") for f in ("F1", "F2", "F3") for n in range(6)]
+        + [("F1", None, "T1", "null order", "P", 1, "U")],
+        arrived=1,
+    )
+    changes = batch(
+        "b2",
+        [("F1", f"O{n}", "T1", "final", "F", 20, "U") for n in range(0, 6, 2)]
+        + [("F2", "O9", "T1", "new", "P", 20, "U"), ("F3", "O1", "T1", None, "P", 20, "D")]
+        + [
+            ("F1", None, "T1", "null order again", "F", 20, "U"),
+            (None, "O1", "T1", "no facility", "P", 20, "U"),
+        ],
+        arrived=2,
+    )
+    key = ["facility_id", "order_id"]
+    groups = changes.group_by(key).agg(pl.len().alias("rows"))
+    plan = plan_chunks(groups, key, 2)
+    numbered = changes.join(plan.select(*key, "chunk"), on=key, how="left", nulls_equal=True)
+    parts = [part.drop("chunk") for _, part in sorted(numbered.partition_by("chunk", as_dict=True).items())]
+    assert len(parts) >= 4
+
+    def merged(chunks: list[pl.DataFrame], home: Path) -> list[tuple]:
+        table = apply(make_table(home, mode, partition), mode, initial)
+        before = len(table.snapshots())
+        table = merge_chunks(
+            table,
+            [lambda part=part: part for part in chunks],
+            mode=mode,  # type: ignore[arg-type]
+            key=KEY,
+            sequence_by=SEQUENCE,
+            sequence_ranks=RANKS,
+            delete_marker=DELETE,
+            snapshot_properties={"medlake.batch": "b2"},
+        )
+        assert {s.summary["medlake.batch"] for s in table.snapshots()[before:]} == {"b2"}
+        return rows(table, UPSERT_COLUMNS if mode == "upsert" else SCD2_COLUMNS)
+
+    (tmp_path / "one").mkdir()
+    (tmp_path / "chunks").mkdir()
+    expected = merged([changes], tmp_path / "one")
+    assert merged(parts, tmp_path / "chunks") == expected
+    if mode == "upsert":
+        assert len(expected) == 3 * 6 + 1 + 2  # F2's new order and the row without a facility
+    else:  # every version kept; F1's updated orders close their first version at minute 20
+        assert len(expected) == 3 * 6 + 1 + len(changes)
+        assert ("F1", "O0", "T1", "v0", "P", ts(0), "U", False, ts(0), ts(20), False, "b1") in expected

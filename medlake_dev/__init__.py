@@ -1,0 +1,1 @@
+"""Dev tooling, not deployed: synthetic feeds, the demo, local workers, benchmarks."""

@@ -1,0 +1,525 @@
+"""`medlake bench soak`: the deployed mode at the production arrival rate for a long time, through a surge.
+
+`medlake workers` (Dagster daemon, `QueuedRunCoordinator`, a process per run, PostgreSQL + a loopback S3
+endpoint) with N run workers is fed a generated day of production-shaped archives (the generator's size
+mix, 1% of them 1.5-40 MB) in real time: `normal` minutes at the production rate (3,500 archives/h), then
+`surge` minutes at `factor` times that, then `after` minutes at the production rate again. After the
+last put it waits until every archive is in silver (or `drain_limit` runs out), then reports per window
+(5 minutes by default): arrivals, archives reaching silver, backlog at the window's end, landing-to-silver
+latency of the window's arrivals (p50 / p95 / max), peak RSS per kind of process (daemon, code server,
+run worker) and runs finished / failed; and at the end compares the lake with the generator's manifest:
+every archive loaded, bronze rows per source equal to the manifest's records with no duplicate record,
+silver equal to bronze (append: the same rows; upsert: one row per distinct key; scd2: one current row per
+distinct key).
+
+Latency: from the archive's put completing to its batch's `processed_at` for `silver.<source>` in the
+ledger (written right after the silver commit: the rows are queryable from then on).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from multiprocessing import get_context
+from pathlib import Path
+
+import psutil
+from rich.console import Console
+from rich.table import Table
+
+from medlake_dev.bench.scale import DUMMY_AWS, s3_endpoint, silver_times
+from medlake_dev.workers import (
+    Workers,
+    WorkersError,
+    ensure_bucket,
+    scratch_database,
+    wait_until_settled,
+)
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    seconds: float
+    rate_per_hour: float
+
+    @property
+    def archives(self) -> int:
+        return round(self.seconds * self.rate_per_hour / 3600)
+
+
+def soak_phases(
+    normal_minutes: float, surge_minutes: float, after_minutes: float, rate_per_hour: float, factor: float
+) -> list[Phase]:
+    phases = [
+        Phase("normal", normal_minutes * 60, rate_per_hour),
+        Phase("surge", surge_minutes * 60, rate_per_hour * factor),
+        Phase("after", after_minutes * 60, rate_per_hour),
+    ]
+    return [phase for phase in phases if phase.archives > 0]
+
+
+def arrival_plan(phases: Sequence[Phase]) -> list[tuple[float, str]]:
+    """(seconds after the start, phase) of every arrival: evenly spaced within each phase."""
+    plan, start = [], 0.0
+    for phase in phases:
+        interval = phase.seconds / phase.archives
+        plan += [(start + number * interval, phase.name) for number in range(phase.archives)]
+        start += phase.seconds
+    return plan
+
+
+class ProcessSampler:
+    """Samples the RSS of a process group (the daemon, its code server, the run workers) every second."""
+
+    def __init__(self, root_pid: int, interval: float = 1.0):
+        self.root_pid = root_pid
+        self.interval = interval
+        self.samples: list[tuple[float, str, int, int]] = []  # (time, kind, pid, rss bytes)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def kind(process: psutil.Process) -> str:
+        command = " ".join(process.cmdline())
+        if "dagster-daemon" in command:
+            return "daemon"
+        if "api grpc" in command or "dagster._grpc" in command:
+            return "code server"
+        if "multiprocessing" in command or "execute_run" in command:
+            return "run worker"
+        return "other"
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            now = time.time()
+            try:
+                root = psutil.Process(self.root_pid)
+                processes = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                processes = []
+            for process in processes:
+                try:
+                    self.samples.append((now, self.kind(process), process.pid, process.memory_info().rss))
+                except psutil.Error:
+                    continue
+            self._stop.wait(self.interval)
+
+    @contextmanager
+    def watch(self) -> Iterator[ProcessSampler]:
+        self._thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            self._thread.join()
+
+    def peaks(self, start: float, end: float) -> dict[str, float]:
+        """Peak RSS (MB) of one process of each kind within [start, end)."""
+        peaks: dict[str, float] = defaultdict(float)
+        for at, kind, _pid, rss in self.samples:
+            if start <= at < end:
+                peaks[kind] = max(peaks[kind], rss / 2**20)
+        return dict(peaks)
+
+
+@dataclass
+class Window:
+    start: float
+    end: float
+    phases: str
+    arrivals: int = 0
+    in_silver: int = 0
+    backlog: int = 0
+    latencies: list[float] = field(default_factory=list)
+    not_in_silver: int = 0
+    rss: dict[str, float] = field(default_factory=dict)
+    runs: int = 0
+    failed_runs: int = 0
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+@dataclass
+class SoakResult:
+    phases: list[Phase]
+    workers: int
+    sensor_interval: int
+    windows: list[Window]
+    landed: int
+    in_silver: int
+    normal_p95: float
+    normal_backlogs: list[int]
+    surge_end_backlog: int
+    drain_seconds: float | None
+    failed_runs: int
+    runs: int
+    checks: list[tuple[str, bool, str]]
+    load_average: float
+    machine: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return all(passed for _, passed, _ in self.checks)
+
+
+def _run_records(workers: Workers) -> list[tuple[float, float | None, str, str]]:
+    """(created, ended, status, job) of every run."""
+    return [
+        (
+            record.create_timestamp.timestamp(),
+            record.end_time,
+            record.dagster_run.status.value,
+            record.dagster_run.job_name,
+        )
+        for record in workers.instance().get_run_records()
+    ]
+
+
+def generate_pool(
+    folder: Path,
+    *,
+    archives: int,
+    facilities: int,
+    seed: int,
+    size_scale: float,
+    day: date,
+    processes: int | None = None,
+) -> tuple[dict[str, Path], dict]:
+    """`archives` generated archives of `day` (landing key -> file) and their manifest entries.
+
+    Generated in chunks on every core (an hour at production sizes is ~1 GB of archives), each chunk with
+    its own seed; a key two chunks both made (same facility, second and number) is kept once. Chunks
+    already generated (their manifest.json written) are reused.
+    """
+    from medlake_dev.generate import write_feeds
+
+    processes = processes or os.cpu_count() or 1
+    sizes = [archives // processes + (1 if index < archives % processes else 0) for index in range(processes)]
+    chunks = [folder / f"chunk-{index}" for index in range(processes)]
+    with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool:
+        futures = [
+            pool.submit(
+                write_feeds,
+                chunk,
+                facilities=facilities,
+                archives=size,
+                seed=seed + index,
+                day=day,
+                size_scale=size_scale,
+            )
+            for index, (chunk, size) in enumerate(zip(chunks, sizes, strict=True))
+            if size and not (chunk / "manifest.json").exists()
+        ]
+        for future in futures:
+            future.result()
+    paths: dict[str, Path] = {}
+    entries = []
+    for chunk in chunks:
+        if not (chunk / "manifest.json").exists():
+            continue
+        for entry in json.loads((chunk / "manifest.json").read_text())["archives"]:
+            if entry["key"] not in paths:
+                paths[entry["key"]] = chunk / entry["key"]
+                entries.append(entry)
+    return paths, {"archives": entries}
+
+
+def lake_checks(workers: Workers, manifest: Mapping, landed: set[str]) -> list[tuple[str, bool, str]]:
+    """The lake against the generator's manifest: nothing lost, nothing doubled, bronze to silver."""
+    from medlake_assets.serving.sql import connect
+    from medlake_assets.silver.merge import IS_CURRENT
+
+    con = connect(workers.lake)
+    checks = []
+    by_key = {archive["key"]: archive for archive in manifest["archives"]}
+    ledger = dict(con.execute("SELECT key, status FROM meta.files").fetchall())
+    loaded = [key for key in landed if ledger.get(key) == "loaded"]
+    checks.append(
+        ("every landed archive loaded", len(loaded) == len(landed), f"{len(loaded)} of {len(landed)} loaded")
+    )
+    for source, spec in sorted(workers.lake.sources.items()):
+        expected = sum(
+            by_key[key]["records"] for key in landed if by_key[key]["source"] == source and key in by_key
+        )
+        rows, distinct = con.execute(
+            f"SELECT count(*), count(DISTINCT (_archive, _member, _record)) FROM bronze.{source}"
+        ).fetchone()
+        checks.append(
+            (
+                f"bronze.{source} = manifest, no duplicate record",
+                rows == expected == distinct,
+                f"{rows:,} rows, {distinct:,} distinct records, manifest {expected:,}",
+            )
+        )
+        key = ", ".join(spec.write.primary_key)
+        if spec.write.mode == "append":
+            silver = con.execute(f"SELECT count(*) FROM silver.{source}").fetchone()[0]
+            checks.append((f"silver.{source} = bronze", silver == rows, f"{silver:,} rows, bronze {rows:,}"))
+            continue
+        keys = con.execute(f"SELECT count(*) FROM (SELECT DISTINCT {key} FROM bronze.{source})").fetchone()[0]
+        current = f"WHERE {IS_CURRENT}" if spec.write.mode == "scd2" else ""
+        silver, silver_keys = con.execute(
+            f"SELECT count(*), count(DISTINCT ({key})) FROM silver.{source} {current}"
+        ).fetchone()
+        checks.append(
+            (
+                f"silver.{source}: one row per bronze key",
+                silver == silver_keys == keys,
+                f"{silver:,} rows, {silver_keys:,} distinct keys, bronze {keys:,} keys",
+            )
+        )
+    return checks
+
+
+def run_soak(
+    *,
+    phases: Sequence[Phase],
+    workers_count: int,
+    sensor_interval: int,
+    postgres_url: str,
+    facilities: int,
+    seed: int,
+    size_scale: float,
+    window_seconds: float,
+    drain_limit_seconds: float,
+    work_dir: Path | None,
+    console: Console,
+) -> SoakResult:
+    base_env = dict(os.environ)
+    if not base_env.get("MEDLAKE_ARCHIVE_PASSWORD"):
+        raise ValueError("MEDLAKE_ARCHIVE_PASSWORD is not set (the generator and the workers share it)")
+    work_dir = Path(work_dir or tempfile.mkdtemp(prefix="medlake-bench-soak-"))
+    plan = arrival_plan(phases)
+    today = datetime.now(UTC).date()
+    pool_dir = work_dir / f"pool-{today}-{len(plan)}a-{facilities}f-{seed}s-{size_scale:g}x"
+    started = time.perf_counter()
+    with console.status(f"generating {len(plan)} archives into {pool_dir} (reused by a later run today)"):
+        paths, manifest = generate_pool(
+            pool_dir, archives=len(plan), facilities=facilities, seed=seed, size_scale=size_scale, day=today
+        )
+    console.print(f"{len(paths)} archives ready in {time.perf_counter() - started:.0f} s")
+    import random
+
+    keys = sorted(paths)
+    random.Random(0).shuffle(keys)  # facilities interleaved, as production arrivals are
+    with (
+        s3_endpoint(os.environ.get("MEDLAKE_S3_ENDPOINT_URL")) as endpoint,
+        scratch_database(postgres_url, "medlake_soak") as database_url,
+    ):
+        env = {
+            **base_env,
+            **{name: base_env.get(name) or value for name, value in DUMMY_AWS.items()},
+            "MEDLAKE_CATALOG_URL": database_url,
+            "MEDLAKE_STORE_URL": f"s3://soak-{uuid.uuid4().hex[:10]}/lake",
+            "MEDLAKE_S3_ENDPOINT_URL": endpoint,
+            "MEDLAKE_HOME": str(work_dir / "home"),
+        }
+        os.environ.update({name: env[name] for name in DUMMY_AWS})
+        workers = Workers(
+            env,
+            work_dir / f"dagster-{uuid.uuid4().hex[:6]}",
+            workers_count,
+            sensor_interval_seconds=sensor_interval,
+        )
+        ensure_bucket(workers.settings)
+        landed: dict[str, float] = {}
+        phase_of: dict[str, str] = {}
+        with workers:
+            assert workers.process is not None
+            with ProcessSampler(workers.process.pid).watch() as sampler:
+                started = time.time()
+                last_report = started
+                for (offset, phase), key in zip(plan, keys, strict=False):
+                    if (wait := started + offset - time.time()) > 0:
+                        time.sleep(wait)
+                    workers.lake.store.put(key, paths[key].read_bytes())
+                    landed[key] = time.time()
+                    phase_of[key] = phase
+                    if time.time() - last_report >= 60:
+                        last_report = time.time()
+                        in_silver = len(silver_times(workers))
+                        console.print(
+                            f"{(last_report - started) / 60:5.1f} min [{phase}]: {len(landed)} landed, "
+                            f"{in_silver} in silver, backlog {len(landed) - in_silver}"
+                        )
+                replayed = time.time()
+                console.print(f"all {len(landed)} archives landed in {replayed - started:.0f} s; draining")
+                try:
+                    wait_until_settled(
+                        workers, len(landed), timeout_seconds=drain_limit_seconds, stall_seconds=600
+                    )
+                except WorkersError as error:
+                    console.print(f"[red]{error}[/red]")
+                times = {key: at.timestamp() for key, (at, _) in silver_times(workers).items()}
+                ended = time.time()
+            runs = _run_records(workers)
+            checks = lake_checks(workers, manifest, set(landed))
+        return summarize(
+            phases=list(phases),
+            workers_count=workers_count,
+            sensor_interval=sensor_interval,
+            started=started,
+            ended=ended,
+            landed=landed,
+            phase_of=phase_of,
+            times=times,
+            runs=runs,
+            sampler=sampler,
+            window_seconds=window_seconds,
+            checks=checks,
+        )
+
+
+def summarize(
+    *,
+    phases: list[Phase],
+    workers_count: int,
+    sensor_interval: int,
+    started: float,
+    ended: float,
+    landed: Mapping[str, float],
+    phase_of: Mapping[str, str],
+    times: Mapping[str, float],
+    runs: Sequence[tuple[float, float | None, str, str]],
+    sampler: ProcessSampler,
+    window_seconds: float,
+    checks: list[tuple[str, bool, str]],
+) -> SoakResult:
+    """Per-window figures and the targets, from arrival times, silver times, runs and RSS samples."""
+    bounds, start = {}, started
+    for phase in phases:
+        bounds[phase.name] = (start, start + phase.seconds)
+        start += phase.seconds
+    windows = []
+    at = started
+    while at < ended:
+        end = min(at + window_seconds, ended)
+        names = [name for name, (lo, hi) in bounds.items() if lo < end and hi > at] or ["drain"]
+        window = Window(start=at - started, end=end - started, phases="+".join(names))
+        arrived = [key for key, moment in landed.items() if at <= moment < end]
+        window.arrivals = len(arrived)
+        window.latencies = [times[key] - landed[key] for key in arrived if key in times]
+        window.not_in_silver = sum(key not in times for key in arrived)
+        window.in_silver = sum(at <= moment < end for key, moment in times.items() if key in landed)
+        window.backlog = sum(moment < end for moment in landed.values()) - sum(
+            moment < end for key, moment in times.items() if key in landed
+        )
+        window.rss = sampler.peaks(at, end)
+        finished = [run for run in runs if run[1] is not None and at <= run[1] < end]
+        window.runs = len(finished)
+        window.failed_runs = sum(run[2] == "FAILURE" for run in finished)
+        windows.append(window)
+        at = end
+    normal_keys = [key for key, phase in phase_of.items() if phase == "normal"]
+    normal_latencies = [times[key] - landed[key] for key in normal_keys if key in times]
+    surge_end = bounds["surge"][1] if "surge" in bounds else None
+    normal_backlogs = [w.backlog for w in windows if w.phases == "normal"]
+    surge_end_backlog, drain_seconds = 0, None
+    if surge_end is not None:
+        in_silver_by = sorted(moment for key, moment in times.items() if key in landed)
+        landed_by = sorted(landed.values())
+
+        def backlog_at(moment: float) -> int:
+            return sum(t <= moment for t in landed_by) - sum(t <= moment for t in in_silver_by)
+
+        surge_end_backlog = backlog_at(surge_end)
+        # Drained: the backlog is back to what the production rate alone leaves (the normal phase's worst).
+        normal_level = max(normal_backlogs or [0])
+        drained = next(
+            (moment for moment in in_silver_by if moment >= surge_end and backlog_at(moment) <= normal_level),
+            None,
+        )
+        drain_seconds = drained - surge_end if drained is not None else None
+    return SoakResult(
+        phases=phases,
+        workers=workers_count,
+        sensor_interval=sensor_interval,
+        windows=windows,
+        landed=len(landed),
+        in_silver=sum(key in times for key in landed),
+        normal_p95=quantile(normal_latencies, 0.95),
+        normal_backlogs=normal_backlogs,
+        surge_end_backlog=surge_end_backlog,
+        drain_seconds=drain_seconds,
+        failed_runs=sum(run[2] == "FAILURE" for run in runs),
+        runs=len(runs),
+        checks=checks,
+        load_average=os.getloadavg()[0],
+        machine=f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GB",
+    )
+
+
+def render(result: SoakResult) -> list[Table]:
+    description = ", ".join(
+        f"{phase.name} {phase.seconds / 60:g} min at {phase.rate_per_hour:,.0f}/h" for phase in result.phases
+    )
+    table = Table(
+        title=f"bench soak: {description}; {result.workers} worker(s), sensor every "
+        f"{result.sensor_interval} s; {result.machine}, load average at the end {result.load_average:.1f}"
+    )
+    columns = [
+        "window (min)", "phase", "arrivals", "into silver", "backlog at end", "latency p50 s", "p95 s",
+        "max s", "not in silver", "peak RSS MB: daemon / code server / run", "runs (failed)",
+    ]  # fmt: skip
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("phase",) else "right")
+    for window in result.windows:
+        rss = window.rss
+        table.add_row(
+            f"{window.start / 60:.0f}-{window.end / 60:.0f}",
+            window.phases,
+            str(window.arrivals),
+            str(window.in_silver),
+            str(window.backlog),
+            f"{quantile(window.latencies, 0.5):.1f}",
+            f"{quantile(window.latencies, 0.95):.1f}",
+            f"{max(window.latencies, default=math.nan):.1f}",
+            str(window.not_in_silver),
+            " / ".join(f"{rss.get(kind, 0):.0f}" for kind in ("daemon", "code server", "run worker")),
+            f"{window.runs} ({window.failed_runs})",
+        )
+    targets = Table(title="bench soak: targets and checks")
+    for column in ("target / check", "result", "measured"):
+        targets.add_column(column)
+    backlogs = result.normal_backlogs
+    grows = len(backlogs) >= 2 and backlogs[-1] > max(backlogs[0], 1) * 2
+    p95 = f"{result.normal_p95:.1f} s"
+    rows = [
+        ("backlog does not grow at the production rate", not grows, f"end of normal windows: {backlogs}"),
+        ("landing-to-silver p95 <= 60 s at the production rate", result.normal_p95 <= 60, p95),
+        ("(stretch) p95 <= 30 s", result.normal_p95 <= 30, p95),
+    ]
+    if any(phase.name == "surge" for phase in result.phases):
+        drained = result.drain_seconds
+        rows.append(
+            (
+                "surge backlog drained within 15 min of its end",
+                drained is not None and drained <= 900,
+                f"backlog {result.surge_end_backlog} at the surge's end; drained after "
+                + (f"{drained:.0f} s" if drained is not None else "never (within the run)"),
+            )
+        )
+    rows.append(("no failed run", result.failed_runs == 0, f"{result.failed_runs} failed of {result.runs}"))
+    everything = result.in_silver == result.landed
+    rows.append(("every archive in silver", everything, f"{result.in_silver} of {result.landed}"))
+    rows += result.checks
+    for name, passed, measured in rows:
+        targets.add_row(name, "[green]met[/green]" if passed else "[red]not met[/red]", measured)
+    return [table, targets]
