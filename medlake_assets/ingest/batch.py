@@ -35,10 +35,10 @@ from medlake_assets.ingest.pipeline import (
     ArchiveContext,
     ArchiveResult,
     ArchiveWork,
-    process_archives,
     reject_rows,
     with_lineage,
 )
+from medlake_assets.ingest.pool import process_archives
 from medlake_assets.lake import Lake
 from medlake_assets.lake.files import StagedFiles, replace_with_files
 from medlake_assets.lake.ledger import PENDING, QUARANTINED, FileResult, FileRow

@@ -13,14 +13,8 @@ import pytest
 
 from medlake_assets.ingest.bronze import bronze_schema
 from medlake_assets.ingest.parsers.csv import ArrowMember, parse_csv, parse_csv_arrow
-from medlake_assets.ingest.pipeline import (
-    ArchiveContext,
-    ArchiveWork,
-    bronze_rows,
-    ingest_workers,
-    process_archive,
-    process_archives,
-)
+from medlake_assets.ingest.pipeline import ArchiveContext, ArchiveWork, bronze_rows, process_archive
+from medlake_assets.ingest.pool import ingest_workers, process_archives
 from medlake_assets.spec import ColumnSpec, CsvFormat, SourceSpec
 
 COLUMNS = [

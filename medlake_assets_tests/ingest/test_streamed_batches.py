@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from medlake_assets.ingest import batch as batch_module
-from medlake_assets.ingest import pipeline
+from medlake_assets.ingest import pool
 from medlake_assets.ingest.batch import load_batch
 from medlake_assets.ingest.bronze import BATCH_PROPERTY, bronze_table
 from medlake_assets.ingest.landing import day_prefix, register_landed
@@ -95,7 +95,7 @@ def test_small_pieces_and_files_give_the_default_batch(
     # Pieces of ~20 KB of CSV, a data file per ~50 KB of records, archives of 8 KB or more in this process.
     monkeypatch.setattr(csv_parser, "CHUNK_CHARS", 20_000)
     monkeypatch.setattr(batch_module, "WRITE_BYTES", 50_000)
-    monkeypatch.setattr(pipeline, "IN_PROCESS_BYTES", 8_000)
+    monkeypatch.setattr(pool, "IN_PROCESS_BYTES", 8_000)
     assert load_day(tmp_path / "small") == expected_counts
     assert contents(tmp_path / "small") == expected
 

@@ -185,7 +185,8 @@ def run_ingest_benchmark(
     from medlake_assets.defs.resources import LakeResource
     from medlake_assets.defs.runner import IngestSummary, ingest_once, refine
     from medlake_assets.ingest.landing import route
-    from medlake_assets.ingest.pipeline import ArchiveContext, ArchiveWork, ingest_workers, process_archives
+    from medlake_assets.ingest.pipeline import ArchiveContext, ArchiveWork
+    from medlake_assets.ingest.pool import ingest_workers, process_archives
     from medlake_assets.lake.objectstore import LocalObjectStore
     from medlake_assets.lake.settings import load_settings
 
