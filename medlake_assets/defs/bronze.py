@@ -228,7 +228,6 @@ def build_source_defs(spec: SourceSpec) -> dg.Definitions:
         name=job_name(spec),
         selection=[key],
         partitions_def=partitions,
-        executor_def=dg.in_process_executor,
         description=f"Load one ledger batch of {spec.name} into bronze, or without one every archive of the "
         "landing day: backfills, reprocessing, retries of parked batches.",
     )

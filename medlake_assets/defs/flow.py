@@ -31,6 +31,7 @@ from medlake_assets.defs.bronze import (
     bronze_key,
     bronze_op_name,
 )
+from medlake_assets.defs.policies import SENSOR_STATUS
 from medlake_assets.defs.resources import LakeResource
 from medlake_assets.defs.silver import derived_keys, silver_key
 from medlake_assets.ingest.batch import MISSING_SECRET, release_holds
@@ -132,7 +133,6 @@ def build_flow_defs(
         name=FLOW_JOB,
         selection=[key for spec in specs for key in flow_keys(spec)],
         partitions_def=LANDING_DAYS,
-        executor_def=dg.in_process_executor,
         description="Load newly landed archives into bronze and then silver: one ledger batch per source, "
         "every source of a landing day in one run.",
     )
@@ -141,7 +141,7 @@ def build_flow_defs(
         name=LANDING_SENSOR,
         job=job,
         minimum_interval_seconds=sensor_interval_seconds,
-        default_status=dg.DefaultSensorStatus.RUNNING,
+        default_status=SENSOR_STATUS,
         description="Registers new archives in the open landing days of every source, claims them into "
         "batches while no run of their source is in flight, and requests one run per landing day.",
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from medlake_assets.defs.policies import table_pool
+from medlake_assets.defs.policies import REFRESH_TAG, SCHEDULE_STATUS, SENSOR_STATUS, table_pool
 from medlake_assets.defs.resources import LakeResource
 from medlake_assets.gold.run import CheckOutcome, PartitionWindow, run_report
 from medlake_assets.gold.spec import PartitionSpec, ReportSpec, check_name, load_reports
@@ -18,14 +18,6 @@ RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 # The ledger (meta) and quarantine tables are not assets; bronze, silver and gold tables are.
 ASSET_NAMESPACES = ("bronze", "silver", "gold")
-
-
-# Eager, rebuilt when a table it reads changes and not while a blocking check upstream fails, minus eager's
-# "no dependency missing": a daily-partitioned silver parent always has missing days before its data starts.
-ON_UPDATE = (
-    dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing())
-    & dg.AutomationCondition.all_deps_blocking_checks_passed()
-)
 
 
 def report_key(report: ReportSpec) -> dg.AssetKey:
@@ -110,7 +102,7 @@ def build_report_defs(report: ReportSpec) -> dg.Definitions:
             dg.AssetCheckSpec(check_name(check), asset=key, description=check.rule)
             for check in report.header.checks
         ],
-        automation_condition=ON_UPDATE if on_update else None,
+        tags={REFRESH_TAG: report.header.schedule},  # on_update: kept up to date (policies.ON_UPDATE)
         description=report.header.description,
         owners=[report.header.owner] if report.header.owner else None,
         metadata={
@@ -140,7 +132,6 @@ def build_report_defs(report: ReportSpec) -> dg.Definitions:
     job = dg.define_asset_job(
         name=report_job_name(report),
         selection=[key],
-        executor_def=dg.in_process_executor,
         description=f"Rebuild {report.identifier} ({report.header.schedule}).",
     )
     if on_update:
@@ -152,7 +143,7 @@ def build_report_defs(report: ReportSpec) -> dg.Definitions:
             cron_schedule=report.cron,
             job=job,
             execution_timezone="UTC",
-            default_status=dg.DefaultScheduleStatus.RUNNING,
+            default_status=SCHEDULE_STATUS,
         )
     else:
         schedule = finished_partition_schedule(schedule_name, report.cron, job, partitions)
@@ -169,7 +160,7 @@ def finished_partition_schedule(
         cron_schedule=cron,
         job=job,
         execution_timezone="UTC",
-        default_status=dg.DefaultScheduleStatus.RUNNING,
+        default_status=SCHEDULE_STATUS,
     )
     def run_finished_partition(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
         current = partitions.get_partition_key_for_timestamp(context.scheduled_execution_time.timestamp())
@@ -185,6 +176,6 @@ def report_automation_sensor(interval_seconds: int = 30) -> dg.AutomationConditi
     return dg.AutomationConditionSensorDefinition(
         "gold_automation",
         target=dg.AssetSelection.groups("gold"),
-        default_status=dg.DefaultSensorStatus.RUNNING,
+        default_status=SENSOR_STATUS,
         minimum_interval_seconds=interval_seconds,
     )

@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
+from medlake_assets.defs.policies import SENSOR_STATUS
 from medlake_assets.defs.resources import LakeResource
 from medlake_assets.ingest.landing import find_strays, register_landed
 
@@ -11,7 +12,7 @@ from medlake_assets.ingest.landing import find_strays, register_landed
 @dg.sensor(
     name="landing_unrouted",
     minimum_interval_seconds=300,
-    default_status=dg.DefaultSensorStatus.RUNNING,
+    default_status=SENSOR_STATUS,
     description=(
         "Finds objects under landing/ outside the day folders the landing sensor lists (unknown folders, "
         "loose files, broken yyyy/mm/dd layouts, days after today) with delimiter "

@@ -18,7 +18,7 @@ from medlake_assets.defs.bronze import (
     ensure_landing_days,
     landing_partitions,
 )
-from medlake_assets.defs.policies import table_pool
+from medlake_assets.defs.policies import SCHEDULE_STATUS, SENSOR_STATUS, table_pool
 from medlake_assets.defs.resources import LakeResource
 from medlake_assets.lake import Lake
 from medlake_assets.lake.ledger import Ledger
@@ -144,7 +144,6 @@ def build_silver_defs(spec: SourceSpec) -> dg.Definitions:
         group_name="silver",
         kinds={"iceberg", "polars"},
         check_specs=check_specs,
-        automation_condition=dg.AutomationCondition.eager(),
         description=f"{spec.description} Typed, cleaned, {spec.write.mode}.",
         owners=[spec.owner] if spec.owner else None,
         pool=table_pool(f"silver.{spec.name}"),
@@ -180,7 +179,6 @@ def build_silver_defs(spec: SourceSpec) -> dg.Definitions:
         name=refine_job_name(spec),
         selection=[asset.key for asset in assets],
         partitions_def=landing_partitions(spec),
-        executor_def=dg.in_process_executor,
         description=f"Bring the silver tables of {spec.name} up to date for a landing day.",
     )
     return dg.Definitions(assets=assets, jobs=[job])
@@ -195,7 +193,6 @@ def build_encounters_asset(spec: SourceSpec) -> dg.AssetsDefinition:
         partitions_def=landing_partitions(spec),
         group_name="silver",
         kinds={"iceberg", "polars"},
-        automation_condition=dg.AutomationCondition.eager(),
         description="One row per visit (facility, visit_number): status, location, admit and discharge times,"
         " "
         "derived from every ADT event of the visit whatever their arrival order.",
@@ -212,7 +209,7 @@ def silver_automation_sensor(interval_seconds: int = 30) -> dg.AutomationConditi
     return dg.AutomationConditionSensorDefinition(
         "silver_automation",
         target=dg.AssetSelection.groups("silver"),
-        default_status=dg.DefaultSensorStatus.RUNNING,
+        default_status=SENSOR_STATUS,
         minimum_interval_seconds=interval_seconds,
     )
 
@@ -234,7 +231,7 @@ def silver_catch_up_sensor(specs: Iterable[SourceSpec], interval_seconds: int = 
         name="silver_catch_up",
         target=dg.AssetSelection.groups("silver"),
         minimum_interval_seconds=max(interval_seconds, 60),
-        default_status=dg.DefaultSensorStatus.RUNNING,
+        default_status=SENSOR_STATUS,
         description="Refines landing days whose loaded bronze batches silver missed.",
     )
     def catch_up(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult:
@@ -350,7 +347,7 @@ def build_freshness_defs(specs: Iterable[SourceSpec], cron: str = FRESHNESS_CRON
         job=job,
         cron_schedule=cron,
         execution_timezone="UTC",
-        default_status=dg.DefaultScheduleStatus.RUNNING,
+        default_status=SCHEDULE_STATUS,
         description="Freshness of every feed, with or without new data.",
     )
     return dg.Definitions(asset_checks=[freshness_checks], jobs=[job], schedules=[schedule])

@@ -1,7 +1,8 @@
 """The asset graph generated from metadata: loadable, and a snapshot so a YAML change shows as a diff.
 
 The snapshot (syrupy, `__snapshots__/test_definitions/`) holds every asset's group, kinds, partitions,
-checks, pool, upstream assets and automation condition, each job's asset selection, sensors and schedules.
+checks, pool, upstream assets and automation condition, each job's asset selection, sensors and schedules,
+the jobs' executors and what does not run from the start.
 After a deliberate change: `pytest medlake_assets_tests/defs/test_definitions.py --snapshot-update`, then
 review the diff."""
 
@@ -62,6 +63,13 @@ def describe(defs: dg.Definitions) -> dict:
         },
         "sensors": {s.name: s.job_name if s.has_jobs else None for s in repository.sensor_defs},
         "schedules": {s.name: s.cron_schedule for s in repository.schedule_defs},
+        # policies.py: one executor for every job, every sensor and schedule running from the start.
+        "executors": sorted({job.executor_def.name for job in repository.get_all_jobs()}),
+        "stopped_at_start": sorted(
+            s.name
+            for s in [*repository.sensor_defs, *repository.schedule_defs]
+            if s.default_status.value != "RUNNING"
+        ),
     }
 
 
