@@ -1,180 +1,28 @@
-"""The ledger `meta.files`: one row per landed object, the transactional record behind exactly-once loads.
-
-It lives in the Iceberg SQL catalog's database (SQLite by default, PostgreSQL in production), in table
-`medlake_files`, unique on (store, key, etag). Sensors register objects (insert if absent) and claim the
-pending ones into deterministic batches; runs mark each file loaded or quarantined (design.md section 4).
-"""
+"""Landed files and their batches (`meta.files`): registered as they land, claimed into deterministic
+batches, marked loaded or quarantined by the runs, held back and released (design.md section 4)."""
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
 import itertools
-import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any, TypeVar
+from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    CheckConstraint,
-    Column,
-    Date,
-    DateTime,
-    Engine,
-    Float,
-    Index,
-    Integer,
-    MetaData,
-    Table,
-    Text,
-    TypeDecorator,
-    UniqueConstraint,
-    and_,
-    bindparam,
-    create_engine,
-    event,
-    func,
-    not_,
-    select,
-    update,
-)
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
+from sqlalchemy import and_, bindparam, func, not_, select, update
 
 from medlake_assets.errors import MedlakeError
-
-PENDING = "pending"
-LOADED = "loaded"
-QUARANTINED = "quarantined"
-STATUSES = (PENDING, LOADED, QUARANTINED)
-
-TABLE_NAME = "medlake_files"
-SQLITE_BUSY_TIMEOUT_MS = 30_000
-_WRITE = "medlake_write"  # execution option: this transaction writes
-_MAX_ROWS_PER_INSERT = 500  # 12 parameters a row: well under SQLite's and PostgreSQL's parameter limits
-_MAX_IDS_PER_STATEMENT = 10_000
-_PG_LOCK_CLASS = 0x6D6C  # "ml": namespaces the advisory locks taken below
-_PG_CREATE_LOCK = 0
-_PG_BATCH_LOCK_CLASS = 0x6D62  # "mb": one advisory lock per batch id (`batch_lock`)
-_PG_LAKE_LOCK_CLASS = 0x6D6B  # "mk": lake-wide named locks (`lake_lock`)
-
-
-class UtcDateTime(TypeDecorator):
-    """A timezone-aware UTC timestamp on every backend (SQLite keeps text without an offset)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("ledger timestamps must be timezone-aware")
-        return value.astimezone(UTC)
-
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-metadata = MetaData()
-files = Table(
-    TABLE_NAME,
-    metadata,
-    # INTEGER PRIMARY KEY is SQLite's autoincrementing rowid; BIGINT would not be.
-    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
-    Column("store", Text, nullable=False),
-    # Byte-order collation on PostgreSQL (SQLite's default) makes a key-prefix range scan exact and indexed.
-    Column("key", Text().with_variant(Text(collation="C"), "postgresql"), nullable=False),
-    Column("etag", Text, nullable=False),
-    Column("size", BigInteger, nullable=False),
-    Column("source", Text),
-    Column("facility", Text),
-    Column("landing_day", Date),
-    Column("batch_id", Text, index=True),
-    Column("status", Text, nullable=False),
-    Column("members", Integer),
-    Column("records", BigInteger),
-    Column("rejected_records", BigInteger),
-    Column("rule", Text),
-    Column("reason", Text),
-    Column("quarantine_key", Text),
-    Column("first_seen_at", UtcDateTime, nullable=False),
-    Column("updated_at", UtcDateTime, nullable=False),
-    Column("loaded_at", UtcDateTime),
-    UniqueConstraint("store", "key", "etag", name=f"uq_{TABLE_NAME}_object"),
-    CheckConstraint(f"status IN {STATUSES!r}", name=f"ck_{TABLE_NAME}_status"),
-    Index(f"ix_{TABLE_NAME}_source_status_batch", "source", "status", "batch_id"),
-    Index(f"ix_{TABLE_NAME}_source_day", "source", "landing_day"),
+from medlake_assets.lake.ledger.base import (
+    _MAX_IDS_PER_STATEMENT,
+    _MAX_ROWS_PER_INSERT,
+    _PG_LOCK_CLASS,
+    LedgerBase,
+    _chunks,
+    _now,
 )
+from medlake_assets.lake.ledger.tables import LOADED, PENDING, QUARANTINED, STATUSES, files, stamps
+
 _RESULT_COLUMNS = ("members", "records", "rejected_records", "rule", "reason", "quarantine_key")
-# Rows rejected (error) or warned per rule and facility, per batch and stage: `medlake quality`, meta.quality.
-quality = Table(
-    "medlake_quality",
-    metadata,
-    Column("source", Text, nullable=False),
-    Column("stage", Text, nullable=False),
-    Column("landing_day", Date, nullable=False),
-    Column("batch_id", Text, nullable=False),
-    Column("facility", Text, nullable=False),
-    Column("rule", Text, nullable=False),
-    Column("severity", Text, nullable=False),
-    Column("rows", BigInteger, nullable=False),
-    Column("recorded_at", UtcDateTime, nullable=False),
-    Index("ix_medlake_quality_source_day", "source", "landing_day"),
-)
-# Which bronze batches a downstream table (e.g. silver.bed_census) has taken in: incremental processing.
-processed = Table(
-    "medlake_processed",
-    metadata,
-    Column("consumer", Text, nullable=False),
-    Column("batch_id", Text, nullable=False),
-    Column("source", Text, nullable=False),
-    Column("landing_day", Date, nullable=False),
-    Column("processed_at", UtcDateTime, nullable=False),
-    UniqueConstraint("consumer", "batch_id", name="uq_medlake_processed"),
-    Index("ix_medlake_processed_consumer_day", "consumer", "landing_day"),
-)
-# Which content (`files.etag`) a listed version stamp of an object had, where the two differ (a local file's
-# size-mtime-inode): a later listing with the same stamp needs no read to know what it holds.
-stamps = Table(
-    "medlake_stamps",
-    metadata,
-    Column("store", Text, nullable=False),
-    Column("key", Text().with_variant(Text(collation="C"), "postgresql"), nullable=False),
-    Column("stamp", Text, nullable=False),
-    Column("etag", Text, nullable=False),
-    UniqueConstraint("store", "key", "stamp", name="uq_medlake_stamps"),
-)
-
-# Facilities' rows of a batch that silver's gate held back (`silver/quality/held.py`), and what became of
-# them.
-held = Table(
-    "medlake_held",
-    metadata,
-    Column("source", Text, nullable=False),
-    Column("landing_day", Date, nullable=False),
-    Column("batch_id", Text, nullable=False),
-    Column("facility", Text, nullable=False),
-    Column("status", Text, nullable=False),
-    Column("rows", BigInteger, nullable=False),
-    Column("rejected", BigInteger, nullable=False),
-    Column("error_rate", Float, nullable=False),
-    Column("threshold", Float, nullable=False),
-    Column("rules", Text, nullable=False),
-    Column("metadata_version", Text, nullable=False),
-    Column("held_at", UtcDateTime, nullable=False),
-    Column("evaluated_at", UtcDateTime, nullable=False),
-    Column("released_by", Text),
-    Column("released_at", UtcDateTime),
-    Column("published_at", UtcDateTime),
-    UniqueConstraint("source", "batch_id", "facility", name="uq_medlake_held"),
-    Index("ix_medlake_held_source_status", "source", "status"),
-)
 
 
 @dataclass(frozen=True)
@@ -243,18 +91,6 @@ class LedgerConflict(MedlakeError, RuntimeError):
     """Another writer took files this claim had selected; nothing was claimed, the next claim retries."""
 
 
-T = TypeVar("T")
-
-
-def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _after_prefix(prefix: str) -> str | None:
     """The least string above every string starting with `prefix` (None when there is none)."""
     stripped = prefix.rstrip("\U0010ffff")
@@ -291,105 +127,8 @@ def cut_batches(source: str, rows: Sequence[Any], *, max_archives: int, max_byte
     return batches
 
 
-def _configure_sqlite(engine: Engine) -> None:
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_connection: Any, _record: Any) -> None:
-        # SQLAlchemy emits BEGIN itself (below); pysqlite's own handling would start transactions late.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, nor it them
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")  # wait for the other writer
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(connection: Any) -> None:
-        # A writing transaction takes the write lock up front: one that read first and then tried to write
-        # would fail at once ("database is locked") if another writer had committed in between.
-        immediate = connection.get_execution_options().get(_WRITE)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-
-class Ledger:
-    """The `medlake_files` table on a SQLite or PostgreSQL database, created if absent."""
-
-    def __init__(self, url: str):
-        backend = make_url(url).get_backend_name()
-        if backend not in ("sqlite", "postgresql"):
-            raise ValueError(f"the ledger needs a SQLite or PostgreSQL database, not {backend!r}")
-        self._url = url
-        self._engine = create_engine(url, pool_pre_ping=True)
-        self._postgres = backend == "postgresql"
-        self._insert = postgresql.insert if self._postgres else sqlite.insert
-        if not self._postgres:
-            _configure_sqlite(self._engine)
-        self._writer = self._engine.execution_options(**{_WRITE: True})
-        with self._writer.begin() as connection:
-            if self._postgres:  # processes starting together must not race to create the table
-                connection.execute(select(func.pg_advisory_xact_lock(_PG_LOCK_CLASS, _PG_CREATE_LOCK)))
-            metadata.create_all(connection)
-
-    @property
-    def url(self) -> str:
-        return self._url
-
-    @property
-    def table_name(self) -> str:
-        return TABLE_NAME
-
-    @property
-    def engine(self) -> Engine:
-        return self._engine
-
-    @property
-    def writer(self) -> Engine:
-        """The engine for transactions that write (on SQLite they take the write lock up front)."""
-        return self._writer
-
-    def close(self) -> None:
-        """Close the pooled connections."""
-        self._engine.dispose()
-
-    def batch_lock(self, batch_id: str) -> contextlib.AbstractContextManager[None]:
-        """Hold `batch_id` for this process while it loads the batch; another process loading the same batch
-        (two workers given one batch) waits here, then finds the first one's work done instead of appending
-        its rows a second time."""
-        return self._lock(_PG_BATCH_LOCK_CLASS, batch_id, "batch-locks")
-
-    def lake_lock(self, name: str) -> contextlib.AbstractContextManager[None]:
-        """Hold the lake-wide lock `name` (e.g. one `medlake ingest --once` at a time on a lake); another
-        process taking it waits until this one is done."""
-        return self._lock(_PG_LAKE_LOCK_CLASS, name, "lake-locks")
-
-    @contextlib.contextmanager
-    def _lock(self, lock_class: int, name: str, suffix: str) -> Iterator[None]:
-        """An exclusive lock on `name` that dies with its holder, so a killed process never leaves it held:
-        on PostgreSQL a session advisory lock on a connection of its own, on SQLite an fcntl record lock on
-        one byte (chosen by the name's hash) of the file `<database>.<suffix>` beside the database (one
-        file per kind of lock: closing any descriptor of a file drops all of a process's locks on it).
-        """
-        if self._postgres:
-            key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big", signed=True)
-            connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            try:
-                connection.execute(select(func.pg_advisory_lock(lock_class, key)))
-                yield
-            finally:
-                # If the server went away the lock went with the session; the unlock may fail then.
-                with contextlib.suppress(Exception):
-                    connection.execute(select(func.pg_advisory_unlock(lock_class, key)))
-                connection.close()
-            return
-        database = make_url(self._url).database
-        if not database or database == ":memory:":  # private to this process: nobody to wait for
-            yield
-            return
-        offset = int.from_bytes(hashlib.sha256(name.encode()).digest()[:5], "big")
-        descriptor = os.open(f"{database}.{suffix}", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.lockf(descriptor, fcntl.LOCK_EX, 1, offset)
-            yield
-        finally:
-            os.close(descriptor)  # releases the lock
+class FilesLedger(LedgerBase):
+    """The `medlake_files` table: one row per landed object, the record behind exactly-once loads."""
 
     def _insert_absent(self, rows: list[dict[str, Any]]) -> int:
         if not rows:  # a quiet sensor tick should not take the write lock
@@ -578,63 +317,6 @@ class Ledger:
         with self._engine.connect() as connection:
             return set(connection.scalars(query))
 
-    def processed_batches(self, consumer: str, landing_day: date) -> set[str]:
-        """Batch ids a downstream table has already taken in for a landing day."""
-        query = select(processed.c.batch_id).where(
-            processed.c.consumer == consumer, processed.c.landing_day == landing_day
-        )
-        with self._engine.connect() as connection:
-            return set(connection.scalars(query))
-
-    def mark_processed(self, consumer: str, source: str, landing_day: date, batch_ids: Sequence[str]) -> None:
-        """Record batches as taken in by `consumer` (insert if absent: a repeat changes nothing)."""
-        rows = [
-            {
-                "consumer": consumer,
-                "batch_id": batch,
-                "source": source,
-                "landing_day": landing_day,
-                "processed_at": _now(),
-            }
-            for batch in sorted(batch_ids)
-        ]
-        if not rows:
-            return
-        with self._writer.begin() as connection:
-            for chunk in _chunks(rows, _MAX_ROWS_PER_INSERT):
-                statement = self._insert(processed).values(list(chunk))
-                connection.execute(statement.on_conflict_do_nothing(index_elements=["consumer", "batch_id"]))
-
-    def record_quality(
-        self,
-        source: str,
-        stage: str,
-        landing_day: date,
-        batch_ids: Sequence[str],
-        counts,
-        facilities: Sequence[str] | None = None,
-    ) -> None:
-        """Replace the counts of these batches and stage (only these facilities' counts, if given) with
-        `counts` rows (batch_id, facility, rule, severity, rows): a re-run leaves one set of counts."""
-        now = _now()
-        rows = [
-            {"source": source, "stage": stage, "landing_day": landing_day, "recorded_at": now, **row}
-            for row in counts
-        ]
-        scope = [] if facilities is None else [quality.c.facility.in_(list(facilities))]
-        with self._writer.begin() as connection:
-            for chunk in _chunks(list(batch_ids), 500):
-                connection.execute(
-                    quality.delete().where(
-                        quality.c.source == source,
-                        quality.c.stage == stage,
-                        quality.c.batch_id.in_(chunk),
-                        *scope,
-                    )
-                )
-            for chunk in _chunks(rows, _MAX_ROWS_PER_INSERT):
-                connection.execute(quality.insert().values(list(chunk)))
-
     def last_loaded_at(self, source: str) -> datetime | None:
         """When a file of the source was last loaded (the freshness check's clock)."""
         query = select(func.max(files.c.loaded_at)).where(files.c.source == source)
@@ -643,29 +325,6 @@ class Ledger:
         if isinstance(value, str):  # SQLite returns aggregates of the column as text
             value = datetime.fromisoformat(value)
         return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
-
-    def pending_days(self, consumer: str, source: str) -> list[date]:
-        """Landing days with bronze batches the consumer has not taken in yet."""
-        return sorted(self.pending_batches(consumer, source))
-
-    def pending_batches(
-        self, consumer: str, source: str, loaded_before: datetime | None = None
-    ) -> dict[date, set[str]]:
-        """Per landing day, the loaded bronze batches the consumer has not taken in yet (only those
-        loaded before `loaded_before`, if given)."""
-        done = select(processed.c.batch_id).where(processed.c.consumer == consumer)
-        query = (
-            select(files.c.landing_day, files.c.batch_id)
-            .distinct()
-            .where(files.c.source == source, files.c.status == LOADED, files.c.batch_id.not_in(done))
-        )
-        if loaded_before is not None:
-            query = query.where(files.c.loaded_at < loaded_before)
-        pending: dict[date, set[str]] = {}
-        with self._engine.connect() as connection:
-            for day, batch_id in connection.execute(query):
-                pending.setdefault(day, set()).add(batch_id)
-        return pending
 
     def file(self, file_id: int) -> FileRow:
         """One row by id; LookupError if there is none."""
