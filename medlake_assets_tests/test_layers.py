@@ -20,16 +20,6 @@ ABOVE = {
     "gold": {"defs"},
 }
 
-# Upward imports that no file move could remove: (importer, imported) -> why it is still there.
-ALLOWED = {
-    ("medlake_assets.lake.maintenance", "medlake_assets.ingest.bronze"): (
-        "reads BATCH_PROPERTY, the bronze snapshot property naming a batch; it belongs in lake/ (issue 12)"
-    ),
-    ("medlake_assets.lake.maintenance", "medlake_assets.silver.merge"): (
-        "uses merge.py's partition helpers (parse_partition, ...), which issue 12 puts in lake/"
-    ),
-}
-
 
 @dataclass(frozen=True)
 class Import:
@@ -80,19 +70,12 @@ def test_no_module_imports_a_layer_above_its_own():
     assert any(
         i.importer == "medlake_assets.lake" and i.imported == "medlake_assets.lake.settings" for i in imports
     )
-    upward = {
-        (i.importer, i.imported): i.line
+    upward = sorted(
+        f"{i.importer} -> {i.imported} (line {i.line})"
         for i in imports
         if layer(i.imported) in ABOVE.get(layer(i.importer) or "", set())
-    }
-    offending = sorted(
-        f"{importer} -> {imported} (line {line})"
-        for (importer, imported), line in upward.items()
-        if (importer, imported) not in ALLOWED
     )
-    assert offending == []
-    # An allowed edge that is gone leaves the list, so the list only ever shrinks.
-    assert sorted(set(ALLOWED) - set(upward)) == []
+    assert upward == []
 
 
 def test_the_product_package_imports_no_dev_tooling_when_imported():

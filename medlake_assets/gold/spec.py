@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlglot import exp
 
 from medlake_assets.errors import MedlakeError
-from medlake_assets.silver.merge import parse_partition
+from medlake_assets.lake.partitions import parse_partition
 
 IDENTIFIER = r"^[a-z][a-z0-9_]*$"
 Schedule = Literal["hourly", "daily", "weekly", "nightly", "on_update"]

@@ -23,7 +23,6 @@ from pyiceberg.expressions import AlwaysFalse, EqualTo, In
 from pyiceberg.table import Table
 
 from medlake_assets.ingest.bronze import (
-    BATCH_PROPERTY,
     arrow_schema,
     batch_committed,
     bronze_table,
@@ -40,6 +39,7 @@ from medlake_assets.ingest.pipeline import (
 )
 from medlake_assets.ingest.pool import process_archives
 from medlake_assets.lake import Lake
+from medlake_assets.lake.commits import BATCH_PROPERTY
 from medlake_assets.lake.files import StagedFiles, replace_with_files
 from medlake_assets.lake.ledger import PENDING, QUARANTINED, FileResult, FileRow
 from medlake_assets.spec import SourceSpec

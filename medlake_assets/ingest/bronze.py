@@ -22,7 +22,7 @@ from pyiceberg.types import (
 )
 
 from medlake_assets.lake.catalog import ensure_table
-from medlake_assets.lake.commits import CONFLICTS, REDO_ATTEMPTS, wait_before_redo
+from medlake_assets.lake.commits import BATCH_PROPERTY, CONFLICTS, REDO_ATTEMPTS, wait_before_redo
 from medlake_assets.spec import SourceSpec
 from medlake_assets.spec.descriptions import table_column_docs
 
@@ -49,7 +49,6 @@ QUARANTINE_FIELDS: list[tuple[str, IcebergType]] = [
     ("reason", StringType()),
     ("raw", StringType()),
 ]
-BATCH_PROPERTY = "medlake.batch"
 ALL_ROWS = AlwaysTrue()
 TABLE_PROPERTIES = {
     "write.parquet.compression-codec": "zstd",

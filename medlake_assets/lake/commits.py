@@ -15,6 +15,9 @@ import time
 from pyiceberg.exceptions import CommitFailedException, ValidationException
 
 CONFLICTS = (CommitFailedException, ValidationException)
+# The snapshot property naming the ledger batch a commit loaded: a run redoing a batch finds the commit it
+# already made, and a restore names the batches it undoes.
+BATCH_PROPERTY = "medlake.batch"
 REDO_ATTEMPTS = 10
 
 

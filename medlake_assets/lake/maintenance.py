@@ -38,9 +38,9 @@ from pyiceberg.table.snapshots import ancestors_of
 from pyiceberg.typedef import Record
 
 from medlake_assets.errors import MedlakeError
-from medlake_assets.ingest.bronze import BATCH_PROPERTY
+from medlake_assets.lake.commits import BATCH_PROPERTY
 from medlake_assets.lake.objectstore import ObjectStore, S3ObjectStore, open_store
-from medlake_assets.silver.merge import parse_partition, partition_by_of, touched_partitions
+from medlake_assets.lake.partitions import parse_partition, partition_by_of, touched_partitions
 from medlake_assets.spec import SourceSpec
 from medlake_assets.spec.models import RetentionSpec
 

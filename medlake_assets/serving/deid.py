@@ -41,9 +41,9 @@ import pyarrow.compute as pc
 from duckdb import sqltypes
 
 from medlake_assets.errors import MedlakeError
+from medlake_assets.lake.columns import DELETED, IS_CURRENT, VALID_FROM, VALID_TO
 from medlake_assets.silver.casts import companion_types
 from medlake_assets.silver.encounters import ENCOUNTER_COLUMNS
-from medlake_assets.silver.merge import DELETED, IS_CURRENT, VALID_FROM, VALID_TO
 from medlake_assets.spec import SourceSpec
 from medlake_assets.spec.models import DeidTreatment
 

@@ -22,10 +22,11 @@ import pyarrow.parquet as pq
 from pyiceberg.expressions import And, EqualTo, In
 
 from medlake_assets.lake import Lake
+from medlake_assets.lake.columns import DELETED
 from medlake_assets.lake.files import scan_frames
 from medlake_assets.silver.encounters import derive_encounters
 from medlake_assets.silver.load import CHUNK_ROWS, consumer
-from medlake_assets.silver.merge import DELETED, Chunk, merge_chunks, plan_chunks
+from medlake_assets.silver.merge import Chunk, merge_chunks, plan_chunks
 from medlake_assets.silver.tables import ensure_table
 from medlake_assets.spec import SourceSpec
 from medlake_assets.spec.descriptions import table_column_docs

@@ -33,9 +33,10 @@ from pyiceberg.io.pyarrow import schema_to_pyarrow
 
 from medlake_assets.ingest.bronze import bronze_table, quarantine_table
 from medlake_assets.lake import Lake
+from medlake_assets.lake.columns import LINEAGE_COLUMNS, MERGE_COLUMNS
 from medlake_assets.lake.files import StagedFiles, replace_with_files
 from medlake_assets.silver.chunks import Chunks, spill_chunks
-from medlake_assets.silver.merge import LINEAGE_COLUMNS, MERGE_COLUMNS, merge_chunks
+from medlake_assets.silver.merge import merge_chunks
 from medlake_assets.silver.quality.gate import evaluate, facility_gate, metadata_version
 from medlake_assets.silver.quality.held import (
     RELEASED,

@@ -30,10 +30,7 @@ Modes:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
-from datetime import date, datetime
-from functools import reduce
 from typing import Literal
 
 import polars as pl
@@ -45,43 +42,16 @@ from pyiceberg.expressions import (
     GreaterThanOrEqual,
     In,
     IsNull,
-    LessThan,
     LessThanOrEqual,
     Or,
 )
 from pyiceberg.table import Table
-from pyiceberg.transforms import (
-    BucketTransform,
-    DayTransform,
-    IdentityTransform,
-    MonthTransform,
-    YearTransform,
-)
-from pyiceberg.types import BooleanType, IcebergType, TimestamptzType
 
 from medlake_assets.errors import MedlakeError
+from medlake_assets.lake.columns import DELETED, IS_CURRENT, SCD2_COLUMNS, TIE_BREAK, VALID_FROM, VALID_TO
 from medlake_assets.lake.commits import CONFLICTS, REDO_ATTEMPTS, wait_before_redo
 from medlake_assets.lake.files import StagedFiles, commit_files, scan_frames
-
-LINEAGE_COLUMNS = ("_archive", "_member", "_record", "_facility", "_landing_day", "_ingested_at", "_batch")
-# Ties on the full sequence go to the later arrival; these columns define "later", in this order.
-TIE_BREAK = ("_ingested_at", "_batch", "_archive", "_member", "_record")
-DELETED = "_deleted"
-VALID_FROM, VALID_TO, IS_CURRENT = "_valid_from", "_valid_to", "_is_current"
-SCD2_COLUMNS = (VALID_FROM, VALID_TO, IS_CURRENT)
-# Columns each mode adds after the declared and lineage columns (for the silver table's schema).
-MERGE_COLUMNS: dict[str, list[tuple[str, IcebergType]]] = {
-    "append": [],
-    "upsert": [(DELETED, BooleanType())],
-    "scd2": [
-        (DELETED, BooleanType()),
-        (VALID_FROM, TimestamptzType()),
-        (VALID_TO, TimestamptzType()),
-        (IS_CURRENT, BooleanType()),
-    ],
-}
-_PARTITION = re.compile(r"^\s*(?:(?P<fn>\w+)\(\s*(?:(?P<n>\d+)\s*,\s*)?(?P<arg>\w+)\s*\)|(?P<col>\w+))\s*$")
-_TRUNCATE = {"hour": "1h", "day": "1d", "month": "1mo", "year": "1y"}
+from medlake_assets.lake.partitions import iceberg_literal, partition_by_of, touched_partitions
 
 
 class MergeConflictError(MedlakeError, RuntimeError):
@@ -228,85 +198,6 @@ def archive_filter(changes: pl.DataFrame) -> BooleanExpression:
     return In("_archive", archives) if archives else AlwaysFalse()
 
 
-def partition_by_of(table: Table) -> list[str]:
-    """The table's partition spec in the metadata's notation: `col`, `bucket(n, col)`, `day(col)`."""
-    schema = table.schema()
-    names = []
-    for field in table.spec().fields:
-        column = schema.find_column_name(field.source_id)
-        transform = field.transform
-        if isinstance(transform, IdentityTransform):
-            names.append(column)
-        elif isinstance(transform, BucketTransform):
-            names.append(f"bucket({transform.num_buckets}, {column})")
-        elif isinstance(transform, DayTransform | MonthTransform | YearTransform):
-            names.append(f"{transform}({column})")
-        else:
-            raise ValueError(f"partition field {field.name!r}: transform {transform} is not supported")
-    return names
-
-
-def parse_partition(field: str) -> tuple[str, str]:
-    """(transform, source column) of `col`, `bucket(n, col)`, `hour|day|month|year(col)`."""
-    match = _PARTITION.match(field)
-    if not match:
-        raise ValueError(f"partition field {field!r}: expected col, bucket(n, col) or day(col)")
-    if match["col"]:
-        return "identity", match["col"]
-    if match["fn"] == "bucket" and match["n"]:
-        return "bucket", match["arg"]
-    if match["fn"] in _TRUNCATE and not match["n"]:
-        return match["fn"], match["arg"]
-    raise ValueError(f"partition field {field!r}: transform {match['fn']!r} is not supported by merges")
-
-
-def _literal(value: object) -> object:
-    # pyiceberg converts ISO strings to timestamp/date literals; Python datetimes are not accepted as-is.
-    return value.isoformat() if isinstance(value, date | datetime) else value
-
-
-def touched_partitions(
-    changes: pl.DataFrame, partition_by: Sequence[str], *, key: Sequence[str] | None = None
-) -> BooleanExpression:
-    """A row filter on source columns covering every partition the batch touches.
-
-    Identity: `col IN (batch values)`, so whole data files are dropped by their column bounds and nothing
-    is rewritten. hour/day/month/year: the union of the touched periods as ranges, which drop whole files
-    the same way. bucket(n, col): `col IN (batch values)`. pyiceberg expressions cannot name a transform,
-    so a filter cannot say "bucket 3"; scans and the overwrite project the IN onto the touched buckets
-    themselves (with the same murmur3 bucket function as `BucketTransform`), and the overwrite rewrites
-    those buckets' files without the matching rows (copy-on-write). Unpartitioned: the key's first column.
-
-    The source columns must be key columns: a key's versions then always live in one partition, so the
-    rows read for a batch hold every earlier version of its keys.
-    """
-    if changes.is_empty():
-        return AlwaysFalse()
-    fields = [parse_partition(field) for field in partition_by] or ([("identity", key[0])] if key else [])
-    if not fields:
-        raise ValueError("touched_partitions needs partition_by or a key")
-    predicates = []
-    for transform, column in fields:
-        if key is not None and column not in key:
-            raise ValueError(f"partition column {column!r} is not a key column; a key could span partitions")
-        values = changes.get_column(column)
-        if transform in ("identity", "bucket"):
-            literals = [_literal(value) for value in values.unique().drop_nulls().to_list()]
-            predicate: BooleanExpression = In(column, literals) if literals else AlwaysFalse()
-        else:
-            starts = values.dt.truncate(_TRUNCATE[transform]).unique().drop_nulls().sort()
-            ends = starts.dt.offset_by(_TRUNCATE[transform])
-            ranges = [
-                And(GreaterThanOrEqual(column, _literal(start)), LessThan(column, _literal(end)))
-                for start, end in zip(starts.to_list(), ends.to_list(), strict=True)
-            ]
-            predicate = reduce(Or, ranges) if ranges else AlwaysFalse()
-        if values.null_count():
-            predicate = Or(predicate, IsNull(column))
-        predicates.append(predicate)
-    return reduce(And, predicates)
-
-
 def key_bounds(changes: pl.DataFrame, key: Sequence[str], *, max_terms: int = 200) -> BooleanExpression:
     """A row filter covering every row that may hold a version of the batch's keys, narrowed by the key.
 
@@ -344,7 +235,7 @@ def key_bounds(changes: pl.DataFrame, key: Sequence[str], *, max_terms: int = 20
             within = _between(second, low, high) if low is not None else AlwaysFalse()
             if nulls:
                 within = Or(within, IsNull(second))
-            terms.append(And(EqualTo(first, _literal(value)), within))
+            terms.append(And(EqualTo(first, iceberg_literal(value)), within))
     if changes.get_column(first).null_count():
         terms.append(IsNull(first))
     return _any(terms)
@@ -356,11 +247,12 @@ def _any(terms: Sequence[BooleanExpression]) -> BooleanExpression:
 
 
 def _between(column: str, low: object, high: object) -> BooleanExpression:
-    return And(GreaterThanOrEqual(column, _literal(low)), LessThanOrEqual(column, _literal(high)))
+    low, high = iceberg_literal(low), iceberg_literal(high)
+    return And(GreaterThanOrEqual(column, low), LessThanOrEqual(column, high))
 
 
 def _values_filter(column: str, values: pl.Series) -> BooleanExpression:
-    literals = [_literal(value) for value in values.unique().drop_nulls().sort().to_list()]
+    literals = [iceberg_literal(value) for value in values.unique().drop_nulls().sort().to_list()]
     found: BooleanExpression = In(column, literals) if literals else AlwaysFalse()
     return Or(found, IsNull(column)) if values.null_count() else found
 

@@ -19,7 +19,7 @@ from pyiceberg.transforms import (
 from medlake_assets.ingest.bronze import TABLE_PROPERTIES
 from medlake_assets.lake.catalog import ensure_table as ensure_catalog_table
 from medlake_assets.lake.docs import with_docs
-from medlake_assets.silver.merge import parse_partition
+from medlake_assets.lake.partitions import parse_partition
 
 _TRANSFORMS: dict[str, type[Transform]] = {
     "identity": IdentityTransform,

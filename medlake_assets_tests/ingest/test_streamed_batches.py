@@ -13,9 +13,10 @@ import pytest
 from medlake_assets.ingest import batch as batch_module
 from medlake_assets.ingest import pool
 from medlake_assets.ingest.batch import load_batch
-from medlake_assets.ingest.bronze import BATCH_PROPERTY, bronze_table
+from medlake_assets.ingest.bronze import bronze_table
 from medlake_assets.ingest.landing import day_prefix, register_landed
 from medlake_assets.ingest.parsers import csv as csv_parser
+from medlake_assets.lake.commits import BATCH_PROPERTY
 from medlake_assets.lake.ledger import batch_id_for
 from medlake_assets.lake.objectstore import LocalObjectStore
 from medlake_assets.serving.sql import connect

@@ -22,7 +22,6 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.expressions import EqualTo
 
 from medlake_assets.ingest.bronze import (
-    BATCH_PROPERTY,
     arrow_schema,
     bronze_table,
     commit_batch,
@@ -30,6 +29,7 @@ from medlake_assets.ingest.bronze import (
     replace_rows,
 )
 from medlake_assets.lake.catalog import open_catalog
+from medlake_assets.lake.commits import BATCH_PROPERTY
 from medlake_assets.lake.settings import load_settings
 from medlake_assets.silver.merge import merge_into
 from medlake_assets.silver.tables import ensure_table

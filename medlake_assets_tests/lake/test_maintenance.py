@@ -14,8 +14,8 @@ import pytest
 from pyiceberg.exceptions import ValidationException
 from pyiceberg.expressions import EqualTo
 
-from medlake_assets.ingest.bronze import BATCH_PROPERTY
 from medlake_assets.lake import Lake
+from medlake_assets.lake.commits import BATCH_PROPERTY
 from medlake_assets.lake.maintenance import (
     CompactionPolicy,
     RestoreError,

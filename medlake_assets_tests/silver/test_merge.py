@@ -28,8 +28,9 @@ from pyiceberg.transforms import BucketTransform, DayTransform, IdentityTransfor
 from pyiceberg.types import IcebergType, NestedField, StringType, TimestamptzType
 
 from medlake_assets.ingest.bronze import LINEAGE as BRONZE_LINEAGE
+from medlake_assets.lake.columns import MERGE_COLUMNS
+from medlake_assets.lake.partitions import partition_by_of, touched_partitions
 from medlake_assets.silver.merge import (
-    MERGE_COLUMNS,
     append,
     archive_filter,
     commit_merge,
@@ -37,11 +38,9 @@ from medlake_assets.silver.merge import (
     merge_chunks,
     merge_filter,
     merge_into,
-    partition_by_of,
     plan_chunks,
     read_current,
     scd2,
-    touched_partitions,
     upsert,
 )
 

@@ -222,13 +222,8 @@ def _merge_child(work: str, name: str, changes_path: str) -> MergeRun:
 
 
 def _merge(work: str, name: str, changes_path: str, rss) -> MergeRun:
-    from medlake_assets.silver.merge import (
-        commit_merge,
-        merge_filter,
-        partition_by_of,
-        read_current,
-        upsert,
-    )
+    from medlake_assets.lake.partitions import partition_by_of
+    from medlake_assets.silver.merge import commit_merge, merge_filter, read_current, upsert
 
     table = _catalog(Path(work)).load_table(f"silver.{name}")
     changes = pl.read_parquet(changes_path)

@@ -41,12 +41,12 @@ from medlake_assets.errors import MedlakeError
 from medlake_assets.gold.spec import load_reports
 from medlake_assets.ingest.bronze import quarantine_table
 from medlake_assets.lake import Lake
+from medlake_assets.lake.columns import DELETED
 from medlake_assets.lake.settings import Settings, load_settings
 from medlake_assets.silver.encounters import derive_encounters
 from medlake_assets.silver.encounters_load import ENCOUNTERS
 from medlake_assets.silver.encounters_load import PARTITION_BY as ENCOUNTERS_PARTITION_BY
 from medlake_assets.silver.load import silver_schema
-from medlake_assets.silver.merge import DELETED
 from medlake_assets.silver.tables import ensure_table
 from medlake_dev.generate.feeds import make_facilities
 from medlake_dev.generate.values import (

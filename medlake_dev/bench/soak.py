@@ -243,8 +243,8 @@ def generate_pool(
 
 def lake_checks(workers: Workers, manifest: Mapping, landed: set[str]) -> list[tuple[str, bool, str]]:
     """The lake against the generator's manifest: nothing lost, nothing doubled, bronze to silver."""
+    from medlake_assets.lake.columns import IS_CURRENT
     from medlake_assets.serving.sql import connect
-    from medlake_assets.silver.merge import IS_CURRENT
 
     con = connect(workers.lake)
     checks = []
