@@ -515,7 +515,7 @@ def release(
     if source not in lake.sources:
         console.print(f"[red]unknown source {source!r}; known: {', '.join(sorted(lake.sources))}[/red]")
         raise typer.Exit(2)
-    report = release_held(
+    outcome = release_held(
         build_definitions(settings),
         _dagster_instance(),
         lake,
@@ -524,7 +524,7 @@ def release(
         by or getpass.getuser(),
         landing_day,
     )
-    if not report.released:
+    if not outcome.released:
         waiting = sorted({item.facility for item in held_slices(lake.ledger, source)})
         console.print(
             f"nothing held for facility {facility!r} in {source}"
@@ -533,19 +533,19 @@ def release(
         )
         raise typer.Exit(1)
     out = Table(
-        title=f"released {source} facility {facility}: {report.rows_published} rows published in "
-        f"{report.seconds:.1f} s (runs {', '.join(run_id[:8] for run_id in report.run_ids)})"
+        title=f"released {source} facility {facility}: {outcome.rows_published} rows published in "
+        f"{outcome.seconds:.1f} s (runs {', '.join(run_id[:8] for run_id in outcome.run_ids)})"
     )
     for column in ("landing day", "batch", "rows", "rejected (stay in quarantine)", "status"):
         out.add_column(column, justify="right" if column.startswith(("rows", "rejected")) else "left")
-    published = {(item.batch_id, item.facility) for item in report.published}
-    for item in report.released:
+    published = {(item.batch_id, item.facility) for item in outcome.published}
+    for item in outcome.released:
         state = "published" if (item.batch_id, item.facility) in published else "released, not yet published"
         out.add_row(
             item.landing_day.isoformat(), item.batch_id, str(item.held_rows), str(item.rejected), state
         )
     Console(width=None if sys.stdout.isatty() else 200).print(out)
-    if not report.success:
+    if not outcome.success:
         console.print(
             "[red]a refine run failed: see it in the Dagster UI; the next silver run of the day "
             "publishes the released rows[/red]"
@@ -567,7 +567,7 @@ def maintain(
     """
     from datetime import timedelta
 
-    from medlake_assets.defs.maintenance import report_metadata
+    from medlake_assets.defs.maintenance import maintenance_metadata
     from medlake_assets.lake import Lake
     from medlake_assets.lake.maintenance import MIB, CompactionPolicy, maintain_table, retention_for
     from medlake_assets.serving.catalog_info import table_names
@@ -583,7 +583,7 @@ def maintain(
     for column in ["table", *columns, "orphan_megabytes", "seconds"]:
         out.add_column(column.replace("_", " "), justify="left" if column == "table" else "right")
     for name in [table] if table else names:
-        report = maintain_table(
+        outcome = maintain_table(
             lake.catalog.load_table(name),
             retention=retention_for(name, lake.sources),
             policy=policy,
@@ -591,7 +591,7 @@ def maintain(
             s3_endpoint_url=lake.settings.s3_endpoint_url,
             dry_run=dry_run,
         )
-        counts = report_metadata(report)
+        counts = maintenance_metadata(outcome)
         out.add_row(name, *[str(counts[c]) for c in [*columns, "orphan_megabytes", "seconds"]])
     Console(width=None if sys.stdout.isatty() else 160).print(out)
     if not dry_run:
@@ -631,18 +631,19 @@ def restore(
         raise typer.Exit(2)
     started = time.perf_counter()
     try:
-        report = restore_table(lake.catalog.load_table(table), target)
+        outcome = restore_table(lake.catalog.load_table(table), target)
     except RestoreError as error:
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
     seconds = time.perf_counter() - started
     Console().print(
-        f"restored {table}: snapshot {report.from_snapshot_id} -> {report.to_snapshot_id} in {seconds:.3f} s"
+        f"restored {table}: snapshot {outcome.from_snapshot_id} -> {outcome.to_snapshot_id} "
+        f"in {seconds:.3f} s"
     )
-    if report.undone_batches:
-        shown = ", ".join(report.undone_batches[:5]) + (" ..." if len(report.undone_batches) > 5 else "")
+    if outcome.undone_batches:
+        shown = ", ".join(outcome.undone_batches[:5]) + (" ..." if len(outcome.undone_batches) > 5 else "")
         console.print(
-            f"{len(report.undone_batches)} batch(es) are no longer in {table} ({shown}); the ledger still "
+            f"{len(outcome.undone_batches)} batch(es) are no longer in {table} ({shown}); the ledger still "
             "counts them as loaded: replay their landing days with `medlake reprocess --source S --day D`"
         )
 
@@ -666,18 +667,18 @@ def reprocess(
     if source not in lake.sources:
         console.print(f"[red]unknown source {source!r}; known: {', '.join(sorted(lake.sources))}[/red]")
         raise typer.Exit(2)
-    report = reprocess_day(
+    outcome = reprocess_day(
         build_definitions(settings), _dagster_instance(), lake, lake.sources[source], landing_day
     )
     out = Table(
-        title=f"reprocessed {source} {day} in {report.seconds:.1f} s (runs {', '.join(report.run_ids)})"
+        title=f"reprocessed {source} {day} in {outcome.seconds:.1f} s (runs {', '.join(outcome.run_ids)})"
     )
     for column in ("table", "rows before", "rows after"):
         out.add_column(column, justify="left" if column == "table" else "right")
-    out.add_row(f"bronze.{source}", str(report.bronze_rows_before), str(report.bronze_rows_after))
-    out.add_row(f"silver.{source}", str(report.silver_rows_before), str(report.silver_rows_after))
+    out.add_row(f"bronze.{source}", str(outcome.bronze_rows_before), str(outcome.bronze_rows_after))
+    out.add_row(f"silver.{source}", str(outcome.silver_rows_before), str(outcome.silver_rows_after))
     Console(width=None if sys.stdout.isatty() else 160).print(out)
-    if not report.success:
+    if not outcome.success:
         console.print("[red]a run failed: see it in the Dagster UI[/red]")
         raise typer.Exit(1)
 

@@ -13,7 +13,7 @@ from medlake_assets.defs.resources import LakeResource
 from medlake_assets.ingest.batch import load_batch
 from medlake_assets.ingest.landing import day_prefix, landed_days, register_landed
 from medlake_assets.lake import Lake
-from medlake_assets.lake.ledger import NewObject, batch_id_for, files
+from medlake_assets.lake.ledger import LandedFile, batch_id_for, files
 from medlake_assets.lake.settings import Settings, load_settings
 from medlake_assets.silver.encounters_load import load_encounters
 from medlake_assets.silver.load import load_silver
@@ -86,7 +86,7 @@ def land_history(
     for n in range(deliveries):
         at = last - timedelta(hours=n)
         key = f"landing/{source}/{at:%Y/%m/%d}/{facility}/{facility}_{at:%H%M}.csv.gz"
-        lake.ledger.register([NewObject("local", key, "etag", 10, source, facility, at.date())])
+        lake.ledger.register([LandedFile("local", key, "etag", 10, source, facility, at.date())])
         with lake.ledger.writer.begin() as connection:
             connection.execute(update(files).where(files.c.key == key).values(first_seen_at=at))
 

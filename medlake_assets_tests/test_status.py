@@ -13,7 +13,7 @@ from medlake_assets.cli import app
 from medlake_assets.definitions import build_definitions
 from medlake_assets.defs.runner import ingest_once
 from medlake_assets.ingest.bronze import quarantine_table
-from medlake_assets.lake.ledger import NewObject
+from medlake_assets.lake.ledger import LandedFile
 from medlake_assets.lake.objectstore import LocalObjectStore
 from medlake_assets.serving.sql import connect
 from medlake_assets_tests.defs.test_silver_gate import lab_row, land_lab
@@ -50,7 +50,7 @@ def test_status_and_scorecard_show_held_quarantined_pending_and_stale(tmp_path, 
     # Three hours without anything from F2; a new F1 file registered but not yet claimed by a batch.
     time_passes(lake, 180, facility="F2")
     key = f"landing/lab_results/{DAY:%Y/%m/%d}/F1/late.csv.gz"
-    lake.ledger.register([NewObject(lake.store.uri, key, "e1", 10, "lab_results", "F1", DAY)])
+    lake.ledger.register([LandedFile(lake.store.uri, key, "e1", 10, "lab_results", "F1", DAY)])
 
     shown = CliRunner().invoke(app, ["status"], env=env)
     assert shown.exit_code == 0, shown.output

@@ -200,7 +200,7 @@ def bench_ingest(
     from medlake_assets.cli import console
     from medlake_dev.bench.ingest import run_ingest_benchmark
 
-    report = run_ingest_benchmark(
+    outcome = run_ingest_benchmark(
         archives=archives,
         facilities=facilities,
         seed=seed,
@@ -208,7 +208,7 @@ def bench_ingest(
         work_dir=work_dir,
         console=console,
     )
-    Console().print(report)
+    Console().print(outcome)
 
 
 @bench_app.command("merge")
@@ -227,7 +227,7 @@ def bench_merge(
     from medlake_assets.cli import console
     from medlake_dev.bench.merge import run_merge_benchmark
 
-    report = run_merge_benchmark(
+    outcome = run_merge_benchmark(
         rows=rows,
         changes=changes,
         baseline_rows=baseline_rows,
@@ -237,7 +237,7 @@ def bench_merge(
         baseline_limit_seconds=baseline_limit,
         console=console,
     )
-    Console().print(report)
+    Console().print(outcome)
 
 
 @bench_app.command("query")
@@ -266,7 +266,7 @@ def bench_query(
     from medlake_dev.bench.query import BenchQueryError, Scale, run_query_bench
 
     try:
-        report = run_query_bench(
+        outcome = run_query_bench(
             Scale(lab_results=lab_results, facilities=facilities, days=days, seed=seed),
             postgres_url,
             work_dir,
@@ -278,8 +278,8 @@ def bench_query(
     except BenchQueryError as error:
         console.print(str(error), style="red", markup=False)
         raise typer.Exit(2) from error
-    Console(width=None if sys.stdout.isatty() else 140).print(report)
-    if report.mismatches:
+    Console(width=None if sys.stdout.isatty() else 140).print(outcome)
+    if outcome.mismatches:
         raise typer.Exit(1)
 
 
@@ -311,7 +311,7 @@ def bench_scale(
             "[red]--postgres-url or MEDLAKE_BENCH_POSTGRES_URL is required (scripts/start_postgres.sh)[/red]"
         )
         raise typer.Exit(2)
-    report = run_scale_benchmark(
+    outcome = run_scale_benchmark(
         worker_counts=[int(count) for count in workers.split(",")],
         postgres_url=postgres_url,
         archives=archives,
@@ -323,7 +323,7 @@ def bench_scale(
         work_dir=work_dir,
         console=console,
     )
-    Console(width=200).print(report)
+    Console(width=200).print(outcome)
 
 
 @bench_app.command("memory")

@@ -9,7 +9,7 @@ from pyiceberg.expressions import And, EqualTo
 
 from medlake_assets.defs.policies import table_pool
 from medlake_assets.defs.resources import LakeResource
-from medlake_assets.ingest.batch import BatchReport, load_batch
+from medlake_assets.ingest.batch import BatchResult, load_batch
 from medlake_assets.ingest.bronze import bronze_table
 from medlake_assets.ingest.landing import day_prefix, register_landed
 from medlake_assets.lake import Lake
@@ -72,29 +72,29 @@ def batch_run_config(spec: SourceSpec, batch_id: str) -> dg.RunConfig:
     return dg.RunConfig(ops={bronze_op_name(spec): BronzeLoadConfig(batch_id=batch_id)})
 
 
-def _rows_of_batch(lake: Lake, spec: SourceSpec, report: BatchReport, day: date) -> int:
+def _rows_of_batch(lake: Lake, spec: SourceSpec, result: BatchResult, day: date) -> int:
     table = bronze_table(lake.catalog, spec)
     scan = table.scan(
-        row_filter=And(EqualTo("_landing_day", day.isoformat()), EqualTo("_batch", report.batch_id)),
+        row_filter=And(EqualTo("_landing_day", day.isoformat()), EqualTo("_batch", result.batch_id)),
         selected_fields=("_batch",),
     )
     return scan.to_arrow().num_rows
 
 
-def _backfill_day(lake: Lake, spec: SourceSpec, day: date, run_id: str) -> list[BatchReport]:
+def _backfill_day(lake: Lake, spec: SourceSpec, day: date, run_id: str) -> list[BatchResult]:
     """Reload every archive of a landing day, in batches, each replacing its archives' rows."""
     register_landed(lake.store, lake.ledger, list(lake.sources.values()), [day_prefix(spec.name, day)])
     # The latest version of each key only: a re-sent file replaces the rows of the earlier one.
     latest = {row.key: row for row in lake.ledger.day_files(spec.name, day)}
     files = sorted(latest.values(), key=lambda row: row.id)
     size = spec.ingest.max_archives_per_run
-    reports = []
+    results = []
     for number, start in enumerate(range(0, len(files), size)):
         chunk = files[start : start + size]
         batch_id = f"{spec.name}-{day:%Y%m%d}-backfill-{run_id[:8]}-{number:03d}"
         lake.ledger.assign_batch([row.id for row in chunk], batch_id)
-        reports.append(load_batch(lake, spec, batch_id, lake.ledger.batch_files(batch_id), replace=True))
-    return reports
+        results.append(load_batch(lake, spec, batch_id, lake.ledger.batch_files(batch_id), replace=True))
+    return results
 
 
 def build_source_defs(spec: SourceSpec) -> dg.Definitions:
@@ -153,20 +153,20 @@ def build_source_defs(spec: SourceSpec) -> dg.Definitions:
             files = opened.ledger.batch_files(config.batch_id)
             if not files:
                 raise dg.Failure(f"batch {config.batch_id} has no files in the ledger")
-            reports = [load_batch(opened, spec, config.batch_id, files)]
+            results = [load_batch(opened, spec, config.batch_id, files)]
         else:
-            reports = _backfill_day(opened, spec, day, context.run.run_id)
-        archives = sum(r.archives for r in reports)
-        quarantined = sum(r.archives_quarantined for r in reports)
+            results = _backfill_day(opened, spec, day, context.run.run_id)
+        archives = sum(r.archives for r in results)
+        quarantined = sum(r.archives_quarantined for r in results)
         rate = quarantined / archives if archives else 0.0
         rules: Counter[str] = Counter()
-        for report in reports:
-            rules.update(report.rules)
-        ledger_records = sum(r.records for r in reports)
-        table_records = sum(_rows_of_batch(opened, spec, r, day) for r in reports)
+        for result in results:
+            rules.update(result.rules)
+        ledger_records = sum(r.records for r in results)
+        table_records = sum(_rows_of_batch(opened, spec, r, day) for r in results)
         top_rules = dict(rules.most_common(5))
-        held = sum(r.archives_held for r in reports)
-        missing = ", ".join(sorted(set().union(*(r.missing_secrets for r in reports))))
+        held = sum(r.archives_held for r in results)
+        missing = ", ".join(sorted(set().union(*(r.missing_secrets for r in results))))
         if held:
             context.log.error(
                 f"{spec.name}: {held} archives held pending, their password is not configured: set {missing}"
@@ -174,8 +174,8 @@ def build_source_defs(spec: SourceSpec) -> dg.Definitions:
         quarantined_facilities = sorted(
             {
                 row.facility or ""
-                for report in reports
-                for row in opened.ledger.batch_files(report.batch_id)
+                for result in results
+                for row in opened.ledger.batch_files(result.batch_id)
                 if row.status == "quarantined"
             }
         )
@@ -185,15 +185,15 @@ def build_source_defs(spec: SourceSpec) -> dg.Definitions:
         )
         return dg.MaterializeResult(
             metadata={
-                "batches": [r.batch_id for r in reports],
+                "batches": [r.batch_id for r in results],
                 "archives": archives,
                 "archives_quarantined": quarantined,
-                "members": sum(r.members for r in reports),
+                "members": sum(r.members for r in results),
                 "records": ledger_records,
-                "rejected_records": sum(r.rejected_records for r in reports),
-                "megabytes": round(sum(r.bytes_read for r in reports) / 1e6, 3),
-                "seconds": round(sum(r.seconds for r in reports), 3),
-                "snapshot_id": str(reports[-1].snapshot_id) if reports else "",
+                "rejected_records": sum(r.rejected_records for r in results),
+                "megabytes": round(sum(r.bytes_read for r in results) / 1e6, 3),
+                "seconds": round(sum(r.seconds for r in results), 3),
+                "snapshot_id": str(results[-1].snapshot_id) if results else "",
                 "rules": json.dumps(top_rules),
                 "archives_held": held,
             },

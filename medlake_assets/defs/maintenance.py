@@ -23,7 +23,7 @@ from medlake_assets.lake import Lake
 from medlake_assets.lake.maintenance import (
     MIB,
     CompactionPolicy,
-    MaintenanceReport,
+    MaintenanceResult,
     maintain_table,
     retention_for,
 )
@@ -56,7 +56,7 @@ def maintenance_key(table_name: str) -> dg.AssetKey:
     return dg.AssetKey(["maintenance", *table_name.split(".", 1)])
 
 
-def report_metadata(report: MaintenanceReport) -> dict[str, int | float]:
+def maintenance_metadata(report: MaintenanceResult) -> dict[str, int | float]:
     """Counts for the materialization and the CLI (file names and record values never)."""
     return {
         "files_before": report.compaction.files_before,
@@ -99,7 +99,7 @@ def _maintenance_asset(table_name: str, retention: RetentionSpec) -> dg.AssetsDe
             s3_endpoint_url=opened.settings.s3_endpoint_url,
             dry_run=config.dry_run,
         )
-        counts = report_metadata(report)
+        counts = maintenance_metadata(report)
         context.log.info(f"{table_name}: {counts}")
         return dg.MaterializeResult(metadata={"table_exists": True, "dry_run": config.dry_run, **counts})
 
@@ -127,7 +127,7 @@ def build_maintenance_defs(sources: dict[str, SourceSpec], reports: list[ReportS
 
 
 @dataclass(frozen=True)
-class ReprocessReport:
+class ReprocessResult:
     source: str
     day: date
     success: bool
@@ -151,7 +151,7 @@ def day_rows(lake: Lake, table_name: str, day: date) -> int:
 
 def reprocess_day(
     defs: dg.Definitions, instance: dg.DagsterInstance, lake: Lake, spec: SourceSpec, day: date
-) -> ReprocessReport:
+) -> ReprocessResult:
     """Replay a landing day's archives through the current metadata, with the source's own jobs.
 
     The ingest job without a batch id reloads every archive of the day, each batch replacing exactly its
@@ -181,7 +181,7 @@ def reprocess_day(
         if not result.success:
             success = False
             break
-    return ReprocessReport(
+    return ReprocessResult(
         source=spec.name,
         day=day,
         success=success,

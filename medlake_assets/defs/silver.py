@@ -23,7 +23,7 @@ from medlake_assets.defs.resources import LakeResource
 from medlake_assets.lake import Lake
 from medlake_assets.lake.ledger import Ledger
 from medlake_assets.silver.encounters_load import ENCOUNTERS
-from medlake_assets.silver.load import SilverReport, consumer, load_silver
+from medlake_assets.silver.load import SilverResult, consumer, load_silver
 from medlake_assets.silver.quality.gate import freshness_sla, metadata_version
 from medlake_assets.silver.quality.held import PUBLISHED, HeldSlice, held_slices, release, to_evaluate
 from medlake_assets.spec import SourceSpec
@@ -68,28 +68,28 @@ def pending_silver(
 LISTED_FACILITIES = 50
 
 
-def _gate(report: SilverReport) -> dg.AssetCheckResult:
+def _gate(outcome: SilverResult) -> dg.AssetCheckResult:
     """Passes when something could be published (WARN when some facility was held back), fails (ERROR, so
     downstream waits) only when the run's rows were all held back."""
-    partly = report.published and report.held
+    partly = outcome.published and outcome.held
     severity = dg.AssetCheckSeverity.WARN if partly else dg.AssetCheckSeverity.ERROR
     return dg.AssetCheckResult(
         check_name="quality_gate",
-        passed=report.published,
+        passed=outcome.published,
         severity=severity,
         metadata={
-            "rows": report.rows_in,
-            "rejected_rows": report.rejected,
-            "error_rate": round(report.error_rate, 4),
-            "threshold": report.threshold,
-            "held_facilities": dg.MetadataValue.json(dict(report.held.most_common(LISTED_FACILITIES))),
-            "held_facility_count": len(report.held),
-            "published_facilities": report.published_facilities,
-            "reevaluated_slices": report.reevaluated,
-            "released_slices": report.released,
-            "rejected_by_rule": dg.MetadataValue.json(dict(report.rules.most_common(10))),
-            "rejected_by_facility": dg.MetadataValue.json(dict(report.rejected_by_facility.most_common(10))),
-            "warnings_by_rule": dg.MetadataValue.json(dict(report.warnings.most_common(10))),
+            "rows": outcome.rows_in,
+            "rejected_rows": outcome.rejected,
+            "error_rate": round(outcome.error_rate, 4),
+            "threshold": outcome.threshold,
+            "held_facilities": dg.MetadataValue.json(dict(outcome.held.most_common(LISTED_FACILITIES))),
+            "held_facility_count": len(outcome.held),
+            "published_facilities": outcome.published_facilities,
+            "reevaluated_slices": outcome.reevaluated,
+            "released_slices": outcome.released,
+            "rejected_by_rule": dg.MetadataValue.json(dict(outcome.rules.most_common(10))),
+            "rejected_by_facility": dg.MetadataValue.json(dict(outcome.rejected_by_facility.most_common(10))),
+            "warnings_by_rule": dg.MetadataValue.json(dict(outcome.warnings.most_common(10))),
         },
     )
 
@@ -152,24 +152,24 @@ def build_silver_defs(spec: SourceSpec) -> dg.Definitions:
         context: dg.AssetExecutionContext, config: SilverLoadConfig, lake: LakeResource
     ) -> dg.MaterializeResult:
         opened = lake.lake()
-        report = load_silver(opened, spec, date.fromisoformat(context.partition_key), full=config.full)
-        if report.held:
+        outcome = load_silver(opened, spec, date.fromisoformat(context.partition_key), full=config.full)
+        if outcome.held:
             context.log.warning(
-                f"{spec.name} {context.partition_key}: rows of {len(report.held)} facilities held back by "
-                f"the quality gate: {', '.join(sorted(report.held)[:LISTED_FACILITIES])}"
+                f"{spec.name} {context.partition_key}: rows of {len(outcome.held)} facilities held back by "
+                f"the quality gate: {', '.join(sorted(outcome.held)[:LISTED_FACILITIES])}"
             )
         return dg.MaterializeResult(
             metadata={
-                "batches": len(report.batches),
-                "rows_in": report.rows_in,
-                "rows_written": report.rows_written,
-                "rejected_rows": report.rejected,
-                "held_rows": sum(report.held.values()),
-                "published": report.published,
-                "seconds": round(report.seconds, 3),
-                "snapshot_id": str(report.snapshot_id or ""),
+                "batches": len(outcome.batches),
+                "rows_in": outcome.rows_in,
+                "rows_written": outcome.rows_written,
+                "rejected_rows": outcome.rejected,
+                "held_rows": sum(outcome.held.values()),
+                "published": outcome.published,
+                "seconds": round(outcome.seconds, 3),
+                "snapshot_id": str(outcome.snapshot_id or ""),
             },
-            check_results=[_gate(report), _held_back(opened, spec)],
+            check_results=[_gate(outcome), _held_back(opened, spec)],
         )
 
     assets = [silver]
@@ -199,8 +199,8 @@ def build_encounters_asset(spec: SourceSpec) -> dg.AssetsDefinition:
         pool=table_pool("silver.encounters"),
     )
     def encounters(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
-        report = load_encounters(lake.lake(), spec, date.fromisoformat(context.partition_key))
-        return dg.MaterializeResult(metadata=report)
+        outcome = load_encounters(lake.lake(), spec, date.fromisoformat(context.partition_key))
+        return dg.MaterializeResult(metadata=outcome)
 
     return encounters
 
@@ -357,7 +357,7 @@ RELEASE_TAG = "medlake/release"
 
 
 @dataclass
-class ReleaseReport:
+class ReleaseResult:
     source: str
     facility: str
     released: list[HeldSlice] = field(default_factory=list)
@@ -379,7 +379,7 @@ def release_held(
     facility: str,
     by: str,
     day: date | None = None,
-) -> ReleaseReport:
+) -> ReleaseResult:
     """Release a facility's held rows (of one landing day, or all) and publish them now.
 
     The release is recorded in the ledger (`meta.held`: released_by, released_at), then the source's refine
@@ -390,21 +390,21 @@ def release_held(
     from medlake_assets.defs.runner import RUNNER_PID_TAG
 
     started = time.perf_counter()
-    report = ReleaseReport(spec.name, facility, released=release(lake.ledger, spec.name, facility, by, day))
-    released = {(item.batch_id, item.facility) for item in report.released}
+    outcome = ReleaseResult(spec.name, facility, released=release(lake.ledger, spec.name, facility, by, day))
+    released = {(item.batch_id, item.facility) for item in outcome.released}
     tags = {RELEASE_TAG: facility, SOURCE_TAG: spec.name, RUNNER_PID_TAG: str(os.getpid())}
-    days = sorted({item.landing_day for item in report.released})
+    days = sorted({item.landing_day for item in outcome.released})
     ensure_landing_days(instance, [day.isoformat() for day in days])
     for landing_day in days:
         result = defs.resolve_job_def(refine_job_name(spec)).execute_in_process(
             instance=instance, partition_key=landing_day.isoformat(), tags=tags, raise_on_error=False
         )
-        report.run_ids.append(result.run_id)
-        report.success = report.success and result.success
-    report.published = [
+        outcome.run_ids.append(result.run_id)
+        outcome.success = outcome.success and result.success
+    outcome.published = [
         item
         for item in held_slices(lake.ledger, spec.name, facility=facility, day=day, statuses=(PUBLISHED,))
         if (item.batch_id, item.facility) in released
     ]
-    report.seconds = time.perf_counter() - started
-    return report
+    outcome.seconds = time.perf_counter() - started
+    return outcome

@@ -41,14 +41,14 @@ from medlake_assets.ingest.pool import process_archives
 from medlake_assets.lake import Lake
 from medlake_assets.lake.commits import BATCH_PROPERTY
 from medlake_assets.lake.files import StagedFiles, replace_with_files
-from medlake_assets.lake.ledger import PENDING, QUARANTINED, FileResult, FileRow
+from medlake_assets.lake.ledger import PENDING, QUARANTINED, FileResult, LedgerFile
 from medlake_assets.spec import SourceSpec
 
 MISSING_SECRET = "config.missing_secret"
 
 
 @dataclass
-class BatchReport:
+class BatchResult:
     batch_id: str
     source: str
     archives: int = 0
@@ -83,8 +83,8 @@ def _reason_document(result: ArchiveResult) -> dict:
 
 
 def load_batch(
-    lake: Lake, spec: SourceSpec, batch_id: str, files: Sequence[FileRow], *, replace: bool = False
-) -> BatchReport:
+    lake: Lake, spec: SourceSpec, batch_id: str, files: Sequence[LedgerFile], *, replace: bool = False
+) -> BatchResult:
     """Load `files` (ledger rows of one source) as `batch_id`; bad input is quarantined, never raised.
 
     Under the batch's lock: a second worker given the same batch (two runs of it racing, e.g. the daemon's
@@ -95,28 +95,30 @@ def load_batch(
     with lake.ledger.batch_lock(batch_id):
         current = lake.ledger.batch_files(batch_id)
         if not replace and all(row.status != PENDING for row in current):
-            return _report_from_ledger(lake, spec, batch_id, current)
+            return _outcome_from_ledger(lake, spec, batch_id, current)
         return _load_batch(lake, spec, batch_id, files, replace=replace)
 
 
-def _report_from_ledger(lake: Lake, spec: SourceSpec, batch_id: str, files: Sequence[FileRow]) -> BatchReport:
-    """The report of a batch already done, from its ledger rows: nothing is read or committed."""
-    report = BatchReport(batch_id=batch_id, source=spec.name, archives=len(files))
+def _outcome_from_ledger(
+    lake: Lake, spec: SourceSpec, batch_id: str, files: Sequence[LedgerFile]
+) -> BatchResult:
+    """The outcome of a batch already done, from its ledger rows: nothing is read or committed."""
+    outcome = BatchResult(batch_id=batch_id, source=spec.name, archives=len(files))
     for row in files:
         if row.status == QUARANTINED:
-            report.archives_quarantined += 1
-            report.rules[row.rule or ""] += 1
+            outcome.archives_quarantined += 1
+            outcome.rules[row.rule or ""] += 1
         else:
-            report.members += row.members or 0
-            report.records += row.records or 0
-            report.rejected_records += row.rejected_records or 0
-    report.snapshot_id = bronze_table(lake.catalog, spec).metadata.current_snapshot_id
-    return report
+            outcome.members += row.members or 0
+            outcome.records += row.records or 0
+            outcome.rejected_records += row.rejected_records or 0
+    outcome.snapshot_id = bronze_table(lake.catalog, spec).metadata.current_snapshot_id
+    return outcome
 
 
 def _load_batch(
-    lake: Lake, spec: SourceSpec, batch_id: str, files: Sequence[FileRow], *, replace: bool
-) -> BatchReport:
+    lake: Lake, spec: SourceSpec, batch_id: str, files: Sequence[LedgerFile], *, replace: bool
+) -> BatchResult:
     started = time.perf_counter()
     ingested_at = datetime.now(UTC)
     password_ref = spec.landing.password
@@ -135,8 +137,8 @@ def _load_batch(
     rejects = quarantine_table(lake.catalog, spec)
     writer = BronzeWriter(bronze)
     # Only the bytes of archives with something to quarantine are kept (the copy must be what was parsed).
-    results: list[tuple[FileRow, ArchiveResult, int, bytes | None]] = []
-    held: list[tuple[FileRow, str]] = []
+    results: list[tuple[LedgerFile, ArchiveResult, int, bytes | None]] = []
+    held: list[tuple[LedgerFile, str]] = []
     try:
         for row, (item, result) in zip(files, process_archives(work(), sink=writer.add), strict=True):
             if result.rule == "archive.no_password" and password_ref is not None:
@@ -169,17 +171,17 @@ def _load_batch(
         scope=EqualTo("stage", "bronze"),  # silver-stage rejects of these archives are silver's to replace
     )
 
-    report = BatchReport(batch_id=batch_id, source=spec.name, archives=len(files))
+    outcome = BatchResult(batch_id=batch_id, source=spec.name, archives=len(files))
     by_reason: dict[str, list[int]] = {}
     for row, secret in held:
         by_reason.setdefault(_missing_secret_reason(spec, row.facility or ""), []).append(row.id)
-        report.archives_held += 1
-        report.missing_secrets.add(secret)
+        outcome.archives_held += 1
+        outcome.missing_secrets.add(secret)
     for reason, ids in by_reason.items():
         lake.ledger.hold(ids, MISSING_SECRET, reason)
     loaded, quarantined = [], []
     for row, result, size, data in results:
-        report.bytes_read += size
+        outcome.bytes_read += size
         quarantine_key = None
         if data is not None:
             quarantine_key = quarantine_original(store, row.key, data, _reason_document(result))
@@ -194,20 +196,20 @@ def _load_batch(
         )
         if result.quarantined:
             quarantined.append(outcome)
-            report.archives_quarantined += 1
-            report.rules[result.rule or ""] += 1
+            outcome.archives_quarantined += 1
+            outcome.rules[result.rule or ""] += 1
         else:
             loaded.append(outcome)
-            report.members += result.members
-            report.records += result.records
-            report.rejected_records += len(result.rejects)
-            report.rules.update(reject.rule for reject in result.rejects)
+            outcome.members += result.members
+            outcome.records += result.records
+            outcome.rejected_records += len(result.rejects)
+            outcome.rules.update(reject.rule for reject in result.rejects)
     lake.ledger.mark_loaded(loaded)
     lake.ledger.mark_quarantined(quarantined)
     bronze.refresh()
-    report.snapshot_id = bronze.metadata.current_snapshot_id
-    report.seconds = time.perf_counter() - started
-    return report
+    outcome.snapshot_id = bronze.metadata.current_snapshot_id
+    outcome.seconds = time.perf_counter() - started
+    return outcome
 
 
 WRITE_BYTES = 32 * 1024**2

@@ -7,8 +7,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 
-from medlake_assets.lake.ledger import Ledger, NewObject
-from medlake_assets.lake.objectstore import ObjectInfo, ObjectStore
+from medlake_assets.lake.ledger import LandedFile, Ledger
+from medlake_assets.lake.objectstore import ObjectStore, StoredObject
 from medlake_assets.spec import SourceSpec
 
 LANDING = "landing/"
@@ -71,7 +71,7 @@ def landed_days(store: ObjectStore, source: str) -> list[date]:
 class Strays:
     """What no sensor's day listing reaches: loose objects, and folders to list whole."""
 
-    objects: list[ObjectInfo]
+    objects: list[StoredObject]
     prefixes: list[str]
 
 
@@ -115,7 +115,7 @@ def find_strays(store: ObjectStore, sources: Iterable[SourceSpec], today: date) 
 
 @dataclass(frozen=True)
 class Routed:
-    obj: ObjectInfo
+    obj: StoredObject
     source: str | None
     facility: str | None
     landing_day: date | None
@@ -123,7 +123,7 @@ class Routed:
     reason: str | None = None
 
 
-def route(obj: ObjectInfo, sources: Iterable[SourceSpec]) -> Routed:
+def route(obj: StoredObject, sources: Iterable[SourceSpec]) -> Routed:
     """Match a key against every source's pattern: exactly one must claim it."""
     matches = [(spec, match) for spec in sources if (match := spec.landing.key_regex.match(obj.key))]
     if not matches:
@@ -152,7 +152,7 @@ def quarantine_original(store: ObjectStore, key: str, data: bytes | None, reason
 
 
 @dataclass(frozen=True)
-class ScanReport:
+class ScanResult:
     listed: int
     registered: int
     quarantined: int
@@ -163,10 +163,10 @@ def register_landed(
     ledger: Ledger,
     sources: Sequence[SourceSpec],
     prefixes: Sequence[str],
-    objects: Sequence[ObjectInfo] = (),
+    objects: Sequence[StoredObject] = (),
     *,
     today: date | None = None,
-) -> ScanReport:
+) -> ScanResult:
     """List prefixes (and take `objects` as listed), register new objects as pending, and quarantine the
     ones no single source claims. An object of a day after `today` (default: today, UTC) is registered
     held (`landing.future_day`) until its day comes."""
@@ -198,10 +198,12 @@ def register_landed(
             quarantined += ledger.quarantine_unrouted(
                 [_new(store, item)], item.rule, item.reason or "", quarantine_key
             )
-    return ScanReport(listed, registered, quarantined)
+    return ScanResult(listed, registered, quarantined)
 
 
-def _unknown(store: ObjectStore, ledger: Ledger, prefix: str, found: list[ObjectInfo]) -> list[ObjectInfo]:
+def _unknown(
+    store: ObjectStore, ledger: Ledger, prefix: str, found: list[StoredObject]
+) -> list[StoredObject]:
     """The listed objects whose content the ledger does not hold yet, with their content id as etag.
 
     An object is known by (key, content id): a copied or restored file is the same version. The content id
@@ -228,6 +230,6 @@ def _unknown(store: ObjectStore, ledger: Ledger, prefix: str, found: list[Object
     return fresh
 
 
-def _new(store: ObjectStore, item: Routed) -> NewObject:
+def _new(store: ObjectStore, item: Routed) -> LandedFile:
     obj = item.obj
-    return NewObject(store.uri, obj.key, obj.etag, obj.size, item.source, item.facility, item.landing_day)
+    return LandedFile(store.uri, obj.key, obj.etag, obj.size, item.source, item.facility, item.landing_day)

@@ -82,7 +82,7 @@ class PartitionFiles:
 
 
 @dataclass
-class CompactionReport:
+class CompactionResult:
     table: str
     files_before: int = 0
     files_after: int = 0
@@ -95,14 +95,14 @@ class CompactionReport:
 
 
 @dataclass
-class ExpiryReport:
+class ExpiryResult:
     table: str
     snapshots_before: int = 0
     expired: list[int] = field(default_factory=list)
 
 
 @dataclass
-class OrphanReport:
+class OrphanResult:
     table: str
     files_listed: int = 0
     orphans: list[str] = field(default_factory=list)
@@ -113,7 +113,7 @@ class OrphanReport:
 
 
 @dataclass(frozen=True)
-class RestoreReport:
+class RestoreResult:
     table: str
     from_snapshot_id: int | None
     to_snapshot_id: int
@@ -123,10 +123,10 @@ class RestoreReport:
 
 
 @dataclass
-class MaintenanceReport:
-    compaction: CompactionReport
-    expiry: ExpiryReport
-    orphans: OrphanReport
+class MaintenanceResult:
+    compaction: CompactionResult
+    expiry: ExpiryResult
+    orphans: OrphanResult
     seconds: float = 0.0
 
 
@@ -245,16 +245,16 @@ def compact_table(
     *,
     dry_run: bool = False,
     attempts: int = 3,
-) -> CompactionReport:
+) -> CompactionResult:
     """Rewrite the small files of every partition that has too many; see the module docstring."""
-    report = CompactionReport(".".join(table.name()))
-    report.files_before = len(_data_files(table))
+    result = CompactionResult(".".join(table.name()))
+    result.files_before = len(_data_files(table))
     planned = plan_compaction(table, policy)
     if dry_run:
-        report.partitions_compacted = len(planned)
-        report.files_rewritten = sum(len(p.tasks) for p in planned)
-        report.files_after = report.files_before
-        return report
+        result.partitions_compacted = len(planned)
+        result.files_rewritten = sum(len(p.tasks) for p in planned)
+        result.files_after = result.files_before
+        return result
     for partition in planned:
         current: PartitionFiles | None = partition
         for _ in range(attempts):
@@ -266,15 +266,15 @@ def compact_table(
                 if current is None:
                     break  # nothing left to compact there (e.g. a concurrent rewrite)
                 continue
-            report.partitions_compacted += 1
-            report.files_rewritten += len(current.tasks)
-            report.files_written += files_written
-            report.rows_rewritten += rows
+            result.partitions_compacted += 1
+            result.files_rewritten += len(current.tasks)
+            result.files_written += files_written
+            result.rows_rewritten += rows
             break
         else:
-            report.conflicts += 1
-    report.files_after = len(_data_files(table.refresh()))
-    return report
+            result.conflicts += 1
+    result.files_after = len(_data_files(table.refresh()))
+    return result
 
 
 def retention_for(table_name: str, sources: dict[str, SourceSpec]) -> RetentionSpec:
@@ -316,15 +316,15 @@ def expire_snapshots(
     now: datetime | None = None,
     dry_run: bool = False,
     attempts: int = 3,
-) -> ExpiryReport:
+) -> ExpiryResult:
     """Remove the snapshots `snapshots_to_expire` names (metadata only: their files become orphans)."""
     now = now or datetime.now(UTC)
-    report = ExpiryReport(".".join(table.name()), snapshots_before=len(table.metadata.snapshots))
+    result = ExpiryResult(".".join(table.name()), snapshots_before=len(table.metadata.snapshots))
     for attempt in range(attempts):
         expired = snapshots_to_expire(table, retention, now)
         if not expired or dry_run:
-            report.expired = expired
-            return report
+            result.expired = expired
+            return result
         try:
             table.maintenance.expire_snapshots().by_ids(expired).commit()
         except CommitFailedException:
@@ -333,8 +333,8 @@ def expire_snapshots(
                 raise
             table = table.refresh()
             continue
-        report.expired = expired
-        return report
+        result.expired = expired
+        return result
     raise AssertionError("unreachable")
 
 
@@ -372,7 +372,7 @@ def remove_orphan_files(
     now: datetime | None = None,
     s3_endpoint_url: str | None = None,
     dry_run: bool = False,
-) -> OrphanReport:
+) -> OrphanResult:
     """Delete files under the table location that nothing references and that are older than `min_age`.
 
     References are read from the table's latest metadata; a file written after that is younger than
@@ -383,19 +383,19 @@ def remove_orphan_files(
     location = table.location().rstrip("/")
     prefix = f"{location}/"
     referenced = {path[len(prefix) :] for path in referenced_files(table) if path.startswith(prefix)}
-    report = OrphanReport(".".join(table.name()))
+    result = OrphanResult(".".join(table.name()))
     for info in location_store(location, s3_endpoint_url).list():
-        report.files_listed += 1
+        result.files_listed += 1
         if info.key in referenced:
             continue
         if info.last_modified > now - min_age:
-            report.kept_young += 1
+            result.kept_young += 1
             continue
-        report.orphans.append(info.key)
-        report.orphan_bytes += info.size
+        result.orphans.append(info.key)
+        result.orphan_bytes += info.size
         if not dry_run:
             table.io.delete(f"{prefix}{info.key}")
-    return report
+    return result
 
 
 def maintain_table(
@@ -407,7 +407,7 @@ def maintain_table(
     now: datetime | None = None,
     s3_endpoint_url: str | None = None,
     dry_run: bool = False,
-) -> MaintenanceReport:
+) -> MaintenanceResult:
     """Compact, expire, then remove orphans (the files compaction and expiry left unreferenced)."""
     started = time.perf_counter()
     compaction = compact_table(table, policy, dry_run=dry_run)
@@ -415,10 +415,10 @@ def maintain_table(
     orphans = remove_orphan_files(
         table, min_age=min_orphan_age, now=now, s3_endpoint_url=s3_endpoint_url, dry_run=dry_run
     )
-    return MaintenanceReport(compaction, expiry, orphans, time.perf_counter() - started)
+    return MaintenanceResult(compaction, expiry, orphans, time.perf_counter() - started)
 
 
-def restore_table(table: Table, to: int | datetime) -> RestoreReport:
+def restore_table(table: Table, to: int | datetime) -> RestoreResult:
     """Make `to` (a snapshot id of the table, or the snapshot current at a moment) the current snapshot.
 
     Metadata only, so it takes about as long as one commit whatever the table's size. Any retained
@@ -442,7 +442,7 @@ def restore_table(table: Table, to: int | datetime) -> RestoreReport:
         if s.snapshot_id not in kept and s.summary is not None and s.summary[BATCH_PROPERTY]
     ]
     table.manage_snapshots().set_current_snapshot(snapshot_id=target.snapshot_id).commit()
-    return RestoreReport(
+    return RestoreResult(
         table=name,
         from_snapshot_id=current.snapshot_id if current else None,
         to_snapshot_id=target.snapshot_id,

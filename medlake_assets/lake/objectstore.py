@@ -22,7 +22,7 @@ S3_ENDPOINT_ENV = "MEDLAKE_S3_ENDPOINT_URL"
 
 
 @dataclass(frozen=True)
-class ObjectInfo:
+class StoredObject:
     """One object as listed: its key relative to the store, size in bytes, etag and UTC modification time."""
 
     key: str
@@ -37,7 +37,7 @@ class ObjectStore(Protocol):
 
     uri: str
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "") -> Iterator[StoredObject]:
         """Every object whose key starts with `prefix` (a plain string prefix), recursively, sorted by key."""
         ...
 
@@ -45,7 +45,7 @@ class ObjectStore(Protocol):
         """The immediate "folders" below `prefix`, each ending in '/', sorted; only those holding objects."""
         ...
 
-    def list_level(self, prefix: str = "") -> tuple[list[str], list[ObjectInfo]]:
+    def list_level(self, prefix: str = "") -> tuple[list[str], list[StoredObject]]:
         """One delimiter listing: the immediate folders below `prefix` (as `list_prefixes`) and the objects
         directly in it, each sorted; what lies deeper is not listed."""
         ...
@@ -60,7 +60,7 @@ class ObjectStore(Protocol):
 
     def exists(self, key: str) -> bool: ...
 
-    def content_id(self, info: ObjectInfo) -> str:
+    def content_id(self, info: StoredObject) -> str:
         """The identity of the object version's content, the ledger's `etag`: equal for equal bytes, so a
         copied or restored object is recognised. Costs a read where the listed etag is not content-based."""
         ...
@@ -114,13 +114,13 @@ def _holds_file(directory: str) -> bool:
     return False
 
 
-def _info(key: str, entry: os.DirEntry) -> ObjectInfo | None:
-    """A listed file's ObjectInfo; None if it was removed since the scan."""
+def _info(key: str, entry: os.DirEntry) -> StoredObject | None:
+    """A listed file's StoredObject; None if it was removed since the scan."""
     try:
         stat = entry.stat()
     except FileNotFoundError:
         return None
-    return ObjectInfo(
+    return StoredObject(
         key=key,
         size=stat.st_size,
         etag=f"{stat.st_size}-{stat.st_mtime_ns}-{stat.st_ino}",
@@ -167,12 +167,12 @@ class LocalObjectStore:
             start,
         )
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "") -> Iterator[StoredObject]:
         start = self._start(prefix)
         if start is not None:
             yield from self._walk(*start)
 
-    def _walk(self, directory: str, base: str, start: str = "") -> Iterator[ObjectInfo]:
+    def _walk(self, directory: str, base: str, start: str = "") -> Iterator[StoredObject]:
         try:
             with os.scandir(directory) as scan:
                 entries = [e for e in scan if e.name.startswith(start) and _visible(e.name)]
@@ -186,7 +186,7 @@ class LocalObjectStore:
             elif entry.is_file() and (info := _info(f"{base}{entry.name}", entry)) is not None:
                 yield info
 
-    def list_level(self, prefix: str = "") -> tuple[list[str], list[ObjectInfo]]:
+    def list_level(self, prefix: str = "") -> tuple[list[str], list[StoredObject]]:
         start = self._start(prefix)
         if start is None:
             return [], []
@@ -245,7 +245,7 @@ class LocalObjectStore:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
-    def content_id(self, info: ObjectInfo) -> str:
+    def content_id(self, info: StoredObject) -> str:
         with open(self._path(info.key), "rb") as file:
             return "sha256:" + hashlib.file_digest(file, "sha256").hexdigest()
 
@@ -304,27 +304,27 @@ class S3ObjectStore:
             **options,
         )
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "") -> Iterator[StoredObject]:
         for page in self._pages(prefix):
             yield from self._objects(page)
 
-    def _objects(self, page: dict[str, Any]) -> Iterator[ObjectInfo]:
+    def _objects(self, page: dict[str, Any]) -> Iterator[StoredObject]:
         skip = len(self.prefix)
         for item in page.get("Contents", ()):
             key = item["Key"][skip:]
             if not key or key.endswith("/"):
                 continue
-            yield ObjectInfo(
+            yield StoredObject(
                 key=key,
                 size=item["Size"],
                 etag=item["ETag"].strip('"'),
                 last_modified=item["LastModified"].astimezone(UTC),
             )
 
-    def list_level(self, prefix: str = "") -> tuple[list[str], list[ObjectInfo]]:
+    def list_level(self, prefix: str = "") -> tuple[list[str], list[StoredObject]]:
         skip = len(self.prefix)
         folders: list[str] = []
-        objects: list[ObjectInfo] = []
+        objects: list[StoredObject] = []
         for page in self._pages(prefix, Delimiter="/"):
             folders += [common["Prefix"][skip:] for common in page.get("CommonPrefixes", ())]
             objects += self._objects(page)
@@ -362,7 +362,7 @@ class S3ObjectStore:
     def url(self, key: str) -> str:
         return f"s3://{self.bucket}/{self.prefix}{check_key(key)}"
 
-    def content_id(self, info: ObjectInfo) -> str:
+    def content_id(self, info: StoredObject) -> str:
         # S3's ETag is the MD5 of the bytes for a single-part upload; for a multipart upload it is the MD5
         # of the parts' MD5s with `-N`, so the same bytes uploaded with another part size get another ETag
         # and load once more, replacing the key's rows (no duplicates). Hashing the bytes instead would

@@ -59,7 +59,7 @@ SLICE = ["_batch", "_facility"]
 
 
 @dataclass
-class SilverReport:
+class SilverResult:
     table: str
     batches: list[str] = field(default_factory=list)
     rows_in: int = 0
@@ -171,10 +171,10 @@ class _Audit:
 
 
 def _audit_chunk(
-    rows: pl.DataFrame, spec: SourceSpec, schema, report: SilverReport, audit: _Audit, rejects: StagedFiles
+    rows: pl.DataFrame, spec: SourceSpec, schema, result: SilverResult, audit: _Audit, rejects: StagedFiles
 ) -> pl.DataFrame:
     """Type and check one chunk of bronze rows: rejects staged for quarantine, counts added to `audit` and
-    `report`; returns the passing rows."""
+    `result`; returns the passing rows."""
     typed = apply_types(rows, spec)
     cast_failed = typed.failures.group_by("_row").agg(pl.col("rule").first(), pl.col("reason").first())
     clean = typed.frame.with_row_index("_row").join(cast_failed.select("_row"), on="_row", how="anti")
@@ -186,10 +186,10 @@ def _audit_chunk(
     del clean
     rejected = pl.concat([cast_failed.select("_row", "rule", "reason"), gate_rows])
     quarantine = _rejected_rows(rows, rejected, spec.column_names())
-    report.rejected += quarantine.select(LINEAGE_COLUMNS[:3]).unique().height
-    report.rules.update(dict(quarantine.group_by("rule").len().iter_rows()))
-    report.rejected_by_facility.update(dict(quarantine.group_by("_facility").len().iter_rows()))
-    report.warnings.update(gate.warnings)
+    result.rejected += quarantine.select(LINEAGE_COLUMNS[:3]).unique().height
+    result.rules.update(dict(quarantine.group_by("rule").len().iter_rows()))
+    result.rejected_by_facility.update(dict(quarantine.group_by("_facility").len().iter_rows()))
+    result.warnings.update(gate.warnings)
     audit.quality.append(_quality_counts(quarantine, gate))
     audit.slice_rows.append(rows.group_by(SLICE).agg(pl.len().cast(pl.Int64).alias("rows")))
     audit.slice_rejected.append(
@@ -247,7 +247,7 @@ def _audit_and_quarantine(
     chunks: Chunks,
     folder: Path,
     released: set[tuple[str, str]],
-    report: SilverReport,
+    result: SilverResult,
 ) -> pl.DataFrame:
     """Audit every chunk (passing rows to `folder`, their paths in `chunks.passed`), record the quality
     counts, replace this stage's rejects of the run's archives; returns the gate's decision per slice."""
@@ -258,7 +258,7 @@ def _audit_and_quarantine(
     audit = _Audit()
     try:
         for number, path in enumerate(chunks.paths):
-            passed = _audit_chunk(pl.read_parquet(path), spec, schema, report, audit, rejects)
+            passed = _audit_chunk(pl.read_parquet(path), spec, schema, result, audit, rejects)
             audit.passed.append(folder / f"passed-{number:05d}.parquet")
             passed.write_parquet(audit.passed[-1])
             path.unlink()
@@ -283,13 +283,13 @@ def _audit_and_quarantine(
 
 def load_silver(
     lake: Lake, spec: SourceSpec, day: date, *, full: bool = False, chunk_rows: int = CHUNK_ROWS
-) -> SilverReport:
+) -> SilverResult:
     """Take the day's new bronze batches into `silver.<source>` (all of them when `full`), and take up
     again the day's held slices that an operator released or that changed metadata may now pass."""
     started = time.perf_counter()
     name = consumer(spec.name)
     version = metadata_version(spec)
-    report = SilverReport(table=name, threshold=spec.quality.max_error_rate)
+    result = SilverResult(table=name, threshold=spec.quality.max_error_rate)
     ledger = lake.ledger
     loaded = ledger.loaded_batches(spec.name, day)
     supersede(ledger, spec.name, day, sorted(loaded))
@@ -299,25 +299,25 @@ def load_silver(
         (item.batch_id, item.facility)
         for item in held_slices(ledger, spec.name, day=day, statuses=(RELEASED,))
     }
-    report.batches = todo
-    report.reevaluated = len(again)
+    result.batches = todo
+    result.reevaluated = len(again)
     if not todo and not again:
-        return report
+        return result
     bronze = bronze_table(lake.catalog, spec)
     with tempfile.TemporaryDirectory(prefix=f"medlake-silver-{spec.name}-") as scratch:
         folder = Path(scratch)
         chunks = spill_chunks(bronze, _scan_filter(day, todo, again), spec, folder, chunk_rows)
-        report.rows_in = chunks.rows
-        outcomes = _audit_and_quarantine(lake, spec, day, todo, again, chunks, folder, released, report)
+        result.rows_in = chunks.rows
+        outcomes = _audit_and_quarantine(lake, spec, day, todo, again, chunks, folder, released, result)
         held_back = outcomes.filter(pl.col("held"))
-        report.held.update(
+        result.held.update(
             dict(held_back.group_by("_facility").agg((pl.col("rows") - pl.col("rejected")).sum()).iter_rows())
         )
         published = outcomes.filter(~pl.col("held"))
-        report.published_facilities = published.get_column("_facility").n_unique()
-        report.released = outcomes.filter(pl.col("released")).height
-        report.rows_written = int(published.select((pl.col("rows") - pl.col("rejected")).sum()).item() or 0)
-        if report.rows_written:
+        result.published_facilities = published.get_column("_facility").n_unique()
+        result.released = outcomes.filter(pl.col("released")).height
+        result.rows_written = int(published.select((pl.col("rows") - pl.col("rejected")).sum()).item() or 0)
+        if result.rows_written:
             docs = table_column_docs(spec, name)  # the Iceberg column docs, from the source metadata
             table = ensure_table(lake.catalog, name, silver_schema(spec), spec.write.partition_by, docs)
             held_keys = held_back.select(SLICE)
@@ -335,7 +335,7 @@ def load_silver(
                 delete_marker=spec.write.delete_marker_tuple,
                 snapshot_properties=_properties(todo, again),
             )
-            report.snapshot_id = merged.metadata.current_snapshot_id
+            result.snapshot_id = merged.metadata.current_snapshot_id
     # After the commit: a crash before this line re-runs the batches, and the merge is idempotent.
     record(
         ledger,
@@ -358,5 +358,5 @@ def load_silver(
         consumer=name,
     )
     ledger.mark_processed(name, spec.name, day, todo)
-    report.seconds = time.perf_counter() - started
-    return report
+    result.seconds = time.perf_counter() - started
+    return result

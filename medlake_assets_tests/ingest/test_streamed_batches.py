@@ -63,8 +63,8 @@ def load_day(home: Path) -> list[tuple[str, int]]:
         ids = sorted(row.id for row in lake.ledger.day_files(spec.name, DAY) if row.status == "pending")
         batch_id = batch_id_for(spec.name, DAY, ids)
         lake.ledger.assign_batch(ids, batch_id)
-        report = load_batch(lake, spec, batch_id, lake.ledger.batch_files(batch_id))
-        loaded.append((spec.name, report.records))
+        result = load_batch(lake, spec, batch_id, lake.ledger.batch_files(batch_id))
+        loaded.append((spec.name, result.records))
         # One commit per batch: every data file of it in a single snapshot.
         snapshots = [
             s for s in bronze_table(lake.catalog, spec).snapshots() if s.summary[BATCH_PROPERTY] == batch_id

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import fields
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -16,9 +17,10 @@ from medlake_assets.lake.ledger import (
     SQLITE_BUSY_TIMEOUT_MS,
     Batch,
     FileResult,
-    FileRow,
+    LandedFile,
     Ledger,
-    NewObject,
+    LedgerFile,
+    files,
 )
 from medlake_assets_tests.postgres import scratch_schema
 
@@ -54,9 +56,11 @@ def new_object(
     facility: str | None = "fac_a",
     day: date | None = DAY,
     store: str = STORE,
-) -> NewObject:
+) -> LandedFile:
     folder = f"{day:%Y/%m/%d}" if day else "nodate"
-    return NewObject(store, f"landing/{source}/{folder}/{facility}/{name}", etag, size, source, facility, day)
+    return LandedFile(
+        store, f"landing/{source}/{folder}/{facility}/{name}", etag, size, source, facility, day
+    )
 
 
 def register_many(
@@ -136,9 +140,9 @@ def test_known_keys_are_exactly_those_under_the_prefix(ledger: Ledger) -> None:
         "landing/lab_/2024/03/01/a.zip",
         "landing/la%b/2024/03/01/a.zip",
     ]
-    objects = [NewObject(STORE, key, "e1", 1, SOURCE, "f", DAY) for key in keys]
-    objects.append(NewObject(STORE, keys[0], "e2", 1, SOURCE, "f", DAY))
-    objects.append(NewObject("s3://other", keys[1], "e1", 1, SOURCE, "f", DAY))
+    objects = [LandedFile(STORE, key, "e1", 1, SOURCE, "f", DAY) for key in keys]
+    objects.append(LandedFile(STORE, keys[0], "e2", 1, SOURCE, "f", DAY))
+    objects.append(LandedFile("s3://other", keys[1], "e1", 1, SOURCE, "f", DAY))
     assert ledger.register(objects) == 10
     assert ledger.known_keys(STORE, "landing/lab/2024/03/01/") == {
         ("landing/lab/2024/03/01/a.zip", "e1"),
@@ -438,28 +442,9 @@ def test_reopening_keeps_the_rows(ledger_url: str) -> None:
     second.close()
 
 
-def test_file_rows_are_complete() -> None:
-    assert list(FileRow.__dataclass_fields__) == [
-        "id",
-        "store",
-        "key",
-        "etag",
-        "size",
-        "source",
-        "facility",
-        "landing_day",
-        "batch_id",
-        "status",
-        "members",
-        "records",
-        "rejected_records",
-        "rule",
-        "reason",
-        "quarantine_key",
-        "first_seen_at",
-        "updated_at",
-        "loaded_at",
-    ]
+def test_ledger_files_hold_every_column() -> None:
+    """A `LedgerFile` is a whole `meta.files` row: a column added to the table needs a field."""
+    assert {field.name for field in fields(LedgerFile)} == {column.name for column in files.columns}
 
 
 def test_sqlite_ledger_uses_wal_and_a_busy_timeout(tmp_path: Path) -> None:

@@ -126,15 +126,15 @@ def test_compaction_keeps_rows_and_drops_files(lake, partition_by, compacted_par
     before_rows, before_files = rows_of(table), file_count(table)
     before_snapshot = table.current_snapshot().snapshot_id
 
-    report = compact_table(table, POLICY)
+    result = compact_table(table, POLICY)
 
     table = lake.catalog.load_table("bronze.visits")
     assert rows_of(table) == before_rows
-    assert report.partitions_compacted == compacted_partitions
-    assert report.conflicts == 0
-    assert report.files_before == before_files
-    assert report.files_after == file_count(table) < before_files
-    assert report.files_after == before_files - report.files_rewritten + report.files_written
+    assert result.partitions_compacted == compacted_partitions
+    assert result.conflicts == 0
+    assert result.files_before == before_files
+    assert result.files_after == file_count(table) < before_files
+    assert result.files_after == before_files - result.files_rewritten + result.files_written
     assert plan_compaction(table, POLICY) == []
     assert table.current_snapshot().summary["medlake.maintenance"] == "compaction"
     # The snapshot before compaction still reads the same rows (time travel is untouched).
@@ -151,8 +151,8 @@ def test_compaction_of_identity_partition_leaves_other_partition_files(lake):
 def test_dry_run_plans_without_writing(lake):
     table = small_files_table(lake, ["_landing_day"])
     snapshot = table.current_snapshot().snapshot_id
-    report = compact_table(table, POLICY, dry_run=True)
-    assert (report.partitions_compacted, report.files_rewritten) == (1, 6)
+    result = compact_table(table, POLICY, dry_run=True)
+    assert (result.partitions_compacted, result.files_rewritten) == (1, 6)
     assert lake.catalog.load_table("bronze.visits").current_snapshot().snapshot_id == snapshot
 
 
@@ -172,8 +172,8 @@ def test_concurrent_append_to_the_partition_fails_the_rewrite_and_loses_nothing(
     # The files written for the failed attempt were deleted again: nothing unreferenced is left.
     assert remove_orphan_files(fresh, min_age=timedelta(0), dry_run=True).orphans == []
     # The next run compacts the partition, the late file included.
-    report = compact_table(fresh, POLICY)
-    assert (report.partitions_compacted, report.files_rewritten) == (1, 7)
+    result = compact_table(fresh, POLICY)
+    assert (result.partitions_compacted, result.files_rewritten) == (1, 7)
     assert rows_of(lake.catalog.load_table("bronze.visits")) == expected
 
 
@@ -199,9 +199,9 @@ def test_compact_table_replans_after_a_conflict(lake, attempts, compacted, confl
     expected = sorted(rows_of(stale) + rows_of(late), key=lambda row: row["_record"])
 
     # Planned from the stale object: the first commit conflicts, the retry plans from the new state.
-    report = compact_table(stale, POLICY, attempts=attempts)
+    result = compact_table(stale, POLICY, attempts=attempts)
 
-    assert (report.partitions_compacted, report.conflicts) == (compacted, conflicts)
+    assert (result.partitions_compacted, result.conflicts) == (compacted, conflicts)
     assert rows_of(lake.catalog.load_table("bronze.visits")) == expected
 
 
@@ -236,10 +236,10 @@ def test_expiry_keeps_time_travel_inside_the_window(lake):
     ids = snapshot_ids(table)
     opened_with = ids.index(snapshots[1][0])
 
-    report = expire_snapshots(table, RETENTION, now=now)
+    result = expire_snapshots(table, RETENTION, now=now)
 
-    assert report.snapshots_before == len(ids) == 5, "the overwrite is a delete and an append snapshot"
-    assert report.expired == ids[:opened_with]
+    assert result.snapshots_before == len(ids) == 5, "the overwrite is a delete and an append snapshot"
+    assert result.expired == ids[:opened_with]
     table = lake.catalog.load_table("silver.labs")
     assert snapshot_ids(table) == ids[opened_with:]
     for snapshot_id, rows in snapshots[1:]:
@@ -266,8 +266,8 @@ def test_expiry_keeps_min_snapshots_and_the_current_one(lake):
         == []
     )
     ids = snapshot_ids(table)
-    report = expire_snapshots(table, RetentionSpec(snapshot_days=1, min_snapshots=0), now=far_future)
-    assert report.expired == ids[:-1]
+    result = expire_snapshots(table, RetentionSpec(snapshot_days=1, min_snapshots=0), now=far_future)
+    assert result.expired == ids[:-1]
     table = lake.catalog.load_table("silver.labs")
     assert snapshot_ids(table) == [snapshots[3][0]]
     assert rows_of(table) == snapshots[3][1]
@@ -281,11 +281,11 @@ def test_expiry_then_orphan_cleanup_removes_only_unreachable_files(lake):
     assert kept_reports.orphans == [], "before expiry every file is reachable"
 
     expire_snapshots(table, RETENTION, now=now)
-    report = remove_orphan_files(table, now=now + timedelta(days=10))
+    result = remove_orphan_files(table, now=now + timedelta(days=10))
 
     # The first append's data file (only that snapshot had it), its manifest list and manifests.
     location = table.location().rstrip("/") + "/"
-    removed = {location + key for key in report.orphans}
+    removed = {location + key for key in result.orphans}
     assert first_files <= removed
     assert all(not os.path.exists(path.removeprefix("file://")) for path in removed)
     table = lake.catalog.load_table("silver.labs")
@@ -320,10 +320,10 @@ def test_orphan_cleanup_removes_only_old_unreferenced_files(lake):
     ]
     assert os.path.exists(old)
 
-    report = remove_orphan_files(table)
+    result = remove_orphan_files(table)
 
-    assert sorted(report.orphans) == sorted(dry.orphans)
-    assert report.kept_young == 1
+    assert sorted(result.orphans) == sorted(dry.orphans)
+    assert result.kept_young == 1
     assert not os.path.exists(old) and not os.path.exists(old_metadata)
     assert os.path.exists(fresh)
     table = lake.catalog.load_table("bronze.visits")
@@ -359,10 +359,10 @@ def test_orphan_cleanup_on_s3(tmp_path, s3_endpoint, s3_bucket):
     assert young.orphans == [] and young.kept_young == 1
 
     # Ten days on: the planted file is old enough; the compacted-away small files stay (time travel).
-    report = remove_orphan_files(
+    result = remove_orphan_files(
         table, s3_endpoint_url=s3_endpoint, now=datetime.now(UTC) + timedelta(days=10)
     )
-    assert report.orphans == ["data/orphan.parquet"]
+    assert result.orphans == ["data/orphan.parquet"]
     keys = {item["Key"] for item in client.list_objects_v2(Bucket=s3_bucket, Prefix=prefix)["Contents"]}
     assert f"{prefix}/data/orphan.parquet" not in keys
     assert rows_of(lake.catalog.load_table("bronze.visits")) == expected
@@ -372,11 +372,11 @@ def test_restore_to_a_snapshot_and_back(lake):
     table, snapshots, between = history_table(lake)
     ids = snapshot_ids(table)
 
-    report = restore_table(table, snapshots[0][0])
+    result = restore_table(table, snapshots[0][0])
 
-    assert (report.from_snapshot_id, report.to_snapshot_id) == (snapshots[3][0], snapshots[0][0])
-    assert report.undone_batches == ["b2", "b3", "b4"]
-    assert report.seconds > 0
+    assert (result.from_snapshot_id, result.to_snapshot_id) == (snapshots[3][0], snapshots[0][0])
+    assert result.undone_batches == ["b2", "b3", "b4"]
+    assert result.seconds > 0
     table = lake.catalog.load_table("silver.labs")
     assert rows_of(table) == snapshots[0][1]
     assert snapshot_ids(table) == ids, "a restore moves the current pointer; it writes no snapshot"
@@ -391,8 +391,8 @@ def test_restore_to_a_snapshot_and_back(lake):
 
 def test_restore_to_a_moment(lake):
     table, snapshots, between = history_table(lake)
-    report = restore_table(table, between[1])
-    assert report.to_snapshot_id == snapshots[1][0]
+    result = restore_table(table, between[1])
+    assert result.to_snapshot_id == snapshots[1][0]
     assert rows_of(lake.catalog.load_table("silver.labs")) == snapshots[1][1]
     with pytest.raises(RestoreError, match="has no snapshot at or before"):
         restore_table(table, datetime(2000, 1, 1, tzinfo=UTC))
@@ -419,13 +419,13 @@ def test_maintain_table_compacts_expires_and_cleans(lake):
     last_commit = datetime.fromtimestamp(table.current_snapshot().timestamp_ms / 1000, UTC)
     # Run as if 40 days had passed: the appends are out of the 30-day window, compaction is the newest.
     now = last_commit + timedelta(days=40)
-    report = maintain_table(table, retention=RETENTION, policy=POLICY, now=now)
-    assert report.compaction.partitions_compacted == 1
+    result = maintain_table(table, retention=RETENTION, policy=POLICY, now=now)
+    assert result.compaction.partitions_compacted == 1
     # The 8 appends and the compaction are all older than the window; the compaction stays (current).
-    assert report.expiry.snapshots_before == 9
-    assert len(report.expiry.expired) == 8
-    assert report.orphans.orphans, "the compacted-away small files and expired manifests are removed"
-    assert all(key.startswith(("data/", "metadata/")) for key in report.orphans.orphans)
+    assert result.expiry.snapshots_before == 9
+    assert len(result.expiry.expired) == 8
+    assert result.orphans.orphans, "the compacted-away small files and expired manifests are removed"
+    assert all(key.startswith(("data/", "metadata/")) for key in result.orphans.orphans)
     table = lake.catalog.load_table("bronze.visits")
     assert rows_of(table) == expected
     assert len(table.inspect.files()) == 3

@@ -15,9 +15,9 @@ import pytest
 
 from medlake_assets.lake.objectstore import (
     LocalObjectStore,
-    ObjectInfo,
     ObjectStore,
     S3ObjectStore,
+    StoredObject,
     open_store,
 )
 from medlake_assets_tests.s3_endpoint import s3_client
@@ -83,7 +83,7 @@ def test_list_is_recursive_sorted_by_key_with_exact_sizes(store: ObjectStore) ->
     listed = list(store.list(""))
     assert [info.key for info in listed] == sorted(LANDED)
     assert {info.key: info.size for info in listed} == LANDED
-    assert all(isinstance(info, ObjectInfo) and info.etag for info in listed)
+    assert all(isinstance(info, StoredObject) and info.etag for info in listed)
     assert len({info.etag for info in listed}) == len(LANDED)
 
 

@@ -748,7 +748,7 @@ def test_postgres_ledger_is_read_through_a_role_that_cannot_write(tmp_path):
 
     from sqlalchemy.engine import make_url
 
-    from medlake_assets.lake.ledger import NewObject
+    from medlake_assets.lake.ledger import LandedFile
     from medlake_assets.serving.pgwire import ServeError, check_ledger_role
     from medlake_assets.serving.pgwire.config import load_serve_settings
     from medlake_assets.serving.pgwire.database import open_login_database
@@ -762,7 +762,7 @@ def test_postgres_ledger_is_read_through_a_role_that_cannot_write(tmp_path):
     with scratch_database(server_url) as catalog_url:
         lake = open_lake(local_settings(tmp_path / "home", MEDLAKE_CATALOG_URL=catalog_url))
         objects = [
-            NewObject(
+            LandedFile(
                 "landing",
                 f"landing/lab_results/2026/11/20/F0001/{i}.zip",
                 f"e{i}",

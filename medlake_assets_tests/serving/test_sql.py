@@ -143,7 +143,7 @@ def test_reading_the_sqlite_ledger_never_loses_a_later_ledger_write(tmp_path):
     from datetime import date
 
     from medlake_assets.lake import Lake
-    from medlake_assets.lake.ledger import NewObject
+    from medlake_assets.lake.ledger import LandedFile
     from medlake_assets.lake.settings import load_settings
 
     lake = Lake(load_settings({"MEDLAKE_HOME": str(tmp_path)}))
@@ -164,7 +164,7 @@ def test_reading_the_sqlite_ledger_never_loses_a_later_ledger_write(tmp_path):
         assert seen_by_another_process() == number
         key = f"landing/lab_results/2026/01/01/F1/{number}.csv.gz"
         lake.ledger.register(
-            [NewObject("local", key, f"etag{number}", 1, "lab_results", "F1", date(2026, 1, 1))]
+            [LandedFile("local", key, f"etag{number}", 1, "lab_results", "F1", date(2026, 1, 1))]
         )
     assert lake.ledger.counts()["pending"] == 3
     assert seen_by_another_process() == 3

@@ -66,29 +66,29 @@ def refine(home: Path, chunk_rows: int | None) -> tuple[Lake, list[dict]]:
     specs = list(lake.sources.values())
     register_landed(lake.store, lake.ledger, specs, [day_prefix(spec.name, DAY) for spec in specs])
     size = {} if chunk_rows is None else {"chunk_rows": chunk_rows}
-    reports = []
+    results = []
     for spec in specs:
         pending = sorted(row.id for row in lake.ledger.day_files(spec.name, DAY) if row.status == "pending")
         for half in (pending[::2], pending[1::2]):
             batch_id = batch_id_for(spec.name, DAY, half)
             lake.ledger.assign_batch(half, batch_id)
             load_batch(lake, spec, batch_id, lake.ledger.batch_files(batch_id))
-            report = load_silver(lake, spec, DAY, **size)
-            reports.append(
+            result = load_silver(lake, spec, DAY, **size)
+            results.append(
                 {
                     "source": spec.name,
-                    "rows_in": report.rows_in,
-                    "rejected": report.rejected,
-                    "rules": dict(report.rules),
-                    "warnings": dict(report.warnings),
-                    "held": dict(report.held),
-                    "rows_written": report.rows_written,
-                    "published_facilities": report.published_facilities,
+                    "rows_in": result.rows_in,
+                    "rejected": result.rejected,
+                    "rules": dict(result.rules),
+                    "warnings": dict(result.warnings),
+                    "held": dict(result.held),
+                    "rows_written": result.rows_written,
+                    "published_facilities": result.published_facilities,
                 }
             )
             if spec.name == "adt_events":
-                reports.append(load_encounters(lake, spec, DAY, **size) | {"seconds": None})
-    return lake, reports
+                results.append(load_encounters(lake, spec, DAY, **size) | {"seconds": None})
+    return lake, results
 
 
 def contents(lake: Lake) -> dict[str, list[tuple]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -26,8 +26,9 @@ _RESULT_COLUMNS = ("members", "records", "rejected_records", "rule", "reason", "
 
 
 @dataclass(frozen=True)
-class NewObject:
-    """A listed object to register; `source` and `landing_day` come from the key pattern that routed it."""
+class LandedFile:
+    """A landed object routed to its source: what `register` records. `source`, `facility` and
+    `landing_day` come from the key pattern that routed it (None for an object no source claims)."""
 
     store: str
     key: str
@@ -39,17 +40,10 @@ class NewObject:
 
 
 @dataclass(frozen=True)
-class FileRow:
-    """One ledger row."""
+class LedgerFile(LandedFile):
+    """A landed file as the ledger holds it (one row of `meta.files`): its id, batch, status and outcome."""
 
     id: int
-    store: str
-    key: str
-    etag: str
-    size: int
-    source: str | None
-    facility: str | None
-    landing_day: date | None
     batch_id: str | None
     status: str
     members: int | None
@@ -146,7 +140,7 @@ class FilesLedger(LedgerBase):
                 new += connection.execute(statement).rowcount
         return new
 
-    def register(self, objects: Sequence[NewObject], *, hold: tuple[str, str] | None = None) -> int:
+    def register(self, objects: Sequence[LandedFile], *, hold: tuple[str, str] | None = None) -> int:
         """Insert the objects not yet known as pending, in one transaction; returns how many were new.
 
         With `hold` (rule, reason) they are registered held back (see `hold`) until `release`.
@@ -167,7 +161,7 @@ class FilesLedger(LedgerBase):
         )
 
     def quarantine_unrouted(
-        self, objects: Sequence[NewObject], rule: str, reason: str, quarantine_key_for: Callable[[str], str]
+        self, objects: Sequence[LandedFile], rule: str, reason: str, quarantine_key_for: Callable[[str], str]
     ) -> int:
         """Insert objects no single source claims as quarantined, if absent; returns how many were new."""
         now = _now()
@@ -284,16 +278,16 @@ class FilesLedger(LedgerBase):
             )
         return sorted(batches, key=lambda batch: batch.file_ids[0])
 
-    def _rows(self, *conditions: Any) -> list[FileRow]:
+    def _rows(self, *conditions: Any) -> list[LedgerFile]:
         with self._engine.connect() as connection:
             result = connection.execute(select(files).where(*conditions).order_by(files.c.id))
-            return [FileRow(**row._mapping) for row in result]
+            return [LedgerFile(**row._mapping) for row in result]
 
-    def batch_files(self, batch_id: str) -> list[FileRow]:
+    def batch_files(self, batch_id: str) -> list[LedgerFile]:
         """The files of a batch, in id order."""
         return self._rows(files.c.batch_id == batch_id)
 
-    def day_files(self, source: str, landing_day: date) -> list[FileRow]:
+    def day_files(self, source: str, landing_day: date) -> list[LedgerFile]:
         """Every file of a source and landing day, whatever its status, in id order (for a backfill)."""
         return self._rows(files.c.source == source, files.c.landing_day == landing_day)
 
@@ -326,7 +320,7 @@ class FilesLedger(LedgerBase):
             value = datetime.fromisoformat(value)
         return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
-    def file(self, file_id: int) -> FileRow:
+    def file(self, file_id: int) -> LedgerFile:
         """One row by id; LookupError if there is none."""
         rows = self._rows(files.c.id == file_id)
         if not rows:
@@ -375,7 +369,7 @@ class FilesLedger(LedgerBase):
         """Let held files be claimed again (the cause of the hold is gone), in one transaction."""
         self._set(file_ids, rule=None, reason=None)
 
-    def held(self, source: str | None = None, rule: str | None = None) -> list[FileRow]:
+    def held(self, source: str | None = None, rule: str | None = None) -> list[LedgerFile]:
         """Files held back (pending with a rule), for one source and rule or all, in id order."""
         conditions = [files.c.status == PENDING, files.c.batch_id.is_(None), files.c.rule.is_not(None)]
         if source is not None:
@@ -431,13 +425,5 @@ class FilesLedger(LedgerBase):
         return counts
 
 
-def _object_values(obj: NewObject) -> dict[str, Any]:
-    return {
-        "store": obj.store,
-        "key": obj.key,
-        "etag": obj.etag,
-        "size": obj.size,
-        "source": obj.source,
-        "facility": obj.facility,
-        "landing_day": obj.landing_day,
-    }
+def _object_values(obj: LandedFile) -> dict[str, Any]:
+    return {field.name: getattr(obj, field.name) for field in fields(LandedFile)}
