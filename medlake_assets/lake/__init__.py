@@ -1,4 +1,5 @@
-"""The kernel under every layer: settings, `Lake`, object store, catalog, commits, ledger, maintenance."""
+"""The kernel under every layer: settings, `Lake`, object store, catalog, commits, the ledger, the columns
+and partition specs every table shares, staged data files, maintenance."""
 
 from __future__ import annotations
 
