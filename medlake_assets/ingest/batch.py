@@ -185,7 +185,7 @@ def _load_batch(
         quarantine_key = None
         if data is not None:
             quarantine_key = quarantine_original(store, row.key, data, _reason_document(result))
-        file_result = FileResult(
+        outcome = FileResult(
             file_id=row.id,
             members=result.members,
             records=result.records,
@@ -195,11 +195,11 @@ def _load_batch(
             quarantine_key=quarantine_key,
         )
         if result.quarantined:
-            quarantined.append(file_result)
+            quarantined.append(outcome)
             outcome.archives_quarantined += 1
             outcome.rules[result.rule or ""] += 1
         else:
-            loaded.append(file_result)
+            loaded.append(outcome)
             outcome.members += result.members
             outcome.records += result.records
             outcome.rejected_records += len(result.rejects)
