@@ -185,7 +185,7 @@ def _load_batch(
         quarantine_key = None
         if data is not None:
             quarantine_key = quarantine_original(store, row.key, data, _reason_document(result))
-        outcome = FileResult(
+        file_result = FileResult(
             file_id=row.id,
             members=result.members,
             records=result.records,
@@ -195,11 +195,11 @@ def _load_batch(
             quarantine_key=quarantine_key,
         )
         if result.quarantined:
-            quarantined.append(outcome)
+            quarantined.append(file_result)
             outcome.archives_quarantined += 1
             outcome.rules[result.rule or ""] += 1
         else:
-            loaded.append(outcome)
+            loaded.append(file_result)
             outcome.members += result.members
             outcome.records += result.records
             outcome.rejected_records += len(result.rejects)

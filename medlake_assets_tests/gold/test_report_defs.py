@@ -15,6 +15,7 @@ from medlake_assets.defs.gold import (
     report_automation_sensor,
     report_run_tags,
 )
+from medlake_assets.defs.policies import apply_policies
 from medlake_assets.defs.resources import LakeResource
 from medlake_assets.defs.runner import ingest_once
 from medlake_assets.serving.sql import connect
@@ -38,11 +39,14 @@ def gold(name: str) -> dg.AssetKey:
 
 
 def report_defs(home: Path | None = None) -> dg.Definitions:
-    """The gold definitions; with a lake folder, standalone (the `lake` resource included)."""
+    """The gold definitions with the project's policies; with a lake folder, standalone (the `lake`
+    resource included)."""
     resources = {"lake": LakeResource.from_settings(local_settings(home))} if home else {}
-    return dg.Definitions.merge(
-        *[build_report_defs(report) for report in load_reports(REPORTS_DIR)],
-        dg.Definitions(sensors=[report_automation_sensor()], resources=resources),
+    return apply_policies(
+        dg.Definitions.merge(
+            *[build_report_defs(report) for report in load_reports(REPORTS_DIR)],
+            dg.Definitions(sensors=[report_automation_sensor()], resources=resources),
+        )
     )
 
 
