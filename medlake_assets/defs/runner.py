@@ -1,4 +1,5 @@
-"""`medlake ingest`: evaluate the same sensors Dagster's daemon runs and execute their runs in process."""
+"""`medlake ingest`: evaluate the same sensors and automation conditions Dagster's daemon does and execute
+their runs in process."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import dagster as dg
 
@@ -15,6 +17,7 @@ from medlake_assets.lake import Lake
 
 RunCallback = Callable[[str, dg.RunRequest, bool], None]
 RUNNER_PID_TAG = "medlake/runner_pid"
+RUN_KEY_TAG = "dagster/run_key"  # where the daemon records a sensor run's key
 UNFINISHED = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -82,17 +85,21 @@ def _ingest_once(
     refine_silver: bool,
     refresh_reports: bool,
 ) -> IngestSummary:
-    from medlake_assets.defs.flow import LANDING_SENSOR, sources_in_run
+    from medlake_assets.defs.flow import LANDING_SENSOR
 
     started = time.perf_counter()
     summary = IngestSummary()
     fail_orphaned_runs(instance)
+    groups = ("silver", "gold") if refresh_reports else ("silver",)
+    if refine_silver:
+        # Before the loads as well as after: the first evaluation on an instance only starts the clock
+        # (eager conditions request nothing then), and what changed since the last call is caught up.
+        run_automation(defs, instance, summary, on_run, groups=groups)
     retry_parked_batches(defs, instance, lake, summary, on_run)
     repository = defs.get_repository_def()
     sensor_def = repository.get_sensor_def(LANDING_SENSOR)
     days = [day for source in lake.sources for day in landed_days(lake.store, source)]
     cursor = json.dumps({"since": min(days).isoformat()}) if days else None
-    refined: set[tuple[str, str]] = set()  # (source, day) whose silver ran in an `ingest_landed` run
     for _ in range(max_ticks):
         result = _tick(sensor_def, defs, instance, cursor)
         apply_partition_requests(instance, result)
@@ -103,16 +110,12 @@ def _ingest_once(
         for request in requests:
             job = defs.resolve_job_def(request.job_name or sensor_def.job_name)
             _execute(job, request, instance, summary, on_run, label=sensor_def.name)
-            refined |= {(source, request.partition_key or "") for source in sources_in_run(request.tags)}
     # Objects in landing folders no source owns are quarantined by their own sensor (it requests no run);
     # after the sources' work, so a failure there (e.g. quarantine unwritable) does not hold that up.
     for name in (sensor.name for sensor in repository.sensor_defs if sensor.name.startswith("landing_")):
         _tick(repository.get_sensor_def(name), defs, instance, None)
     if refine_silver:
-        loaded = summary.runs
-        refine(defs, instance, lake, summary, on_run, skip=refined)
-        if loaded and refresh_reports:
-            refresh_on_update_reports(defs, instance, lake, summary, on_run)
+        bring_up_to_date(defs, instance, lake, summary, on_run, groups=groups)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -168,57 +171,96 @@ def retry_parked_batches(
             _execute(job, batch_run_request(spec, batch), instance, summary, on_run, label=job.name)
 
 
-def refine(
+AUTOMATION_CURSOR = "medlake/ingest_once/automation_cursor"
+
+
+def run_automation(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    summary: IngestSummary,
+    on_run: RunCallback | None = None,
+    *,
+    groups: tuple[str, ...] = ("silver", "gold"),
+    max_rounds: int = 20,
+) -> None:
+    """Evaluate the automation conditions of the assets in `groups` as Dagster's automation sensors do
+    (policies.py: eager silver, `on_update` reports) and execute each requested run, until nothing is
+    requested. The evaluation's cursor is kept in the instance, so "updated since the last evaluation"
+    spans `ingest --once` calls just as it spans the daemon's ticks.
+
+    Silver normally comes in the same run as bronze, so this requests silver only where bronze changed
+    without it (a bronze backfill, a retried batch, a run that failed after bronze), and the reports that
+    read a changed table.
+    """
+    storage = instance.daemon_cursor_storage
+    stored = storage.get_cursor_values({AUTOMATION_CURSOR}).get(AUTOMATION_CURSOR)
+    cursor = dg.deserialize_value(stored) if stored else None
+    selection = dg.AssetSelection.groups(*groups)
+    jobs = _jobs_by_asset(defs)
+    for _ in range(max_rounds):
+        result = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=selection, cursor=cursor
+        )
+        cursor = result.cursor
+        storage.set_cursor_values({AUTOMATION_CURSOR: dg.serialize_value(cursor)})
+        runs: dict[tuple[str, str | None], list[dg.AssetKey]] = {}
+        for key in sorted(selection.resolve(defs.resolve_asset_graph())):
+            for partition in sorted(result.get_requested_partitions(key), key=str):
+                runs.setdefault((jobs[key], partition), []).append(key)
+        if not runs:
+            return
+        for (job_name, partition), keys in runs.items():
+            request = dg.RunRequest(partition_key=partition, asset_selection=keys)
+            _execute(defs.resolve_job_def(job_name), request, instance, summary, on_run, label=job_name)
+
+
+def bring_up_to_date(
     defs: dg.Definitions,
     instance: dg.DagsterInstance,
     lake: Lake,
     summary: IngestSummary,
     on_run: RunCallback | None = None,
     *,
-    skip: set[tuple[str, str]] = frozenset(),
+    groups: tuple[str, ...] = ("silver", "gold"),
 ) -> None:
-    """Run each source's silver job for every landing day with bronze batches silver has not taken in,
-    except the (source, day) pairs in `skip` (their silver just ran, e.g. held back by the quality gate).
-
-    Silver normally comes in the same run as bronze; this picks up what is left (a held batch, a bronze
-    backfill). The daemon does it with eager automation and the catch-up sensor.
-    """
-    from medlake_assets.defs.bronze import ensure_landing_days
-    from medlake_assets.defs.silver import pending_silver, refine_job_name
-
-    for spec in lake.sources.values():
-        days = sorted(pending_silver(lake.ledger, spec))
-        job = defs.resolve_job_def(refine_job_name(spec))
-        for day in days:
-            if (spec.name, day.isoformat()) in skip:
-                continue
-            ensure_landing_days(instance, [day.isoformat()])
-            request = dg.RunRequest(partition_key=day.isoformat(), tags={"medlake/source": spec.name})
-            _execute(job, request, instance, summary, on_run, label=job.name)
+    """Silver's catch-up, then the automation conditions of `groups` (which see what catch-up refined)."""
+    catch_up(defs, instance, lake, summary, on_run)
+    run_automation(defs, instance, summary, on_run, groups=groups)
 
 
-def refresh_on_update_reports(
+def catch_up(
     defs: dg.Definitions,
     instance: dg.DagsterInstance,
     lake: Lake,
     summary: IngestSummary,
     on_run: RunCallback | None = None,
 ) -> None:
-    """Rebuild the `on_update` gold reports after new data (the daemon does it with eager automation)."""
-    from medlake_assets.defs.gold import load_reports, report_job_name
+    """What the `silver_catch_up` sensor requests, without its grace (nothing else runs on this lake now),
+    each run key run once as the daemon does: bronze loaded before this instance's first automation
+    evaluation, which eager conditions never request.
+    """
+    from medlake_assets.defs.bronze import SOURCE_TAG, ensure_landing_days
+    from medlake_assets.defs.silver import catch_up_requests, refine_job_name
 
-    for report in load_reports(lake.settings.reports_dir):
-        inputs = [f"{namespace}.{table}" for namespace, table in report.reads if namespace != "meta"]
-        if report.header.schedule == "on_update" and all(lake.catalog.table_exists(name) for name in inputs):
-            job = defs.resolve_job_def(report_job_name(report))
-            _execute(
-                job,
-                dg.RunRequest(tags={"medlake/report": report.name}),
-                instance,
-                summary,
-                on_run,
-                label=job.name,
-            )
+    for request in catch_up_requests(instance, lake, lake.sources.values(), datetime.now(UTC)):
+        if instance.get_runs(filters=dg.RunsFilter(tags={RUN_KEY_TAG: request.run_key}), limit=1):
+            continue  # that set of batches had its run (e.g. the gate held it back): not every call again
+        ensure_landing_days(instance, [request.partition_key])
+        job = defs.resolve_job_def(refine_job_name(lake.sources[request.tags[SOURCE_TAG]]))
+        _execute(job, request, instance, summary, on_run, label=job.name)
+
+
+def _jobs_by_asset(defs: dg.Definitions) -> dict[dg.AssetKey, str]:
+    """The job that runs each asset on its own: a source's refine job for its silver tables, a report's
+    job for its gold table (not `ingest_landed`, which loads bronze first)."""
+    from medlake_assets.defs.flow import FLOW_JOB
+
+    jobs: dict[dg.AssetKey, str] = {}
+    for job in defs.get_repository_def().get_all_jobs():
+        if job.name != FLOW_JOB and not job.name.startswith("__"):
+            for key in job.asset_layer.selected_asset_keys:
+                jobs.setdefault(key, job.name)
+    return jobs
 
 
 def _execute(
@@ -236,7 +278,11 @@ def _execute(
         instance=instance,
         partition_key=request.partition_key,
         asset_selection=request.asset_selection,
-        tags={**request.tags, RUNNER_PID_TAG: str(os.getpid())},
+        tags={
+            **request.tags,
+            **({RUN_KEY_TAG: request.run_key} if request.run_key else {}),
+            RUNNER_PID_TAG: str(os.getpid()),
+        },
         raise_on_error=False,
     )
     summary.runs += 1

@@ -235,32 +235,41 @@ def silver_catch_up_sensor(specs: Iterable[SourceSpec], interval_seconds: int = 
         description="Refines landing days whose loaded bronze batches silver missed.",
     )
     def catch_up(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult:
-        ledger = lake.lake().ledger
         loaded_before = datetime.now(UTC) - CATCH_UP_GRACE
-        requests = []
-        # A source whose landing run is still going gets its silver in that run.
-        running = context.instance.get_runs(filters=dg.RunsFilter(statuses=list(IN_FLIGHT)))
-        busy = {
-            key.removeprefix(f"{BATCH_TAG}/")
-            for run in running
-            for key in run.tags
-            if key.startswith(f"{BATCH_TAG}/")
-        }
-        for spec in (spec for spec in specs if spec.name not in busy):
-            keys = [silver_key(spec.name), *derived_keys(spec)]
-            for day, batches in sorted(pending_silver(ledger, spec, loaded_before).items()):
-                digest = hashlib.sha256("\n".join(sorted(batches)).encode()).hexdigest()[:16]
-                requests.append(
-                    dg.RunRequest(
-                        run_key=f"{spec.name}:{day.isoformat()}:{digest}",
-                        asset_selection=keys,
-                        partition_key=day.isoformat(),
-                        tags={SOURCE_TAG: spec.name},
-                    )
-                )
-        return dg.SensorResult(run_requests=requests)
+        return dg.SensorResult(
+            run_requests=catch_up_requests(context.instance, lake.lake(), specs, loaded_before)
+        )
 
     return catch_up
+
+
+def catch_up_requests(
+    instance: dg.DagsterInstance, lake: Lake, specs: Iterable[SourceSpec], loaded_before: datetime
+) -> list[dg.RunRequest]:
+    """A refine run per (source, landing day) with bronze batches loaded before `loaded_before` and not in
+    silver, keyed by that set of batches; none for a source whose landing run is still going (its silver
+    comes in that run)."""
+    running = instance.get_runs(filters=dg.RunsFilter(statuses=list(IN_FLIGHT)))
+    busy = {
+        key.removeprefix(f"{BATCH_TAG}/")
+        for run in running
+        for key in run.tags
+        if key.startswith(f"{BATCH_TAG}/")
+    }
+    requests = []
+    for spec in (spec for spec in specs if spec.name not in busy):
+        keys = [silver_key(spec.name), *derived_keys(spec)]
+        for day, batches in sorted(pending_silver(lake.ledger, spec, loaded_before).items()):
+            digest = hashlib.sha256("\n".join(sorted(batches)).encode()).hexdigest()[:16]
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"{spec.name}:{day.isoformat()}:{digest}",
+                    asset_selection=keys,
+                    partition_key=day.isoformat(),
+                    tags={SOURCE_TAG: spec.name},
+                )
+            )
+    return requests
 
 
 FRESHNESS_JOB = "silver_freshness"

@@ -9,10 +9,10 @@ import dagster as dg
 import pytest
 
 from medlake_assets.definitions import build_definitions
-from medlake_assets.defs.bronze import batch_run_config, job_name
+from medlake_assets.defs.bronze import batch_run_config, batch_run_request, job_name
 from medlake_assets.defs.flow import FLOW_JOB, LANDING_SENSOR
-from medlake_assets.defs.runner import ingest_once
-from medlake_assets.defs.silver import pending_silver
+from medlake_assets.defs.runner import apply_partition_requests, ingest_once
+from medlake_assets.defs.silver import pending_silver, refine_job_name
 from medlake_assets.lake.ledger import Ledger
 from medlake_assets.serving.sql import connect
 from medlake_assets_tests.conftest import SOURCES_DIR
@@ -210,6 +210,47 @@ def test_one_run_loads_every_source_into_bronze_and_silver(landed):
             not pending_silver(lake.ledger, spec) for spec in lake.sources.values()
         ), "every loaded batch is in silver"
         assert run.status == dg.DagsterRunStatus.SUCCESS
+    assert_lake_matches_manifest(lake, manifest)
+
+
+def test_bronze_loaded_before_automation_first_evaluates_is_refined_once(landed):
+    """Bronze loaded by the bronze jobs (a backfill, another worker) on an instance whose automation never
+    evaluated: eager conditions request nothing on a first evaluation, so `ingest --once` refines it through
+    silver's catch-up, and a second call finds nothing to run."""
+    settings, manifest = landed
+    lake = open_lake(settings)
+    defs = build_definitions(settings)
+    with dg.instance_for_test() as instance:
+        claim = _tick(defs, instance, json.dumps({"since": DAY.isoformat()}))  # claims the landed files
+        apply_partition_requests(instance, claim)
+        for spec in lake.sources.values():
+            for batch in lake.ledger.unfinished_batches(spec.name):
+                request = batch_run_request(spec, batch)
+                assert (
+                    defs.resolve_job_def(job_name(spec))
+                    .execute_in_process(
+                        run_config=request.run_config,
+                        instance=instance,
+                        partition_key=request.partition_key,
+                        tags=request.tags,
+                    )
+                    .success
+                )
+        waiting = sorted(
+            refine_job_name(spec)
+            for spec in lake.sources.values()
+            for _day in pending_silver(lake.ledger, spec)
+        )
+        assert waiting, "the bronze jobs load bronze only"
+
+        labels = []
+        summary = ingest_once(
+            defs, instance, lake, on_run=lambda label, *_: labels.append(label), refresh_reports=False
+        )
+        assert summary.failed_runs == 0
+        assert sorted(labels) == waiting  # one refine run per (source, day), nothing loaded twice
+        assert all(not pending_silver(lake.ledger, spec) for spec in lake.sources.values())
+        assert ingest_once(defs, instance, lake, refresh_reports=False).runs == 0
     assert_lake_matches_manifest(lake, manifest)
 
 

@@ -8,8 +8,8 @@ requests whose run key already has a run (as the daemon does), store the new cur
 submitted runs in this process (standing in for the run launcher). Ticks until one submits nothing. On
 start it marks runs of a dead earlier process failed (standing in for run monitoring).
 `--die-after-evaluation` SIGKILLs the process right after the first sensor evaluation, before its cursor
-is stored or any run submitted: a daemon dying mid-tick. `--refine` brings silver up to date at the end
-(the silver automation's part).
+is stored or any run submitted: a daemon dying mid-tick. `--refine` evaluates silver's automation conditions
+before and after, with silver's catch-up (the silver automation and catch-up sensors' part).
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from medlake_assets.defs.runner import (
     RUNNER_PID_TAG,
     IngestSummary,
     apply_partition_requests,
+    bring_up_to_date,
     fail_orphaned_runs,
-    refine,
+    run_automation,
 )
 from medlake_assets.lake.settings import load_settings
 
@@ -73,9 +74,13 @@ def main() -> None:
     args = parser.parse_args()
     settings = load_settings()
     defs = build_definitions(settings)
-    lake = LakeResource.from_settings(settings).lake()
     instance = dg.DagsterInstance.get()
+    lake = LakeResource.from_settings(settings).lake()
     fail_orphaned_runs(instance)
+    if (
+        args.refine
+    ):  # the silver automation evaluates before the loads too (its first evaluation starts the clock)
+        run_automation(defs, instance, IngestSummary(), groups=("silver",))
     sensors = sorted(
         (s for s in defs.get_repository_def().sensor_defs if s.name.startswith("landing")),
         key=lambda s: s.name,
@@ -97,7 +102,7 @@ def main() -> None:
         if not submitted:
             break
     if args.refine:
-        refine(defs, instance, lake, IngestSummary())
+        bring_up_to_date(defs, instance, lake, IngestSummary(), groups=("silver",))
 
 
 if __name__ == "__main__":

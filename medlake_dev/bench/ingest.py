@@ -183,7 +183,7 @@ def run_ingest_benchmark(
 
     from medlake_assets.definitions import build_definitions
     from medlake_assets.defs.resources import LakeResource
-    from medlake_assets.defs.runner import IngestSummary, ingest_once, refine
+    from medlake_assets.defs.runner import IngestSummary, bring_up_to_date, ingest_once
     from medlake_assets.ingest.landing import route
     from medlake_assets.ingest.pipeline import ArchiveContext, ArchiveWork
     from medlake_assets.ingest.pool import ingest_workers, process_archives
@@ -248,22 +248,19 @@ def run_ingest_benchmark(
     with (
         tempfile.TemporaryDirectory() as dagster_home,
         dg.DagsterInstance.local_temp(dagster_home) as instance,
-        PeakRss().watch() as pipeline_rss,
     ):
-        started = time.perf_counter()
-        with console.status("ingesting through the Dagster sensors and runs"):
-            summary = ingest_once(defs, instance, lake, refine_silver=False)
-        pipeline_seconds = time.perf_counter() - started
-    with (
-        tempfile.TemporaryDirectory() as dagster_home,
-        dg.DagsterInstance.local_temp(dagster_home) as instance,
-        PeakRss().watch() as silver_rss,
-    ):
-        started = time.perf_counter()
-        with console.status("bringing silver up to date"):
-            silver = IngestSummary()
-            refine(defs, instance, lake, silver)
-        silver_seconds = time.perf_counter() - started
+        with PeakRss().watch() as pipeline_rss:
+            started = time.perf_counter()
+            with console.status("ingesting through the Dagster sensors and runs"):
+                summary = ingest_once(defs, instance, lake, refine_silver=False)
+            pipeline_seconds = time.perf_counter() - started
+        # What silver's automation still requests afterwards (the flow's runs refine silver themselves).
+        with PeakRss().watch() as silver_rss:
+            started = time.perf_counter()
+            with console.status("bringing silver up to date"):
+                silver = IngestSummary()
+                bring_up_to_date(defs, instance, lake, silver, groups=("silver",))
+            silver_seconds = time.perf_counter() - started
     return IngestBenchmark(
         archives=len(files),
         members=members,
