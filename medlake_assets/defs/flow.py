@@ -55,9 +55,40 @@ def sources_in_run(tags: dict[str, str]) -> set[str]:
     return {key.removeprefix(prefix) for key in tags if key.startswith(prefix)}
 
 
+# Set on a parked batch's runs when an operator asks for another try (`medlake ingest --once`): they no
+# longer count towards `MAX_ATTEMPTS`, so the landing sensor requests the batch again.
+RELEASED_TAG = "medlake/released"
+
+
 def attempts(instance: dg.DagsterInstance, source: str, batch_id: str) -> list[dg.DagsterRun]:
     """Every run (of any job) that was given this batch."""
     return list(instance.get_runs(filters=dg.RunsFilter(tags={batch_tag(source): batch_id})))
+
+
+def counted(runs: Iterable[dg.DagsterRun]) -> list[dg.DagsterRun]:
+    """The runs that count towards parking a batch: those not released by an operator."""
+    return [run for run in runs if RELEASED_TAG not in run.tags]
+
+
+def release_parked_batches(instance: dg.DagsterInstance, ledger: Ledger, specs: Iterable[SourceSpec]) -> int:
+    """Give each parked batch (`MAX_ATTEMPTS` counted runs, none in flight) another `MAX_ATTEMPTS` tries of
+    the landing sensor; returns how many were released.
+
+    A fault that lasts a little while (S3 away, quarantine unwritable) fails a batch's attempts in quick
+    succession; an operator running `ingest --once` after fixing it means "try again".
+    """
+    parked: set[str] = set()  # run ids: a run may carry several parked batches (one per source)
+    released = 0
+    for spec in specs:
+        for batch in ledger.unfinished_batches(spec.name):
+            runs = attempts(instance, spec.name, batch.batch_id)
+            if len(counted(runs)) < MAX_ATTEMPTS or any(run.status in IN_FLIGHT for run in runs):
+                continue  # the sensor requests it (or it is running)
+            parked |= {run.run_id for run in counted(runs)}
+            released += 1
+    for run_id in parked:
+        instance.add_run_tags(run_id, {RELEASED_TAG: "true"})
+    return released
 
 
 def flow_run_requests(
@@ -71,7 +102,7 @@ def flow_run_requests(
     """Up to `free_runs` runs, each for one landing day with the oldest runnable batch of each source.
 
     A batch is runnable when no run of it is in flight and it has had fewer than `MAX_ATTEMPTS` runs
-    (after that it is parked: `medlake ingest --once` gives it one more). Sources in `busy` wait for
+    (after that it is parked until `release_parked_batches`). Sources in `busy` wait for
     their running batch. With more free runs than days, a day's sources are spread over several runs
     (several workers then load them at once).
     """
@@ -85,7 +116,7 @@ def flow_run_requests(
             if spec.name in by_day.get(batch.landing_day, {}):
                 continue
             runs = attempts(instance, spec.name, batch.batch_id)
-            if any(run.status in IN_FLIGHT for run in runs) or len(runs) >= MAX_ATTEMPTS:
+            if any(run.status in IN_FLIGHT for run in runs) or len(counted(runs)) >= MAX_ATTEMPTS:
                 continue
             by_day.setdefault(batch.landing_day, {})[spec.name] = (batch, len(runs))
     groups: list[tuple[date, dict[str, tuple[Batch, int]]]] = []

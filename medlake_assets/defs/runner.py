@@ -85,7 +85,7 @@ def _ingest_once(
     refine_silver: bool,
     refresh_reports: bool,
 ) -> IngestSummary:
-    from medlake_assets.defs.flow import LANDING_SENSOR
+    from medlake_assets.defs.flow import LANDING_SENSOR, release_parked_batches
 
     started = time.perf_counter()
     summary = IngestSummary()
@@ -95,7 +95,7 @@ def _ingest_once(
         # Before the loads as well as after: the first evaluation on an instance only starts the clock
         # (eager conditions request nothing then), and what changed since the last call is caught up.
         run_automation(defs, instance, summary, on_run, groups=groups)
-    retry_parked_batches(defs, instance, lake, summary, on_run)
+    release_parked_batches(instance, lake.ledger, lake.sources.values())  # "try again", by the sensor
     repository = defs.get_repository_def()
     sensor_def = repository.get_sensor_def(LANDING_SENSOR)
     days = [day for source in lake.sources for day in landed_days(lake.store, source)]
@@ -138,37 +138,6 @@ def _tick(sensor_def: dg.SensorDefinition, defs: dg.Definitions, instance: dg.Da
         resources=defs.resources,
     )
     return sensor_def(context)
-
-
-def retry_parked_batches(
-    defs: dg.Definitions,
-    instance: dg.DagsterInstance,
-    lake: Lake,
-    summary: IngestSummary,
-    on_run: RunCallback | None = None,
-) -> None:
-    """One more run for each batch the landing sensor stopped retrying (`MAX_ATTEMPTS` failed runs).
-
-    A fault that lasts a little while (S3 away, quarantine unwritable) fails a batch's attempts in quick
-    succession; running `ingest --once` after fixing it means "try again", so the batch is not parked.
-    """
-    from medlake_assets.defs.bronze import (
-        IN_FLIGHT,
-        MAX_ATTEMPTS,
-        batch_run_request,
-        batch_tag,
-        ensure_landing_days,
-        job_name,
-    )
-
-    for spec in lake.sources.values():
-        for batch in lake.ledger.unfinished_batches(spec.name):
-            runs = instance.get_runs(filters=dg.RunsFilter(tags={batch_tag(spec.name): batch.batch_id}))
-            if len(runs) < MAX_ATTEMPTS or any(run.status in IN_FLIGHT for run in runs):
-                continue  # the sensor requests it (or it is running)
-            job = defs.resolve_job_def(job_name(spec))
-            ensure_landing_days(instance, [batch.landing_day.isoformat()])
-            _execute(job, batch_run_request(spec, batch), instance, summary, on_run, label=job.name)
 
 
 AUTOMATION_CURSOR = "medlake/ingest_once/automation_cursor"

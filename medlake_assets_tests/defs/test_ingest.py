@@ -10,7 +10,7 @@ import pytest
 
 from medlake_assets.definitions import build_definitions
 from medlake_assets.defs.bronze import batch_run_config, batch_run_request, job_name
-from medlake_assets.defs.flow import FLOW_JOB, LANDING_SENSOR
+from medlake_assets.defs.flow import FLOW_JOB, LANDING_SENSOR, release_parked_batches
 from medlake_assets.defs.runner import apply_partition_requests, ingest_once
 from medlake_assets.defs.silver import pending_silver, refine_job_name
 from medlake_assets.lake.ledger import Ledger
@@ -185,6 +185,17 @@ def test_landing_sensor_sizes_batches_by_backlog_one_run_per_cycle(tmp_path, arc
             )
         [after] = _tick(defs, instance, result.cursor).run_requests
         assert not batch_ids(after) & batch_ids(request)
+
+        # An operator's "try again" (`ingest --once`) releases the parked batches: the sensor requests them
+        # again, under a run key none of their runs had.
+        instance.create_run_for_job(  # `after`'s run is in flight, so its sources wait
+            job, run_config=after.run_config, tags=after.tags, status=dg.DagsterRunStatus.FAILURE
+        )
+        assert release_parked_batches(instance, lake.ledger, lake.sources.values()) == len(batch_ids(request))
+        [again] = _tick(defs, instance, result.cursor).run_requests
+        assert batch_ids(again) == batch_ids(request)
+        earlier_keys = {run.tags.get("dagster/run_key") for run in instance.get_runs()} | {request.run_key}
+        assert again.run_key not in earlier_keys | {retry.run_key}
 
 
 def test_one_run_loads_every_source_into_bronze_and_silver(landed):
