@@ -53,14 +53,25 @@ def pending_silver(
     """Per landing day, the work a refine run of that day does: the bronze batches of `spec` that its silver
     table (or, for ADT, encounters) has not taken in yet, and the held slices to take up again (released,
     or held under other metadata), as `<batch>/<facility>@<metadata version>`."""
-    consumers = [consumer(spec.name)] + ([ENCOUNTERS] if "encounters" in spec.derived else [])
     pending: dict[date, set[str]] = {}
-    for name in consumers:
-        for day, batches in ledger.pending_batches(name, spec.name, loaded_before).items():
-            pending.setdefault(day, set()).update(batches)
+    for by_day in pending_by_table(ledger, spec, loaded_before).values():
+        for day, work in by_day.items():
+            pending.setdefault(day, set()).update(work)
+    return pending
+
+
+def pending_by_table(
+    ledger: Ledger, spec: SourceSpec, loaded_before: datetime | None = None
+) -> dict[dg.AssetKey, dict[date, set[str]]]:
+    """`pending_silver` per silver asset: the source's table (its batches and held slices) and each table
+    derived from it (e.g. encounters, whose batches wait when the quality gate stopped the run before it)."""
+    pending = {silver_key(spec.name): ledger.pending_batches(consumer(spec.name), spec.name, loaded_before)}
+    if "encounters" in spec.derived:
+        pending[silver_key("encounters")] = ledger.pending_batches(ENCOUNTERS, spec.name, loaded_before)
     version = metadata_version(spec)
     for item in to_evaluate(ledger, spec.name, version):
-        pending.setdefault(item.landing_day, set()).add(f"{item.batch_id}/{item.facility}@{version}")
+        work = f"{item.batch_id}/{item.facility}@{version}"
+        pending[silver_key(spec.name)].setdefault(item.landing_day, set()).add(work)
     return pending
 
 
@@ -258,13 +269,19 @@ def catch_up_requests(
     }
     requests = []
     for spec in (spec for spec in specs if spec.name not in busy):
-        keys = [silver_key(spec.name), *derived_keys(spec)]
-        for day, batches in sorted(pending_silver(lake.ledger, spec, loaded_before).items()):
+        # Only the tables with work that day: a derived table catching up after a gate that stopped its
+        # run does not re-run the source's gate on nothing (which would pass, and hide the hold).
+        work: dict[date, dict[dg.AssetKey, set[str]]] = {}
+        for key, by_day in pending_by_table(lake.ledger, spec, loaded_before).items():
+            for day, batches in by_day.items():
+                work.setdefault(day, {})[key] = batches
+        for day, tables in sorted(work.items()):
+            batches = set().union(*tables.values())
             digest = hashlib.sha256("\n".join(sorted(batches)).encode()).hexdigest()[:16]
             requests.append(
                 dg.RunRequest(
                     run_key=f"{spec.name}:{day.isoformat()}:{digest}",
-                    asset_selection=keys,
+                    asset_selection=sorted(tables),
                     partition_key=day.isoformat(),
                     tags={SOURCE_TAG: spec.name},
                 )
