@@ -362,7 +362,7 @@ def commit_merge(
 Chunk = Callable[[], pl.DataFrame]
 """Loads one chunk of a batch's change rows when the merge gets to it."""
 Combine = Callable[[pl.DataFrame, pl.DataFrame], pl.DataFrame]
-"""(current rows a chunk's filter matches, the chunk's changes) -> the rows to upsert for the changes' keys."""
+"""(current rows a chunk's filter matches, its changes) -> the rows to upsert for the changes' keys."""
 
 
 def merge_chunks(
