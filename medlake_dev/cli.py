@@ -240,6 +240,24 @@ def bench_merge(
     Console().print(outcome)
 
 
+@bench_app.command("encounters")
+def bench_encounters(
+    batches: int = 20,
+    events: Annotated[int, typer.Option(help="ADT events per batch")] = 5000,
+    facilities: int = 50,
+    seed: int = 7,
+    window: Annotated[int, typer.Option(help="Runs averaged at each end for the last/first ratio")] = 3,
+    work_dir: Annotated[Path | None, typer.Option(help="Scratch folder (default: a temp dir)")] = None,
+) -> None:
+    """Time `silver.encounters` after each of `batches` ADT batches of one landing day (last/first ratio)."""
+    from medlake_dev.bench.encounters import run_encounters_benchmark
+
+    outcome = run_encounters_benchmark(
+        batches=batches, events=events, facilities=facilities, seed=seed, window=window, work_dir=work_dir
+    )
+    Console().print(outcome)
+
+
 @bench_app.command("query")
 def bench_query(
     lab_results: Annotated[int, typer.Option(help="Rows of silver.lab_results in the history")] = 20_000_000,

@@ -19,7 +19,8 @@ Companion columns follow their column, except the `_offset` of a shifted timesta
 sender's UTC offset changes with daylight saving time, so beside a shifted date it tells the real season.
 
 Columns the code adds (`_facility`, the merge columns) and `silver.encounters`' own columns are declared
-below; encounters' columns named like an ADT column take that column's treatment.
+below; encounters' columns named like an ADT column take that column's treatment, and its internal fold
+state (`_fold_*`, `silver/encounters.py: FOLD_COLUMNS`) is not declared, so left out.
 
 The key comes from the secret `MEDLAKE_DEID_KEY`; the views are refused without it. It reaches DuckDB
 only inside two Python functions (`medlake_deid_token`, `medlake_deid_shift_days`): never in SQL text,

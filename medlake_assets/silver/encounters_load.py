@@ -1,13 +1,22 @@
 """Keep `silver.encounters` up to date from `silver.adt_events`, incrementally per landing day.
 
-The derivation is a pure function of a visit's whole event history, so out-of-order arrivals across
-batches and days are always right: for the visits a new ADT batch touches, every event of those visits is
-read back from silver (append-only) and their encounters are recomputed and upserted.
+Each run folds only the NEW events (the day's batches not yet taken in) into the encounter rows they
+touch: the rows carry their fold state (`_fold_*` columns, `silver/encounters.py`), so the new events of
+a visit are combined with its current row (`combine_encounters`) instead of re-reading its whole history.
+A run costs O(new events + touched encounter rows), whatever the size of the day or of the visits'
+histories, and gives the rows `fold_events` gives over every event folded so far, in any arrival order.
+Re-folding a batch changes nothing, so a run that failed before marking its batches is simply redone.
 
 Bounded memory: the touched visits are cut into chunks of about `CHUNK_ROWS` new events
-(`tables/merge.py: plan_chunks`, whole visits, filters that never overlap); their histories are read one
-data file at a time into a Parquet file per chunk on local disk, then each chunk is derived and merged in
-turn (`merge_chunks`), all in one commit.
+(`silver/merge.py: plan_chunks`, whole visits, filters that never overlap); the new events are read one
+data file at a time into a Parquet file per chunk on local disk, then each chunk is folded, combined with
+the current rows its filter matches and upserted in turn (`merge_chunks` with `combine`), all in one
+commit.
+
+Tables from before the fold state: rows without it (a null `_fold_last_at`, as every row of a table that
+lacked the columns reads) cannot be combined. While any exists, a run folds EVERY event of
+`silver.adt_events` (all days) once, replacing those rows (still chunked, in one commit); later runs are
+incremental again.
 """
 
 from __future__ import annotations
@@ -19,12 +28,13 @@ from pathlib import Path
 
 import polars as pl
 import pyarrow.parquet as pq
-from pyiceberg.expressions import And, EqualTo, In
+from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, EqualTo, In, IsNull
+from pyiceberg.table import Table
 
 from medlake_assets.lake import Lake
 from medlake_assets.lake.columns import DELETED
 from medlake_assets.lake.files import scan_frames
-from medlake_assets.silver.encounters import derive_encounters
+from medlake_assets.silver.encounters import LAST_AT, combine_encounters, fold_events
 from medlake_assets.silver.load import CHUNK_ROWS, consumer
 from medlake_assets.silver.merge import Chunk, merge_chunks, plan_chunks
 from medlake_assets.silver.tables import ensure_table
@@ -38,6 +48,8 @@ _VISIT = ["_facility", "visit_number"]
 
 
 def load_encounters(lake: Lake, spec: SourceSpec, day: date, *, chunk_rows: int = CHUNK_ROWS) -> dict:
+    """Fold the day's ADT batches that encounters has not taken in yet into `silver.encounters`; returns
+    counts for the run's metadata (batches, visits touched, whether every event was folded again)."""
     started = time.perf_counter()
     upstream = consumer(spec.name)
     todo = sorted(
@@ -49,65 +61,82 @@ def load_encounters(lake: Lake, spec: SourceSpec, day: date, *, chunk_rows: int 
         lake.ledger.mark_processed(ENCOUNTERS, spec.name, day, todo)
         return {"batches": len(todo), "visits": 0}
     events_table = lake.catalog.load_table(upstream)
-    new_events = And(EqualTo("_landing_day", day.isoformat()), In("_batch", todo))
+    now = pl.lit(datetime.now(UTC)).cast(pl.Datetime("us", "UTC")).alias("_ingested_at")
+    empty_history = pl.from_arrow(events_table.schema().as_arrow().empty_table())
+    schema = fold_events(empty_history).with_columns(now, pl.lit(False).alias(DELETED)).to_arrow().schema
+    # Adds the fold columns to a table from before them (its rows then read them as null).
+    table = ensure_table(lake.catalog, ENCOUNTERS, schema, PARTITION_BY, table_column_docs(spec, ENCOUNTERS))
+    full = _has_rows_without_state(table)
+    new_events = AlwaysTrue() if full else And(EqualTo("_landing_day", day.isoformat()), In("_batch", todo))
     counts = [
         frame.drop_nulls("visit_number").group_by(_VISIT).agg(pl.len().alias("rows"))
         for frame in scan_frames(events_table, new_events, _VISIT)
     ]
-    if not counts:
-        lake.ledger.mark_processed(ENCOUNTERS, spec.name, day, todo)
-        return {"batches": len(todo), "visits": 0}
-    visits = pl.concat(counts).group_by(_VISIT).agg(pl.col("rows").sum())
+    visits = pl.concat(counts).group_by(_VISIT).agg(pl.col("rows").sum()) if counts else pl.DataFrame()
     if visits.is_empty():
         lake.ledger.mark_processed(ENCOUNTERS, spec.name, day, todo)
         return {"batches": len(todo), "visits": 0}
     plan = plan_chunks(visits.rename({"_facility": "facility"}), KEY, chunk_rows).rename(
         {"facility": "_facility"}
     )
-    now = pl.lit(datetime.now(UTC)).cast(pl.Datetime("us", "UTC")).alias("_ingested_at")
-    empty_history = pl.from_arrow(events_table.schema().as_arrow().empty_table())
-    schema = (
-        derive_encounters(empty_history).with_columns(now, pl.lit(False).alias(DELETED)).to_arrow().schema
-    )
-    table = ensure_table(lake.catalog, ENCOUNTERS, schema, PARTITION_BY, table_column_docs(spec, ENCOUNTERS))
-    with tempfile.TemporaryDirectory(prefix="medlake-encounters-") as scratch:
-        paths = _spill_histories(events_table, plan, Path(scratch))
 
-        def derived(path: Path) -> Chunk:
-            return lambda: derive_encounters(pl.read_parquet(path)).with_columns(now)
+    def combine(current: pl.DataFrame, batch: pl.DataFrame) -> pl.DataFrame:
+        # Rows without state exist only in a full run, which folds their whole history anew.
+        stateful = current.filter(pl.col(LAST_AT).is_not_null()) if LAST_AT in current.columns else None
+        combined = batch if stateful is None else combine_encounters(stateful, batch)
+        # Stamped now: the upsert's tie on `last_event_ts` (a late event older than the last) goes to it.
+        return combined.with_columns(now)
+
+    with tempfile.TemporaryDirectory(prefix="medlake-encounters-") as scratch:
+        read_started = time.perf_counter()
+        paths = _spill_events(events_table, new_events, plan, Path(scratch))
+        merge_started = time.perf_counter()
+
+        def folded(path: Path) -> Chunk:
+            return lambda: fold_events(pl.read_parquet(path))
 
         merge_chunks(
             table,
-            [derived(path) for path in paths],
+            [folded(path) for path in paths],
             mode="upsert",
             key=KEY,
             sequence_by=["last_event_ts"],
+            combine=combine,
             snapshot_properties={"medlake.adt_batches": ",".join(todo)[:4000]},
         )
     lake.ledger.mark_processed(ENCOUNTERS, spec.name, day, todo)
     return {
         "batches": len(todo),
         "visits": visits.height,
+        "events": int(visits.get_column("rows").sum()),
+        "full_history": full,
         "seconds": round(time.perf_counter() - started, 3),
+        "read_seconds": round(merge_started - read_started, 3),  # the new events, spilled per chunk
+        "merge_seconds": round(time.perf_counter() - merge_started, 3),  # fold, combine, copy-on-write
     }
 
 
-def _spill_histories(events_table, plan: pl.DataFrame, folder: Path) -> list[Path]:
-    """Every event of the planned visits, whatever its day, into one Parquet file per chunk."""
+def _has_rows_without_state(table: Table) -> bool:
+    """Whether any encounter row lacks its fold state: data files whose `_fold_last_at` null count is 0
+    are pruned by their metrics, so this reads manifests only, once every row has its state."""
+    return any(True for _ in table.scan(row_filter=IsNull(LAST_AT), selected_fields=(LAST_AT,)).plan_files())
+
+
+def _spill_events(
+    events_table: Table, row_filter: BooleanExpression, plan: pl.DataFrame, folder: Path
+) -> list[Path]:
+    """The events matching `row_filter` of the planned visits, into one Parquet file per chunk."""
     writers: dict[int, pq.ParquetWriter] = {}
     numbers = plan.select(*_VISIT, "chunk")
-    history = In("visit_number", numbers.get_column("visit_number").unique().to_list())
     try:
-        for frame in scan_frames(events_table, history):
-            events = frame.join(
-                numbers, on=_VISIT, how="inner"
-            )  # a visit number of another facility: not ours
+        for frame in scan_frames(events_table, row_filter):
+            events = frame.join(numbers, on=_VISIT, how="inner")  # events without a visit: no encounter
             for (number,), part in events.partition_by("chunk", as_dict=True).items():
                 rows = part.drop("chunk").to_arrow()
                 if number not in writers:
-                    writers[number] = pq.ParquetWriter(folder / f"history-{number:05d}.parquet", rows.schema)
+                    writers[number] = pq.ParquetWriter(folder / f"events-{number:05d}.parquet", rows.schema)
                 writers[number].write_table(rows.cast(writers[number].schema))
     finally:
         for writer in writers.values():
             writer.close()
-    return [folder / f"history-{number:05d}.parquet" for number in sorted(writers)]
+    return [folder / f"events-{number:05d}.parquet" for number in sorted(writers)]

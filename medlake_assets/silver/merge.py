@@ -361,6 +361,8 @@ def commit_merge(
 
 Chunk = Callable[[], pl.DataFrame]
 """Loads one chunk of a batch's change rows when the merge gets to it."""
+Combine = Callable[[pl.DataFrame, pl.DataFrame], pl.DataFrame]
+"""(current rows a chunk's filter matches, its changes) -> the rows to upsert for the changes' keys."""
 
 
 def merge_chunks(
@@ -374,6 +376,7 @@ def merge_chunks(
     delete_marker: tuple[str, str] | None = None,
     snapshot_properties: Mapping[str, str] | None = None,
     attempts: int = REDO_ATTEMPTS,
+    combine: Combine | None = None,
 ) -> Table:
     """Merge a batch given as chunks into `table` in one commit, holding one chunk at a time.
 
@@ -383,13 +386,17 @@ def merge_chunks(
     that two filters match would be written twice. On a conflicting concurrent commit the staged files are
     deleted and everything is redone on the refreshed table (a blind retry could lose the other writer's
     rows). Returns the refreshed table.
+
+    `combine` (upsert only) turns each chunk's changes into the rows to upsert, given the current rows its
+    filter matches: e.g. a running fold whose new state depends on the current one (`silver.encounters`).
+    Read in the same pass as the merge's own, those rows are covered by the commit's conflict check.
     """
     properties = dict(snapshot_properties or {})
     for attempt in range(attempts):
         staged = StagedFiles(table)
         try:
             replaced = _stage_merge(
-                table, staged, chunks, mode, key, sequence_by, sequence_ranks, delete_marker
+                table, staged, chunks, mode, key, sequence_by, sequence_ranks, delete_marker, combine
             )
         except BaseException:
             staged.discard()
@@ -418,6 +425,7 @@ def _stage_merge(
     sequence_by: Sequence[str],
     sequence_ranks: Mapping[str, Sequence[str]] | None,
     delete_marker: tuple[str, str] | None,
+    combine: Combine | None = None,
 ) -> BooleanExpression:
     """Write every chunk's merged rows as staged files; returns the filter of the rows they replace."""
     partition_by = partition_by_of(table)
@@ -433,8 +441,11 @@ def _stage_merge(
             continue
         overwrite_filter = merge_filter(changes, partition_by, key)
         merge = upsert if mode == "upsert" else scd2
+        current = read_current(table, overwrite_filter)
+        if combine is not None and mode == "upsert":
+            changes = combine(current, changes)
         merged = merge(
-            read_current(table, overwrite_filter),
+            current,
             changes,
             key=key,
             sequence_by=sequence_by,

@@ -33,6 +33,20 @@ ENCOUNTER_COLUMNS = {
     "last_event_ts": "Time of the visit's latest ADT event",
     "event_count": "Number of ADT events of the visit",
 }
+_FOLD_AT = "Internal fold state: sortable order key of the event that gave the {what} (null: none yet)"
+# `silver.encounters`' incremental fold state (`silver/encounters.py`); the deid views leave it out.
+ENCOUNTER_FOLD_COLUMNS = {
+    "_fold_last_at": _FOLD_AT.format(what="last event (last_event_ts, lineage)"),
+    "_fold_status_at": _FOLD_AT.format(what="status and discharge_ts"),
+    "_fold_location_at": _FOLD_AT.format(what="location (point_of_care, room, bed)"),
+    "_fold_patient_id_at": _FOLD_AT.format(what="patient_id"),
+    "_fold_patient_class_at": _FOLD_AT.format(what="patient_class"),
+    "_fold_admit_pv1_at": _FOLD_AT.format(what="first PV1-44 admit time"),
+    "_fold_admit_message_at": _FOLD_AT.format(what="first A01/A04"),
+    "_fold_admit_pv1": "Internal fold state: the visit's first PV1-44 admit time",
+    "_fold_admit_message_ts": "Internal fold state: message time of the visit's first A01/A04",
+    "_fold_ids": "Internal fold state: the distinct message control ids folded (event_count is their number)",
+}
 DEID_TABLE = "De-identified {table}: identifiers tokenized, dates shifted per patient, free text dropped"
 
 
@@ -68,8 +82,8 @@ def describe_lake(
         )
     if "adt_events" in sources:
         columns = _source_columns(sources["adt_events"]) | ENCOUNTER_COLUMNS
-        for schema, note in (("silver", ""), ("silver_deid", " (de-identified)")):
-            described[f"{schema}.encounters"] = TableDescription(ENCOUNTERS_TABLE + note, columns)
+        described["silver.encounters"] = TableDescription(ENCOUNTERS_TABLE, columns | ENCOUNTER_FOLD_COLUMNS)
+        described["silver_deid.encounters"] = TableDescription(ENCOUNTERS_TABLE + " (de-identified)", columns)
     for identifier, description in reports:
         described[identifier] = TableDescription(description.strip())
     return described

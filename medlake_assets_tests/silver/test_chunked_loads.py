@@ -95,10 +95,9 @@ def contents(lake: Lake) -> dict[str, list[tuple]]:
     con = connect(lake)
     tables = [f"silver.{name}" for name in ("adt_events", "bed_census", "lab_results", "patient_documents")]
     tables += ["silver.encounters"] + [f"quarantine.{name}" for name in ("adt_events", "lab_results")]
-    found = {
-        name: con.execute(f"SELECT * EXCLUDE (_ingested_at) FROM {name} ORDER BY ALL").fetchall()
-        for name in tables
-    }
+    # Load times differ between the lakes, and so do the encounters' fold keys that hold them.
+    columns = "COLUMNS(c -> c <> '_ingested_at' AND NOT regexp_matches(c, '^_fold_.*_at$'))"
+    found = {name: con.execute(f"SELECT {columns} FROM {name} ORDER BY ALL").fetchall() for name in tables}
     found["meta.held"] = con.execute(
         "SELECT source, batch_id, facility, status, rows, rejected, error_rate, rules FROM meta.held "
         "ORDER BY ALL"

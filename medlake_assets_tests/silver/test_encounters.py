@@ -11,12 +11,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from medlake_assets.lake import Lake
 from medlake_assets.silver.encounters import (
     ENCOUNTER_COLUMNS,
+    EVENT_ORDER,
+    FOLD_COLUMNS,
+    IDS,
+    KEY,
     EncounterInputError,
+    combine_encounters,
     derive_encounters,
     encounter_keys,
+    fold_events,
+    order_key,
 )
+from medlake_assets.silver.encounters_load import ENCOUNTERS, PARTITION_BY, load_encounters
+from medlake_assets.silver.tables import ensure_table
+from medlake_assets_tests.lake_helpers import local_settings, open_lake
+
+EVENTS = "silver.adt_events"
 
 T0 = datetime(2025, 3, 4, 8, 0, tzinfo=UTC)
 TS = pl.Datetime("us", "UTC")
@@ -392,3 +405,201 @@ def test_matches_a_python_fold_for_random_histories(
 ) -> None:
     rng.shuffle(rows)
     assert derive_encounters(frame(rows)).to_dicts() == reference(rows)
+
+
+# ----------------------------------------------------------------------- incremental fold (fold_events)
+
+DAYS = (date(2025, 3, 3), date(2025, 3, 4), date(2025, 3, 5))
+
+
+def random_messages(rng: random.Random, visits: int) -> list[dict[str, object]]:
+    """Distinct messages of `visits` visits (ids unique per visit), with time ties, nulls, messages
+    without a visit and out-of-scope triggers; `(facility, visit_number)` pairs may repeat (same visit)."""
+    rows = []
+    for visit in range(visits):
+        facility, number = rng.choice(["FAC1", "FAC2"]), rng.choice([f"V{n}" for n in range(visits // 2 + 1)])
+        for n in range(rng.randint(1, 7)):
+            location = rng.choice(
+                [(None, None, None), ("ICU", "1", None), ("MED", "2", "B"), (None, None, "A")]
+            )
+            rows.append(
+                event(
+                    rng.choice(["A01", "A02", "A03", "A04", "A08", "A08", "A11"]),
+                    rng.randint(0, 12),
+                    f"C{rng.randint(0, 99):02d}-{visit}-{n}",
+                    _facility=facility,
+                    visit_number=rng.choice([number] * 12 + [None, ""]),
+                    patient_id=rng.choice(["P1", "P2", None]),
+                    patient_class=rng.choice(["I", "O", None]),
+                    point_of_care=location[0],
+                    room=location[1],
+                    bed=location[2],
+                    admit_ts=rng.choice([None, None, minutes(rng.randint(-90, 0))]),
+                    discharge_ts=rng.choice([None, minutes(rng.randint(0, 90))]),
+                )
+            )
+    return rows
+
+
+def delivered_batches(rng: random.Random, messages: list[dict[str, object]]) -> list[list[dict[str, object]]]:
+    """The messages delivered in batches, in processing order: some twice or three times (identical
+    copies, each with its own arrival lineage), shuffled, each batch on a random landing day."""
+    copies = [row for row in messages for _ in range(rng.choice([1, 1, 1, 2, 3]))]
+    rng.shuffle(copies)
+    cuts = sorted(rng.sample(range(1, len(copies)), min(len(copies) - 1, rng.randint(1, 8))))
+    batches = []
+    for number, (start, stop) in enumerate(zip([0, *cuts], [*cuts, len(copies)], strict=True)):
+        day = rng.choice(DAYS)
+        batches.append(
+            [
+                {
+                    **row,
+                    "_batch": f"b{number:02d}",
+                    "_ingested_at": minutes(1000 + number),
+                    "_landing_day": day,
+                    "_archive": f"{day}/b{number:02d}.zip",
+                    "_member": f"m{record % 3}.hl7",
+                    "_record": record,
+                }
+                for record, row in enumerate(copies[start:stop], start=1)
+            ]
+        )
+    return batches
+
+
+def fold_batches(batches: list[list[dict[str, object]]]) -> pl.DataFrame:
+    """`silver.encounters` as the loader keeps it, in memory: each batch folded into the rows it touches."""
+    table = fold_events(frame([]))
+    for batch in batches:
+        touched = combine_encounters(table, fold_events(frame(batch)))
+        table = pl.concat([table.join(touched.select(KEY), on=list(KEY), how="anti"), touched]).sort(KEY)
+    return table
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_folding_batches_one_at_a_time_gives_the_reference(seed: int) -> None:
+    rng = random.Random(seed)
+    batches = delivered_batches(rng, random_messages(rng, visits=rng.randint(1, 14)))
+    replayed = [*batches, *rng.sample(batches, rng.randint(0, 2))]  # a batch taken in twice changes nothing
+    everything = frame([row for batch in batches for row in batch])
+    expected = derive_encounters(everything)
+    folded = fold_batches(replayed)
+    assert folded.select(ENCOUNTER_COLUMNS).to_dicts() == expected.to_dicts()
+    assert folded.columns == [*ENCOUNTER_COLUMNS, *FOLD_COLUMNS]
+    assert fold_batches(list(reversed(batches))).select(ENCOUNTER_COLUMNS).equals(expected)
+    assert fold_events(everything).equals(folded), "the state too is the state of the whole history"
+
+
+def test_order_keys_sort_as_the_event_order() -> None:
+    rng = random.Random(7)
+    texts = [None, "", "a", "a\x00", "a\x00b", "a\x01", "a\x01\x01", "a\x02", "ab", "b", "é"]
+    rows = [
+        {
+            "message_ts": rng.choice([None, datetime(1901, 1, 1, tzinfo=UTC), minutes(0), minutes(1)]),
+            "message_control_id": rng.choice(texts),
+            "_ingested_at": rng.choice([None, minutes(0)]),
+            "_batch": rng.choice(texts),
+            "_archive": rng.choice(texts),
+            "_member": rng.choice(texts),
+            "_record": rng.choice([None, -3, 0, 2, 10]),
+        }
+        for _ in range(400)
+    ]
+    events = pl.DataFrame(rows, schema={name: EVENT_SCHEMA[name] for name in EVENT_ORDER})
+    by_columns = events.sort(EVENT_ORDER, nulls_last=False)
+    by_key = events.with_columns(order_key().alias("key")).sort("key").drop("key")
+    assert by_key.equals(by_columns)
+    assert not events.with_columns(order_key().alias("key"))["key"].str.contains("\x00").any()
+
+
+def test_copies_that_differ_all_take_part_in_the_fold_as_documented() -> None:
+    # The same message (M3) delivered again later with its patient class dropped: the reference keeps only
+    # the later copy (class from the A01), the fold still has the earlier copy's "O" (module docstring).
+    changed = {**A08, "patient_class": None, "_batch": "b9", "_ingested_at": minutes(5000)}
+    rows = [A01, A08, changed]
+    reference_row = derive_encounters(frame(rows)).row(0, named=True)
+    folded = fold_batches([[A01, A08], [changed]]).row(0, named=True)
+    assert (reference_row["patient_class"], folded["patient_class"]) == ("I", "O")
+    assert {key: value for key, value in folded.items() if key != "patient_class"} == {
+        key: value for key, value in reference_row.items() if key != "patient_class"
+    } | {key: folded[key] for key in FOLD_COLUMNS}
+    assert folded["event_count"] == 2 and folded["_batch"] == "b9"
+
+
+def test_no_events_fold_to_an_empty_frame_with_the_state_schema() -> None:
+    result = fold_events(frame([]))
+    assert result.height == 0
+    assert result.columns == [*ENCOUNTER_COLUMNS, *FOLD_COLUMNS]
+    assert result.schema[IDS] == pl.List(pl.String())
+    assert result.schema["event_count"] == pl.Int64()
+
+
+# ------------------------------------------------------------------------- real Iceberg (load_encounters)
+
+
+def publish(lake: Lake, batch: list[dict[str, object]]) -> date:
+    """Append a batch to `silver.adt_events` and record it as silver's, as `load_silver` would."""
+    rows = frame(batch)
+    table = ensure_table(lake.catalog, EVENTS, rows.to_arrow().schema, ["_landing_day"])
+    table.append(rows.to_arrow().cast(table.schema().as_arrow()))
+    day = batch[0]["_landing_day"]
+    assert isinstance(day, date)
+    lake.ledger.mark_processed(EVENTS, "adt_events", day, [str(batch[0]["_batch"])])
+    return day
+
+
+def stored_encounters(lake: Lake) -> pl.DataFrame:
+    rows = pl.from_arrow(lake.catalog.load_table(ENCOUNTERS).scan().to_arrow())
+    assert isinstance(rows, pl.DataFrame)
+    assert not rows.get_column("_deleted").any()
+    return rows.sort(KEY)
+
+
+def without_load_time(rows: pl.DataFrame) -> list[dict[str, object]]:
+    return rows.select(name for name in ENCOUNTER_COLUMNS if name != "_ingested_at").to_dicts()
+
+
+@pytest.mark.parametrize("seed", [3, 11])
+def test_load_encounters_over_batches_and_days_gives_the_reference(tmp_path, seed: int) -> None:
+    rng = random.Random(seed)
+    batches = delivered_batches(rng, random_messages(rng, visits=30))
+    lake = open_lake(local_settings(tmp_path))
+    spec = lake.sources["adt_events"]
+    outcomes = []
+    for number, batch in enumerate(batches):
+        publish(lake, batch)
+        if number % 3 != 1:  # now and then two batches (of any days) are taken in by one run
+            outcomes += [load_encounters(lake, spec, day, chunk_rows=5) for day in DAYS]
+    outcomes += [load_encounters(lake, spec, day, chunk_rows=5) for day in DAYS]
+    stored = stored_encounters(lake)
+    expected = derive_encounters(frame([row for batch in batches for row in batch]))
+    assert without_load_time(stored) == without_load_time(expected)
+    assert stored.select(FOLD_COLUMNS).equals(fold_batches(batches).select(FOLD_COLUMNS))
+    assert sum(outcome["batches"] for outcome in outcomes) == len(batches)
+    assert not any(outcome.get("full_history") for outcome in outcomes)
+
+
+def test_a_table_from_before_the_fold_state_is_folded_from_every_event_once(tmp_path) -> None:
+    rng = random.Random(5)
+    batches = delivered_batches(rng, random_messages(rng, visits=20))
+    lake = open_lake(local_settings(tmp_path))
+    spec = lake.sources["adt_events"]
+    early, late = batches[: len(batches) // 2], batches[len(batches) // 2 :]
+    for batch in early:  # encounters as the code before the fold state wrote them
+        publish(lake, batch)
+    old_rows = derive_encounters(frame([row for batch in early for row in batch])).with_columns(
+        pl.lit(False).alias("_deleted")
+    )
+    old = ensure_table(lake.catalog, ENCOUNTERS, old_rows.to_arrow().schema, PARTITION_BY)
+    old.append(old_rows.to_arrow().cast(old.schema().as_arrow()))
+    for batch in early:
+        lake.ledger.mark_processed(ENCOUNTERS, "adt_events", batch[0]["_landing_day"], [batch[0]["_batch"]])
+
+    day = publish(lake, late[0])
+    first = load_encounters(lake, spec, day, chunk_rows=5)
+    assert first["full_history"] is True
+    assert stored_encounters(lake).get_column("_fold_last_at").null_count() == 0
+    for batch in late[1:]:
+        assert load_encounters(lake, spec, publish(lake, batch), chunk_rows=5)["full_history"] is False
+    expected = derive_encounters(frame([row for batch in batches for row in batch]))
+    assert without_load_time(stored_encounters(lake)) == without_load_time(expected)
