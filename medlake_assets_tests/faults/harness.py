@@ -26,6 +26,7 @@ from sqlalchemy import create_engine, text
 from medlake_assets.lake import Lake
 from medlake_assets.lake.ledger import PENDING
 from medlake_assets.lake.objectstore import ObjectStore
+from medlake_assets.silver.encounters import FOLD_PREFIX
 
 RUN_SPECIFIC_COLUMNS = ("_ingested_at", "_batch")
 LEDGER_COLUMNS = (
@@ -163,7 +164,12 @@ def _value(value: object) -> object:
 def table_contents(lake: Lake, identifier: str) -> Counter[tuple]:
     """The table's rows without run-specific lineage, as a multiset of (column, value) tuples."""
     rows = lake.catalog.load_table(identifier).scan().to_arrow()
-    rows = rows.drop_columns([name for name in RUN_SPECIFIC_COLUMNS if name in rows.column_names])
+    # Encounters' fold state encodes its events' run-specific lineage in order keys; the encounter
+    # columns folded from it are compared.
+    run_specific = [
+        name for name in rows.column_names if name in RUN_SPECIFIC_COLUMNS or name.startswith(FOLD_PREFIX)
+    ]
+    rows = rows.drop_columns(run_specific)
     names = sorted(rows.column_names)
     return Counter(tuple((name, _value(row[name])) for name in names) for row in rows.to_pylist())
 
