@@ -189,7 +189,6 @@ def derive_encounters(events: pl.DataFrame) -> pl.DataFrame:
 
 # ---------------------------------------------------------------------------------- incremental fold state
 
-FOLD_PREFIX = "_fold_"
 LAST_AT = "_fold_last_at"
 ADMIT_PV1 = "_fold_admit_pv1"  # the first non-null PV1-44
 ADMIT_MESSAGE = "_fold_admit_message_ts"  # the message_ts of the first A01/A04

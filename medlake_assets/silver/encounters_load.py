@@ -17,6 +17,12 @@ Tables from before the fold state: rows without it (a null `_fold_last_at`, as e
 lacked the columns reads) cannot be combined. While any exists, a run folds EVERY event of
 `silver.adt_events` (all days) once, replacing those rows (still chunked, in one commit); later runs are
 incremental again.
+
+The fold only adds, it never retracts an event. An event changed in place in `silver.adt_events` (e.g.
+a day reprocessed under changed metadata) is folded again only if its batch is taken in again, and then
+as a later copy of itself: exact while identical, else as for differing copies (`silver/encounters.py`).
+The history re-read before the fold state used the latest version whenever a later batch touched the
+visit.
 """
 
 from __future__ import annotations

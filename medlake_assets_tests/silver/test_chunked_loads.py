@@ -87,7 +87,8 @@ def refine(home: Path, chunk_rows: int | None) -> tuple[Lake, list[dict]]:
                 }
             )
             if spec.name == "adt_events":
-                results.append(load_encounters(lake, spec, DAY, **size) | {"seconds": None})
+                timings = dict.fromkeys(("seconds", "read_seconds", "merge_seconds"))
+                results.append(load_encounters(lake, spec, DAY, **size) | timings)
     return lake, results
 
 
