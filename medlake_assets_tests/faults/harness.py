@@ -26,7 +26,7 @@ from sqlalchemy import create_engine, text
 from medlake_assets.lake import Lake
 from medlake_assets.lake.ledger import PENDING
 from medlake_assets.lake.objectstore import ObjectStore
-from medlake_assets.silver.encounters import FOLD_PREFIX
+from medlake_assets.silver.encounters import FOLD_COLUMNS
 
 RUN_SPECIFIC_COLUMNS = ("_ingested_at", "_batch")
 LEDGER_COLUMNS = (
@@ -167,7 +167,7 @@ def table_contents(lake: Lake, identifier: str) -> Counter[tuple]:
     # Encounters' fold state encodes its events' run-specific lineage in order keys; the encounter
     # columns folded from it are compared.
     run_specific = [
-        name for name in rows.column_names if name in RUN_SPECIFIC_COLUMNS or name.startswith(FOLD_PREFIX)
+        name for name in rows.column_names if name in RUN_SPECIFIC_COLUMNS or name in FOLD_COLUMNS
     ]
     rows = rows.drop_columns(run_specific)
     names = sorted(rows.column_names)
