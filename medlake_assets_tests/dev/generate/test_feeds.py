@@ -287,7 +287,9 @@ def test_zip_zipcrypto_is_traditional_encryption_read_by_pyzipper_and_the_standa
     # The standard library decrypts ZipCrypto only (it cannot read AES), so this proves the scheme.
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         assert {name: archive.read(name, pwd=PASSWORD.encode()) for name in archive.namelist()} == MEMBERS
-        with pytest.raises(RuntimeError, match="Bad password"):
+        # ZipCrypto checks a password against one byte of its (random) header: 1 wrong password in 256 gets
+        # past that check, and then fails when the data does not inflate or its CRC does not match.
+        with pytest.raises((RuntimeError, zlib.error, zipfile.BadZipFile)):
             archive.read("a.csv", pwd=b"wrong")
     # libarchive draws the encryption headers at random: same size, different ciphertext.
     assert len(zip_zipcrypto(MEMBERS, PASSWORD)) == len(data)
