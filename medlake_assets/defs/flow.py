@@ -82,9 +82,10 @@ def release_parked_batches(instance: dg.DagsterInstance, ledger: Ledger, specs: 
     for spec in specs:
         for batch in ledger.unfinished_batches(spec.name):
             runs = attempts(instance, spec.name, batch.batch_id)
-            if len(counted(runs)) < MAX_ATTEMPTS or any(run.status in IN_FLIGHT for run in runs):
+            failed = counted(runs)
+            if len(failed) < MAX_ATTEMPTS or any(run.status in IN_FLIGHT for run in runs):
                 continue  # the sensor requests it (or it is running)
-            parked |= {run.run_id for run in counted(runs)}
+            parked |= {run.run_id for run in failed}
             released += 1
     for run_id in parked:
         instance.add_run_tags(run_id, {RELEASED_TAG: "true"})
