@@ -44,6 +44,15 @@ def scan_batches(
         yield from reader.to_record_batches([task])
 
 
+def read_whole_files(table: Table, row_filter: BooleanExpression) -> Iterator[tuple[DataFile, pa.Table]]:
+    """Each data file that `row_filter` may match (by partition and column metrics) with ALL its rows,
+    one file at a time: what a copy-on-write rewrite of the file starts from."""
+    scan = table.scan(row_filter=row_filter)
+    reader = ArrowScan(scan.table_metadata, scan.io, scan.table_metadata.schema(), ALL_ROWS)
+    for task in scan.plan_files():
+        yield task.file, reader.to_table([task])
+
+
 def scan_frames(
     table: Table, row_filter: BooleanExpression = ALL_ROWS, selected_fields: Sequence[str] = ("*",)
 ) -> Iterator[pl.DataFrame]:
@@ -105,8 +114,15 @@ def commit_files(
     files: Sequence[DataFile],
     delete_filter: BooleanExpression,
     properties: Mapping[str, str],
+    *,
+    replaced: Sequence[DataFile] | None = None,
 ) -> None:
-    """Delete the rows matching `delete_filter` and add `files`, in one transaction of `table`.
+    """Remove rows and add `files`, in one transaction of `table`.
+
+    Without `replaced`: the rows matching `delete_filter` are deleted (files wholly matching dropped,
+    partly matching ones rewritten without those rows), then `files` are appended. With `replaced`: one
+    overwrite snapshot removes exactly those data files (their rows already read and written again) and
+    adds `files`, and `delete_filter` only scopes the conflict check.
 
     Commit through the `Table` whose state the files were computed from, without refreshing it in between:
     pyiceberg then validates (serializable isolation, its default) that no commit since added or removed
@@ -116,6 +132,15 @@ def commit_files(
     if not deletes and not files:
         return
     transaction = table.transaction()
+    if replaced is not None:
+        with transaction.update_snapshot(snapshot_properties=dict(properties)).overwrite() as overwrite:
+            overwrite.delete_by_predicate(delete_filter)
+            for data_file in replaced:
+                overwrite.delete_data_file(data_file)
+            for data_file in files:
+                overwrite.append_data_file(data_file)
+        transaction.commit_transaction()
+        return
     if deletes:
         with warnings.catch_warnings():
             # A batch of only new rows deletes nothing; pyiceberg warns about it, which is expected here.

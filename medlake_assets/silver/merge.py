@@ -1,22 +1,21 @@
-"""Silver write modes as pure Polars merges, committed with one filtered Iceberg overwrite.
+"""Silver write modes as pure Polars merges, committed as one copy-on-write Iceberg overwrite.
 
-A batch of typed change rows (declared columns plus lineage) is merged with the current silver rows that
-may hold its keys, and the result replaces exactly those rows in one commit:
+A batch of typed change rows (declared columns plus lineage) is merged with the current silver rows of
+its keys, and the result replaces exactly the data files that held those rows, in one commit:
 
-    overwrite_filter = And(touched_partitions(changes, partition_by, key=key), key_bounds(changes, key))
-    current = read_current(table, overwrite_filter)
-    merged = upsert(current, changes, key=..., sequence_by=...)          # or scd2(...)
-    commit_merge(table, merged, overwrite_filter, {"medlake.batch": batch_id})
+    scope = merge_scope(keys, partition_by, key)       # the partitions and key values or ranges touched
+    for each data file scope may match, read once:     # rows of the batch's keys -> their chunk
+        staged += the file's other rows, if it had any of the batch's keys; replaced += the file
+    for each chunk: staged += upsert(current rows of its keys, its changes)   # or scd2(...)
+    one overwrite snapshot: remove `replaced`, add `staged` (pyiceberg checks `scope` for conflicts)
 
-`key_bounds` narrows the partitions to the ranges of the key's second column per value of its first (per
-facility, the batch's order ids), so data files whose column bounds miss every key of the batch are
-neither read nor rewritten; `merge_filter` uses it for a chunk of one facility (or with null keys), where
-chunks need it not to overlap. `merge_chunks` does these steps for a batch held chunk by chunk on disk (each
-chunk's merged rows written as data files right away, all of them committed at once: memory is one chunk),
+`merge_chunks` does this for a batch held chunk by chunk on disk (memory is one chunk, or one data file),
 `merge_into` for one frame; both redo everything when a concurrent commit conflicts. `plan_chunks` cuts a
-batch into chunks whose filters never overlap. pyiceberg's own `Table.upsert` is not used: it took
-221-317 s for 100k keys on a 1M-row partitioned table and 0.12.0 duplicates rows on partitioned tables
-(design.md section 5).
+batch into chunks that never split a key. Each data file is read and rewritten at most once per run,
+however many chunks touch it: a filtered Iceberg delete per run (pyiceberg's own copy-on-write) read
+every touched file a second time, and per-chunk filters re-read the touched partitions once per chunk.
+pyiceberg's own `Table.upsert` is not used: it took 221-317 s for 100k keys on a 1M-row partitioned
+table and 0.12.0 duplicates rows on partitioned tables (design.md section 5).
 
 Modes:
 - `append`: no merge. The batch's rows replace the rows of its archives (`archive_filter`), exactly like
@@ -30,28 +29,32 @@ Modes:
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Literal
 
 import polars as pl
+import pyarrow.parquet as pq
 from pyiceberg.expressions import (
     AlwaysFalse,
     And,
     BooleanExpression,
-    EqualTo,
     GreaterThanOrEqual,
     In,
     IsNull,
     LessThanOrEqual,
     Or,
 )
+from pyiceberg.expressions.visitors import IN_PREDICATE_LIMIT
+from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table
 
 from medlake_assets.errors import MedlakeError
 from medlake_assets.lake.columns import DELETED, IS_CURRENT, SCD2_COLUMNS, TIE_BREAK, VALID_FROM, VALID_TO
 from medlake_assets.lake.commits import CONFLICTS, REDO_ATTEMPTS, wait_before_redo
-from medlake_assets.lake.files import StagedFiles, commit_files, scan_frames
-from medlake_assets.lake.partitions import iceberg_literal, partition_by_of, touched_partitions
+from medlake_assets.lake.files import StagedFiles, commit_files, read_whole_files
+from medlake_assets.lake.partitions import iceberg_literal, parse_partition, partition_by_of
 
 
 class MergeConflictError(MedlakeError, RuntimeError):
@@ -198,54 +201,6 @@ def archive_filter(changes: pl.DataFrame) -> BooleanExpression:
     return In("_archive", archives) if archives else AlwaysFalse()
 
 
-def key_bounds(changes: pl.DataFrame, key: Sequence[str], *, max_terms: int = 200) -> BooleanExpression:
-    """A row filter covering every row that may hold a version of the batch's keys, narrowed by the key.
-
-    With one key column: its values. With more: per value of the first key column, the range of the second
-    (`facility_id = 'F1' AND order_id BETWEEN min AND max`), so data files whose column bounds miss every
-    range are pruned by their metrics; past `max_terms` values of the first column (the filter is evaluated
-    against every data file in Python), all of them with one range of the second. A null matches a null.
-    """
-    if changes.is_empty():
-        return AlwaysFalse()
-    first = key[0]
-    if len(key) == 1:
-        return _values_filter(first, changes.get_column(first))
-    second = key[1]
-    groups = (
-        changes.filter(pl.col(first).is_not_null())
-        .group_by(first)
-        .agg(
-            pl.col(second).min().alias("low"),
-            pl.col(second).max().alias("high"),
-            pl.col(second).is_null().any().alias("nulls"),
-        )
-        .sort(first)
-    )
-    terms: list[BooleanExpression] = []
-    if groups.height > max_terms:
-        terms.append(
-            And(
-                _values_filter(first, groups.get_column(first)),
-                _range_filter(second, changes.get_column(second)),
-            )
-        )
-    else:
-        for value, low, high, nulls in groups.iter_rows():
-            within = _between(second, low, high) if low is not None else AlwaysFalse()
-            if nulls:
-                within = Or(within, IsNull(second))
-            terms.append(And(EqualTo(first, iceberg_literal(value)), within))
-    if changes.get_column(first).null_count():
-        terms.append(IsNull(first))
-    return _any(terms)
-
-
-def _any(terms: Sequence[BooleanExpression]) -> BooleanExpression:
-    # pyiceberg's Or of many terms builds a balanced tree (no deep recursion when it is evaluated).
-    return AlwaysFalse() if not terms else terms[0] if len(terms) == 1 else Or(*terms)
-
-
 def _between(column: str, low: object, high: object) -> BooleanExpression:
     low, high = iceberg_literal(low), iceberg_literal(high)
     return And(GreaterThanOrEqual(column, low), LessThanOrEqual(column, high))
@@ -267,14 +222,14 @@ def plan_chunks(groups: pl.DataFrame, columns: Sequence[str], max_rows: int) -> 
     """A chunk number for every group of a batch's rows, so that the batch can be merged chunk by chunk.
 
     `groups` has the distinct values of `columns` (the first one or two key columns) and their `rows`.
-    Rows with the same values always share a chunk, a chunk holds about `max_rows` rows, and the chunks'
-    `key_bounds` never overlap (each chunk's merge reads and replaces rows no other chunk touches):
+    Rows with the same values always share a chunk (so no key is in two: `merge_chunks` needs that), and
+    a chunk holds about `max_rows` rows:
 
     - values of the first column are packed whole into chunks, in sorted order (a chunk is then a set of
       first-column values no other chunk has);
     - a first-column value with more than `max_rows` rows (a facility's 40 MB archive) gets chunks of its
       own, cut between sorted values of the second column (disjoint ranges of it);
-    - groups with a null in any column go to one last chunk (`key_bounds` keeps nulls apart).
+    - groups with a null in any column go to one last chunk.
 
     Returns `groups` with a `chunk` column numbered from 0 in that order.
     """
@@ -311,58 +266,38 @@ def plan_chunks(groups: pl.DataFrame, columns: Sequence[str], max_rows: int) -> 
     ).with_columns(pl.col("chunk").cast(pl.Int64))
 
 
-def merge_filter(changes: pl.DataFrame, partition_by: Sequence[str], key: Sequence[str]) -> BooleanExpression:
-    """The rows an upsert or scd2 merge of `changes` reads and replaces: the touched partitions and values
-    of the key's first column, narrowed to the second column's ranges (`key_bounds`) only when the changes
-    hold a single value of the first column or a null in the first two key columns.
+def merge_scope(keys: pl.DataFrame, partition_by: Sequence[str], key: Sequence[str]) -> BooleanExpression:
+    """A row filter covering every row that may hold a version of `keys` (a batch's key columns), for
+    pyiceberg to choose the data files a merge reads: per partition source column and the key's first
+    column, their values when few, else their range; with a single value of the first column, the range of
+    the second too (one facility's 40 MB archive then reads only the files of its order range).
 
-    That is exactly when `plan_chunks` needs it for chunks that never overlap (a large facility cut by
-    order ranges; nulls kept apart). Narrowing many values costs more than it saves: measured on `bench
-    merge` (100 facilities, changes across each one's whole order range), the 100-term filter made the
-    read 6x and the commit 5x slower (files partly matching are rewritten instead of dropped whole).
+    Never a long IN list: pyiceberg binds and projects an IN again for every data file it plans (Python
+    sets of every literal through the bucket hash), which took most of an encounters run for 200k visits.
+    The filter only has to cover: which rows a merge replaces is decided by joining on the key.
     """
-    partitions = touched_partitions(changes, partition_by, key=key)
-    firsts = changes.get_column(key[0])
-    nulls = any(changes.get_column(name).null_count() for name in key[:2])
-    if len(key) > 1 and (nulls or firsts.n_unique() == 1):
-        return And(partitions, key_bounds(changes, key))
-    return And(partitions, _values_filter(key[0], firsts))
+    if keys.is_empty():
+        return AlwaysFalse()
+    columns = [parse_partition(field)[1] for field in partition_by]
+    for name in columns:
+        if name not in key:
+            raise ValueError(f"partition column {name!r} is not a key column; a key could span partitions")
+    columns = list(dict.fromkeys([key[0], *columns]))
+    if len(key) > 1 and keys.get_column(key[0]).n_unique() == 1:
+        columns.append(key[1])
+    terms = [_compact_filter(name, keys.get_column(name)) for name in dict.fromkeys(columns)]
+    return terms[0] if len(terms) == 1 else And(*terms)
 
 
-def read_current(table: Table, overwrite_filter: BooleanExpression) -> pl.DataFrame:
-    """The table's rows matching the filter (the rows a merge replaces), read one data file at a time (no
-    copy of the whole read on top of the result, unlike `scan().to_arrow()`)."""
-    frames = list(scan_frames(table, overwrite_filter))
-    if not frames:
-        return pl.from_arrow(table.schema().as_arrow().empty_table())  # type: ignore[return-value]
-    return pl.concat(frames, how="vertical_relaxed", rechunk=False)
-
-
-def commit_merge(
-    table: Table,
-    merged: pl.DataFrame,
-    overwrite_filter: BooleanExpression,
-    snapshot_properties: Mapping[str, str] | None = None,
-) -> None:
-    """Replace the rows matching `overwrite_filter` with `merged` in one Iceberg commit.
-
-    Commit through the same `Table` object the current rows were read from, without refreshing it in
-    between: pyiceberg then validates (serializable isolation, its default) that no commit since that read
-    added or removed files the filter matches, and raises instead of losing a concurrent update.
-    """
-    staged = StagedFiles(table)
-    try:
-        staged.write_frame(merged)
-        commit_files(table, staged.files, overwrite_filter, snapshot_properties or {})
-    except CONFLICTS:
-        staged.discard()  # nothing of the attempt landed
-        raise
+def _compact_filter(column: str, values: pl.Series) -> BooleanExpression:
+    few = values.drop_nulls().n_unique() <= IN_PREDICATE_LIMIT
+    return _values_filter(column, values) if few else _range_filter(column, values)
 
 
 Chunk = Callable[[], pl.DataFrame]
 """Loads one chunk of a batch's change rows when the merge gets to it."""
 Combine = Callable[[pl.DataFrame, pl.DataFrame], pl.DataFrame]
-"""(current rows a chunk's filter matches, its changes) -> the rows to upsert for the changes' keys."""
+"""(current rows of a chunk's keys, its changes) -> the rows to upsert for the changes' keys."""
 
 
 def merge_chunks(
@@ -380,29 +315,39 @@ def merge_chunks(
 ) -> Table:
     """Merge a batch given as chunks into `table` in one commit, holding one chunk at a time.
 
-    Each chunk is loaded, merged with the current rows of its `merge_filter` and written as data files at
-    once; one transaction then deletes what the chunks' filters matched and adds every file. For upsert and
-    scd2 no key may be in two chunks and the chunks' filters must not overlap (`plan_chunks`), else rows
-    that two filters match would be written twice. On a conflicting concurrent commit the staged files are
-    deleted and everything is redone on the refreshed table (a blind retry could lose the other writer's
-    rows). Returns the refreshed table.
+    No key may be in two chunks (`plan_chunks`). Every data file that may hold a key of the batch is read
+    once, whole: rows of the batch's keys go to their chunk, the rest of a file that had any is written
+    back as it is. Each chunk is then merged with its current rows and written; one overwrite snapshot
+    removes exactly the files read and adds every file written (copy-on-write). On a conflicting
+    concurrent commit the staged files are deleted and everything is redone on the refreshed table (a
+    blind retry could lose the other writer's rows). Returns the refreshed table.
 
-    `combine` (upsert only) turns each chunk's changes into the rows to upsert, given the current rows its
-    filter matches: e.g. a running fold whose new state depends on the current one (`silver.encounters`).
-    Read in the same pass as the merge's own, those rows are covered by the commit's conflict check.
+    `combine` (upsert only) turns each chunk's changes into the rows to upsert, given the current rows of
+    its keys: e.g. a running fold whose new state depends on the current one (`silver.encounters`). Read
+    in the same pass as the merge's own, those rows are covered by the commit's conflict check.
     """
     properties = dict(snapshot_properties or {})
     for attempt in range(attempts):
         staged = StagedFiles(table)
         try:
-            replaced = _stage_merge(
-                table, staged, chunks, mode, key, sequence_by, sequence_ranks, delete_marker, combine
-            )
+            with tempfile.TemporaryDirectory(prefix="medlake-merge-") as scratch:
+                scope, replaced = _stage_merge(
+                    table,
+                    staged,
+                    chunks,
+                    Path(scratch),
+                    mode,
+                    key,
+                    sequence_by,
+                    sequence_ranks,
+                    delete_marker,
+                    combine,
+                )
         except BaseException:
             staged.discard()
             raise
         try:
-            commit_files(table, staged.files, replaced, properties)
+            commit_files(table, staged.files, scope, properties, replaced=replaced)
             return table.refresh()
         except CONFLICTS:
             staged.discard()  # nothing of the attempt landed
@@ -420,28 +365,35 @@ def _stage_merge(
     table: Table,
     staged: StagedFiles,
     chunks: Sequence[Chunk],
+    scratch: Path,
     mode: str,
     key: Sequence[str],
     sequence_by: Sequence[str],
     sequence_ranks: Mapping[str, Sequence[str]] | None,
     delete_marker: tuple[str, str] | None,
-    combine: Combine | None = None,
-) -> BooleanExpression:
-    """Write every chunk's merged rows as staged files; returns the filter of the rows they replace."""
-    partition_by = partition_by_of(table)
-    replaced: list[BooleanExpression] = []
-    archives: set[str] = set()
-    for load in chunks:
-        changes = load()
-        if changes.is_empty():
-            continue
-        if mode == "append":
+    combine: Combine | None,
+) -> tuple[BooleanExpression, list[DataFile] | None]:
+    """Write every chunk's merged rows as staged files; returns the filter scoping what they replace and
+    the data files they replace (None for append: the filter's rows are deleted)."""
+    if mode == "append":
+        archives: set[str] = set()
+        for load in chunks:
+            changes = load()
             archives.update(changes.get_column("_archive").unique().drop_nulls().to_list())
             staged.write_frame(append(changes))
-            continue
-        overwrite_filter = merge_filter(changes, partition_by, key)
-        merge = upsert if mode == "upsert" else scd2
-        current = read_current(table, overwrite_filter)
+        # Like `archive_filter`: a re-run of the batch replaces its archives' rows.
+        return (In("_archive", sorted(archives)) if archives else AlwaysFalse()), None
+    keys = _spill_changes(chunks, key, scratch)
+    if keys.is_empty():
+        return AlwaysFalse(), []
+    scope = merge_scope(keys, partition_by_of(table), key)
+    replaced = _split_current(table, scope, keys, key, staged, scratch)
+    merge = upsert if mode == "upsert" else scd2
+    empty = pl.from_arrow(table.schema().as_arrow().empty_table())
+    for number in keys.get_column(_CHUNK).unique().sort().to_list():
+        changes = pl.read_parquet(scratch / f"changes-{number}.parquet")
+        path = scratch / f"current-{number}.parquet"
+        current = pl.read_parquet(path) if path.exists() else empty
         if combine is not None and mode == "upsert":
             changes = combine(current, changes)
         merged = merge(
@@ -452,13 +404,66 @@ def _stage_merge(
             sequence_ranks=sequence_ranks,
             delete_marker=delete_marker,
         )
-        del changes
+        del changes, current
         staged.write_frame(merged)
-        replaced.append(overwrite_filter)
-    if mode == "append":
-        # Like `archive_filter`: a re-run of the batch replaces its archives' rows.
-        return In("_archive", sorted(archives)) if archives else AlwaysFalse()
-    return _any(replaced)
+    return scope, replaced
+
+
+_CHUNK = "__chunk"
+
+
+def _spill_changes(chunks: Sequence[Chunk], key: Sequence[str], scratch: Path) -> pl.DataFrame:
+    """Load each chunk once into `scratch`; returns the batch's distinct keys with their chunk number."""
+    keys = []
+    for number, load in enumerate(chunks):
+        changes = load()
+        if changes.is_empty():
+            continue
+        changes.write_parquet(scratch / f"changes-{number}.parquet")
+        keys.append(changes.select(key).unique().with_columns(pl.lit(number, pl.Int64).alias(_CHUNK)))
+        del changes
+    if not keys:
+        return pl.DataFrame()
+    keys = pl.concat(keys)
+    if keys.select(key).is_duplicated().any():
+        raise ValueError("a key is in two chunks of one merge; its versions would be merged apart")
+    return keys
+
+
+def _split_current(
+    table: Table,
+    scope: BooleanExpression,
+    keys: pl.DataFrame,
+    key: Sequence[str],
+    staged: StagedFiles,
+    scratch: Path,
+) -> list[DataFile]:
+    """Read each data file `scope` may match once: its rows of the batch's keys go to their chunk's file
+    in `scratch`, the rest is staged again as it is. Returns the files that held any such row."""
+    replaced: list[DataFile] = []
+    writers: dict[int, pq.ParquetWriter] = {}
+    try:
+        for data_file, rows in read_whole_files(table, scope):
+            frame = pl.from_arrow(rows)
+            del rows
+            lookup = keys.with_columns(pl.col(name).cast(frame.schema[name]) for name in key)
+            routed = frame.join(lookup, on=list(key), how="left", nulls_equal=True)
+            hit = pl.col(_CHUNK).is_not_null()
+            touched = routed.filter(hit)
+            if touched.is_empty():
+                continue  # the file stays as it is
+            replaced.append(data_file)
+            staged.write_frame(routed.filter(~hit).drop(_CHUNK))
+            for (number,), part in touched.partition_by(_CHUNK, as_dict=True).items():
+                rows = part.drop(_CHUNK).to_arrow()
+                if number not in writers:
+                    path = scratch / f"current-{number}.parquet"
+                    writers[number] = pq.ParquetWriter(path, rows.schema)
+                writers[number].write_table(rows.cast(writers[number].schema))
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return replaced
 
 
 def merge_into(

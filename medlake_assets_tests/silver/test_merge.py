@@ -9,11 +9,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 from pyiceberg.catalog.sql import SqlCatalog
-from pyiceberg.exceptions import ValidationException
 from pyiceberg.expressions import (
     AlwaysFalse,
     And,
-    EqualTo,
     GreaterThanOrEqual,
     In,
     IsNull,
@@ -31,15 +29,13 @@ from medlake_assets.ingest.bronze import LINEAGE as BRONZE_LINEAGE
 from medlake_assets.lake.columns import MERGE_COLUMNS
 from medlake_assets.lake.partitions import partition_by_of, touched_partitions
 from medlake_assets.silver.merge import (
+    MergeConflictError,
     append,
     archive_filter,
-    commit_merge,
-    key_bounds,
     merge_chunks,
-    merge_filter,
     merge_into,
+    merge_scope,
     plan_chunks,
-    read_current,
     scd2,
     upsert,
 )
@@ -303,40 +299,41 @@ def test_upsert_batch_touching_many_partitions_leaves_the_others_alone(upsert_ta
     assert rows(table, [*DATA, "_deleted"]) == sorted(
         expected, key=lambda row: tuple((value is None, str(value)) for value in row)
     )
-    # The overwrite is a delete snapshot then an append snapshot, both carrying the batch id.
-    delete, add = (snapshot.summary for snapshot in table.snapshots()[-2:])
-    assert (delete["medlake.batch"], add["medlake.batch"], add["added-records"]) == ("b2", "b2", "30")
+    # One overwrite snapshot carrying the batch id: it removes exactly the files holding a touched key.
+    (summary,) = (snapshot.summary for snapshot in table.snapshots()[-1:])
+    assert (summary.operation.value, summary["medlake.batch"]) == ("overwrite", "b2")
     if partition_by_of(table) == ["facility_id"]:
-        # Identity partitions: only the touched facilities' files are dropped, none is rewritten.
-        assert (delete.operation.value, delete["deleted-data-files"]) == ("delete", "9")
-        assert delete["deleted-records"] == "27"
+        # Identity partitions: the files of the 6 facilities with an update or a delete are replaced; the 3
+        # with only new keys and the 3 untouched ones are kept as they are.
+        assert (summary["deleted-data-files"], summary["deleted-records"]) == ("6", "18")
+        assert summary["added-records"] == "21"  # 18 written again (with the changes) and 3 new keys
 
 
-def test_merge_filter_narrows_one_facility_or_null_keys_only() -> None:
-    """Key ranges only where chunks need them (one facility cut by order ranges, null keys); many whole
-    facilities are selected by value, so their files are dropped whole rather than rewritten."""
-    one = batch("b", [("F1", "O3", "T1", "v", "P", 1, "U"), ("F1", "O7", "T1", "v", "P", 1, "U")], arrived=1)
-    between = And(GreaterThanOrEqual("order_id", "O3"), LessThanOrEqual("order_id", "O7"))
-    assert merge_filter(one, ["facility_id"], KEY) == And(
-        In("facility_id", ["F1"]), And(EqualTo("facility_id", "F1"), between)
+def test_merge_scope_covers_the_keys_with_few_values_or_ranges() -> None:
+    """Values when few (pyiceberg prunes partitions and files by them), a range when many (an IN is bound
+    and projected again for every planned data file), the second key column's range for one facility."""
+    one = pl.DataFrame({"facility_id": ["F1", "F1"], "order_id": ["O3", "O7"], "test_code": ["T1", "T1"]})
+    assert merge_scope(one, ["facility_id"], KEY) == And(
+        In("facility_id", ["F1"]), In("order_id", ["O3", "O7"])
     )
-    many = batch("b", [("F1", "O3", "T1", "v", "P", 1, "U"), ("F2", "O7", "T1", "v", "P", 1, "U")], arrived=1)
-    assert merge_filter(many, ["facility_id"], KEY) == And(
-        In("facility_id", ["F1", "F2"]), In("facility_id", ["F1", "F2"])
+    nulls = pl.DataFrame({"facility_id": ["F2", None], "order_id": ["O7", None], "test_code": ["T1", "T1"]})
+    assert merge_scope(nulls, ["bucket(16, facility_id)"], KEY) == Or(
+        In("facility_id", ["F2"]), IsNull("facility_id")
     )
-    nulls = batch(
-        "b", [("F1", None, "T1", "v", "P", 1, "U"), ("F2", "O7", "T1", "v", "P", 1, "U")], arrived=1
+    many = pl.DataFrame(
+        {
+            "facility_id": ["F1"] * 300,
+            "order_id": [f"O{n:03d}" for n in range(300)],
+            "test_code": ["T1"] * 300,
+        }
     )
-    assert merge_filter(nulls, ["facility_id"], KEY) == And(
-        In("facility_id", ["F1", "F2"]),
-        Or(
-            And(EqualTo("facility_id", "F1"), IsNull("order_id")),
-            And(
-                EqualTo("facility_id", "F2"),
-                And(GreaterThanOrEqual("order_id", "O7"), LessThanOrEqual("order_id", "O7")),
-            ),
-        ),
+    assert merge_scope(many, ["bucket(8, order_id)"], KEY) == And(
+        In("facility_id", ["F1"]),
+        And(GreaterThanOrEqual("order_id", "O000"), LessThanOrEqual("order_id", "O299")),
     )
+    assert merge_scope(many.head(0), ["facility_id"], KEY) == AlwaysFalse()
+    with pytest.raises(ValueError, match="partition column 'value' is not a key column"):
+        merge_scope(one, ["value"], KEY)
 
 
 SCD2_COLUMNS = [*DATA, "_deleted", "_valid_from", "_valid_to", "_is_current", "_batch"]
@@ -460,18 +457,20 @@ def test_a_stale_table_conflicts_and_merge_into_redoes_the_merge(tmp_path: Path)
         batch("b1", [("F1", "O1", "T1", "1", "P", 1, "U")], arrived=1),
     )
     stale = table.catalog.load_table(table.name())
-    other = apply(table, "upsert", batch("b2", [("F1", "O2", "T1", "2", "P", 1, "U")], arrived=2))
+    # The other writer changes the same key: the file the stale merge would replace is gone.
+    other = apply(
+        table,
+        "upsert",
+        batch("b2", [("F1", "O1", "T1", "2", "P", 1, "U"), ("F1", "O2", "T1", "2", "P", 1, "U")], arrived=2),
+    )
     changes = batch("b3", [("F1", "O1", "T1", "3", "F", 2, "U")], arrived=3)
-    with pytest.raises(ValidationException):
-        commit_merge(
-            stale,
-            upsert(read_current(stale, In("facility_id", ["F1"])), changes, key=KEY, sequence_by=SEQUENCE),
-            In("facility_id", ["F1"]),
-        )
+    with pytest.raises(MergeConflictError, match="conflicted with concurrent commits 1 times"):
+        merge_into(stale, changes, mode="upsert", key=KEY, sequence_by=SEQUENCE, attempts=1)
+    assert rows(other.refresh(), ["order_id", "value"]) == [("O1", "2"), ("O2", "2")]  # nothing landed
     apply(stale, "upsert", changes)
     assert rows(other.refresh(), UPSERT_COLUMNS) == [
         ("F1", "O1", "T1", "3", "F", ts(2), "U", False, "b3", 1),
-        ("F1", "O2", "T1", "2", "P", ts(1), "U", False, "b2", 1),
+        ("F1", "O2", "T1", "2", "P", ts(1), "U", False, "b2", 2),
     ]
 
 
@@ -511,26 +510,6 @@ def test_plan_chunks_packs_whole_values_splits_a_large_one_and_keeps_nulls_apart
     assert [chunk[("F2", o)] for o in ("O1", "O2", "O3", "O4")] == [1, 1, 2, 2]
     assert chunk[(None, "O1")] == chunk[("F4", None)] == 3
     assert plan.height == groups.height
-
-
-def test_key_bounds_narrow_to_each_first_value_and_keep_nulls() -> None:
-    changes = pl.DataFrame(
-        {"facility_id": ["F1", "F1", "F2", None], "order_id": ["O3", "O7", None, "O1"]},
-    )
-    bounds = key_bounds(changes, ["facility_id", "order_id"])
-    assert bounds == Or(
-        And(
-            EqualTo("facility_id", "F1"),
-            And(GreaterThanOrEqual("order_id", "O3"), LessThanOrEqual("order_id", "O7")),
-        ),
-        And(EqualTo("facility_id", "F2"), IsNull("order_id")),
-        IsNull("facility_id"),
-    )
-    many = pl.DataFrame({"facility_id": ["F1", "F2", "F3"], "order_id": ["O5", "O1", "O9"]})
-    assert key_bounds(many, ["facility_id", "order_id"], max_terms=2) == And(
-        In("facility_id", ["F1", "F2", "F3"]),
-        And(GreaterThanOrEqual("order_id", "O1"), LessThanOrEqual("order_id", "O9")),
-    )
 
 
 @pytest.mark.parametrize("mode", ["upsert", "scd2"])
@@ -586,3 +565,34 @@ def test_merge_in_chunks_equals_one_merge(tmp_path: Path, partition: str, mode: 
     else:  # every version kept; F1's updated orders close their first version at minute 20
         assert len(expected) == 3 * 6 + 1 + len(changes)
         assert ("F1", "O0", "T1", "v0", "P", ts(0), "U", False, ts(0), ts(20), False, "b1") in expected
+
+
+def test_a_merge_of_many_keys_reads_by_range_and_keeps_every_other_row(tmp_path: Path) -> None:
+    """More keys than pyiceberg's IN limit: files are chosen by the key's range, rows by the key itself,
+    so rows in the range whose key the batch does not have are written back unchanged."""
+    initial = batch("b1", [("F1", f"O{n:04d}", "T1", "old", "P", 1, "U") for n in range(600)], arrived=1)
+    changes = batch(
+        "b2", [("F1", f"O{n:04d}", "T1", "new", "F", 2, "U") for n in range(0, 600, 2)], arrived=2
+    )
+    table = apply(make_table(tmp_path, "upsert", "bucket"), "upsert", initial)
+    files_before = {task.file.file_path for task in table.scan().plan_files()}
+    table = apply(table, "upsert", changes)
+    assert rows(table, ["order_id", "value"]) == [
+        (f"O{n:04d}", "new" if n % 2 == 0 else "old") for n in range(600)
+    ]
+    summary = table.current_snapshot().summary
+    assert summary["deleted-data-files"] == str(len(files_before))  # every bucket holds a touched key
+    assert (summary["deleted-records"], summary["added-records"]) == ("600", "600")
+
+
+def test_a_key_in_two_chunks_is_refused(tmp_path: Path) -> None:
+    table = apply(
+        make_table(tmp_path, "upsert"),
+        "upsert",
+        batch("b1", [("F1", "O1", "T1", "1", "P", 1, "U")], arrived=1),
+    )
+    first = batch("b2", [("F1", "O1", "T1", "2", "P", 2, "U")], arrived=2)
+    second = batch("b2", [("F1", "O1", "T1", "3", "P", 3, "U")], arrived=2)
+    with pytest.raises(ValueError, match="a key is in two chunks of one merge"):
+        merge_chunks(table, [lambda: first, lambda: second], mode="upsert", key=KEY, sequence_by=SEQUENCE)
+    assert rows(table.refresh(), ["order_id", "value"]) == [("O1", "1")]
