@@ -7,8 +7,8 @@ chunk never splits (the first one or two key columns that every unique rule's ke
 per-facility decision needs no such care, because its counts add up over chunks (see `silver/load.py`).
 
 `spill_chunks` reads bronze twice, one data file at a time: first only those columns, typed (a transform or
-a cast may make two raw values one key) and counted per value, from which `tables/merge.py: plan_chunks`
-draws chunks of about `max_rows` whose merge filters never overlap; then every row, appended to the
+a cast may make two raw values one key) and counted per value, from which `silver/merge.py: plan_chunks`
+draws chunks of about `max_rows` that never split a key; then every row, appended to the
 Parquet file of its chunk. Rows stay as bronze has them; each chunk is typed again when its turn comes.
 """
 

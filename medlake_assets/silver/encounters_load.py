@@ -8,10 +8,9 @@ histories, and gives the rows `fold_events` gives over every event folded so far
 Re-folding a batch changes nothing, so a run that failed before marking its batches is simply redone.
 
 Bounded memory: the touched visits are cut into chunks of about `CHUNK_ROWS` new events
-(`silver/merge.py: plan_chunks`, whole visits, filters that never overlap); the new events are read one
-data file at a time into a Parquet file per chunk on local disk, then each chunk is folded, combined with
-the current rows its filter matches and upserted in turn (`merge_chunks` with `combine`), all in one
-commit.
+(`silver/merge.py: plan_chunks`, whole visits); the new events are read one data file at a time into a
+Parquet file per chunk on local disk, then each chunk is folded, combined with the current rows of its
+visits and upserted in turn (`merge_chunks` with `combine`), all in one commit.
 
 Tables from before the fold state: rows without it (a null `_fold_last_at`, as every row of a table that
 lacked the columns reads) cannot be combined. While any exists, a run folds EVERY event of

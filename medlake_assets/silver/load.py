@@ -12,7 +12,7 @@ Bounded memory: the rows are cut into chunks of about `CHUNK_ROWS` on local disk
 never splitting a key or a unique rule's group). Each chunk is typed and checked alone; its rejects and
 passing rows go to disk (rejects as data files of the quarantine table, committed once). A slice's counts
 are sums over chunks, so the gate takes the same decisions as on the whole day at once. Then the passing
-rows of published slices are merged chunk by chunk (`tables/merge.py: merge_chunks`) in one commit.
+rows of published slices are merged chunk by chunk (`silver/merge.py: merge_chunks`) in one commit.
 """
 
 from __future__ import annotations
