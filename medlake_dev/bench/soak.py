@@ -34,6 +34,7 @@ from datetime import UTC, date, datetime
 from multiprocessing import get_context
 from pathlib import Path
 
+import dagster as dg
 import psutil
 from rich.console import Console
 from rich.table import Table
@@ -171,6 +172,7 @@ class SoakResult:
     failed_runs: int
     runs: int
     checks: list[tuple[str, bool, str]]
+    profiles: list[dict]
     load_average: float
     machine: str = ""
 
@@ -190,6 +192,87 @@ def _run_records(workers: Workers) -> list[tuple[float, float | None, str, str]]
         )
         for record in workers.instance().get_run_records()
     ]
+
+
+def run_profiles(workers: Workers) -> list[dict]:
+    """Every run's timeline and steps, from the event log, kept before the soak drops its database.
+
+    Per run: job, status, seconds from created to started (the queue wait and the run process's start),
+    from started to its first step, from started to its end; per step its seconds; per materialization its
+    numeric metadata (counts and seconds only: no record value is ever in metadata).
+    """
+    instance = workers.instance()
+    wanted = {
+        dg.DagsterEventType.RUN_START,
+        dg.DagsterEventType.STEP_START,
+        dg.DagsterEventType.STEP_SUCCESS,
+        dg.DagsterEventType.STEP_FAILURE,
+        dg.DagsterEventType.ASSET_MATERIALIZATION,
+    }
+    profiles = []
+    for record in instance.get_run_records():
+        run = record.dagster_run
+        started = first_step = None
+        steps: dict[str, float] = {}
+        materializations: dict[str, dict[str, float]] = {}
+        for entry in instance.all_logs(run.run_id, of_type=wanted):
+            event = entry.dagster_event
+            if event is None:
+                continue
+            if event.event_type == dg.DagsterEventType.RUN_START:
+                started = entry.timestamp
+            elif event.event_type == dg.DagsterEventType.STEP_START:
+                first_step = min(first_step or entry.timestamp, entry.timestamp)
+            elif event.event_type in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE):
+                duration = getattr(event.event_specific_data, "duration_ms", None)
+                if duration is not None:
+                    steps[event.step_key or "?"] = duration / 1000
+            elif (materialization := entry.asset_materialization) is not None:
+                materializations[materialization.asset_key.to_user_string()] = {
+                    name: value.value
+                    for name, value in materialization.metadata.items()
+                    if isinstance(value.value, int | float) and not isinstance(value.value, bool)
+                }
+        created = record.create_timestamp.timestamp()
+        profiles.append(
+            {
+                "run_id": run.run_id,
+                "job": run.job_name,
+                "status": run.status.value,
+                "created": created,
+                "queued_s": (started - created) if started else None,
+                "startup_s": (first_step - started) if started and first_step else None,
+                "total_s": (record.end_time - started) if started and record.end_time else None,
+                "steps": steps,
+                "materializations": materializations,
+            }
+        )
+    return sorted(profiles, key=lambda profile: profile["created"])
+
+
+QUEUED = "(queued and process start)"
+
+
+def step_table(profiles: Sequence[Mapping]) -> Table:
+    """Where the runs' time went: per step (and per run's queue wait and start-up), total and share."""
+    totals: dict[str, list[float]] = defaultdict(list)
+    for profile in profiles:
+        for name, label in (("queued_s", QUEUED), ("startup_s", "(run start to first step)")):
+            if profile[name] is not None:
+                totals[label].append(profile[name])
+        for step, seconds in profile["steps"].items():
+            totals[step].append(seconds)
+    busy = sum(sum(values) for name, values in totals.items() if name != QUEUED)
+    table = Table(title=f"bench soak: where the run time went ({len(profiles)} runs)")
+    for column in ("step", "runs", "total s", "share of run time", "p50 s", "max s"):
+        table.add_column(column, justify="left" if column == "step" else "right")
+    for name, values in sorted(totals.items(), key=lambda item: -sum(item[1])):
+        share = "" if name == QUEUED else f"{sum(values) / busy:.0%}" if busy else ""
+        table.add_row(
+            name, str(len(values)), f"{sum(values):,.0f}", share,
+            f"{quantile(values, 0.5):.1f}", f"{max(values):.1f}",
+        )  # fmt: skip
+    return table
 
 
 def generate_pool(
@@ -370,6 +453,8 @@ def run_soak(
                 times = {key: at.timestamp() for key, (at, _) in silver_times(workers).items()}
                 ended = time.time()
             runs = _run_records(workers)
+            profiles = run_profiles(workers)
+            (work_dir / f"runs-{datetime.now(UTC):%Y%m%dT%H%M%S}.json").write_text(json.dumps(profiles))
             checks = lake_checks(workers, manifest, set(landed))
         return summarize(
             phases=list(phases),
@@ -384,6 +469,7 @@ def run_soak(
             sampler=sampler,
             window_seconds=window_seconds,
             checks=checks,
+            profiles=profiles,
         )
 
 
@@ -401,6 +487,7 @@ def summarize(
     sampler: ProcessSampler,
     window_seconds: float,
     checks: list[tuple[str, bool, str]],
+    profiles: list[dict],
 ) -> SoakResult:
     """Per-window figures and the targets, from arrival times, silver times, runs and RSS samples."""
     bounds, start = {}, started
@@ -461,6 +548,7 @@ def summarize(
         failed_runs=sum(run[2] == "FAILURE" for run in runs),
         runs=len(runs),
         checks=checks,
+        profiles=profiles,
         load_average=os.getloadavg()[0],
         machine=f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GB",
     )
@@ -522,4 +610,4 @@ def render(result: SoakResult) -> list[Table]:
     rows += result.checks
     for name, passed, measured in rows:
         targets.add_row(name, "[green]met[/green]" if passed else "[red]not met[/red]", measured)
-    return [table, targets]
+    return [table, step_table(result.profiles), targets]
