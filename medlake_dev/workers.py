@@ -8,7 +8,7 @@ storage and the Iceberg catalog are on PostgreSQL, landing, warehouse and quaran
 the production profile with local processes instead of pods.
 
     workers = Workers(settings_env, dagster_home, workers=2)
-    with workers:                       # writes dagster.yaml, starts `dagster-daemon run`
+    with workers:                       # writes dagster.yaml, starts a code server and `dagster-daemon run`
         replay(slice_dir, store, ...)   # puts a generated day slice into landing at an arrival rate
         wait_until_idle(...)            # every archive loaded or quarantined and taken into silver
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -37,6 +38,8 @@ from medlake_assets.lake.objectstore import ObjectStore
 from medlake_assets.lake.settings import PRODUCTION, Settings, load_settings
 
 DAGSTER_PG_URL_ENV = "DAGSTER_PG_URL"
+CODE_MODULE = "medlake_assets.definitions"
+CODE_LOCATION = CODE_MODULE  # the name `dagster-daemon run -m` gave it: runs keep their origin
 PRODUCTION_RATE_PER_HOUR = 3500
 # Runs that still hold or wait for a worker.
 IN_FLIGHT = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
@@ -191,8 +194,48 @@ def ensure_bucket(settings: Settings) -> None:
         client.create_bucket(Bucket=bucket)
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def write_workspace(dagster_home: Path, port: int) -> Path:
+    """The daemon's workspace: the code server on `port`, as production's daemon reaches its user deployment.
+
+    Not `dagster-daemon run -m ...`: a daemon that starts its own code server replaces it every 60 s
+    (to pick up code changes), and each replacement imports and builds the definitions again.
+    """
+    path = dagster_home / "workspace.yaml"
+    location = {"host": "127.0.0.1", "port": port, "location_name": CODE_LOCATION}
+    path.write_text(yaml.safe_dump({"load_from": [{"grpc_server": location}]}, sort_keys=False))
+    return path
+
+
+def wait_for_code_server(process: subprocess.Popen, port: int, log_path: Path, timeout: float = 180) -> None:
+    """Until the code server on `port` serves (it loads the definitions first), or raise if it exits."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while True:
+            if process.poll() is not None:
+                raise WorkersError(f"the code server exited ({process.returncode}); see {log_path}")
+            try:
+                reply = health.Check(health_pb2.HealthCheckRequest(service="DagsterApi"), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise WorkersError(f"the code server did not serve within {timeout:.0f} s; see {log_path}")
+            time.sleep(0.5)
+
+
 class Workers:
-    """`dagster-daemon run` over the medlake definitions with N run workers, as a context manager."""
+    """A code server and `dagster-daemon run` over it with N run workers, as a context manager."""
 
     def __init__(
         self,
@@ -209,27 +252,46 @@ class Workers:
         self.settings = load_settings(self.env)
         self.lake = Lake(self.settings)
         self.log_path = log_path or self.dagster_home / "daemon.log"
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen | None = None  # the daemon
+        self.code_server: subprocess.Popen | None = None
+        self._group: int | None = None
         self._instance: Any = None
         self._saved_url: str | None = None
 
     def start(self) -> Workers:
         write_instance(self.dagster_home, self.workers)
         prepare_lake(self.lake)
-        daemon = Path(sys.executable).with_name("dagster-daemon")
+        port = free_port()
+        workspace = write_workspace(self.dagster_home, port)
+        bin_dir = Path(sys.executable).parent
         with self.log_path.open("ab") as log:
-            # A session of its own: stopping the daemon's process group stops its code server and runs too.
+            # One process group of their own for the code server, the daemon and the runs the code server
+            # starts: stopping the group stops them all, and a terminal's Ctrl-C reaches none directly.
+            self.code_server = subprocess.Popen(
+                [str(bin_dir / "dagster"), "code-server", "start", "-m", CODE_MODULE, "--location-name",
+                 CODE_LOCATION, "-h", "127.0.0.1", "-p", str(port), "--log-level", "warning"],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, process_group=0,
+            )  # fmt: skip
+            self._group = self.code_server.pid
+            wait_for_code_server(self.code_server, port, self.log_path)
             self.process = subprocess.Popen(
-                [str(daemon), "run", "-m", "medlake_assets.definitions"],
+                [str(bin_dir / "dagster-daemon"), "run", "-w", str(workspace)],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
+                process_group=self._group,
             )
         return self
 
     def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return all(
+            process is not None and process.poll() is None for process in (self.process, self.code_server)
+        )
+
+    @property
+    def pids(self) -> list[int]:
+        """The code server's and the daemon's: every run process descends from the code server."""
+        return [process.pid for process in (self.code_server, self.process) if process is not None]
 
     def instance(self) -> Any:
         """The workers' Dagster instance, opened in this process (its dagster.yaml reads DAGSTER_PG_URL)."""
@@ -250,20 +312,21 @@ class Workers:
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM to the daemon's process group (daemon, code server, run workers), SIGKILL if it lingers."""
-        if self.process is None:
+        if self._group is None:
             return
-        group = self.process.pid  # the session leader's pid is its process group id
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
             try:
-                os.killpg(group, sig)
+                os.killpg(self._group, sig)
             except ProcessLookupError:
                 break
             try:
-                self.process.wait(wait)
+                for process in (self.process, self.code_server):
+                    if process is not None:
+                        process.wait(wait)
                 break
             except subprocess.TimeoutExpired:
                 continue
-        self.process = None
+        self.process = self.code_server = self._group = None
         if self._instance is not None:
             self._instance.dispose()
             self._instance = None

@@ -19,6 +19,7 @@ from medlake_assets_tests.lake_helpers import lineage_keys, local_settings, open
 from medlake_assets_tests.postgres import postgres_url
 from medlake_dev.generate import write_feeds
 from medlake_dev.workers import (
+    CODE_LOCATION,
     DAGSTER_PG_URL_ENV,
     Workers,
     ensure_bucket,
@@ -127,6 +128,12 @@ def test_two_workers_match_the_manifest_and_a_sequential_run(
             landed = list(replay(slice_dir, workers.lake.store, rate_per_hour=0))
             state = wait_until_settled(workers, len(landed), timeout_seconds=1200)
             runs = workers.instance().get_runs()
+            assert workers.running(), "the code server or the daemon exited"
+            log = workers.log_path.read_text()
+        # The daemon reached the code server `medlake workers` started, as production's daemon reaches its
+        # user deployment: it never started (and every 60 s replaced) one of its own.
+        assert "No heartbeat received" not in log
+        assert {run.remote_job_origin.location_name for run in runs} == {CODE_LOCATION}
         assert state.pending == 0
         assert {run.status for run in runs} == {dg.DagsterRunStatus.SUCCESS}, "a run failed"
         landing_runs = [run for run in runs if run.job_name == "ingest_landed"]

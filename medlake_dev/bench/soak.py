@@ -84,8 +84,8 @@ def arrival_plan(phases: Sequence[Phase]) -> list[tuple[float, str]]:
 class ProcessSampler:
     """Samples the RSS of a process group (the daemon, its code server, the run workers) every second."""
 
-    def __init__(self, root_pid: int, interval: float = 1.0):
-        self.root_pid = root_pid
+    def __init__(self, root_pids: Sequence[int], interval: float = 1.0):
+        self.root_pids = list(root_pids)
         self.interval = interval
         self.samples: list[tuple[float, str, int, int]] = []  # (time, kind, pid, rss bytes)
         self._stop = threading.Event()
@@ -96,7 +96,7 @@ class ProcessSampler:
         command = " ".join(process.cmdline())
         if "dagster-daemon" in command:
             return "daemon"
-        if "api grpc" in command or "dagster._grpc" in command:
+        if "api grpc" in command or "code-server" in command or "dagster._grpc" in command:
             return "code server"
         if "multiprocessing" in command or "execute_run" in command:
             return "run worker"
@@ -105,11 +105,13 @@ class ProcessSampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             now = time.time()
-            try:
-                root = psutil.Process(self.root_pid)
-                processes = [root, *root.children(recursive=True)]
-            except psutil.Error:
-                processes = []
+            processes = []
+            for pid in self.root_pids:
+                try:
+                    root = psutil.Process(pid)
+                    processes += [root, *root.children(recursive=True)]
+                except psutil.Error:
+                    continue
             for process in processes:
                 try:
                     self.samples.append((now, self.kind(process), process.pid, process.memory_info().rss))
@@ -425,8 +427,7 @@ def run_soak(
         landed: dict[str, float] = {}
         phase_of: dict[str, str] = {}
         with workers:
-            assert workers.process is not None
-            with ProcessSampler(workers.process.pid).watch() as sampler:
+            with ProcessSampler(workers.pids).watch() as sampler:
                 started = time.time()
                 last_report = started
                 for (offset, phase), key in zip(plan, keys, strict=False):
