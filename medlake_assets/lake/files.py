@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import uuid
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import polars as pl
 import pyarrow as pa
@@ -44,13 +44,16 @@ def scan_batches(
         yield from reader.to_record_batches([task])
 
 
-def read_whole_files(table: Table, row_filter: BooleanExpression) -> Iterator[tuple[DataFile, pa.Table]]:
-    """Each data file that `row_filter` may match (by partition and column metrics) with ALL its rows,
-    one file at a time: what a copy-on-write rewrite of the file starts from."""
+def read_whole_files(
+    table: Table, row_filter: BooleanExpression, wanted: Callable[[DataFile], bool] | None = None
+) -> Iterator[tuple[DataFile, pa.Table]]:
+    """Each data file that `row_filter` may match (by partition and column metrics) and `wanted` keeps, with
+    ALL its rows, one file at a time: what a copy-on-write rewrite of the file starts from."""
     scan = table.scan(row_filter=row_filter)
     reader = ArrowScan(scan.table_metadata, scan.io, scan.table_metadata.schema(), ALL_ROWS)
     for task in scan.plan_files():
-        yield task.file, reader.to_table([task])
+        if wanted is None or wanted(task.file):
+            yield task.file, reader.to_table([task])
 
 
 def scan_frames(

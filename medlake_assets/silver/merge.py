@@ -36,6 +36,7 @@ from typing import Literal
 
 import polars as pl
 import pyarrow.parquet as pq
+from pyiceberg.conversions import from_bytes
 from pyiceberg.expressions import (
     AlwaysFalse,
     And,
@@ -48,7 +49,9 @@ from pyiceberg.expressions import (
 )
 from pyiceberg.expressions.visitors import IN_PREDICATE_LIMIT
 from pyiceberg.manifest import DataFile
+from pyiceberg.schema import Schema
 from pyiceberg.table import Table
+from pyiceberg.types import IntegerType, LongType, NestedField, StringType
 
 from medlake_assets.errors import MedlakeError
 from medlake_assets.lake.columns import DELETED, IS_CURRENT, SCD2_COLUMNS, TIE_BREAK, VALID_FROM, VALID_TO
@@ -405,7 +408,8 @@ def _stage_merge(
             delete_marker=delete_marker,
         )
         del changes, current
-        staged.write_frame(merged)
+        # Sorted by key: each file written covers a narrow key range, which `key_bounds_check` prunes by.
+        staged.write_frame(merged.sort(key, nulls_last=True, maintain_order=True))
     return scope, replaced
 
 
@@ -442,17 +446,18 @@ def _split_current(
     staged: StagedFiles,
     scratch: Path,
 ) -> list[DataFile]:
-    """Read each data file `scope` may match once: its rows of the batch's keys go to their chunk's file
-    in `scratch`, the rest is staged again as it is. Returns the files that held any such row."""
+    """Read each data file `scope` may match, and whose key bounds may hold a key of the batch, once: its
+    rows of the batch's keys go to their chunk's file in `scratch`, the rest is staged again as it is.
+    Returns the files that held any such row."""
     replaced: list[DataFile] = []
     writers: dict[int, pq.ParquetWriter] = {}
-    lookup: pl.DataFrame | None = None
+    types = pl.from_arrow(table.schema().as_arrow().empty_table()).schema
+    lookup = keys.with_columns(pl.col(name).cast(types[name]) for name in key)
+    may_hold = key_bounds_check(table.schema(), lookup, key)
     try:
-        for data_file, rows in read_whole_files(table, scope):
+        for data_file, rows in read_whole_files(table, scope, may_hold):
             frame = pl.from_arrow(rows)
             del rows
-            if lookup is None:  # the keys in the table's types, once
-                lookup = keys.with_columns(pl.col(name).cast(frame.schema[name]) for name in key)
             routed = frame.join(lookup, on=list(key), how="left", nulls_equal=True)
             hit = pl.col(_CHUNK).is_not_null()
             touched = routed.filter(hit)
@@ -470,6 +475,53 @@ def _split_current(
         for writer in writers.values():
             writer.close()
     return replaced
+
+
+_BOUNDED_TYPES = (StringType, IntegerType, LongType)
+
+
+def key_bounds_check(schema: Schema, keys: pl.DataFrame, key: Sequence[str]) -> Callable[[DataFile], bool]:
+    """Whether a data file may hold one of `keys` (in the table's types), from the file's lower and upper
+    bounds of the key columns: a file none of the batch's keys falls within need not be read.
+
+    Order, visit and document numbers grow with time, so a batch's new keys lie above the ranges of the
+    files written before (merged rows are written sorted by key): a merge then reads the files its keys
+    fall in, not every file of the partitions it touches. Exact: bounds are inclusive (a truncated string
+    bound still encloses its values), and a key column with a null key or without bounds is not used.
+    """
+    fields = [schema.find_field(name) for name in key]
+    usable = [
+        field
+        for field in fields
+        if isinstance(field.field_type, _BOUNDED_TYPES) and keys.get_column(field.name).null_count() == 0
+    ]
+    if not usable or keys.is_empty():
+        return lambda _data_file: True
+    ordered = keys.select(field.name for field in usable).sort(usable[0].name)
+    first = ordered.get_column(usable[0].name)
+
+    def bounds(data_file: DataFile, field: NestedField) -> tuple[object, object] | None:
+        lower = (data_file.lower_bounds or {}).get(field.field_id)
+        upper = (data_file.upper_bounds or {}).get(field.field_id)
+        if lower is None or upper is None:
+            return None
+        return from_bytes(field.field_type, lower), from_bytes(field.field_type, upper)
+
+    def may_hold(data_file: DataFile) -> bool:
+        candidates = ordered
+        if (head := bounds(data_file, usable[0])) is not None:
+            start = first.search_sorted(head[0], side="left")
+            end = first.search_sorted(head[1], side="right")
+            candidates = ordered.slice(start, end - start)
+        for field in usable[1:]:
+            if candidates.is_empty():
+                break
+            if (limits := bounds(data_file, field)) is not None:
+                lower, upper = (pl.lit(limit) for limit in limits)  # a string alone would name a column
+                candidates = candidates.filter(pl.col(field.name).is_between(lower, upper, closed="both"))
+        return not candidates.is_empty()
+
+    return may_hold
 
 
 def merge_into(

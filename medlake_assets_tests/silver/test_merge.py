@@ -32,6 +32,7 @@ from medlake_assets.silver.merge import (
     MergeConflictError,
     append,
     archive_filter,
+    key_bounds_check,
     merge_chunks,
     merge_into,
     merge_scope,
@@ -596,3 +597,53 @@ def test_a_key_in_two_chunks_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="a key is in two chunks of one merge"):
         merge_chunks(table, [lambda: first, lambda: second], mode="upsert", key=KEY, sequence_by=SEQUENCE)
     assert rows(table.refresh(), ["order_id", "value"]) == [("O1", "1")]
+
+
+def _keys(orders: Sequence[str], facility: str | None = "F1") -> pl.DataFrame:
+    count = len(orders)
+    columns = {"facility_id": [facility] * count, "order_id": list(orders), "test_code": ["T1"] * count}
+    return pl.DataFrame(columns, schema={name: pl.String for name in columns})
+
+
+def _orders(start: int, stop: int, value: str, minute: int) -> list[tuple]:
+    return [("F1", f"O{n:04d}", "T1", value, "P", minute, "U") for n in range(start, stop)]
+
+
+def test_key_bounds_skip_files_whose_range_the_new_keys_miss(tmp_path: Path) -> None:
+    """Orders grow with time: after two batches, a batch of new orders and one late correction needs only
+    the file holding the corrected order; the first batch's file is neither read nor replaced."""
+    table = apply(make_table(tmp_path, "upsert"), "upsert", batch("b1", _orders(0, 100, "v1", 1), arrived=1))
+    (first,) = [task.file for task in table.scan().plan_files()]
+    table = apply(table, "upsert", batch("b2", _orders(100, 200, "v2", 2), arrived=2))
+    files = {task.file.file_path: task.file for task in table.scan().plan_files()}
+    assert first.file_path in files  # new orders left the first file alone
+    (second,) = [data_file for path, data_file in files.items() if path != first.file_path]
+
+    new = [f"O{n:04d}" for n in range(200, 250)]
+    may_hold = key_bounds_check(table.schema(), _keys(["O0150", *new]), KEY)
+    assert (may_hold(first), may_hold(second)) == (False, True)
+    assert not key_bounds_check(table.schema(), _keys(new), KEY)(second)  # above every range
+    assert not key_bounds_check(table.schema(), _keys(["O0150"], "F2"), KEY)(second)  # another facility
+
+    correction = [("F1", "O0150", "T1", "v3", "F", 3, "U")]
+    table = apply(table, "upsert", batch("b3", correction + _orders(200, 250, "v3", 3), arrived=3))
+    kept = {task.file.file_path for task in table.scan().plan_files()}
+    assert first.file_path in kept and second.file_path not in kept
+    summary = table.current_snapshot().summary
+    assert (summary["deleted-data-files"], summary["deleted-records"]) == ("1", "100")
+    assert rows(table, ["order_id", "value"]) == [
+        (f"O{n:04d}", "v1" if n < 100 else "v3" if n == 150 or n >= 200 else "v2") for n in range(250)
+    ]
+
+
+def test_key_bounds_never_skip_a_file_holding_a_key(tmp_path: Path) -> None:
+    """Keys longer than the 16 characters string bounds keep, and a batch key with a null column: the file
+    holding a key is always read."""
+    long = [f"ORDER-FROM-A-LONG-SYSTEM-{n:05d}" for n in range(50)]
+    rows_ = [("F1", order, "T1", "v", "P", 1, "U") for order in long]
+    table = apply(make_table(tmp_path, "upsert", "none"), "upsert", batch("b1", rows_, arrived=1))
+    (data_file,) = [task.file for task in table.scan().plan_files()]
+    for order in long:
+        assert key_bounds_check(table.schema(), _keys([order]), KEY)(data_file), order
+    assert key_bounds_check(table.schema(), _keys([long[7]], None), KEY)(data_file)  # facility not used
+    assert not key_bounds_check(table.schema(), _keys(["ORDER-FROM-B"]), KEY)(data_file)
