@@ -240,6 +240,29 @@ def bench_merge(
     Console().print(outcome)
 
 
+@bench_app.command("merge-day")
+def bench_merge_day(
+    batches: int = 24,
+    orders: Annotated[int, typer.Option(help="New orders per batch (5 results each)")] = 20_000,
+    facilities: int = 20,
+    buckets: Annotated[int, typer.Option(help="bucket(N, facility_id), as silver.lab_results")] = 16,
+    window: Annotated[int, typer.Option(help="Batches averaged at each end for the last/first ratio")] = 3,
+    work_dir: Annotated[Path | None, typer.Option(help="Scratch folder (default: a temp dir)")] = None,
+) -> None:
+    """Upsert a day of lab_results batches in arrival order into one table; time each merge as it grows."""
+    from medlake_dev.bench.merge import run_day_benchmark
+
+    outcome = run_day_benchmark(
+        batches=batches,
+        orders=orders,
+        facilities=facilities,
+        buckets=buckets,
+        window=window,
+        work_dir=work_dir,
+    )
+    Console().print(outcome)
+
+
 @bench_app.command("encounters")
 def bench_encounters(
     batches: int = 20,

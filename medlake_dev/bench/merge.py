@@ -106,7 +106,8 @@ def _rows(
     return frame.select(
         pl.concat_str(pl.lit("FAC"), facility).alias("facility_id"),
         pl.concat_str(pl.lit("PAT"), (pl.col("order") // 3).cast(pl.String)).alias("patient_id"),
-        pl.concat_str(pl.lit("ORD"), pl.col("order").cast(pl.String)).alias("order_id"),
+        # Zero-padded: order numbers that grow with time also sort with time, as EMR order numbers do.
+        pl.concat_str(pl.lit("ORD"), pl.col("order").cast(pl.String).str.zfill(10)).alias("order_id"),
         pl.lit(pl.Series(LOINC)).gather(pl.col("i") % TESTS_PER_ORDER).alias("test_code"),
         pl.lit("Glucose").alias("test_name"),
         ((hashed % 2000).cast(pl.Float64) / 10).round(1).cast(pl.String).alias("value"),
@@ -177,10 +178,11 @@ def _catalog(work: Path):
     return catalog
 
 
-def _create_table(work: Path, name: str, initial: pl.DataFrame):
+def _create_table(work: Path, name: str, initial: pl.DataFrame, buckets: int = 0):
+    """The table, partitioned by facility_id: identity, or `buckets` hash buckets as lab_results' spec."""
     from pyiceberg.partitioning import PartitionField, PartitionSpec
     from pyiceberg.schema import Schema
-    from pyiceberg.transforms import IdentityTransform
+    from pyiceberg.transforms import BucketTransform, IdentityTransform
     from pyiceberg.types import BooleanType, DateType, LongType, NestedField, StringType, TimestamptzType
 
     kinds = {pl.String: StringType(), pl.Int64: LongType(), pl.Date: DateType(), pl.Boolean: BooleanType()}
@@ -191,7 +193,10 @@ def _create_table(work: Path, name: str, initial: pl.DataFrame):
     schema = Schema(
         *[NestedField(i, column, kind, required=False) for i, (column, kind) in enumerate(fields, 1)]
     )
-    spec = PartitionSpec(PartitionField(1, 1000, IdentityTransform(), "facility_id"))
+    transform = BucketTransform(buckets) if buckets else IdentityTransform()
+    spec = PartitionSpec(
+        PartitionField(1, 1000, transform, f"facility_id_bucket_{buckets}" if buckets else "facility_id")
+    )
     table = _catalog(work).create_table(
         f"silver.{name}",
         schema=schema,
@@ -329,6 +334,117 @@ def run_merge_benchmark(
         baseline_timed_out=timed_out,
         baseline_limit_seconds=baseline_limit_seconds,
     )
+
+
+@dataclass
+class DayRun:
+    table_rows: int
+    changes: int
+    replaced_files: int
+    seconds: float
+
+
+@dataclass
+class MergeDay:
+    """`medlake bench merge-day`: each batch's merge time as the day's table grows."""
+
+    runs: list[DayRun]
+    window: int
+    orders: int
+    facilities: int
+    buckets: int
+
+    @property
+    def ratio(self) -> float:
+        first = sum(run.seconds for run in self.runs[: self.window])
+        return sum(run.seconds for run in self.runs[-self.window :]) / first
+
+    def __rich__(self) -> RichTable:
+        table = RichTable(
+            title=f"medlake bench merge-day: {len(self.runs)} batches of {self.orders:,} new orders "
+            f"({TESTS_PER_ORDER} tests each) and final results of a fifth of the previous batch's orders, "
+            f"{self.facilities} facilities in bucket({self.buckets}, facility_id); last/first "
+            f"{self.window} = {self.ratio:.2f}x"
+        )
+        for column in ("batch", "table rows before", "changes", "data files replaced", "merge s"):
+            table.add_column(column, justify="right")
+        for number, run in enumerate(self.runs, 1):
+            table.add_row(
+                str(number),
+                f"{run.table_rows:,}",
+                f"{run.changes:,}",
+                str(run.replaced_files),
+                f"{run.seconds:.2f}",
+            )
+        table.add_row(
+            "total",
+            "",
+            f"{sum(r.changes for r in self.runs):,}",
+            "",
+            f"{sum(r.seconds for r in self.runs):.1f}",
+        )
+        return table
+
+
+def day_batch(number: int, orders: int, facilities: int, seed: int) -> pl.DataFrame:
+    """Batch `number` of a day in arrival order: `orders` new orders, numbered on from the last batch's,
+    with preliminary results, and the final results of a fifth of the previous batch's orders (by hash)."""
+    rows = orders * TESTS_PER_ORDER
+
+    def results(start: int, stop: int) -> pl.DataFrame:
+        frame = pl.DataFrame({"i": pl.int_range(max(start, 0), stop, dtype=pl.Int64, eager=True)})
+        return frame.with_columns((pl.col("i") // TESTS_PER_ORDER).alias("order"))
+
+    new = results(number * rows, (number + 1) * rows).with_columns(pl.lit("P").alias("status"))
+    final = results((number - 1) * rows, number * rows).filter(pl.col("order").hash(seed) % 5 == 0)
+    frame = pl.concat([new, final.with_columns(pl.lit("F").alias("status"))])
+    batch = _rows(
+        frame.select("i", "order"),
+        facilities,
+        seed,
+        status=frame["status"],
+        batch=f"batch-{number}",
+        minutes=pl.lit(number * 10),
+    )
+    return batch.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("_record"))
+
+
+def run_day_benchmark(
+    batches: int = 24,
+    orders: int = 20_000,
+    facilities: int = 20,
+    buckets: int = 16,
+    window: int = 3,
+    seed: int = 7,
+    work_dir: Path | None = None,
+) -> MergeDay:
+    """Merge `batches` batches of one day, in arrival order, into one silver table; time each merge."""
+    from medlake_assets.silver.merge import merge_into
+
+    work = Path(work_dir or tempfile.mkdtemp(prefix="medlake-bench-merge-day-"))
+    work.mkdir(parents=True, exist_ok=True)
+    empty = day_batch(0, 1, facilities, seed).head(0).with_columns(pl.lit(False).alias("_deleted"))
+    table = _create_table(work, "lab_results_day", empty, buckets)
+    runs = []
+    for number in range(batches):
+        changes = day_batch(number, orders, facilities, seed)
+        snapshot = table.current_snapshot()
+        rows = int(snapshot.summary.get("total-records") or 0) if snapshot else 0
+        started = time.perf_counter()
+        table = merge_into(
+            table,
+            changes,
+            mode="upsert",
+            key=KEY,
+            sequence_by=SEQUENCE,
+            sequence_ranks=RANKS,
+            delete_marker=DELETE_MARKER,
+            snapshot_properties={"medlake.batch": f"batch-{number}"},
+        )
+        seconds = time.perf_counter() - started
+        replaced = int(table.current_snapshot().summary.get("deleted-data-files") or 0)
+        runs.append(DayRun(rows, len(changes), replaced, seconds))
+    return MergeDay(runs, window, orders, facilities, buckets)
 
 
 class _Quiet:

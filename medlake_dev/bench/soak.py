@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 import threading
 import time
@@ -194,6 +195,19 @@ def _run_records(workers: Workers) -> list[tuple[float, float | None, str, str]]
         )
         for record in workers.instance().get_run_records()
     ]
+
+
+_CUT = re.compile(r"_(\d{6})_(\d+)\.[^/]*$")  # `<source>_<facility>_<HHMMSS>_<index>.zip`
+
+
+def cut_order(key: str) -> tuple[str, str]:
+    """An archive's place in the feed: the time of day its facility cut it (from its generated name).
+
+    Feeds land in the order they are cut, facilities interleaved; a uniform shuffle of the day would land
+    late-evening archives first, so that every batch held orders from all over the day, which no feed does.
+    """
+    match = _CUT.search(key)
+    return (match.group(1) if match else "", key)
 
 
 def run_profiles(workers: Workers) -> list[dict]:
@@ -400,10 +414,7 @@ def run_soak(
             pool_dir, archives=len(plan), facilities=facilities, seed=seed, size_scale=size_scale, day=today
         )
     console.print(f"{len(paths)} archives ready in {time.perf_counter() - started:.0f} s")
-    import random
-
-    keys = sorted(paths)
-    random.Random(0).shuffle(keys)  # facilities interleaved, as production arrivals are
+    keys = sorted(paths, key=cut_order)
     with (
         s3_endpoint(os.environ.get("MEDLAKE_S3_ENDPOINT_URL")) as endpoint,
         scratch_database(postgres_url, "medlake_soak") as database_url,

@@ -1,0 +1,46 @@
+"""The soak's arrival order and the merge-day benchmark's batches: the parts that decide what they measure."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import polars as pl
+
+from medlake_dev.bench.merge import KEY, _catalog, day_batch, run_day_benchmark
+from medlake_dev.bench.soak import cut_order
+from medlake_dev.generate import write_feeds
+
+
+def test_the_soak_lands_archives_in_the_order_their_facilities_cut_them(
+    tmp_path: Path, archive_password: str
+) -> None:
+    manifest = write_feeds(
+        tmp_path, facilities=4, archives=40, seed=3, day=date(2026, 11, 20), size_scale=0.01
+    )
+    keys = sorted((archive["key"] for archive in manifest["archives"]), key=cut_order)
+    cut_times = [cut_order(key)[0] for key in keys]
+    assert all(cut_times) and cut_times == sorted(cut_times)
+    # Facilities interleave: the first ten arrivals already come from more than one facility.
+    assert len({key.split("/")[5] for key in keys[:10]}) > 1
+
+
+def test_merge_day_batches_number_orders_on_and_finalise_a_fifth_of_the_last_batch() -> None:
+    first, second = day_batch(0, 100, 4, seed=7), day_batch(1, 100, 4, seed=7)
+    assert first.height == 500 and set(first["result_status"]) == {"P"}
+    new = second.filter(pl.col("result_status") == "P")
+    final = second.filter(pl.col("result_status") == "F")
+    assert new["order_id"].min() > first["order_id"].max()  # numbered on, and sortable as text
+    assert set(final["order_id"]) < set(first["order_id"])
+    assert 50 <= final.height <= 150  # about a fifth of 100 orders, 5 results each
+    assert not second.select(KEY).is_duplicated().any()
+
+
+def test_merge_day_keeps_one_row_per_key_and_the_final_results(tmp_path: Path) -> None:
+    outcome = run_day_benchmark(batches=3, orders=200, facilities=4, buckets=2, window=1, work_dir=tmp_path)
+    assert [run.table_rows for run in outcome.runs] == [0, 1000, 2000]
+    rows = pl.from_arrow(_catalog(tmp_path).load_table("silver.lab_results_day").scan().to_arrow())
+    assert rows.height == 3000 and not rows.select(KEY).is_duplicated().any()
+    finals = day_batch(1, 200, 4, seed=7).filter(pl.col("result_status") == "F").height
+    finals += day_batch(2, 200, 4, seed=7).filter(pl.col("result_status") == "F").height
+    assert rows.filter(pl.col("result_status") == "F").height == finals
