@@ -217,12 +217,10 @@ def _merge_child(work: str, name: str, changes_path: str) -> MergeRun:
         return _merge(work, name, changes_path, rss)
 
 
-def _merge(work: str, name: str, changes_path: str, rss) -> MergeRun:
+def _timed_upsert(table, changes: pl.DataFrame, batch: str):
+    """`merge_into` as silver.lab_results runs it; returns the refreshed table and the seconds it took."""
     from medlake_assets.silver.merge import merge_into
 
-    table = _catalog(Path(work)).load_table(f"silver.{name}")
-    changes = pl.read_parquet(changes_path)
-    rows = int(table.current_snapshot().summary["total-records"])
     started = time.perf_counter()
     table = merge_into(
         table,
@@ -232,9 +230,16 @@ def _merge(work: str, name: str, changes_path: str, rss) -> MergeRun:
         sequence_by=SEQUENCE,
         sequence_ranks=RANKS,
         delete_marker=DELETE_MARKER,
-        snapshot_properties={"medlake.batch": "batch-1"},
+        snapshot_properties={"medlake.batch": batch},
     )
-    seconds = time.perf_counter() - started
+    return table, time.perf_counter() - started
+
+
+def _merge(work: str, name: str, changes_path: str, rss) -> MergeRun:
+    table = _catalog(Path(work)).load_table(f"silver.{name}")
+    changes = pl.read_parquet(changes_path)
+    rows = int(table.current_snapshot().summary["total-records"])
+    table, seconds = _timed_upsert(table, changes, "batch-1")
     return MergeRun(
         rows=rows,
         changes=len(changes),
@@ -419,8 +424,6 @@ def run_day_benchmark(
     work_dir: Path | None = None,
 ) -> MergeDay:
     """Merge `batches` batches of one day, in arrival order, into one silver table; time each merge."""
-    from medlake_assets.silver.merge import merge_into
-
     work = Path(work_dir or tempfile.mkdtemp(prefix="medlake-bench-merge-day-"))
     work.mkdir(parents=True, exist_ok=True)
     empty = day_batch(0, 1, facilities, seed).head(0).with_columns(pl.lit(False).alias("_deleted"))
@@ -430,18 +433,7 @@ def run_day_benchmark(
         changes = day_batch(number, orders, facilities, seed)
         snapshot = table.current_snapshot()
         rows = int(snapshot.summary.get("total-records") or 0) if snapshot else 0
-        started = time.perf_counter()
-        table = merge_into(
-            table,
-            changes,
-            mode="upsert",
-            key=KEY,
-            sequence_by=SEQUENCE,
-            sequence_ranks=RANKS,
-            delete_marker=DELETE_MARKER,
-            snapshot_properties={"medlake.batch": f"batch-{number}"},
-        )
-        seconds = time.perf_counter() - started
+        table, seconds = _timed_upsert(table, changes, f"batch-{number}")
         replaced = int(table.current_snapshot().summary.get("deleted-data-files") or 0)
         runs.append(DayRun(rows, len(changes), replaced, seconds))
     return MergeDay(runs, window, orders, facilities, buckets)
