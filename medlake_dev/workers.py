@@ -273,7 +273,11 @@ class Workers:
                 env=self.env, stdout=log, stderr=subprocess.STDOUT, process_group=0,
             )  # fmt: skip
             self._group = self.code_server.pid
-            wait_for_code_server(self.code_server, port, self.log_path)
+            try:
+                wait_for_code_server(self.code_server, port, self.log_path)
+            except WorkersError:
+                self.stop()  # `with` calls no __exit__ when __enter__ raises: leave no code server behind
+                raise
             self.process = subprocess.Popen(
                 [str(bin_dir / "dagster-daemon"), "run", "-w", str(workspace)],
                 env=self.env,
@@ -311,7 +315,7 @@ class Workers:
         return self.instance().get_runs_count(filters=dg.RunsFilter(statuses=statuses))
 
     def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM to the daemon's process group (daemon, code server, run workers), SIGKILL if it lingers."""
+        """SIGTERM to the workers' process group (code server, daemon, run workers), SIGKILL if it lingers."""
         if self._group is None:
             return
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):

@@ -390,9 +390,10 @@ def _stage_merge(
     if keys.is_empty():
         return AlwaysFalse(), []
     scope = merge_scope(keys, partition_by_of(table), key)
-    replaced = _split_current(table, scope, keys, key, staged, scratch)
-    merge = upsert if mode == "upsert" else scd2
     empty = pl.from_arrow(table.schema().as_arrow().empty_table())
+    lookup = keys.with_columns(pl.col(name).cast(empty.schema[name]) for name in key)  # the table's types
+    replaced = _split_current(table, scope, lookup, key, staged, scratch)
+    merge = upsert if mode == "upsert" else scd2
     for number in keys.get_column(_CHUNK).unique().sort().to_list():
         changes = pl.read_parquet(scratch / f"changes-{number}.parquet")
         path = scratch / f"current-{number}.parquet"
@@ -441,18 +442,16 @@ def _spill_changes(chunks: Sequence[Chunk], key: Sequence[str], scratch: Path) -
 def _split_current(
     table: Table,
     scope: BooleanExpression,
-    keys: pl.DataFrame,
+    lookup: pl.DataFrame,
     key: Sequence[str],
     staged: StagedFiles,
     scratch: Path,
 ) -> list[DataFile]:
     """Read each data file `scope` may match, and whose key bounds may hold a key of the batch, once: its
-    rows of the batch's keys go to their chunk's file in `scratch`, the rest is staged again as it is.
-    Returns the files that held any such row."""
+    rows of the batch's keys (`lookup`, in the table's types, with their chunk) go to their chunk's file in
+    `scratch`, the rest is staged again as it is. Returns the files that held any such row."""
     replaced: list[DataFile] = []
     writers: dict[int, pq.ParquetWriter] = {}
-    types = pl.from_arrow(table.schema().as_arrow().empty_table()).schema
-    lookup = keys.with_columns(pl.col(name).cast(types[name]) for name in key)
     may_hold = key_bounds_check(table.schema(), lookup, key)
     try:
         for data_file, rows in read_whole_files(table, scope, may_hold):

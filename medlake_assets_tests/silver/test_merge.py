@@ -26,6 +26,7 @@ from pyiceberg.transforms import BucketTransform, DayTransform, IdentityTransfor
 from pyiceberg.types import IcebergType, NestedField, StringType, TimestamptzType
 
 from medlake_assets.ingest.bronze import LINEAGE as BRONZE_LINEAGE
+from medlake_assets.lake import files as lake_files
 from medlake_assets.lake.columns import MERGE_COLUMNS
 from medlake_assets.lake.partitions import partition_by_of, touched_partitions
 from medlake_assets.silver.merge import (
@@ -605,11 +606,13 @@ def _keys(orders: Sequence[str], facility: str | None = "F1") -> pl.DataFrame:
     return pl.DataFrame(columns, schema={name: pl.String for name in columns})
 
 
-def _orders(start: int, stop: int, value: str, minute: int) -> list[tuple]:
-    return [("F1", f"O{n:04d}", "T1", value, "P", minute, "U") for n in range(start, stop)]
+def _orders(start: int, stop: int, value: str, minute: int, facility: str = "F1") -> list[tuple]:
+    return [(facility, f"O{n:04d}", "T1", value, "P", minute, "U") for n in range(start, stop)]
 
 
-def test_key_bounds_skip_files_whose_range_the_new_keys_miss(tmp_path: Path) -> None:
+def test_key_bounds_skip_files_whose_range_the_new_keys_miss(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Orders grow with time: after two batches, a batch of new orders and one late correction needs only
     the file holding the corrected order; the first batch's file is neither read nor replaced."""
     table = apply(make_table(tmp_path, "upsert"), "upsert", batch("b1", _orders(0, 100, "v1", 1), arrived=1))
@@ -625,8 +628,19 @@ def test_key_bounds_skip_files_whose_range_the_new_keys_miss(tmp_path: Path) -> 
     assert not key_bounds_check(table.schema(), _keys(new), KEY)(second)  # above every range
     assert not key_bounds_check(table.schema(), _keys(["O0150"], "F2"), KEY)(second)  # another facility
 
+    read: list[str] = []
+
+    def recording(*args, **kwargs):
+        for data_file, rows_ in lake_files.read_whole_files(*args, **kwargs):
+            read.append(data_file.file_path)
+            yield data_file, rows_
+
+    monkeypatch.setattr("medlake_assets.silver.merge.read_whole_files", recording)
     correction = [("F1", "O0150", "T1", "v3", "F", 3, "U")]
-    table = apply(table, "upsert", batch("b3", correction + _orders(200, 250, "v3", 3), arrived=3))
+    # Two facilities: the merge's scope names facilities only, so pyiceberg plans both of F1's files.
+    new_orders = _orders(200, 250, "v3", 3, facility="F2")
+    table = apply(table, "upsert", batch("b3", correction + new_orders, arrived=3))
+    assert read == [second.file_path]  # the merge read only the file the correction is in
     kept = {task.file.file_path for task in table.scan().plan_files()}
     assert first.file_path in kept and second.file_path not in kept
     summary = table.current_snapshot().summary
