@@ -27,7 +27,7 @@ import pyarrow as pa
 from pyiceberg.expressions import AlwaysFalse, AlwaysTrue, BooleanExpression
 from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files
 from pyiceberg.manifest import DataFile
-from pyiceberg.table import Table
+from pyiceberg.table import FileScanTask, Table
 
 from medlake_assets.lake.commits import CONFLICTS, REDO_ATTEMPTS, wait_before_redo
 
@@ -44,16 +44,28 @@ def scan_batches(
         yield from reader.to_record_batches([task])
 
 
-def read_whole_files(
+FileReader = Callable[[Sequence[str] | None], pa.Table]
+"""Reads one planned data file: all its rows, of every column or only of the named ones."""
+
+
+def planned_files(
     table: Table, row_filter: BooleanExpression, wanted: Callable[[DataFile], bool] | None = None
-) -> Iterator[tuple[DataFile, pa.Table]]:
+) -> Iterator[tuple[DataFile, FileReader]]:
     """Each data file that `row_filter` may match (by partition and column metrics) and `wanted` keeps, with
-    ALL its rows, one file at a time: what a copy-on-write rewrite of the file starts from."""
+    a reader of ALL its rows (no row filter): what a copy-on-write rewrite of the file starts from. Nothing
+    is read until the reader is called, so a caller can read a few columns first and the rest only if needed.
+    """
     scan = table.scan(row_filter=row_filter)
-    reader = ArrowScan(scan.table_metadata, scan.io, scan.table_metadata.schema(), ALL_ROWS)
+    schema = scan.table_metadata.schema()
     for task in scan.plan_files():
-        if wanted is None or wanted(task.file):
-            yield task.file, reader.to_table([task])
+        if wanted is not None and not wanted(task.file):
+            continue
+
+        def read(columns: Sequence[str] | None = None, task: FileScanTask = task) -> pa.Table:
+            projection = schema if columns is None else schema.select(*columns)
+            return ArrowScan(scan.table_metadata, scan.io, projection, ALL_ROWS).to_table([task])
+
+        yield task.file, read
 
 
 def scan_frames(

@@ -4,8 +4,9 @@ A batch of typed change rows (declared columns plus lineage) is merged with the 
 its keys, and the result replaces exactly the data files that held those rows, in one commit:
 
     scope = merge_scope(keys, partition_by, key)       # the partitions and key values or ranges touched
-    for each data file scope may match, read once:     # rows of the batch's keys -> their chunk
-        staged += the file's other rows, if it had any of the batch's keys; replaced += the file
+    for each data file scope and key bounds may match:  # key columns first; whole if replaced
+        replaced += the file if it holds a batch key, or is small beside other small files of its partition
+        its rows of the batch's keys -> their chunk; staged += its other rows (all replaced files together)
     for each chunk: staged += upsert(current rows of its keys, its changes)   # or scd2(...)
     one overwrite snapshot: remove `replaced`, add `staged` (pyiceberg checks `scope` for conflicts)
 
@@ -30,11 +31,13 @@ Modes:
 from __future__ import annotations
 
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 from pyiceberg.conversions import from_bytes
 from pyiceberg.expressions import (
@@ -51,12 +54,13 @@ from pyiceberg.expressions.visitors import IN_PREDICATE_LIMIT
 from pyiceberg.manifest import DataFile
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
+from pyiceberg.typedef import Record
 from pyiceberg.types import IntegerType, LongType, NestedField, StringType
 
 from medlake_assets.errors import MedlakeError
 from medlake_assets.lake.columns import DELETED, IS_CURRENT, SCD2_COLUMNS, TIE_BREAK, VALID_FROM, VALID_TO
 from medlake_assets.lake.commits import CONFLICTS, REDO_ATTEMPTS, wait_before_redo
-from medlake_assets.lake.files import StagedFiles, commit_files, read_whole_files
+from medlake_assets.lake.files import StagedFiles, as_table_rows, commit_files, planned_files
 from medlake_assets.lake.partitions import iceberg_literal, parse_partition, partition_by_of
 
 
@@ -396,7 +400,7 @@ def _stage_merge(
     merge = upsert if mode == "upsert" else scd2
     for number in keys.get_column(_CHUNK).unique().sort().to_list():
         changes = pl.read_parquet(scratch / f"changes-{number}.parquet")
-        path = scratch / f"current-{number}.parquet"
+        path = scratch / _spill_name(number)
         current = pl.read_parquet(path) if path.exists() else empty
         if combine is not None and mode == "upsert":
             changes = combine(current, changes)
@@ -439,6 +443,15 @@ def _spill_changes(chunks: Sequence[Chunk], key: Sequence[str], scratch: Path) -
     return keys
 
 
+COMPACT_BELOW_BYTES = 4 * 1024 * 1024
+"""Data files a merge reads that are smaller than this are rewritten together when a partition has two or
+more: a batch touching every partition leaves new small files in each, and every later merge of keys
+spread over the partitions (beds, patients) reads them all, so without this a day of merges read a few
+hundred files per partition. Small enough that rewriting them stays a small part of a merge; nightly
+maintenance compacts files up to 32 MiB."""
+REST_SLICE_ROWS = 500_000  # unchanged rows of replaced files are written back in slices of this many
+
+
 def _split_current(
     table: Table,
     scope: BooleanExpression,
@@ -447,33 +460,61 @@ def _split_current(
     staged: StagedFiles,
     scratch: Path,
 ) -> list[DataFile]:
-    """Read each data file `scope` may match, and whose key bounds may hold a key of the batch, once: its
-    rows of the batch's keys (`lookup`, in the table's types, with their chunk) go to their chunk's file in
-    `scratch`, the rest is staged again as it is. Returns the files that held any such row."""
-    replaced: list[DataFile] = []
-    writers: dict[int, pq.ParquetWriter] = {}
+    """Replace the data files `scope` may match that hold a key of the batch (`lookup`, in the table's
+    types, with their chunk), and the small ones: their rows of the batch's keys go to their chunk's file
+    in `scratch`, their other rows are staged again, together and sorted by key. Returns the replaced files.
+
+    Files whose key bounds hold no batch key are not read (`key_bounds_check`); the others are first read
+    by their key columns only, and then whole, one at a time, if they are replaced. Small files are
+    replaced whenever their partition has two or more (`COMPACT_BELOW_BYTES`)."""
     may_hold = key_bounds_check(table.schema(), lookup, key)
+    planned, small_per_partition = [], Counter()
+    for data_file, read in planned_files(table, scope, may_hold):
+        small = data_file.file_size_in_bytes < COMPACT_BELOW_BYTES
+        held = (
+            not pl.from_arrow(read(key)).join(lookup, on=list(key), how="semi", nulls_equal=True).is_empty()
+        )
+        planned.append((data_file, read, small, held))
+        small_per_partition[_partition_of(data_file)] += small
+    replaced: list[DataFile] = []
+    writers: dict[int | None, pq.ParquetWriter] = {}  # a chunk's current rows; None: the unchanged rows
     try:
-        for data_file, rows in read_whole_files(table, scope, may_hold):
-            frame = pl.from_arrow(rows)
-            del rows
-            routed = frame.join(lookup, on=list(key), how="left", nulls_equal=True)
-            hit = pl.col(_CHUNK).is_not_null()
-            touched = routed.filter(hit)
-            if touched.is_empty():
+        for data_file, read, small, held in planned:
+            if not held and not (small and small_per_partition[_partition_of(data_file)] > 1):
                 continue  # the file stays as it is
             replaced.append(data_file)
-            staged.write_frame(routed.filter(~hit).drop(_CHUNK))
-            for (number,), part in touched.partition_by(_CHUNK, as_dict=True).items():
-                rows = part.drop(_CHUNK).to_arrow()
-                if number not in writers:
-                    path = scratch / f"current-{number}.parquet"
-                    writers[number] = pq.ParquetWriter(path, rows.schema)
-                writers[number].write_table(rows.cast(writers[number].schema))
+            routed = pl.from_arrow(read(None)).join(lookup, on=list(key), how="left", nulls_equal=True)
+            hit = pl.col(_CHUNK).is_not_null()
+            _spill(writers, scratch, None, as_table_rows(table, routed.filter(~hit).drop(_CHUNK)))
+            for (number,), part in routed.filter(hit).partition_by(_CHUNK, as_dict=True).items():
+                _spill(writers, scratch, number, part.drop(_CHUNK).to_arrow())
     finally:
         for writer in writers.values():
             writer.close()
+    unchanged = scratch / _spill_name(None)
+    if unchanged.exists():
+        for rows in pq.ParquetFile(unchanged).iter_batches(batch_size=REST_SLICE_ROWS):
+            staged.write_frame(pl.from_arrow(rows).sort(key, nulls_last=True, maintain_order=True))
     return replaced
+
+
+def _partition_of(data_file: DataFile) -> tuple[int, Record]:
+    return data_file.spec_id, data_file.partition
+
+
+def _spill_name(number: int | None) -> str:
+    return "unchanged.parquet" if number is None else f"current-{number}.parquet"
+
+
+def _spill(
+    writers: dict[int | None, pq.ParquetWriter], scratch: Path, number: int | None, rows: pa.Table
+) -> None:
+    """Append `rows` to the scratch file of chunk `number` (None: the unchanged rows)."""
+    if not len(rows):
+        return
+    if number not in writers:
+        writers[number] = pq.ParquetWriter(scratch / _spill_name(number), rows.schema)
+    writers[number].write_table(rows.cast(writers[number].schema))
 
 
 _BOUNDED_TYPES = (StringType, IntegerType, LongType)

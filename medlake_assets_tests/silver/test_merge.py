@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -610,6 +611,23 @@ def _orders(start: int, stop: int, value: str, minute: int, facility: str = "F1"
     return [(facility, f"O{n:04d}", "T1", value, "P", minute, "U") for n in range(start, stop)]
 
 
+def record_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, object]]:
+    """(file path, the key columns read or "whole") for every data file read by merges from now on."""
+    read: list[tuple[str, object]] = []
+
+    def recording(*args, **kwargs):
+        for data_file, reader in lake_files.planned_files(*args, **kwargs):
+
+            def reading(columns=None, data_file=data_file, reader=reader):
+                read.append((data_file.file_path, list(columns) if columns else "whole"))
+                return reader(columns)
+
+            yield data_file, reading
+
+    monkeypatch.setattr("medlake_assets.silver.merge.planned_files", recording)
+    return read
+
+
 def test_key_bounds_skip_files_whose_range_the_new_keys_miss(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -628,19 +646,13 @@ def test_key_bounds_skip_files_whose_range_the_new_keys_miss(
     assert not key_bounds_check(table.schema(), _keys(new), KEY)(second)  # above every range
     assert not key_bounds_check(table.schema(), _keys(["O0150"], "F2"), KEY)(second)  # another facility
 
-    read: list[str] = []
-
-    def recording(*args, **kwargs):
-        for data_file, rows_ in lake_files.read_whole_files(*args, **kwargs):
-            read.append(data_file.file_path)
-            yield data_file, rows_
-
-    monkeypatch.setattr("medlake_assets.silver.merge.read_whole_files", recording)
+    read = record_reads(monkeypatch)
     correction = [("F1", "O0150", "T1", "v3", "F", 3, "U")]
     # Two facilities: the merge's scope names facilities only, so pyiceberg plans both of F1's files.
     new_orders = _orders(200, 250, "v3", 3, facility="F2")
     table = apply(table, "upsert", batch("b3", correction + new_orders, arrived=3))
-    assert read == [second.file_path]  # the merge read only the file the correction is in
+    # The merge read only the file the correction is in: its keys, then all of it.
+    assert read == [(second.file_path, KEY), (second.file_path, "whole")]
     kept = {task.file.file_path for task in table.scan().plan_files()}
     assert first.file_path in kept and second.file_path not in kept
     summary = table.current_snapshot().summary
@@ -661,3 +673,50 @@ def test_key_bounds_never_skip_a_file_holding_a_key(tmp_path: Path) -> None:
         assert key_bounds_check(table.schema(), _keys([order]), KEY)(data_file), order
     assert key_bounds_check(table.schema(), _keys([long[7]], None), KEY)(data_file)  # facility not used
     assert not key_bounds_check(table.schema(), _keys(["ORDER-FROM-B"]), KEY)(data_file)
+
+
+def _bed_updates(run: int, rng: random.Random) -> list[tuple]:
+    """One update for 60 random beds of 12 facilities: every batch touches most buckets (bed census)."""
+    beds = {(f"F{rng.randrange(12):02d}", f"B{rng.randrange(40):03d}") for _ in range(60)}
+    return [(facility, bed, "T1", f"r{run}", "P", run, "U") for facility, bed in sorted(beds)]
+
+
+def test_merges_touching_every_partition_keep_few_small_files(tmp_path: Path) -> None:
+    """A batch of bed updates touches most buckets; each merge used to leave the unchanged rest of every
+    file it replaced as a file of its own, so files grew by about one per bucket per merge and every merge
+    read them all. Small files of a partition are now rewritten together: the count stays bounded, and
+    the rows are those of one merge of every batch."""
+    table = make_table(tmp_path, "upsert", "bucket")
+    rng = random.Random(3)
+    batches = [batch(f"b{run}", _bed_updates(run, rng), arrived=run) for run in range(12)]
+    counts = []
+    for changes in batches:
+        table = apply(table, "upsert", changes)
+        counts.append(len(table.inspect.files()))
+    assert max(counts) <= 2 * 4, counts  # a rest and a merged file per bucket (4 buckets), at most
+    expected = upsert(
+        pl.DataFrame(schema=batches[0].schema), pl.concat(batches), key=KEY, sequence_by=SEQUENCE
+    )
+    assert rows(table, ["facility_id", "order_id", "value"]) == sorted(
+        expected.select("facility_id", "order_id", "value").rows()
+    )
+
+
+@pytest.mark.parametrize("size", ["large", "small and alone"])
+def test_a_file_without_batch_keys_is_read_by_its_keys_only_and_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: str
+) -> None:
+    """A batch key within a file's bounds that the file does not hold: the merge reads the file's key
+    columns, not its rows, and does not replace it (a small file neither, when no other small file shares
+    its partition)."""
+    table = apply(make_table(tmp_path, "upsert"), "upsert", batch("b1", _orders(0, 100, "v1", 1), arrived=1))
+    (data_file,) = [task.file for task in table.scan().plan_files()]
+    threshold = 0 if size == "large" else 10 * data_file.file_size_in_bytes
+    monkeypatch.setattr("medlake_assets.silver.merge.COMPACT_BELOW_BYTES", threshold)
+    read = record_reads(monkeypatch)
+    gap = [("F1", "O0050x", "T1", "v2", "P", 2, "U")]  # sorts between O0050 and O0051
+    table = apply(table, "upsert", batch("b2", gap, arrived=2))
+    assert read == [(data_file.file_path, KEY)]
+    assert data_file.file_path in {task.file.file_path for task in table.scan().plan_files()}
+    assert table.current_snapshot().summary["total-data-files"] == "2"  # it and the new key's file
+    assert len(rows(table, ["order_id"])) == 101
