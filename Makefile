@@ -11,11 +11,13 @@ DEMO_ENV := $(MEDLAKE_HOME)/demo.env
 
 install: $(VENV)/.installed
 
+# Bytecode is compiled at install, as in the image (UV_COMPILE_BYTECODE=1): every run is a new process, and
+# where Python may not write bytecode (PYTHONDONTWRITEBYTECODE) each run compiled its imports again.
 $(VENV)/.installed: pyproject.toml uv.lock
 	@scripts/ensure_system_deps.sh
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@test -x $(BIN)/uv || $(BIN)/pip install --quiet uv==0.13.9
-	$(BIN)/uv sync --frozen --extra dev
+	$(BIN)/uv sync --frozen --extra dev --compile-bytecode
 	@touch $@
 
 # The demo secret: random per checkout, kept out of git, the same for the generator and ingestion.
