@@ -60,7 +60,7 @@ from pyiceberg.types import IntegerType, LongType, NestedField, StringType
 from medlake_assets.errors import MedlakeError
 from medlake_assets.lake.columns import DELETED, IS_CURRENT, SCD2_COLUMNS, TIE_BREAK, VALID_FROM, VALID_TO
 from medlake_assets.lake.commits import CONFLICTS, REDO_ATTEMPTS, wait_before_redo
-from medlake_assets.lake.files import StagedFiles, as_table_rows, commit_files, planned_files
+from medlake_assets.lake.files import FileReader, StagedFiles, as_table_rows, commit_files, planned_files
 from medlake_assets.lake.partitions import iceberg_literal, parse_partition, partition_by_of
 
 
@@ -466,21 +466,29 @@ def _split_current(
 
     Files whose key bounds hold no batch key are not read (`key_bounds_check`); the others are first read
     by their key columns only, and then whole, one at a time, if they are replaced. Small files are
-    replaced whenever their partition has two or more (`COMPACT_BELOW_BYTES`)."""
-    may_hold = key_bounds_check(table.schema(), lookup, key)
-    planned, small_per_partition = [], Counter()
-    for data_file, read in planned_files(table, scope, may_hold):
-        small = data_file.file_size_in_bytes < COMPACT_BELOW_BYTES
-        held = (
+    replaced, read whole at once, whenever their partition has two or more (`COMPACT_BELOW_BYTES`)."""
+    planned = list(planned_files(table, scope, key_bounds_check(table.schema(), lookup, key)))
+    small_per_partition = Counter(
+        _partition_of(data_file)
+        for data_file, _ in planned
+        if data_file.file_size_in_bytes < COMPACT_BELOW_BYTES
+    )
+
+    def replace(data_file: DataFile, read: FileReader) -> bool:
+        if (
+            data_file.file_size_in_bytes < COMPACT_BELOW_BYTES
+            and small_per_partition[_partition_of(data_file)] > 1
+        ):
+            return True  # compacted whatever it holds: its keys need not be read
+        return (
             not pl.from_arrow(read(key)).join(lookup, on=list(key), how="semi", nulls_equal=True).is_empty()
         )
-        planned.append((data_file, read, small, held))
-        small_per_partition[_partition_of(data_file)] += small
+
     replaced: list[DataFile] = []
     writers: dict[int | None, pq.ParquetWriter] = {}  # a chunk's current rows; None: the unchanged rows
     try:
-        for data_file, read, small, held in planned:
-            if not held and not (small and small_per_partition[_partition_of(data_file)] > 1):
+        for data_file, read in planned:
+            if not replace(data_file, read):
                 continue  # the file stays as it is
             replaced.append(data_file)
             routed = pl.from_arrow(read(None)).join(lookup, on=list(key), how="left", nulls_equal=True)
