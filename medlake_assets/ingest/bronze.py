@@ -23,6 +23,7 @@ from pyiceberg.types import (
 
 from medlake_assets.lake.catalog import ensure_table
 from medlake_assets.lake.commits import BATCH_PROPERTY, CONFLICTS, REDO_ATTEMPTS, wait_before_redo
+from medlake_assets.lake.manifests import MERGE_PROPERTIES
 from medlake_assets.spec import SourceSpec
 from medlake_assets.spec.descriptions import table_column_docs
 
@@ -55,6 +56,7 @@ TABLE_PROPERTIES = {
     # Full (untruncated) bounds on `_archive` let an overwrite skip files that cannot hold a batch's archives.
     "write.metadata.metrics.column._archive": "full",
     "commit.retry.num-retries": "10",
+    **MERGE_PROPERTIES,
 }
 
 

@@ -67,8 +67,8 @@ def ensure_table(
 
     Loading first matters: pyiceberg's `create_table_if_not_exists` creates first, so every call on an
     existing table wrote an orphan `00000-*.metadata.json` before finding the table. A column added to the
-    metadata later is added to the table (older rows read it as null), and the schema's column docs
-    (descriptions from the metadata) are kept up to date.
+    metadata later is added to the table (older rows read it as null), the schema's column docs
+    (descriptions from the metadata) are kept up to date, and `properties` it lacks are set.
     """
     try:
         table = catalog.load_table(identifier)
@@ -82,6 +82,12 @@ def ensure_table(
         # Another writer created it first (with the same schema and spec): pyiceberg reports that as either.
         with contextlib.suppress(TableAlreadyExistsError, CommitFailedException):
             create.commit_transaction()
+        table = catalog.load_table(identifier)
+    if missing := {key: value for key, value in properties.items() if key not in table.properties}:
+        # A property declared since the table was made (e.g. manifest merging) reaches it; one set by hand
+        # stays. Losing the race to a concurrent commit leaves it for the next ensure.
+        with contextlib.suppress(CommitFailedException):
+            table.transaction().set_properties(missing).commit_transaction()
         table = catalog.load_table(identifier)
     names = schema.names if isinstance(schema, pa.Schema) else schema.column_names
     if any(name not in table.schema().column_names for name in names):

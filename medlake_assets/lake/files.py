@@ -30,6 +30,7 @@ from pyiceberg.manifest import DataFile
 from pyiceberg.table import FileScanTask, Table
 
 from medlake_assets.lake.commits import CONFLICTS, REDO_ATTEMPTS, wait_before_redo
+from medlake_assets.lake.manifests import merging_overwrite
 
 ALL_ROWS = AlwaysTrue()
 
@@ -148,7 +149,7 @@ def commit_files(
         return
     transaction = table.transaction()
     if replaced is not None:
-        with transaction.update_snapshot(snapshot_properties=dict(properties)).overwrite() as overwrite:
+        with merging_overwrite(transaction, properties) as overwrite:
             overwrite.delete_by_predicate(delete_filter)
             for data_file in replaced:
                 overwrite.delete_data_file(data_file)
@@ -162,7 +163,8 @@ def commit_files(
             warnings.filterwarnings("ignore", message="Delete operation did not match any records")
             transaction.delete(delete_filter, snapshot_properties=dict(properties))
     if files:
-        with transaction.update_snapshot(snapshot_properties=dict(properties)).fast_append() as append:
+        # A merge append: a plain append when the table does not merge manifests (`lake.manifests`).
+        with transaction.update_snapshot(snapshot_properties=dict(properties)).merge_append() as append:
             for data_file in files:
                 append.append_data_file(data_file)
     transaction.commit_transaction()

@@ -39,6 +39,7 @@ from pyiceberg.typedef import Record
 
 from medlake_assets.errors import MedlakeError
 from medlake_assets.lake.commits import BATCH_PROPERTY
+from medlake_assets.lake.manifests import merging_overwrite
 from medlake_assets.lake.objectstore import ObjectStore, S3ObjectStore, open_store
 from medlake_assets.lake.partitions import parse_partition, partition_by_of, touched_partitions
 from medlake_assets.spec import SourceSpec
@@ -197,7 +198,7 @@ def rewrite_partition(
     scan = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue())
     properties = {MAINTENANCE_PROPERTY: "compaction"}
     transaction = table.transaction()
-    rewrite = transaction.update_snapshot(snapshot_properties=properties).overwrite()
+    rewrite = merging_overwrite(transaction, properties)
     counter = itertools.count(0)
     written, rows_rewritten, scopes = [], 0, []
     try:
