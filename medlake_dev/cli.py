@@ -367,6 +367,19 @@ def bench_scale(
     Console(width=200).print(outcome)
 
 
+@bench_app.command("manifests")
+def bench_manifests(
+    runs: Annotated[int, typer.Option(help="Runs, each one commit to every table")] = 240,
+    every: Annotated[int, typer.Option(help="Runs between checkpoints")] = 60,
+    work_dir: Annotated[Path | None, typer.Option(help="Scratch folder (default: a temp dir)")] = None,
+) -> None:
+    """Scan planning and commits as a day of runs adds manifests: tables that merge them against tables that
+    do not, in the same run."""
+    from medlake_dev.bench.manifests import run_manifest_benchmark
+
+    Console(width=160).print(run_manifest_benchmark(runs=runs, every=every, work_dir=work_dir))
+
+
 @bench_app.command("memory")
 def bench_memory(
     archives: Annotated[int, typer.Option(help="Generated archives besides the two 40 MB ones")] = 100,
