@@ -53,8 +53,11 @@ QUARANTINE_FIELDS: list[tuple[str, IcebergType]] = [
 ALL_ROWS = AlwaysTrue()
 TABLE_PROPERTIES = {
     "write.parquet.compression-codec": "zstd",
-    # Full (untruncated) bounds on `_archive` let an overwrite skip files that cannot hold a batch's archives.
+    # Full (untruncated) bounds on `_archive` let an overwrite skip files that cannot hold a batch's archives;
+    # on `_batch`, a run's scan of its batches skips the day's other files (batch ids share their first 16
+    # characters, source and day, so the default truncated bounds matched every file of the day).
     "write.metadata.metrics.column._archive": "full",
+    "write.metadata.metrics.column._batch": "full",
     "commit.retry.num-retries": "10",
     **MERGE_PROPERTIES,
 }

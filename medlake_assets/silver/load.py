@@ -203,7 +203,7 @@ def _audit_chunk(
     return gate.passed
 
 
-def _scan_filter(day: date, todo: list[str], again: list[HeldSlice]) -> BooleanExpression:
+def batch_filter(day: date, todo: list[str], again: list[HeldSlice]) -> BooleanExpression:
     """The day's rows of the new batches, and of each slice taken up again only its facility's rows."""
     parts: list[BooleanExpression] = [In("_batch", todo)] if todo else []
     facilities: dict[str, list[str]] = {}
@@ -306,7 +306,7 @@ def load_silver(
     bronze = bronze_table(lake.catalog, spec)
     with tempfile.TemporaryDirectory(prefix=f"medlake-silver-{spec.name}-") as scratch:
         folder = Path(scratch)
-        chunks = spill_chunks(bronze, _scan_filter(day, todo, again), spec, folder, chunk_rows)
+        chunks = spill_chunks(bronze, batch_filter(day, todo, again), spec, folder, chunk_rows)
         result.rows_in = chunks.rows
         outcomes = _audit_and_quarantine(lake, spec, day, todo, again, chunks, folder, released, result)
         held_back = outcomes.filter(pl.col("held"))

@@ -25,7 +25,7 @@ from medlake_assets.lake.objectstore import LocalObjectStore
 from medlake_assets.serving.sql import connect
 from medlake_assets.silver.chunks import chunk_columns, spill_chunks
 from medlake_assets.silver.encounters_load import load_encounters
-from medlake_assets.silver.load import load_silver
+from medlake_assets.silver.load import batch_filter, consumer, load_silver
 from medlake_assets_tests.ingest.archive_builders import gzip_bytes
 from medlake_assets_tests.lake_helpers import DAY, local_settings, open_lake
 from medlake_dev.generate import write_feeds
@@ -158,3 +158,28 @@ def test_chunks_hold_whole_keys_and_a_large_facility_is_split(tmp_path, archive_
     # About SMALL_CHUNKS rows each: a chunk closes after the group that crosses the size (never split).
     largest_group = rows.group_by("facility_id", "order_id").len().get_column("len").max()
     assert rows.group_by("chunk").len().get_column("len").max() < SMALL_CHUNKS + largest_group
+
+
+def test_a_run_plans_only_the_files_of_its_batches(tmp_path, archive_password):
+    """Silver reads bronze, and encounters read silver events, by batch id; a day's later run must not read
+    the files of the day's earlier batches, or every run reads the day so far."""
+    home = tmp_path / "home"
+    land(home)
+    lake, _ = refine(home, None)
+    for spec in lake.sources.values():
+        tables = [bronze_table(lake.catalog, spec)]
+        if spec.write.mode == "append":
+            tables.append(lake.catalog.load_table(consumer(spec.name)))
+        batches = sorted(lake.ledger.processed_batches(consumer(spec.name), DAY))
+        assert len(batches) == 2, spec.name
+        for table in tables:
+            planned = [
+                {
+                    task.file.file_path
+                    for task in table.scan(row_filter=batch_filter(DAY, [batch], [])).plan_files()
+                }
+                for batch in batches
+            ]
+            every = {task.file.file_path for task in table.scan().plan_files()}
+            assert planned[0] and planned[1] and not planned[0] & planned[1], table.name()
+            assert planned[0] | planned[1] == every, table.name()
