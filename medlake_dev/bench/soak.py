@@ -346,6 +346,10 @@ def lake_checks(workers: Workers, manifest: Mapping, landed: set[str]) -> list[t
     from medlake_assets.serving.sql import connect
 
     con = connect(workers.lake)
+    # Counting a soak's ~140M rows by key beside the still-running workers: grouped counts that spill to
+    # disk under a limit (an unlimited count(DISTINCT ...) took 14 GB and the machine's OOM killer ended it).
+    con.execute(f"SET memory_limit = '3GB'; SET temp_directory = '{workers.dagster_home / 'duckdb-spill'}'")
+    con.execute("SET preserve_insertion_order = false")
     checks = []
     by_key = {archive["key"]: archive for archive in manifest["archives"]}
     ledger = dict(con.execute("SELECT key, status FROM meta.files").fetchall())
@@ -357,8 +361,9 @@ def lake_checks(workers: Workers, manifest: Mapping, landed: set[str]) -> list[t
         expected = sum(
             by_key[key]["records"] for key in landed if by_key[key]["source"] == source and key in by_key
         )
-        rows, distinct = con.execute(
-            f"SELECT count(*), count(DISTINCT (_archive, _member, _record)) FROM bronze.{source}"
+        distinct, rows = con.execute(
+            "SELECT count(*), coalesce(sum(n), 0) FROM "
+            f"(SELECT count(*) AS n FROM bronze.{source} GROUP BY _archive, _member, _record)"
         ).fetchone()
         checks.append(
             (
@@ -374,8 +379,9 @@ def lake_checks(workers: Workers, manifest: Mapping, landed: set[str]) -> list[t
             continue
         keys = con.execute(f"SELECT count(*) FROM (SELECT DISTINCT {key} FROM bronze.{source})").fetchone()[0]
         current = f"WHERE {IS_CURRENT}" if spec.write.mode == "scd2" else ""
-        silver, silver_keys = con.execute(
-            f"SELECT count(*), count(DISTINCT ({key})) FROM silver.{source} {current}"
+        silver_keys, silver = con.execute(
+            f"SELECT count(*), coalesce(sum(n), 0) FROM "
+            f"(SELECT count(*) AS n FROM silver.{source} {current} GROUP BY {key})"
         ).fetchone()
         checks.append(
             (
