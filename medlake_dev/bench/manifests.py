@@ -109,20 +109,17 @@ def run_manifest_benchmark(
         silver_schema = _silver_rows(0, 0).schema
         tables = {}
         for label, properties in (("unmerged", unmerged), ("merged", TABLE_PROPERTIES)):
-            tables[f"bronze {label}"] = ensure_table(
-                catalog,
-                f"bronze.bench_{label}",
-                bronze_schema,
-                [("landing_day", IdentityTransform(), "landing_day")],
-                properties,
-            )
-            tables[f"silver {label}"] = ensure_table(
-                catalog,
-                f"silver.bench_{label}",
-                silver_schema,
-                [("part", IdentityTransform(), "part")],
-                properties,
-            )
+            for layer, schema, column in (
+                ("bronze", bronze_schema, "landing_day"),
+                ("silver", silver_schema, "part"),
+            ):
+                tables[f"{layer} {label}"] = ensure_table(
+                    catalog,
+                    f"{layer}.bench_{label}",
+                    schema,
+                    [(column, IdentityTransform(), column)],
+                    properties,
+                )
         commits: dict[str, list[float]] = {name: [] for name in tables}
         checkpoints = []
         for run in range(1, runs + 1):
