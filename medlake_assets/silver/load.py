@@ -28,12 +28,15 @@ from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
-from pyiceberg.expressions import And, BooleanExpression, EqualTo, In, Or
+from pyiceberg.expressions import AlwaysFalse, And, BooleanExpression, EqualTo, In, Or
 from pyiceberg.io.pyarrow import schema_to_pyarrow
+from pyiceberg.table import Table
+from pyiceberg.table.snapshots import Operation
 
 from medlake_assets.ingest.bronze import bronze_table, quarantine_table
 from medlake_assets.lake import Lake
 from medlake_assets.lake.columns import LINEAGE_COLUMNS, MERGE_COLUMNS
+from medlake_assets.lake.commits import BATCH_PROPERTY
 from medlake_assets.lake.files import StagedFiles, replace_with_files
 from medlake_assets.silver.chunks import Chunks, spill_chunks
 from medlake_assets.silver.merge import merge_chunks
@@ -56,6 +59,8 @@ from medlake_assets.spec.descriptions import table_column_docs
 CHUNK_ROWS = 200_000
 """Bronze rows a silver run types, checks and merges at a time (about: a key is never split)."""
 SLICE = ["_batch", "_facility"]
+SILVER_BATCHES = "medlake.silver_batches"
+"""Snapshot property of silver's commits (its table and its quarantine's): the batches they took in."""
 
 
 @dataclass
@@ -235,7 +240,25 @@ def _slice_outcomes(audit: _Audit, spec: SourceSpec, released: set[tuple[str, st
 
 
 def _properties(todo: list[str], again: list[HeldSlice]) -> dict[str, str]:
-    return {"medlake.silver_batches": json.dumps(todo + sorted({item.batch_id for item in again}))}
+    return {SILVER_BATCHES: json.dumps(todo + sorted({item.batch_id for item in again}))}
+
+
+def may_hold_earlier_rows(tables: list[Table], bronze: Table, batches: set[str]) -> bool:
+    """Whether silver (`tables`: the silver table, its quarantine) may already hold rows of these batches'
+    archives: one of the batches committed there before its ledger update (a crash), or a bronze load of
+    one that replaced earlier rows of its archives (a backfill, a re-sent file, a retry). Read from the
+    snapshots' summaries: finding out from the rows means a filtered delete, which reads every file of the
+    day that it cannot rule out by bounds, so each first load would read the day so far."""
+    for table in tables:
+        for snapshot in table.snapshots():
+            taken = snapshot.summary.get(SILVER_BATCHES) if snapshot.summary else None
+            if taken and batches.intersection(json.loads(taken)):
+                return True
+    return any(
+        snapshot.summary.operation != Operation.APPEND and snapshot.summary.get(BATCH_PROPERTY) in batches
+        for snapshot in bronze.snapshots()
+        if snapshot.summary
+    )
 
 
 def _audit_and_quarantine(
@@ -248,6 +271,7 @@ def _audit_and_quarantine(
     folder: Path,
     released: set[tuple[str, str]],
     result: SilverResult,
+    replace: bool,
 ) -> pl.DataFrame:
     """Audit every chunk (passing rows to `folder`, their paths in `chunks.passed`), record the quality
     counts, replace this stage's rejects of the run's archives; returns the gate's decision per slice."""
@@ -271,13 +295,10 @@ def _audit_and_quarantine(
     for item in again:  # only that facility's counts of an earlier batch are replaced
         mine = [c for c in counts if (c["batch_id"], c["facility"]) == (item.batch_id, item.facility)]
         ledger.record_quality(spec.name, "silver", day, [item.batch_id], mine, facilities=[item.facility])
-    # Replace this stage's rejects of these archives (a re-run), leaving bronze-stage rejects alone.
-    replace_with_files(
-        rejects,
-        # Every earlier silver reject of these archives: a bronze backfill gives them new batch ids.
-        And(EqualTo("stage", "silver"), In("_archive", sorted(chunks.archives))),
-        _properties(todo, again),
-    )
+    # Replace this stage's rejects of these archives (a re-run), leaving bronze-stage rejects alone:
+    # every earlier silver reject of them, as a bronze backfill gives them new batch ids.
+    earlier = And(EqualTo("stage", "silver"), In("_archive", sorted(chunks.archives)))
+    replace_with_files(rejects, earlier if replace else AlwaysFalse(), _properties(todo, again))
     return _slice_outcomes(audit, spec, released)
 
 
@@ -304,11 +325,17 @@ def load_silver(
     if not todo and not again:
         return result
     bronze = bronze_table(lake.catalog, spec)
+    silver = [quarantine_table(lake.catalog, spec)]
+    if lake.catalog.table_exists(name):
+        silver.append(lake.catalog.load_table(name))
+    replace = full or may_hold_earlier_rows(silver, bronze, {*todo, *(item.batch_id for item in again)})
     with tempfile.TemporaryDirectory(prefix=f"medlake-silver-{spec.name}-") as scratch:
         folder = Path(scratch)
         chunks = spill_chunks(bronze, batch_filter(day, todo, again), spec, folder, chunk_rows)
         result.rows_in = chunks.rows
-        outcomes = _audit_and_quarantine(lake, spec, day, todo, again, chunks, folder, released, result)
+        outcomes = _audit_and_quarantine(
+            lake, spec, day, todo, again, chunks, folder, released, result, replace
+        )
         held_back = outcomes.filter(pl.col("held"))
         result.held.update(
             dict(held_back.group_by("_facility").agg((pl.col("rows") - pl.col("rejected")).sum()).iter_rows())
@@ -334,6 +361,7 @@ def load_silver(
                 sequence_ranks=spec.write.sequence_ranks or None,
                 delete_marker=spec.write.delete_marker_tuple,
                 snapshot_properties=_properties(todo, again),
+                replace_archives=replace,
             )
             result.snapshot_id = merged.metadata.current_snapshot_id
     # After the commit: a crash before this line re-runs the batches, and the merge is idempotent.

@@ -319,6 +319,7 @@ def merge_chunks(
     snapshot_properties: Mapping[str, str] | None = None,
     attempts: int = REDO_ATTEMPTS,
     combine: Combine | None = None,
+    replace_archives: bool = True,
 ) -> Table:
     """Merge a batch given as chunks into `table` in one commit, holding one chunk at a time.
 
@@ -332,6 +333,9 @@ def merge_chunks(
     `combine` (upsert only) turns each chunk's changes into the rows to upsert, given the current rows of
     its keys: e.g. a running fold whose new state depends on the current one (`silver.encounters`). Read
     in the same pass as the merge's own, those rows are covered by the commit's conflict check.
+
+    An append replaces the rows its archives already have in the table (a re-run) unless the caller knows
+    there are none (`replace_archives=False`, `silver/load.py: may_hold_earlier_rows`).
     """
     properties = dict(snapshot_properties or {})
     for attempt in range(attempts):
@@ -349,6 +353,7 @@ def merge_chunks(
                     sequence_ranks,
                     delete_marker,
                     combine,
+                    replace_archives,
                 )
         except BaseException:
             staged.discard()
@@ -379,6 +384,7 @@ def _stage_merge(
     sequence_ranks: Mapping[str, Sequence[str]] | None,
     delete_marker: tuple[str, str] | None,
     combine: Combine | None,
+    replace_archives: bool,
 ) -> tuple[BooleanExpression, list[DataFile] | None]:
     """Write every chunk's merged rows as staged files; returns the filter scoping what they replace and
     the data files they replace (None for append: the filter's rows are deleted)."""
@@ -389,7 +395,7 @@ def _stage_merge(
             archives.update(changes.get_column("_archive").unique().drop_nulls().to_list())
             staged.write_frame(append(changes))
         # Like `archive_filter`: a re-run of the batch replaces its archives' rows.
-        return (In("_archive", sorted(archives)) if archives else AlwaysFalse()), None
+        return (In("_archive", sorted(archives)) if archives and replace_archives else AlwaysFalse()), None
     keys = _spill_changes(chunks, key, scratch)
     if keys.is_empty():
         return AlwaysFalse(), []

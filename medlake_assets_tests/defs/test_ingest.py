@@ -7,6 +7,7 @@ import shutil
 
 import dagster as dg
 import pytest
+from pyiceberg.table import Transaction
 
 from medlake_assets.definitions import build_definitions
 from medlake_assets.defs.bronze import batch_run_config, batch_run_request, job_name
@@ -304,3 +305,78 @@ def test_backfill_of_a_day_reloads_it_idempotently(landed):
         assert checks["ledger_matches_table"] is True
     assert lineage_keys(table_rows(lake, "bronze.adt_events")) == before
     assert_lake_matches_manifest(lake, manifest)
+
+
+def silver_stage_rejects(lake) -> list[tuple]:
+    rows = table_rows(lake, "quarantine.adt_events")
+    return sorted(
+        (row["_archive"], row["_member"], row["_record"], row["rule"])
+        for row in rows.to_pylist()
+        if row["stage"] == "silver"
+    )
+
+
+def expected_silver_keys(lake) -> list[tuple]:
+    """Bronze's records of adt_events less those rejected in silver and those of held slices."""
+    held = set(
+        connect(lake)
+        .execute("SELECT batch_id, facility FROM meta.held WHERE source = 'adt_events' AND status = 'held'")
+        .fetchall()
+    )
+    rejected = {row[:3] for row in silver_stage_rejects(lake)}
+    bronze = table_rows(lake, "bronze.adt_events").to_pylist()
+    return sorted(
+        key
+        for row in bronze
+        if (key := (row["_archive"], row["_member"], row["_record"])) not in rejected
+        and (row["_batch"], row["_facility"]) not in held
+    )
+
+
+def test_silver_appends_hold_each_record_once_through_a_crash_and_a_backfill(landed, monkeypatch):
+    """`silver.adt_events` (an append) and its silver-stage rejects: a first load issues no filtered delete
+    (which reads every file of the day it cannot rule out, to find rows to replace); a crash between the
+    silver commit and the ledger, and a bronze backfill of the day, do replace the archives' earlier rows,
+    so every record is there once."""
+    settings, manifest = landed
+    lake = open_lake(settings)
+    defs = build_definitions(settings)
+    spec = lake.sources["adt_events"]
+    real_mark_processed, real_delete = Ledger.mark_processed, Transaction.delete
+    crashed, deletes = [], []
+
+    def crash_once(self, consumer, source, day, batch_ids):
+        if consumer == "silver.adt_events" and not crashed:
+            crashed.append(batch_ids)
+            raise RuntimeError("simulated crash between the silver commit and the ledger update")
+        return real_mark_processed(self, consumer, source, day, batch_ids)
+
+    def recorded_delete(self, *args, **kwargs):
+        deletes.append(".".join(self.table_metadata.location.rstrip("/").split("/")[-2:]))
+        return real_delete(self, *args, **kwargs)
+
+    monkeypatch.setattr(Transaction, "delete", recorded_delete)
+    with dg.instance_for_test() as instance:
+        monkeypatch.setattr(Ledger, "mark_processed", crash_once)
+        ingest_once(defs, instance, lake)
+        monkeypatch.setattr(Ledger, "mark_processed", real_mark_processed)
+        assert len(crashed) == 1
+        loaded = lineage_keys(table_rows(lake, "silver.adt_events"))
+        assert loaded and loaded == expected_silver_keys(lake)
+        rejects = silver_stage_rejects(lake)
+        assert rejects and len(set(rejects)) == len(rejects)  # the generator plants silver-stage faults
+        # Only the crashed batch's second load replaced rows (in the table and in its quarantine).
+        assert sorted(name for name in deletes if "adt_events" in name) == [
+            "quarantine.adt_events",
+            "silver.adt_events",
+        ]
+        deletes.clear()
+
+        result = defs.resolve_job_def(job_name(spec)).execute_in_process(
+            instance=instance, partition_key=DAY.isoformat(), run_config=batch_run_config(spec, "")
+        )
+        assert result.success
+        ingest_once(defs, instance, lake)
+    assert "silver.adt_events" in deletes  # the backfilled archives' earlier rows were replaced
+    assert lineage_keys(table_rows(lake, "silver.adt_events")) == loaded
+    assert silver_stage_rejects(lake) == rejects
