@@ -28,6 +28,7 @@ from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
+from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.expressions import AlwaysFalse, And, BooleanExpression, EqualTo, In, Or
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.table import Table
@@ -271,13 +272,13 @@ def _audit_and_quarantine(
     folder: Path,
     released: set[tuple[str, str]],
     result: SilverResult,
+    rejects_table: Table,
     replace: bool,
 ) -> pl.DataFrame:
     """Audit every chunk (passing rows to `folder`, their paths in `chunks.passed`), record the quality
     counts, replace this stage's rejects of the run's archives; returns the gate's decision per slice."""
     ledger = lake.ledger
     schema = build_schema(spec)
-    rejects_table = quarantine_table(lake.catalog, spec)
     rejects = StagedFiles(rejects_table)
     audit = _Audit()
     try:
@@ -325,16 +326,19 @@ def load_silver(
     if not todo and not again:
         return result
     bronze = bronze_table(lake.catalog, spec)
-    silver = [quarantine_table(lake.catalog, spec)]
-    if lake.catalog.table_exists(name):
-        silver.append(lake.catalog.load_table(name))
-    replace = full or may_hold_earlier_rows(silver, bronze, {*todo, *(item.batch_id for item in again)})
+    rejects_table = quarantine_table(lake.catalog, spec)
+    try:  # one metadata read (`table_exists` would load the table too)
+        silver_tables = [rejects_table, lake.catalog.load_table(name)]
+    except NoSuchTableError:
+        silver_tables = [rejects_table]
+    batches = {*todo, *(item.batch_id for item in again)}
+    replace = full or may_hold_earlier_rows(silver_tables, bronze, batches)
     with tempfile.TemporaryDirectory(prefix=f"medlake-silver-{spec.name}-") as scratch:
         folder = Path(scratch)
         chunks = spill_chunks(bronze, batch_filter(day, todo, again), spec, folder, chunk_rows)
         result.rows_in = chunks.rows
         outcomes = _audit_and_quarantine(
-            lake, spec, day, todo, again, chunks, folder, released, result, replace
+            lake, spec, day, todo, again, chunks, folder, released, result, rejects_table, replace
         )
         held_back = outcomes.filter(pl.col("held"))
         result.held.update(
