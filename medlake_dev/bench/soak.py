@@ -49,6 +49,9 @@ from medlake_dev.workers import (
     wait_until_settled,
 )
 
+# The mission's feeds: about 15 million records a day in about 77,000 archives.
+MISSION_RECORDS_PER_ARCHIVE = 15_000_000 / 77_000
+
 
 @dataclass(frozen=True)
 class Phase:
@@ -177,6 +180,7 @@ class SoakResult:
     checks: list[tuple[str, bool, str]]
     profiles: list[dict]
     load_average: float
+    records: int = 0
     machine: str = ""
 
     @property
@@ -475,6 +479,7 @@ def run_soak(
             (work_dir / f"runs-{datetime.now(UTC):%Y%m%dT%H%M%S}.json").write_text(json.dumps(profiles))
             checks = lake_checks(workers, manifest, set(landed))
         return summarize(
+            records=sum(entry["records"] for entry in manifest["archives"] if entry["key"] in landed),
             phases=list(phases),
             workers_count=workers_count,
             sensor_interval=sensor_interval,
@@ -506,6 +511,7 @@ def summarize(
     window_seconds: float,
     checks: list[tuple[str, bool, str]],
     profiles: list[dict],
+    records: int = 0,
 ) -> SoakResult:
     """Per-window figures and the targets, from arrival times, silver times, runs and RSS samples."""
     bounds, start = {}, started
@@ -568,6 +574,7 @@ def summarize(
         checks=checks,
         profiles=profiles,
         load_average=os.getloadavg()[0],
+        records=records,
         machine=f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GB",
     )
 
@@ -576,9 +583,13 @@ def render(result: SoakResult) -> list[Table]:
     description = ", ".join(
         f"{phase.name} {phase.seconds / 60:g} min at {phase.rate_per_hour:,.0f}/h" for phase in result.phases
     )
+    per_archive = result.records / max(result.landed, 1)
     table = Table(
         title=f"bench soak: {description}; {result.workers} worker(s), sensor every "
-        f"{result.sensor_interval} s; {result.machine}, load average at the end {result.load_average:.1f}"
+        f"{result.sensor_interval} s; {result.records:,} records in {result.landed:,} archives "
+        f"({per_archive:,.0f} per archive, {per_archive / MISSION_RECORDS_PER_ARCHIVE:.1f}x the mission's "
+        f"{MISSION_RECORDS_PER_ARCHIVE:.0f}); {result.machine}, load average at the end "
+        f"{result.load_average:.1f}"
     )
     columns = [
         "window (min)", "phase", "arrivals", "into silver", "backlog at end", "latency p50 s", "p95 s",
