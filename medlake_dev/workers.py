@@ -129,7 +129,7 @@ def worker_environment(
     env = {
         **base,
         "MEDLAKE_PROFILE": PRODUCTION,
-        "DAGSTER_HOME": str(dagster_home),
+        "DAGSTER_HOME": str(Path(dagster_home).resolve()),  # Dagster refuses a relative one
         "MEDLAKE_SENSOR_INTERVAL_SECONDS": str(sensor_interval_seconds),
         "MEDLAKE_RUNS_IN_FLIGHT": str(workers),
     }
@@ -246,7 +246,7 @@ class Workers:
         sensor_interval_seconds: int = 30,
         log_path: Path | None = None,
     ):
-        self.dagster_home = Path(dagster_home)
+        self.dagster_home = Path(dagster_home).resolve()
         self.workers = workers
         self.env = worker_environment(env, self.dagster_home, sensor_interval_seconds, workers)
         self.settings = load_settings(self.env)

@@ -77,6 +77,15 @@ def test_worker_environment_is_production_with_one_process_per_run(tmp_path: Pat
     assert result[DAGSTER_PG_URL_ENV] == "postgresql://medlake@db/lake"
 
 
+def test_worker_environment_makes_a_relative_dagster_home_absolute(tmp_path: Path, monkeypatch) -> None:
+    """`medlake bench soak --work-dir .medlake/bench-soak` once fed an hour of archives to a daemon that had
+    exited at start: Dagster refuses a relative DAGSTER_HOME."""
+    monkeypatch.chdir(tmp_path)
+    env = {"MEDLAKE_CATALOG_URL": "postgresql+psycopg2://medlake@db/lake", "MEDLAKE_STORE_URL": "s3://lake/p"}
+    result = worker_environment(env, Path("bench-soak/dagster"), 5)
+    assert result["DAGSTER_HOME"] == str(tmp_path / "bench-soak" / "dagster")
+
+
 def test_replay_spaces_puts_at_the_arrival_rate(tmp_path: Path, archive_password: str) -> None:
     slice_dir = tmp_path / "slice"
     write_feeds(
