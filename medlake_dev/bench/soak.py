@@ -180,7 +180,7 @@ class SoakResult:
     checks: list[tuple[str, bool, str]]
     profiles: list[dict]
     load_average: float
-    records: int = 0
+    records: int
     machine: str = ""
 
     @property
@@ -513,7 +513,7 @@ def summarize(
     window_seconds: float,
     checks: list[tuple[str, bool, str]],
     profiles: list[dict],
-    records: int = 0,
+    records: int,
 ) -> SoakResult:
     """Per-window figures and the targets, from arrival times, silver times, runs and RSS samples."""
     bounds, start = {}, started
