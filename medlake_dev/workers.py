@@ -246,7 +246,7 @@ class Workers:
         sensor_interval_seconds: int = 30,
         log_path: Path | None = None,
     ):
-        self.dagster_home = Path(dagster_home).resolve()
+        self.dagster_home = Path(dagster_home)
         self.workers = workers
         self.env = worker_environment(env, self.dagster_home, sensor_interval_seconds, workers)
         self.settings = load_settings(self.env)
@@ -291,6 +291,11 @@ class Workers:
         return all(
             process is not None and process.poll() is None for process in (self.process, self.code_server)
         )
+
+    def ensure_running(self) -> None:
+        """Raise when the daemon or the code server has exited: nothing would load what lands."""
+        if not self.running():
+            raise WorkersError(f"the Dagster daemon or its code server exited; see {self.log_path}")
 
     @property
     def pids(self) -> list[int]:
@@ -462,8 +467,7 @@ def wait_until_settled(
     quiet = 0
     last_change, last_state = time.monotonic(), None
     while True:
-        if not workers.running():
-            raise WorkersError(f"the Dagster daemon exited; see {workers.log_path}")
+        workers.ensure_running()
         state = progress(workers.lake, workers.runs_in_flight())
         if on_poll:
             on_poll(state)

@@ -458,8 +458,7 @@ def run_soak(
                     landed[key] = time.time()
                     phase_of[key] = phase
                     if time.time() - last_report >= 60:
-                        if not workers.running():  # feeding a dead daemon for an hour measures nothing
-                            raise WorkersError(f"the Dagster daemon exited; see {workers.log_path}")
+                        workers.ensure_running()  # feeding a dead daemon for an hour measures nothing
                         last_report = time.time()
                         in_silver = len(silver_times(workers))
                         console.print(
