@@ -7,7 +7,7 @@ from datetime import date
 import dagster as dg
 from pyiceberg.expressions import And, EqualTo
 
-from medlake_assets.defs.policies import table_pool
+from medlake_assets.defs.policies import STEP_HOOKS, table_pool
 from medlake_assets.defs.resources import LakeResource
 from medlake_assets.ingest.batch import BatchResult, load_batch
 from medlake_assets.ingest.bronze import bronze_table
@@ -226,6 +226,7 @@ def build_source_defs(spec: SourceSpec) -> dg.Definitions:
 
     job = dg.define_asset_job(
         name=job_name(spec),
+        hooks=STEP_HOOKS,
         selection=[key],
         partitions_def=partitions,
         description=f"Load one ledger batch of {spec.name} into bronze, or without one every archive of the "

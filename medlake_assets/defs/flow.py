@@ -31,7 +31,7 @@ from medlake_assets.defs.bronze import (
     bronze_key,
     bronze_op_name,
 )
-from medlake_assets.defs.policies import SENSOR_STATUS
+from medlake_assets.defs.policies import SENSOR_STATUS, STEP_HOOKS
 from medlake_assets.defs.resources import LakeResource
 from medlake_assets.defs.silver import derived_keys, silver_key
 from medlake_assets.ingest.batch import MISSING_SECRET, release_holds
@@ -163,6 +163,7 @@ def build_flow_defs(
     specs = sorted(specs, key=lambda spec: spec.name)
     job = dg.define_asset_job(
         name=FLOW_JOB,
+        hooks=STEP_HOOKS,
         selection=[key for spec in specs for key in flow_keys(spec)],
         partitions_def=LANDING_DAYS,
         description="Load newly landed archives into bronze and then silver: one ledger batch per source, "

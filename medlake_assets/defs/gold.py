@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from medlake_assets.defs.policies import REFRESH_TAG, SCHEDULE_STATUS, SENSOR_STATUS, table_pool
+from medlake_assets.defs.policies import REFRESH_TAG, SCHEDULE_STATUS, SENSOR_STATUS, STEP_HOOKS, table_pool
 from medlake_assets.defs.resources import LakeResource
 from medlake_assets.gold.run import CheckOutcome, PartitionWindow, run_report
 from medlake_assets.gold.spec import PartitionSpec, ReportSpec, check_name, load_reports
@@ -131,6 +131,7 @@ def build_report_defs(report: ReportSpec) -> dg.Definitions:
     # Every report has a job (for `medlake report` and `ingest --once`); only scheduled ones a schedule.
     job = dg.define_asset_job(
         name=report_job_name(report),
+        hooks=STEP_HOOKS,
         selection=[key],
         description=f"Rebuild {report.identifier} ({report.header.schedule}).",
     )

@@ -14,7 +14,7 @@ import dagster as dg
 from pyiceberg.expressions import EqualTo
 
 from medlake_assets.defs.bronze import SOURCE_TAG, batch_run_config, ensure_landing_days, job_name
-from medlake_assets.defs.policies import SCHEDULE_STATUS, table_pool
+from medlake_assets.defs.policies import SCHEDULE_STATUS, STEP_HOOKS, table_pool
 from medlake_assets.defs.resources import LakeResource
 from medlake_assets.defs.runner import RUNNER_PID_TAG, quiet
 from medlake_assets.defs.silver import SilverLoadConfig, refine_job_name, silver_key
@@ -113,6 +113,7 @@ def build_maintenance_defs(sources: dict[str, SourceSpec], reports: list[ReportS
     ]
     job = dg.define_asset_job(
         name=MAINTENANCE_JOB,
+        hooks=STEP_HOOKS,
         selection=dg.AssetSelection.groups("maintenance"),
         description="Compact, expire snapshots and remove orphan files of every medlake table.",
     )

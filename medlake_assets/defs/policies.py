@@ -6,8 +6,24 @@ from __future__ import annotations
 
 import dagster as dg
 
+from medlake_assets.lake.memory import release_memory
+
 # One process per step costs ~5 s a step (design.md section 3): every job runs its steps in its run's process.
 EXECUTOR = dg.in_process_executor
+
+
+@dg.success_hook(name="release_memory")
+def _release_after_success(_context: dg.HookContext) -> None:
+    release_memory()
+
+
+@dg.failure_hook(name="release_memory_after_failure")
+def _release_after_failure(_context: dg.HookContext) -> None:
+    release_memory()
+
+
+# ...so each step gives its memory back before the next one starts (`lake/memory.py`). Every job has them.
+STEP_HOOKS = {_release_after_success, _release_after_failure}
 
 # Files are processed as they land: sensors and schedules run as soon as the code loads, on a laptop's
 # `make run` as in production, with no one to switch them on (an operator can still stop one in the UI).

@@ -18,7 +18,7 @@ from medlake_assets.defs.bronze import (
     ensure_landing_days,
     landing_partitions,
 )
-from medlake_assets.defs.policies import SCHEDULE_STATUS, SENSOR_STATUS, table_pool
+from medlake_assets.defs.policies import SCHEDULE_STATUS, SENSOR_STATUS, STEP_HOOKS, table_pool
 from medlake_assets.defs.resources import LakeResource
 from medlake_assets.lake import Lake
 from medlake_assets.lake.ledger import Ledger
@@ -188,6 +188,7 @@ def build_silver_defs(spec: SourceSpec) -> dg.Definitions:
         assets.append(build_encounters_asset(spec))
     job = dg.define_asset_job(
         name=refine_job_name(spec),
+        hooks=STEP_HOOKS,
         selection=[asset.key for asset in assets],
         partitions_def=landing_partitions(spec),
         description=f"Bring the silver tables of {spec.name} up to date for a landing day.",
@@ -365,6 +366,7 @@ def build_freshness_defs(specs: Iterable[SourceSpec], cron: str = FRESHNESS_CRON
 
     job = dg.define_asset_job(
         FRESHNESS_JOB,
+        hooks=STEP_HOOKS,
         selection=dg.AssetSelection.checks(freshness_checks),
         description="Evaluate every source's and facility's freshness from the ledger.",
     )

@@ -82,6 +82,13 @@ def test_generate_ingest_matches_manifest_and_rerun_changes_nothing(landed):
         assert summary.failed_runs == 0
         assert summary.sensors["landing"] == 1  # one run: every source of the day, bronze and silver
         assert_lake_matches_manifest(lake, manifest)
+        # Every step of the run gave its memory back before the next one (`lake/memory.py`).
+        (run,) = instance.get_runs(filters=dg.RunsFilter(job_name=FLOW_JOB))
+        events = [record.dagster_event for record in instance.all_logs(run.run_id) if record.dagster_event]
+        kinds = dg.DagsterEventType
+        steps = {event.step_key for event in events if event.event_type == kinds.STEP_SUCCESS}
+        hooked = {event.step_key for event in events if event.event_type == kinds.HOOK_COMPLETED}
+        assert len(steps) >= 9 and hooked == steps
         snapshots = {
             source: lake.catalog.load_table(f"bronze.{source}").metadata.current_snapshot_id
             for source in manifest["sources"]
