@@ -232,43 +232,46 @@ def plan_chunks(groups: pl.DataFrame, columns: Sequence[str], max_rows: int) -> 
     Rows with the same values always share a chunk (so no key is in two: `merge_chunks` needs that), and
     a chunk holds about `max_rows` rows:
 
-    - values of the first column are packed whole into chunks, in sorted order (a chunk is then a set of
-      first-column values no other chunk has);
+    - values of the first column are taken in sorted order and packed whole into chunks;
     - a first-column value with more than `max_rows` rows (a facility's 40 MB archive) gets chunks of its
       own, cut between sorted values of the second column (disjoint ranges of it);
     - groups with a null in any column go to one last chunk.
 
-    Returns `groups` with a `chunk` column numbered from 0 in that order.
+    Chunks are numbered from 0 in the first column's order: each holds a range of it that no other chunk
+    enters, so a merge's keys, taken chunk by chunk, come sorted by it (`_stage_merge`). Returns `groups`
+    with a `chunk` column.
     """
     first = columns[0]
-    start = pl.col("rows").cum_sum() - pl.col("rows")  # rows before this group
+    start = pl.col("rows").cum_sum() - pl.col("rows")  # rows before this group (in its window)
     has_null = pl.any_horizontal(pl.col(name).is_null() for name in columns)
     valid = groups.filter(~has_null)
-    per_first = valid.group_by(first).agg(pl.col("rows").sum()).sort(first)
-    large = per_first.filter(pl.col("rows") > max_rows) if len(columns) > 1 else per_first.clear()
-    whole = (
-        per_first.join(large.select(first), on=first, how="anti")
+    large = pl.col("rows") > max_rows if len(columns) > 1 else pl.lit(False)
+    per_first = (
+        valid.group_by(first)
+        .agg(pl.col("rows").sum())
         .sort(first)
-        .with_columns((start // max_rows).alias("chunk"))
+        .with_columns(large.alias("large"))
+        # A run is a stretch of whole values between large ones, or one large value.
+        .with_columns((pl.col("large") | pl.col("large").shift(1, fill_value=False)).cum_sum().alias("run"))
     )
-    offset = int(whole.get_column("chunk").max() or 0) + 1 if whole.height else 0
+    whole = per_first.filter(~pl.col("large")).with_columns((start.over("run") // max_rows).alias("part"))
     split = (
-        valid.join(large.select(first), on=first, how="semi")
+        valid.join(per_first.filter(pl.col("large")).select(first, "run"), on=first, how="inner")
         .sort(columns[:2])
         .with_columns((start.over(first) // max_rows).alias("part"))
     )
-    split = split.with_columns(
-        (pl.struct(first, "part").rank("dense").cast(pl.Int64) - 1 + offset).alias("chunk")
-    ).drop("part")
-    last = int(split.get_column("chunk").max() or offset - 1) + 1 if split.height else offset
-    return pl.concat(
+    planned = pl.concat(
         [
-            valid.join(large.select(first), on=first, how="anti").join(
-                whole.select(first, "chunk"), on=first, how="left"
-            ),
-            split,
-            groups.filter(has_null).with_columns(pl.lit(last, dtype=pl.Int64).alias("chunk")),
+            valid.join(whole.select(first, "run", "part"), on=first, how="inner"),
+            split.select(*groups.columns, "run", "part"),
         ],
+        how="vertical_relaxed",
+    )
+    ordinal = pl.struct(pl.col("run").cast(pl.Int64), pl.col("part").cast(pl.Int64)).rank("dense")
+    planned = planned.with_columns((ordinal.cast(pl.Int64) - 1).alias("chunk")).drop("run", "part")
+    last = int(planned.get_column("chunk").max() or 0) + 1 if planned.height else 0
+    return pl.concat(
+        [planned, groups.filter(has_null).with_columns(pl.lit(last, dtype=pl.Int64).alias("chunk"))],
         how="vertical_relaxed",
     ).with_columns(pl.col("chunk").cast(pl.Int64))
 
@@ -401,10 +404,18 @@ def _stage_merge(
         return AlwaysFalse(), []
     scope = merge_scope(keys, partition_by_of(table), key)
     empty = pl.from_arrow(table.schema().as_arrow().empty_table())
-    lookup = keys.with_columns(pl.col(name).cast(empty.schema[name]) for name in key)  # the table's types
-    replaced = _split_current(table, scope, lookup, key, staged, scratch)
+    numbers = keys.get_column(_CHUNK).unique().sort().to_list()
+    # The batch's keys are the merge's largest object (millions in a surge's lab batch): one copy, in the
+    # table's types, sorted by the first key column for `key_bounds_check` and let go before the chunks
+    # are merged. Chunks hold disjoint ranges of that column (`plan_chunks`), each chunk's keys come
+    # sorted, so the keys usually are already: sorting them again would copy them all.
+    keys = keys.with_columns(pl.col(name).cast(empty.schema[name]) for name in key)
+    in_order = keys.get_column(key[0]).is_sorted()
+    keys = keys.with_columns(pl.col(key[0]).set_sorted()) if in_order else keys.sort(key[0])
+    replaced = _split_current(table, scope, keys, key, staged, scratch)
+    del keys
     merge = upsert if mode == "upsert" else scd2
-    for number in keys.get_column(_CHUNK).unique().sort().to_list():
+    for number in numbers:
         changes = pl.read_parquet(scratch / f"changes-{number}.parquet")
         path = scratch / _spill_name(number)
         current = pl.read_parquet(path) if path.exists() else empty
@@ -435,7 +446,8 @@ def _spill_changes(chunks: Sequence[Chunk], key: Sequence[str], scratch: Path) -
         if changes.is_empty():
             continue
         changes.write_parquet(scratch / f"changes-{number}.parquet")
-        keys.append(changes.select(key).unique().with_columns(pl.lit(number, pl.Int64).alias(_CHUNK)))
+        distinct = changes.select(key).unique().sort(key[0])
+        keys.append(distinct.with_columns(pl.lit(number, pl.Int64).alias(_CHUNK)))
         del changes
     if not keys:
         return pl.DataFrame()

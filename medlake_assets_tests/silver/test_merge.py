@@ -507,12 +507,32 @@ def test_plan_chunks_packs_whole_values_splits_a_large_one_and_keeps_nulls_apart
     )
     plan = plan_chunks(groups, ["facility_id", "order_id"], 5)
     chunk = {(f, o): c for f, o, c in plan.select("facility_id", "order_id", "chunk").iter_rows()}
-    # F1 and F3 are packed whole (F1 first, then F3: sorted), F2 (12 rows) gets chunks of its own cut
-    # between order ids, and the groups with a null go to one last chunk.
-    assert chunk[("F1", "O1")] == chunk[("F3", "O1")] == 0
+    # F1 and F3 are packed whole, F2 (12 rows) gets chunks of its own cut between order ids, numbered in
+    # the facilities' order (F1, F2, F3: a merge's keys then come sorted by facility), and the groups with
+    # a null go to one last chunk.
+    assert chunk[("F1", "O1")] == 0
     assert [chunk[("F2", o)] for o in ("O1", "O2", "O3", "O4")] == [1, 1, 2, 2]
-    assert chunk[(None, "O1")] == chunk[("F4", None)] == 3
+    assert chunk[("F3", "O1")] == 3
+    assert chunk[(None, "O1")] == chunk[("F4", None)] == 4
     assert plan.height == groups.height
+
+
+def test_plan_chunks_number_chunks_in_the_first_columns_order() -> None:
+    """Whole values around large ones: each chunk's range of the first column lies after the one before."""
+    rows = {"F1": 2, "F2": 2, "F3": 9, "F4": 1, "F5": 4, "F6": 8, "F7": 3}
+    groups = pl.DataFrame(
+        [(facility, f"O{n}", 1) for facility, count in rows.items() for n in range(count)],
+        schema={"facility_id": pl.String, "order_id": pl.String, "rows": pl.Int64},
+        orient="row",
+    )
+    plan = plan_chunks(groups, ["facility_id", "order_id"], 5)
+    ranges = plan.group_by("chunk").agg(pl.col("facility_id").min().alias("low"), pl.col("facility_id").max())
+    ranges = ranges.sort("chunk")
+    assert ranges.get_column("chunk").to_list() == list(range(ranges.height))
+    lows, highs = ranges.get_column("low").to_list(), ranges.get_column("facility_id").to_list()
+    assert all(high <= low for high, low in zip(highs, lows[1:], strict=False))
+    assert plan.group_by("chunk").agg(pl.col("rows").sum()).get_column("rows").max() <= 5
+    assert plan.sort("chunk", "facility_id", "order_id").get_column("facility_id").is_sorted()
 
 
 @pytest.mark.parametrize("mode", ["upsert", "scd2"])
