@@ -8,7 +8,11 @@ does it (`MEDLAKE_INGEST_WORKERS=1`), and is sampled every 20 ms (the process an
 
 - bronze: the landing sensor's batches of each source loaded (`load_batch`: unpack, parse, commit, ledger);
 - silver: each source's silver table brought up to date for the whole day at once (`load_silver`: type,
-  check, merge), then `silver.encounters` from the day's ADT events (`load_encounters`).
+  check, merge), then `silver.encounters` from the day's ADT events (`load_encounters`);
+- run: on a second copy of the landing day, the landing sensor's first `ingest_landed` run executed as a
+  run worker executes it: the largest batch of every source (the sensor's `max_bytes_per_run`, with both
+  40 MB archives), bronze, silver and encounters one step after another in one process, with the
+  environment `medlake workers` gives its runs (`lake/memory.py`: Polars' allocator).
 
 The bound (1.5 GB by default) is asserted for every stage: the command exits 1 when one is above.
 """
@@ -29,10 +33,15 @@ from pathlib import Path
 import psutil
 from rich.table import Table
 
+from medlake_assets.defs.bronze import BATCH_TAG
+from medlake_assets.lake.memory import POLARS_ALLOCATOR_ENV
+
 LARGE_BYTES = 40_000_000
 
 
 ENCOUNTERS = "encounters"
+RUN = "run"
+FLOW_SOURCES = "ingest_landed (all sources)"
 
 
 @dataclass
@@ -127,18 +136,73 @@ def _stage(home: str, stage: str, source: str, day: date) -> tuple[int, float, i
     return archives, size / 1e6, records, time.perf_counter() - started
 
 
-def _measure(home: Path, stage: str, source: str, day: date) -> StageMemory:
+def _flow_run(home: str) -> tuple[int, float, int, float]:
+    """In a child process: the landing sensor's first `ingest_landed` run over `home`, executed in process as
+    a run worker does; (archives, MB, bronze records, s)."""
+    import time
+
+    import dagster as dg
+
+    from medlake_assets.definitions import build_definitions
+    from medlake_assets.defs.flow import LANDING_SENSOR, sources_in_run
+    from medlake_assets.defs.runner import apply_partition_requests, quiet
+    from medlake_assets.lake import Lake
+    from medlake_assets.lake.settings import load_settings
+
+    os.environ["MEDLAKE_INGEST_WORKERS"] = "1"
+    settings = load_settings({**os.environ, "MEDLAKE_HOME": home})
+    defs = build_definitions(settings)
+    sensor = defs.get_repository_def().get_sensor_def(LANDING_SENSOR)
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(
+            instance=instance, definitions=defs, sensor_name=sensor.name, resources=defs.resources
+        )
+        result = sensor(context)
+        apply_partition_requests(instance, result)
+        request = result.run_requests[0]
+        started = time.perf_counter()
+        outcome = defs.resolve_job_def(sensor.job_name).execute_in_process(
+            run_config=quiet(request.run_config),
+            instance=instance,
+            partition_key=request.partition_key,
+            asset_selection=request.asset_selection,
+            tags=request.tags,
+            raise_on_error=False,
+        )
+        seconds = time.perf_counter() - started
+        if not outcome.success:
+            raise RuntimeError(f"the ingest_landed run {outcome.run_id} failed (see its events)")
+    ledger = Lake(settings).ledger
+    files = [
+        file
+        for source in sources_in_run(request.tags)
+        for file in ledger.batch_files(request.tags[f"{BATCH_TAG}/{source}"])
+    ]
+    records = sum(file.records or 0 for file in files)
+    return len(files), sum(file.size for file in files) / 1e6, records, seconds
+
+
+def _in_child(function, *args) -> tuple[tuple, float]:
+    """`function(*args)` in a fresh process, sampled (with its children) every 20 ms; (result, peak MB)."""
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as child:
         pid = child.submit(os.getpid).result()  # the fresh worker process that runs the stage
         peak = _Peak()
         thread = threading.Thread(target=peak.sample, args=(pid,), daemon=True)
         thread.start()
         try:
-            archives, megabytes, rows, seconds = child.submit(_stage, str(home), stage, source, day).result()
+            result = child.submit(function, *args).result()
         finally:
             peak.stop()
             thread.join()
-    return StageMemory(stage, source, archives, megabytes, rows, peak.peak / 2**20, seconds)
+    return result, peak.peak / 2**20
+
+
+def _measure(home: Path, stage: str, source: str, day: date) -> StageMemory:
+    if stage == RUN:
+        (archives, megabytes, rows, seconds), peak = _in_child(_flow_run, str(home))
+    else:
+        (archives, megabytes, rows, seconds), peak = _in_child(_stage, str(home), stage, source, day)
+    return StageMemory(stage, source, archives, megabytes, rows, peak, seconds)
 
 
 def run_memory_benchmark(
@@ -159,8 +223,12 @@ def run_memory_benchmark(
             shutil.rmtree(generated, ignore_errors=True)
             _write_large_archives(generated, day, seed)
             write_feeds(generated, facilities=facilities, archives=archives, seed=seed, day=day)
+    # Runs start with the environment `medlake workers` gives them (spawned children inherit it).
+    os.environ.update({name: os.environ.get(name, value) for name, value in POLARS_ALLOCATOR_ENV.items()})
     home = work / f"run-{datetime.now(UTC):%Y%m%dT%H%M%S}"
     shutil.copytree(generated / "landing", home / "landing", copy_function=os.link)
+    flow_home = home / RUN
+    shutil.copytree(generated / "landing", flow_home / "landing", copy_function=os.link)
     lake = Lake(load_settings({**os.environ, "MEDLAKE_HOME": str(home)}))
     specs = list(lake.sources.values())
     register_landed(lake.store, lake.ledger, specs, [day_prefix(spec.name, day) for spec in specs])
@@ -174,17 +242,17 @@ def run_memory_benchmark(
     for stage, source in stages:
         with console.status(f"{stage} {source}"):
             results.append(_measure(home, stage, source, day))
-    table = Table(
-        title=f"medlake bench memory: peak RSS of one stage in a fresh process (bound {bound_mb:,.0f} MB)"
-    )
+    with console.status("one ingest_landed run of every source's largest batch"):
+        results.append(_measure(flow_home, RUN, FLOW_SOURCES, day))
+    table = Table(title=f"medlake bench memory: peak RSS, each in a fresh process (bound {bound_mb:,.0f} MB)")
     for column in ("stage", "source", "archives", "MB in", "rows", "peak RSS MB", "seconds", "within bound"):
         table.add_column(column, justify="left" if column in ("stage", "source") else "right")
     for result in results:
         table.add_row(
             result.stage,
             result.source,
-            str(result.archives) if result.stage == "bronze" else "",
-            f"{result.megabytes_in:.1f}" if result.stage == "bronze" else "",
+            str(result.archives) if result.stage in ("bronze", RUN) else "",
+            f"{result.megabytes_in:.1f}" if result.stage in ("bronze", RUN) else "",
             f"{result.rows:,}",
             f"{result.peak_mb:,.0f}",
             f"{result.seconds:.1f}",
