@@ -101,7 +101,7 @@ def _ingest_once(
     days = [day for source in lake.sources for day in landed_days(lake.store, source)]
     cursor = json.dumps({"since": min(days).isoformat()}) if days else None
     for _ in range(max_ticks):
-        result = _tick(sensor_def, defs, instance, cursor)
+        result = tick_sensor(sensor_def, defs, instance, cursor)
         apply_partition_requests(instance, result)
         requests = list(result.run_requests or []) if isinstance(result, dg.SensorResult) else []
         cursor = result.cursor if isinstance(result, dg.SensorResult) and result.cursor else cursor
@@ -109,11 +109,11 @@ def _ingest_once(
             break
         for request in requests:
             job = defs.resolve_job_def(request.job_name or sensor_def.job_name)
-            _execute(job, request, instance, summary, on_run, label=sensor_def.name)
+            execute_request(job, request, instance, summary, on_run, label=sensor_def.name)
     # Objects in landing folders no source owns are quarantined by their own sensor (it requests no run);
     # after the sources' work, so a failure there (e.g. quarantine unwritable) does not hold that up.
     for name in (sensor.name for sensor in repository.sensor_defs if sensor.name.startswith("landing_")):
-        _tick(repository.get_sensor_def(name), defs, instance, None)
+        tick_sensor(repository.get_sensor_def(name), defs, instance, None)
     if refine_silver:
         bring_up_to_date(defs, instance, lake, summary, on_run, groups=groups)
     summary.seconds = time.perf_counter() - started
@@ -129,7 +129,8 @@ def apply_partition_requests(instance: dg.DagsterInstance, result: object) -> No
             instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
 
 
-def _tick(sensor_def: dg.SensorDefinition, defs: dg.Definitions, instance: dg.DagsterInstance, cursor):
+def tick_sensor(sensor_def: dg.SensorDefinition, defs: dg.Definitions, instance: dg.DagsterInstance, cursor):
+    """One evaluation of a sensor, as the daemon's tick would make it."""
     context = dg.build_sensor_context(
         instance=instance,
         cursor=cursor,
@@ -180,7 +181,9 @@ def run_automation(
             return
         for (job_name, partition), keys in runs.items():
             request = dg.RunRequest(partition_key=partition, asset_selection=keys)
-            _execute(defs.resolve_job_def(job_name), request, instance, summary, on_run, label=job_name)
+            execute_request(
+                defs.resolve_job_def(job_name), request, instance, summary, on_run, label=job_name
+            )
 
 
 def bring_up_to_date(
@@ -216,7 +219,7 @@ def catch_up(
             continue  # that set of batches had its run (e.g. the gate held it back): not every call again
         ensure_landing_days(instance, [request.partition_key])
         job = defs.resolve_job_def(refine_job_name(lake.sources[request.tags[SOURCE_TAG]]))
-        _execute(job, request, instance, summary, on_run, label=job.name)
+        execute_request(job, request, instance, summary, on_run, label=job.name)
 
 
 def _jobs_by_asset(defs: dg.Definitions) -> dict[dg.AssetKey, str]:
@@ -232,7 +235,7 @@ def _jobs_by_asset(defs: dg.Definitions) -> dict[dg.AssetKey, str]:
     return jobs
 
 
-def _execute(
+def execute_request(
     job: dg.JobDefinition,
     request: dg.RunRequest,
     instance: dg.DagsterInstance,

@@ -11,12 +11,21 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import gc
+from collections.abc import Callable
 
 # Polars' jemalloc reads its options from this variable once, when the process first loads Polars, so the
 # process must be started with it (the run workers' environment and the Docker image set it). Decay 0:
 # pages are given back as soon as they are freed, rather than after 10 s; background threads do it.
 POLARS_ALLOCATOR_ENV = {"_RJEM_MALLOC_CONF": "background_thread:true,dirty_decay_ms:0,muzzy_decay_ms:0"}
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's `malloc_trim`, looked up once (`find_library` runs `ldconfig`); None on musl or macOS."""
+    libc = ctypes.util.find_library("c")
+    return getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
 
 
 def release_memory() -> None:
@@ -26,7 +35,5 @@ def release_memory() -> None:
 
     gc.collect()
     pa.default_memory_pool().release_unused()
-    if libc := ctypes.util.find_library("c"):
-        trim = getattr(ctypes.CDLL(libc), "malloc_trim", None)  # glibc only (not musl, not macOS)
-        if trim is not None:
-            trim(0)
+    if trim := _malloc_trim():
+        trim(0)

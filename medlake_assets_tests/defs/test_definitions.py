@@ -82,3 +82,14 @@ def test_definitions_load_and_match_snapshot(tmp_path, snapshot):
 def test_building_definitions_touches_no_storage(tmp_path):
     build_definitions(local_settings(tmp_path / "home"))
     assert not (tmp_path / "home").exists()
+
+
+def test_every_job_gives_memory_back_after_each_step(tmp_path):
+    """The release hooks sit on each `define_asset_job` (Dagster has no code-location-wide hook): a new job
+    without them would keep each step's peak for the next (`lake/memory.py`)."""
+    from medlake_assets.defs.policies import STEP_HOOKS
+
+    jobs = build_definitions(local_settings(tmp_path)).get_repository_def().get_all_jobs()
+    named = [job for job in jobs if not job.name.startswith("__")]  # Dagster's implicit asset jobs
+    assert len(named) > 10
+    assert [job.name for job in named if not job.hook_defs >= STEP_HOOKS] == []

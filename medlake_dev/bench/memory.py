@@ -145,7 +145,12 @@ def _flow_run(home: str) -> tuple[int, float, int, float]:
 
     from medlake_assets.definitions import build_definitions
     from medlake_assets.defs.flow import LANDING_SENSOR, sources_in_run
-    from medlake_assets.defs.runner import apply_partition_requests, quiet
+    from medlake_assets.defs.runner import (
+        IngestSummary,
+        apply_partition_requests,
+        execute_request,
+        tick_sensor,
+    )
     from medlake_assets.lake import Lake
     from medlake_assets.lake.settings import load_settings
 
@@ -153,25 +158,18 @@ def _flow_run(home: str) -> tuple[int, float, int, float]:
     settings = load_settings({**os.environ, "MEDLAKE_HOME": home})
     defs = build_definitions(settings)
     sensor = defs.get_repository_def().get_sensor_def(LANDING_SENSOR)
+    summary = IngestSummary()
     with dg.instance_for_test() as instance:
-        context = dg.build_sensor_context(
-            instance=instance, definitions=defs, sensor_name=sensor.name, resources=defs.resources
-        )
-        result = sensor(context)
+        result = tick_sensor(sensor, defs, instance, None)
         apply_partition_requests(instance, result)
         request = result.run_requests[0]
         started = time.perf_counter()
-        outcome = defs.resolve_job_def(sensor.job_name).execute_in_process(
-            run_config=quiet(request.run_config),
-            instance=instance,
-            partition_key=request.partition_key,
-            asset_selection=request.asset_selection,
-            tags=request.tags,
-            raise_on_error=False,
+        execute_request(
+            defs.resolve_job_def(sensor.job_name), request, instance, summary, None, label=sensor.name
         )
         seconds = time.perf_counter() - started
-        if not outcome.success:
-            raise RuntimeError(f"the ingest_landed run {outcome.run_id} failed (see its events)")
+    if summary.failed_runs:
+        raise RuntimeError("the ingest_landed run failed (see its events)")
     ledger = Lake(settings).ledger
     files = [
         file
