@@ -12,14 +12,21 @@ from medlake_assets.lake.memory import release_memory
 EXECUTOR = dg.in_process_executor
 
 
+def _release_and_report(context: dg.HookContext) -> None:
+    # The step's peak goes to the run's log: an operator sizing run pods (and `bench soak`) sees which
+    # step needs the memory, not only the run's total.
+    if (memory := release_memory()) is not None:
+        context.log.info(memory.describe(context.step_key))
+
+
 @dg.success_hook(name="release_memory")
-def _release_after_success(_context: dg.HookContext) -> None:
-    release_memory()
+def _release_after_success(context: dg.HookContext) -> None:
+    _release_and_report(context)
 
 
 @dg.failure_hook(name="release_memory_after_failure")
-def _release_after_failure(_context: dg.HookContext) -> None:
-    release_memory()
+def _release_after_failure(context: dg.HookContext) -> None:
+    _release_and_report(context)
 
 
 # ...so each step gives its memory back before the next one starts (`lake/memory.py`). Every job has them.

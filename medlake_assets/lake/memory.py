@@ -13,7 +13,10 @@ import ctypes
 import ctypes.util
 import functools
 import gc
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 # Polars' jemalloc reads its options from this variable once, when the process first loads Polars, so the
 # process must be started with it (the run workers' environment and the Docker image set it). Decay 0:
@@ -28,12 +31,48 @@ def _malloc_trim() -> Callable[[int], int] | None:
     return getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
 
 
-def release_memory() -> None:
+@dataclass(frozen=True)
+class StepMemory:
+    """A step's memory as the operating system saw its process: the peak resident set since the previous
+    step's release (Linux's high-water mark, reset then), and what stayed after this release."""
+
+    peak_mb: int
+    after_mb: int
+
+    def describe(self, step: str) -> str:
+        return f"step {step}: peak RSS {self.peak_mb} MB, {self.after_mb} MB after release"
+
+    @classmethod
+    def parse(cls, message: str) -> tuple[str, StepMemory] | None:
+        """The step and its memory from a `describe` line (the run's log), or None for any other line."""
+        found = _DESCRIBED.search(message)
+        if found is None:
+            return None
+        return found["step"], cls(int(found["peak"]), int(found["after"]))
+
+
+_DESCRIBED = re.compile(r"step (?P<step>\S+): peak RSS (?P<peak>\d+) MB, (?P<after>\d+) MB after release")
+_STATUS = Path("/proc/self/status")
+
+
+def _status_mb(field: str) -> int:
+    found = re.search(rf"^{field}:\s+(\d+) kB", _STATUS.read_text(), re.MULTILINE)
+    return int(found[1]) // 1024 if found else 0
+
+
+def release_memory() -> StepMemory | None:
     """Free unreachable Python objects, then have Arrow's and the C library's allocators return what they
-    hold unused to the operating system."""
+    hold unused to the operating system. Returns the step's memory on Linux (None elsewhere), and starts
+    the next step's peak from what is left."""
     import pyarrow as pa
 
     gc.collect()
     pa.default_memory_pool().release_unused()
     if trim := _malloc_trim():
         trim(0)
+    if not _STATUS.exists():
+        return None
+    memory = StepMemory(peak_mb=_status_mb("VmHWM"), after_mb=_status_mb("VmRSS"))
+    # Writing 5 resets the process's peak resident set (VmHWM) to its current size (Linux 4.0 and later).
+    Path("/proc/self/clear_refs").write_text("5")
+    return memory

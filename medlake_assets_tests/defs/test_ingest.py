@@ -25,6 +25,7 @@ from medlake_assets_tests.lake_helpers import (
     open_lake,
     table_rows,
 )
+from medlake_dev.bench.soak import run_profiles
 from medlake_dev.generate import write_feeds
 
 GENERATION = {"facilities": 4, "archives": 48, "seed": 11, "bad_rate": 0.35, "day": DAY, "size_scale": 0.02}
@@ -89,6 +90,10 @@ def test_generate_ingest_matches_manifest_and_rerun_changes_nothing(landed):
         steps = {event.step_key for event in events if event.event_type == kinds.STEP_SUCCESS}
         hooked = {event.step_key for event in events if event.event_type == kinds.HOOK_COMPLETED}
         assert len(steps) >= 9 and hooked == steps
+        # ...and logged its peak, which `bench soak` reads back per step.
+        (profile,) = [profile for profile in run_profiles(instance) if profile["run_id"] == run.run_id]
+        assert set(profile["step_peak_mb"]) == steps
+        assert all(peak > 50 for peak in profile["step_peak_mb"].values())
         snapshots = {
             source: lake.catalog.load_table(f"bronze.{source}").metadata.current_snapshot_id
             for source in manifest["sources"]

@@ -40,6 +40,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
+from medlake_assets.lake.memory import StepMemory
 from medlake_dev.bench.scale import DUMMY_AWS, s3_endpoint, silver_times
 from medlake_dev.workers import (
     Workers,
@@ -214,14 +215,14 @@ def cut_order(key: str) -> tuple[str, str]:
     return (match.group(1) if match else "", key)
 
 
-def run_profiles(workers: Workers) -> list[dict]:
+def run_profiles(instance: dg.DagsterInstance) -> list[dict]:
     """Every run's timeline and steps, from the event log, kept before the soak drops its database.
 
     Per run: job, status, seconds from created to started (the queue wait and the run process's start),
-    from started to its first step, from started to its end; per step its seconds; per materialization its
-    numeric metadata (counts and seconds only: no record value is ever in metadata).
+    from started to its first step, from started to its end; per step its seconds and its peak RSS (the
+    line the step's release hook logs); per materialization its numeric metadata (counts and seconds only:
+    no record value is ever in metadata).
     """
-    instance = workers.instance()
     wanted = {
         dg.DagsterEventType.RUN_START,
         dg.DagsterEventType.STEP_START,
@@ -235,9 +236,14 @@ def run_profiles(workers: Workers) -> list[dict]:
         started = first_step = None
         steps: dict[str, float] = {}
         materializations: dict[str, dict[str, float]] = {}
-        for entry in instance.all_logs(run.run_id, of_type=wanted):
+        step_peaks: dict[str, int] = {}
+        for entry in instance.all_logs(run.run_id):
             event = entry.dagster_event
             if event is None:
+                if (described := StepMemory.parse(entry.user_message)) is not None:
+                    step_peaks[described[0]] = described[1].peak_mb
+                continue
+            if event.event_type not in wanted:
                 continue
             if event.event_type == dg.DagsterEventType.RUN_START:
                 started = entry.timestamp
@@ -264,6 +270,7 @@ def run_profiles(workers: Workers) -> list[dict]:
                 "startup_s": (first_step - started) if started and first_step else None,
                 "total_s": (record.end_time - started) if started and record.end_time else None,
                 "steps": steps,
+                "step_peak_mb": step_peaks,
                 "materializations": materializations,
             }
         )
@@ -274,23 +281,27 @@ QUEUED = "(queued and process start)"
 
 
 def step_table(profiles: Sequence[Mapping]) -> Table:
-    """Where the runs' time went: per step (and per run's queue wait and start-up), total and share."""
+    """Where the runs' time and memory went: per step (and per run's queue wait and start-up), total and
+    share of the time, and the step's highest peak RSS in any run (which step sizes the run pods)."""
     totals: dict[str, list[float]] = defaultdict(list)
+    peaks: dict[str, int] = defaultdict(int)
     for profile in profiles:
         for name, label in (("queued_s", QUEUED), ("startup_s", "(run start to first step)")):
             if profile[name] is not None:
                 totals[label].append(profile[name])
         for step, seconds in profile["steps"].items():
             totals[step].append(seconds)
+        for step, peak in profile.get("step_peak_mb", {}).items():
+            peaks[step] = max(peaks[step], peak)
     busy = sum(sum(values) for name, values in totals.items() if name != QUEUED)
     table = Table(title=f"bench soak: where the run time went ({len(profiles)} runs)")
-    for column in ("step", "runs", "total s", "share of run time", "p50 s", "max s"):
+    for column in ("step", "runs", "total s", "share of run time", "p50 s", "max s", "peak RSS MB"):
         table.add_column(column, justify="left" if column == "step" else "right")
     for name, values in sorted(totals.items(), key=lambda item: -sum(item[1])):
         share = "" if name == QUEUED else f"{sum(values) / busy:.0%}" if busy else ""
         table.add_row(
             name, str(len(values)), f"{sum(values):,.0f}", share,
-            f"{quantile(values, 0.5):.1f}", f"{max(values):.1f}",
+            f"{quantile(values, 0.5):.1f}", f"{max(values):.1f}", f"{peaks[name]:,}" if name in peaks else "",
         )  # fmt: skip
     return table
 
@@ -476,7 +487,7 @@ def run_soak(
                 times = {key: at.timestamp() for key, (at, _) in silver_times(workers).items()}
                 ended = time.time()
             runs = _run_records(workers)
-            profiles = run_profiles(workers)
+            profiles = run_profiles(workers.instance())
             (work_dir / f"runs-{datetime.now(UTC):%Y%m%dT%H%M%S}.json").write_text(json.dumps(profiles))
             checks = lake_checks(workers, manifest, set(landed))
         return summarize(

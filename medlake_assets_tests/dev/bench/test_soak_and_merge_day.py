@@ -1,4 +1,5 @@
-"""The soak's arrival order and the merge-day benchmark's batches: the parts that decide what they measure."""
+"""The soak's arrival order, its step table and the merge-day benchmark's batches: the parts that decide what
+they measure."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ from datetime import date
 from pathlib import Path
 
 import polars as pl
+from rich.console import Console
 
 from medlake_dev.bench.merge import KEY, _catalog, day_batch, run_day_benchmark
-from medlake_dev.bench.soak import cut_order
+from medlake_dev.bench.soak import QUEUED, cut_order, step_table
 from medlake_dev.generate import write_feeds
 
 
@@ -23,6 +25,25 @@ def test_the_soak_lands_archives_in_the_order_their_facilities_cut_them(
     assert all(cut_times) and cut_times == sorted(cut_times)
     # Facilities interleave: the first ten arrivals already come from more than one facility.
     assert len({key.split("/")[5] for key in keys[:10]}) > 1
+
+
+def test_the_step_table_gives_each_steps_highest_peak_over_the_runs() -> None:
+    def profile(lab_seconds: float, lab_peak: int) -> dict:
+        return {
+            "queued_s": 4.0,
+            "startup_s": 0.1,
+            "steps": {"silver__lab_results": lab_seconds, "bronze__adt_events": 1.0},
+            "step_peak_mb": {"silver__lab_results": lab_peak, "bronze__adt_events": 600},
+        }
+
+    console = Console(width=200, record=True)
+    console.print(step_table([profile(3.0, 1_480), profile(5.0, 2_210)]))
+    rows = {line.split("│")[1].strip(): line for line in console.export_text().splitlines() if "│" in line}
+    assert [cell.strip() for cell in rows["silver__lab_results"].split("│")[2:-1]] == [
+        "2", "8", "78%", "3.0", "5.0", "2,210"
+    ]  # fmt: skip
+    assert rows["bronze__adt_events"].split("│")[-2].strip() == "600"
+    assert rows[QUEUED].split("│")[-2].strip() == ""  # no step: no peak
 
 
 def test_merge_day_batches_number_orders_on_and_finalise_a_fifth_of_the_last_batch() -> None:

@@ -1,0 +1,31 @@
+"""A step's memory as its release reports it: the peak since the previous release, read from the kernel."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from medlake_assets.lake.memory import StepMemory, release_memory
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the peak is Linux's VmHWM")
+
+
+def test_each_release_reports_the_peak_since_the_previous_one() -> None:
+    release_memory()
+    held = b"\x01" * (300 * 2**20)  # written through: every page is resident
+    del held
+    step = release_memory()
+    quiet = release_memory()
+    assert step is not None and quiet is not None
+    assert step.peak_mb >= quiet.after_mb + 290  # the freed 300 MB counted in the step that held them
+    assert quiet.peak_mb < step.peak_mb - 250  # and not in the next one: its peak started from what was left
+    assert quiet.after_mb <= quiet.peak_mb
+
+
+def test_the_logged_line_reads_back_and_other_lines_do_not() -> None:
+    memory = StepMemory(peak_mb=1_234, after_mb=456)
+    line = memory.describe("silver__lab_results")
+    assert line == "step silver__lab_results: peak RSS 1234 MB, 456 MB after release"
+    assert StepMemory.parse(line) == ("silver__lab_results", memory)
+    assert StepMemory.parse("silver lab_results: 3 batches") is None
