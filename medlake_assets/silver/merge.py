@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -406,7 +406,7 @@ def _stage_merge(
     empty = pl.from_arrow(table.schema().as_arrow().empty_table())
     numbers = keys.get_column(_CHUNK).unique().sort().to_list()
     # The batch's keys are the merge's largest object (millions in a surge's lab batch): one copy, in the
-    # table's types, sorted by the first key column for `key_bounds_check` and let go before the chunks
+    # table's types, sorted by the first key column for `keys_within_bounds` and let go before the chunks
     # are merged. Chunks hold disjoint ranges of that column (`plan_chunks`), each chunk's keys come
     # sorted, so the keys usually are already: sorting them again would copy them all.
     keys = keys.with_columns(pl.col(name).cast(empty.schema[name]) for name in key)
@@ -467,7 +467,11 @@ more: a batch touching every partition leaves new small files in each, and every
 spread over the partitions (beds, patients) reads them all, so without this a day of merges read a few
 hundred files per partition. Small enough that rewriting them stays a small part of a merge; nightly
 maintenance compacts files up to 32 MiB."""
-REST_SLICE_ROWS = 500_000  # unchanged rows of replaced files are written back in slices of this many
+REST_SLICE_BYTES = 64 * 1024**2
+"""Unchanged rows of replaced files are written back in slices of about this much memory: rows range from
+~400 B (lab results) to ~2 KB (encounters with their fold state), so a slice of a fixed row count that
+suited one held a gigabyte of the other."""
+_READ_ROWS = 8_192  # rows read from a spill file at a time, to measure a slice as it fills
 
 
 def _split_current(
@@ -482,10 +486,13 @@ def _split_current(
     types, with their chunk), and the small ones: their rows of the batch's keys go to their chunk's file
     in `scratch`, their other rows are staged again, together and sorted by key. Returns the replaced files.
 
-    Files whose key bounds hold no batch key are not read (`key_bounds_check`); the others are first read
-    by their key columns only, and then whole, one at a time, if they are replaced. Small files are
-    replaced, read whole at once, whenever their partition has two or more (`COMPACT_BELOW_BYTES`)."""
-    planned = list(planned_files(table, scope, key_bounds_check(table.schema(), lookup, key)))
+    Files whose key bounds hold no batch key are not read (`keys_within_bounds`); the others are first
+    read by their key columns only, and then whole, one at a time, if they are replaced. Small files are
+    replaced, read whole at once, whenever their partition has two or more (`COMPACT_BELOW_BYTES`). A
+    file's rows are matched against the batch keys within its bounds only: a surge's lab batch holds
+    millions of keys, and a join with all of them for every file replaced held them all again, hashed."""
+    within = keys_within_bounds(table.schema(), lookup, key)
+    planned = list(planned_files(table, scope, lambda data_file: not within(data_file).is_empty()))
     small_per_partition = Counter(
         _partition_of(data_file)
         for data_file, _ in planned
@@ -498,9 +505,8 @@ def _split_current(
             and small_per_partition[_partition_of(data_file)] > 1
         ):
             return True  # compacted whatever it holds: its keys need not be read
-        return (
-            not pl.from_arrow(read(key)).join(lookup, on=list(key), how="semi", nulls_equal=True).is_empty()
-        )
+        keys = within(data_file)
+        return not pl.from_arrow(read(key)).join(keys, on=list(key), how="semi", nulls_equal=True).is_empty()
 
     replaced: list[DataFile] = []
     writers: dict[int | None, pq.ParquetWriter] = {}  # a chunk's current rows; None: the unchanged rows
@@ -509,7 +515,8 @@ def _split_current(
             if not replace(data_file, read):
                 continue  # the file stays as it is
             replaced.append(data_file)
-            routed = pl.from_arrow(read(None)).join(lookup, on=list(key), how="left", nulls_equal=True)
+            keys = within(data_file)
+            routed = pl.from_arrow(read(None)).join(keys, on=list(key), how="left", nulls_equal=True)
             hit = pl.col(_CHUNK).is_not_null()
             _spill(writers, scratch, None, as_table_rows(table, routed.filter(~hit).drop(_CHUNK)))
             for (number,), part in routed.filter(hit).partition_by(_CHUNK, as_dict=True).items():
@@ -519,9 +526,23 @@ def _split_current(
             writer.close()
     unchanged = scratch / _spill_name(None)
     if unchanged.exists():
-        for rows in pq.ParquetFile(unchanged).iter_batches(batch_size=REST_SLICE_ROWS):
+        for rows in _slices(unchanged, REST_SLICE_BYTES):
             staged.write_frame(pl.from_arrow(rows).sort(key, nulls_last=True, maintain_order=True))
     return replaced
+
+
+def _slices(path: Path, size: int) -> Iterator[pa.Table]:
+    """The rows of a Parquet file in order, in tables of about `size` bytes of Arrow memory each."""
+    pending: list[pa.RecordBatch] = []
+    held = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=_READ_ROWS):
+        pending.append(batch)
+        held += batch.nbytes
+        if held >= size:
+            yield pa.Table.from_batches(pending)
+            pending, held = [], 0
+    if pending:
+        yield pa.Table.from_batches(pending)
 
 
 def _partition_of(data_file: DataFile) -> tuple[int, Record]:
@@ -552,8 +573,21 @@ def key_bounds_check(schema: Schema, keys: pl.DataFrame, key: Sequence[str]) -> 
 
     Order, visit and document numbers grow with time, so a batch's new keys lie above the ranges of the
     files written before (merged rows are written sorted by key): a merge then reads the files its keys
-    fall in, not every file of the partitions it touches. Exact: bounds are inclusive (a truncated string
-    bound still encloses its values), and a key column with a null key or without bounds is not used.
+    fall in, not every file of the partitions it touches.
+    """
+    within = keys_within_bounds(schema, keys, key)
+    return lambda data_file: not within(data_file).is_empty()
+
+
+def keys_within_bounds(
+    schema: Schema, keys: pl.DataFrame, key: Sequence[str]
+) -> Callable[[DataFile], pl.DataFrame]:
+    """The rows of `keys` (in the table's types, any other columns kept) that a data file may hold, from
+    its lower and upper bounds of the key columns; a merge matches a file's rows against these only.
+
+    Exact: bounds are inclusive (a truncated string bound still encloses its values), and a key column
+    with a null key or without bounds is not used. Cheap when `keys` come sorted by their first usable
+    column (flagged, as `_stage_merge` gives them): a file's rows are then a slice of them, not a copy.
     """
     fields = [schema.find_field(name) for name in key]
     usable = [
@@ -562,8 +596,8 @@ def key_bounds_check(schema: Schema, keys: pl.DataFrame, key: Sequence[str]) -> 
         if isinstance(field.field_type, _BOUNDED_TYPES) and keys.get_column(field.name).null_count() == 0
     ]
     if not usable or keys.is_empty():
-        return lambda _data_file: True
-    ordered = keys.select(field.name for field in usable).sort(usable[0].name)
+        return lambda _data_file: keys
+    ordered = keys.sort(usable[0].name)
     first = ordered.get_column(usable[0].name)
 
     def bounds(data_file: DataFile, field: NestedField) -> tuple[object, object] | None:
@@ -573,7 +607,7 @@ def key_bounds_check(schema: Schema, keys: pl.DataFrame, key: Sequence[str]) -> 
             return None
         return from_bytes(field.field_type, lower), from_bytes(field.field_type, upper)
 
-    def may_hold(data_file: DataFile) -> bool:
+    def within(data_file: DataFile) -> pl.DataFrame:
         candidates = ordered
         if (head := bounds(data_file, usable[0])) is not None:
             start = first.search_sorted(head[0], side="left")
@@ -585,9 +619,9 @@ def key_bounds_check(schema: Schema, keys: pl.DataFrame, key: Sequence[str]) -> 
             if (limits := bounds(data_file, field)) is not None:
                 lower, upper = (pl.lit(limit) for limit in limits)  # a string alone would name a column
                 candidates = candidates.filter(pl.col(field.name).is_between(lower, upper, closed="both"))
-        return not candidates.is_empty()
+        return candidates
 
-    return may_hold
+    return within
 
 
 def merge_into(

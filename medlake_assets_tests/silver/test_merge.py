@@ -35,6 +35,7 @@ from medlake_assets.silver.merge import (
     append,
     archive_filter,
     key_bounds_check,
+    keys_within_bounds,
     merge_chunks,
     merge_into,
     merge_scope,
@@ -693,6 +694,43 @@ def test_key_bounds_never_skip_a_file_holding_a_key(tmp_path: Path) -> None:
         assert key_bounds_check(table.schema(), _keys([order]), KEY)(data_file), order
     assert key_bounds_check(table.schema(), _keys([long[7]], None), KEY)(data_file)  # facility not used
     assert not key_bounds_check(table.schema(), _keys(["ORDER-FROM-B"]), KEY)(data_file)
+
+
+def test_a_file_is_matched_against_the_batch_keys_within_its_bounds_only(tmp_path: Path) -> None:
+    """A merge joins a file's rows with the batch keys its bounds may hold, other columns kept (the chunk),
+    not with every key of the batch: a surge's batch holds millions."""
+    table = apply(make_table(tmp_path, "upsert"), "upsert", batch("b1", _orders(0, 100, "v1", 1), arrived=1))
+    table = apply(table, "upsert", batch("b2", _orders(100, 200, "v2", 2), arrived=2))
+    order_field = table.schema().find_field("order_id").field_id
+    first, second = sorted(
+        (task.file for task in table.scan().plan_files()), key=lambda f: f.lower_bounds[order_field]
+    )
+    keys = _keys(["O0050", "O0150", "O0250"]).with_columns(pl.Series("__chunk", [0, 1, 2]))
+    within = keys_within_bounds(table.schema(), keys.with_columns(pl.col("facility_id").set_sorted()), KEY)
+    assert within(first).rows() == [("F1", "O0050", "T1", 0)]
+    assert within(second).rows() == [("F1", "O0150", "T1", 1)]
+    # A null in the first key column: it is not used, the order numbers still are.
+    unbounded = keys_within_bounds(table.schema(), _keys(["O0050", "O0150"], None), KEY)
+    assert unbounded(first).get_column("order_id").to_list() == ["O0050"]
+
+
+def test_unchanged_rows_are_written_back_in_slices_of_bounded_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One change in a file of 20,000 rows: the other 19,999 are written back in slices of about
+    `REST_SLICE_BYTES` (here every read of 8,192 rows is one), every row exactly once."""
+    table = apply(
+        make_table(tmp_path, "upsert", "none"), "upsert", batch("b1", _orders(0, 20_000, "v1", 1), arrived=1)
+    )
+    monkeypatch.setattr("medlake_assets.silver.merge.REST_SLICE_BYTES", 1)
+    table = apply(table, "upsert", batch("b2", [("F1", "O0005", "T1", "v2", "F", 2, "U")], arrived=2))
+    summary = table.current_snapshot().summary
+    assert (summary["deleted-data-files"], summary["deleted-records"]) == ("1", "20000")
+    # Three slices of the unchanged rows (8,192 + 8,192 + 3,615) and the changed key's file.
+    assert (summary["added-data-files"], summary["added-records"]) == ("4", "20000")
+    assert rows(table, ["order_id", "value"]) == sorted(
+        (f"O{n:04d}", "v2" if n == 5 else "v1") for n in range(20_000)
+    )
 
 
 def _bed_updates(run: int, rng: random.Random) -> list[tuple]:
