@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
+from medlake_assets.lake import memory
 from medlake_assets.lake.memory import StepMemory, release_memory
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the peak is Linux's VmHWM")
@@ -29,3 +31,10 @@ def test_the_logged_line_reads_back_and_other_lines_do_not() -> None:
     assert line == "step silver__lab_results: peak RSS 1234 MB, 456 MB after release"
     assert StepMemory.parse(line) == ("silver__lab_results", memory)
     assert StepMemory.parse("silver lab_results: 3 batches") is None
+
+
+def test_a_sandbox_that_refuses_the_reset_gets_no_figure_rather_than_a_wrong_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(memory, "_CLEAR_REFS", tmp_path / "no-such-dir" / "clear_refs")
+    assert release_memory() is None
