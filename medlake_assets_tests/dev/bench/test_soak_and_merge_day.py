@@ -10,7 +10,7 @@ import polars as pl
 from rich.console import Console
 
 from medlake_dev.bench.merge import KEY, _catalog, day_batch, run_day_benchmark
-from medlake_dev.bench.soak import QUEUED, cut_order, step_table
+from medlake_dev.bench.soak import QUEUED, SoakResult, cut_order, render, soak_phases, step_table
 from medlake_dev.generate import write_feeds
 
 
@@ -44,6 +44,41 @@ def test_the_step_table_gives_each_steps_highest_peak_over_the_runs() -> None:
     ]  # fmt: skip
     assert rows["bronze__adt_events"].split("│")[-2].strip() == "600"
     assert rows[QUEUED].split("│")[-2].strip() == ""  # no step: no peak
+
+
+def _soak_result(p95: float, drained: float | None, checks_pass: bool = True) -> SoakResult:
+    return SoakResult(
+        phases=soak_phases(30, 5, 15, 3500, 10),
+        workers=1,
+        sensor_interval=5,
+        windows=[],
+        landed=100,
+        in_silver=100,
+        normal_p95=p95,
+        normal_backlogs=[30, 25, 40],
+        surge_end_backlog=2_000,
+        drain_seconds=drained,
+        failed_runs=0,
+        runs=20,
+        checks=[("bronze.x = manifest, no duplicate record", checks_pass, "10 rows")],
+        profiles=[],
+        load_average=1.0,
+        records=1_000,
+    )
+
+
+def test_the_soak_exits_1_when_a_target_is_not_met_but_not_for_the_stretch() -> None:
+    assert _soak_result(p95=45.0, drained=600).ok  # the 30 s stretch not met: still a pass
+    assert not _soak_result(p95=76.2, drained=600).ok
+    assert not _soak_result(p95=45.0, drained=948).ok  # drained after more than 15 minutes
+    assert not _soak_result(p95=45.0, drained=None).ok
+    assert not _soak_result(p95=45.0, drained=600, checks_pass=False).ok
+    console = Console(width=200, record=True)
+    for table in render(_soak_result(p95=45.0, drained=948)):
+        console.print(table)
+    lines = [line for line in console.export_text().splitlines() if "│" in line]
+    assert any("(stretch) p95 <= 30 s" in line and "not met" in line for line in lines)
+    assert any("surge backlog drained" in line and "not met" in line and "948 s" in line for line in lines)
 
 
 def test_merge_day_batches_number_orders_on_and_finalise_a_fifth_of_the_last_batch() -> None:
