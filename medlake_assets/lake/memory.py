@@ -56,8 +56,8 @@ _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
-def _status_mb(field: str) -> int:
-    found = re.search(rf"^{field}:\s+(\d+) kB", _STATUS.read_text(), re.MULTILINE)
+def _status_mb(status: str, field: str) -> int:
+    found = re.search(rf"^{field}:\s+(\d+) kB", status, re.MULTILINE)
     return int(found[1]) // 1024 if found else 0
 
 
@@ -73,7 +73,8 @@ def release_memory() -> StepMemory | None:
         trim(0)
     if not _STATUS.exists():
         return None
-    memory = StepMemory(peak_mb=_status_mb("VmHWM"), after_mb=_status_mb("VmRSS"))
+    status = _STATUS.read_text()
+    memory = StepMemory(peak_mb=_status_mb(status, "VmHWM"), after_mb=_status_mb(status, "VmRSS"))
     try:
         # Writing 5 resets the process's peak resident set (VmHWM) to its current size (Linux 4.0 and later).
         _CLEAR_REFS.write_text("5")

@@ -406,12 +406,9 @@ def _stage_merge(
     empty = pl.from_arrow(table.schema().as_arrow().empty_table())
     numbers = keys.get_column(_CHUNK).unique().sort().to_list()
     # The batch's keys are the merge's largest object (millions in a surge's lab batch): one copy, in the
-    # table's types, sorted by the first key column for `keys_within_bounds` and let go before the chunks
-    # are merged. Chunks hold disjoint ranges of that column (`plan_chunks`), each chunk's keys come
-    # sorted, so the keys usually are already: sorting them again would copy them all.
+    # table's types, let go before the chunks are merged. Chunks hold disjoint ranges of the first key
+    # column (`plan_chunks`) and each chunk's keys come sorted, so `keys_within_bounds` need not sort them.
     keys = keys.with_columns(pl.col(name).cast(empty.schema[name]) for name in key)
-    in_order = keys.get_column(key[0]).is_sorted()
-    keys = keys.with_columns(pl.col(key[0]).set_sorted()) if in_order else keys.sort(key[0])
     replaced = _split_current(table, scope, keys, key, staged, scratch)
     del keys
     merge = upsert if mode == "upsert" else scd2
@@ -499,23 +496,22 @@ def _split_current(
         if data_file.file_size_in_bytes < COMPACT_BELOW_BYTES
     )
 
-    def replace(data_file: DataFile, read: FileReader) -> bool:
+    def replace(data_file: DataFile, read: FileReader, keys: pl.DataFrame) -> bool:
         if (
             data_file.file_size_in_bytes < COMPACT_BELOW_BYTES
             and small_per_partition[_partition_of(data_file)] > 1
         ):
             return True  # compacted whatever it holds: its keys need not be read
-        keys = within(data_file)
         return not pl.from_arrow(read(key)).join(keys, on=list(key), how="semi", nulls_equal=True).is_empty()
 
     replaced: list[DataFile] = []
     writers: dict[int | None, pq.ParquetWriter] = {}  # a chunk's current rows; None: the unchanged rows
     try:
         for data_file, read in planned:
-            if not replace(data_file, read):
+            keys = within(data_file)
+            if not replace(data_file, read, keys):
                 continue  # the file stays as it is
             replaced.append(data_file)
-            keys = within(data_file)
             routed = pl.from_arrow(read(None)).join(keys, on=list(key), how="left", nulls_equal=True)
             hit = pl.col(_CHUNK).is_not_null()
             _spill(writers, scratch, None, as_table_rows(table, routed.filter(~hit).drop(_CHUNK)))
@@ -587,7 +583,7 @@ def keys_within_bounds(
 
     Exact: bounds are inclusive (a truncated string bound still encloses its values), and a key column
     with a null key or without bounds is not used. Cheap when `keys` come sorted by their first usable
-    column (flagged, as `_stage_merge` gives them): a file's rows are then a slice of them, not a copy.
+    column (as `_stage_merge` gives them): a file's keys are then a slice of them, not a copy.
     """
     fields = [schema.find_field(name) for name in key]
     usable = [
@@ -597,7 +593,9 @@ def keys_within_bounds(
     ]
     if not usable or keys.is_empty():
         return lambda _data_file: keys
-    ordered = keys.sort(usable[0].name)
+    first = keys.get_column(usable[0].name)
+    # Sorting already sorted keys again would copy them all (millions in a surge's lab batch).
+    ordered = keys.with_columns(first.set_sorted()) if first.is_sorted() else keys.sort(usable[0].name)
     first = ordered.get_column(usable[0].name)
 
     def bounds(data_file: DataFile, field: NestedField) -> tuple[object, object] | None:

@@ -331,7 +331,7 @@ def step_table(profiles: Sequence[Mapping]) -> Table:
                 totals[label].append(profile[name])
         for step, seconds in profile["steps"].items():
             totals[step].append(seconds)
-        for step, peak in profile.get("step_peak_mb", {}).items():
+        for step, peak in profile["step_peak_mb"].items():
             peaks[step] = max(peaks[step], peak)
     busy = sum(sum(values) for name, values in totals.items() if name != QUEUED)
     table = Table(title=f"bench soak: where the run time went ({len(profiles)} runs)")
