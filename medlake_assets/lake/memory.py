@@ -31,6 +31,15 @@ def _malloc_trim() -> Callable[[int], int] | None:
     return getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
 
 
+@functools.cache
+def _freeze_what_the_process_keeps() -> None:
+    """Once per process, after the first step's collection: what survived it is what a run keeps to its
+    end (modules, the job's definitions, the instance; about 350,000 objects). A full collection walks them
+    all, 0.2-0.3 s, ten times a run; frozen, the next releases walk only what later steps made. Cyclic
+    garbage among the frozen objects waits for the process's exit, which ends a run worker anyway."""
+    gc.freeze()
+
+
 @dataclass(frozen=True)
 class StepMemory:
     """A step's memory as the operating system saw its process: the peak resident set since the previous
@@ -68,6 +77,7 @@ def release_memory() -> StepMemory | None:
     import pyarrow as pa
 
     gc.collect()
+    _freeze_what_the_process_keeps()
     pa.default_memory_pool().release_unused()
     if trim := _malloc_trim():
         trim(0)
