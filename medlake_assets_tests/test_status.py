@@ -4,7 +4,7 @@ held back, quarantined, which facilities are stale and the last error, with no r
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 from typer.testing import CliRunner
@@ -39,9 +39,11 @@ def status_lines(output: str, source: str) -> list[str]:
 
 def test_status_and_scorecard_show_held_quarantined_pending_and_stale(tmp_path, archive_password):
     home = tmp_path / "home"
-    land_lab(home, "F1", "f1", [lab_row("F1", f"A{n}", bad=n % 4 == 0) for n in range(40)])
-    land_lab(home, "F2", "f2", [lab_row("F2", f"B{n}") for n in range(40)])
-    LocalObjectStore(home).put(f"landing/lab_results/{DAY:%Y/%m/%d}/F3/broken.csv.gz", b"\x1f\x8b not gzip")
+    # Within the freshness lookback whatever today is (a fixed day falls out of it two weeks later).
+    day = datetime.now(UTC).date() - timedelta(days=1)
+    land_lab(home, "F1", "f1", [lab_row("F1", f"A{n}", bad=n % 4 == 0) for n in range(40)], day)
+    land_lab(home, "F2", "f2", [lab_row("F2", f"B{n}") for n in range(40)], day)
+    LocalObjectStore(home).put(f"landing/lab_results/{day:%Y/%m/%d}/F3/broken.csv.gz", b"\x1f\x8b not gzip")
     settings = local_settings(home)
     lake = open_lake(settings)
     env = {"MEDLAKE_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"), "COLUMNS": "200"}
@@ -49,8 +51,8 @@ def test_status_and_scorecard_show_held_quarantined_pending_and_stale(tmp_path, 
         assert ingest_once(build_definitions(settings), instance, lake).failed_runs == 0
     # Three hours without anything from F2; a new F1 file registered but not yet claimed by a batch.
     time_passes(lake, 180, facility="F2")
-    key = f"landing/lab_results/{DAY:%Y/%m/%d}/F1/late.csv.gz"
-    lake.ledger.register([LandedFile(lake.store.uri, key, "e1", 10, "lab_results", "F1", DAY)])
+    key = f"landing/lab_results/{day:%Y/%m/%d}/F1/late.csv.gz"
+    lake.ledger.register([LandedFile(lake.store.uri, key, "e1", 10, "lab_results", "F1", day)])
 
     shown = CliRunner().invoke(app, ["status"], env=env)
     assert shown.exit_code == 0, shown.output

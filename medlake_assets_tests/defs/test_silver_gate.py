@@ -5,6 +5,7 @@ releases them, and a held facility's later batches never undo the upsert order."
 from __future__ import annotations
 
 import shutil
+from datetime import date
 from pathlib import Path
 
 import dagster as dg
@@ -34,9 +35,9 @@ def lab_row(facility: str, order: str, *, bad: bool = False, status: str = "F", 
     return ",".join([*fields, f"2026-11-20T{hour:02d}:00:00Z"]) + "\n"
 
 
-def land_lab(home: Path, facility: str, name: str, rows: list[str]) -> None:
+def land_lab(home: Path, facility: str, name: str, rows: list[str], day: date = DAY) -> None:
     LocalObjectStore(home).put(
-        f"landing/lab_results/{DAY:%Y/%m/%d}/{facility}/{name}.csv.gz",
+        f"landing/lab_results/{day:%Y/%m/%d}/{facility}/{name}.csv.gz",
         gzip_bytes((LAB_HEADER + "".join(rows)).encode()),
     )
 
