@@ -37,10 +37,13 @@ def needed_extensions(warehouse: str, ledger_url: str) -> list[str]:
     needed = ["avro", "iceberg"]
     if warehouse.startswith("s3://"):
         needed.append("httpfs")
-    needed.append(
-        "sqlite_scanner" if urlparse(ledger_url).scheme.startswith("sqlite") else "postgres_scanner"
-    )
+    needed.append(ledger_extension(ledger_url))
     return needed
+
+
+def ledger_extension(ledger_url: str) -> str:
+    """The extension that reads the ledger's database (`meta.*`)."""
+    return "sqlite_scanner" if urlparse(ledger_url).scheme.startswith("sqlite") else "postgres_scanner"
 
 
 SHELL_ROW_LIMIT = 1000
@@ -159,6 +162,8 @@ def connect(
     as_of: AsOf | None = None,
     ledger_url: str | None = None,
     extensions: Sequence[str] = EXTENSIONS,
+    *,
+    tables: bool = True,
 ) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with `<namespace>.<table>` views for every Iceberg table and `meta.*`.
 
@@ -167,7 +172,9 @@ def connect(
     versioned and shows the present: the moment of the call (a copy of it on the embedded SQLite ledger).
     `ledger_url` attaches the ledger through another URL than the catalog's (serve-sql: a database role
     that cannot write). `extensions` are loaded (all by default, so a session can also attach PostgreSQL
-    or read S3; serve-sql loads only `needed_extensions`).
+    or read S3; serve-sql loads only `needed_extensions`). Without `tables`, only `meta.*`: for a reader of
+    the ledger alone, such as the freshness checks of every ingest run, which would otherwise load every
+    Iceberg table to create views it never reads.
     """
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     con.execute(f"SET extension_directory = {_quote(str(lake.settings.home / 'duckdb_extensions'))}")
@@ -175,13 +182,14 @@ def connect(
     for name in extensions:
         import_extension(name, con=con)
         con.execute(f"LOAD {name}")
-    if lake.settings.warehouse.startswith("s3://"):
+    if tables and lake.settings.warehouse.startswith("s3://"):
         _configure_s3(con, lake.settings.s3_endpoint_url)
-    _create_views(con, lake.catalog, as_of)
+    if tables:
+        _create_views(con, lake.catalog, as_of)
     _ = lake.ledger  # opening the ledger creates its tables on a lake nothing reached yet
     _attach_ledger(con, ledger_url)
     register_freshness_view(con, lake.sources)  # meta.freshness: each facility's cadence, lag and limit
-    if deid_configured():
+    if tables and deid_configured():
         register_deid_views(con, lake.sources)  # silver_deid.*: needs the secret MEDLAKE_DEID_KEY
     return con
 
