@@ -357,11 +357,10 @@ def build_freshness_defs(specs: Iterable[SourceSpec], cron: str = FRESHNESS_CRON
     def freshness_checks(
         context: dg.AssetCheckExecutionContext, lake: LakeResource
     ) -> Iterable[dg.AssetCheckResult]:
-        from medlake_assets.serving.sql import connect, ledger_extension
+        from medlake_assets.serving.sql import connect
 
-        opened = lake.lake()
-        ledger = connect(opened, extensions=[ledger_extension(opened.settings.catalog_url)], tables=False)
-        rows = ledger.execute("SELECT * FROM meta.freshness").pl()
+        with connect(lake.lake(), tables=False) as ledger:
+            rows = ledger.execute("SELECT * FROM meta.freshness").pl()
         for key in sorted(context.selected_asset_check_keys, key=lambda k: k.asset_key.to_user_string()):
             spec = watched[key.asset_key.path[-1]]
             yield freshness_result(spec, rows.filter(pl.col("source") == spec.name))

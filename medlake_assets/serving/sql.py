@@ -161,7 +161,7 @@ def connect(
     lake: Lake,
     as_of: AsOf | None = None,
     ledger_url: str | None = None,
-    extensions: Sequence[str] = EXTENSIONS,
+    extensions: Sequence[str] | None = None,
     *,
     tables: bool = True,
 ) -> duckdb.DuckDBPyConnection:
@@ -171,20 +171,22 @@ def connect(
     snapshot that was current then, and tables created later are absent. `meta.*` (the ledger) is not
     versioned and shows the present: the moment of the call (a copy of it on the embedded SQLite ledger).
     `ledger_url` attaches the ledger through another URL than the catalog's (serve-sql: a database role
-    that cannot write). `extensions` are loaded (all by default, so a session can also attach PostgreSQL
-    or read S3; serve-sql loads only `needed_extensions`). Without `tables`, only `meta.*`: for a reader of
-    the ledger alone, such as the freshness checks of every ingest run, which would otherwise load every
-    Iceberg table to create views it never reads.
+    that cannot write). `extensions` are loaded (by default all, so a session can also attach PostgreSQL
+    or read S3; serve-sql loads only `needed_extensions`). Without `tables`, only `meta.*` and by default
+    only the ledger's extension: for a reader of the ledger alone, such as the freshness checks of every
+    ingest run, which would otherwise load every Iceberg table to create views it never reads.
     """
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     con.execute(f"SET extension_directory = {_quote(str(lake.settings.home / 'duckdb_extensions'))}")
     ledger_url = ledger_url or lake.settings.catalog_url
+    if extensions is None:
+        extensions = EXTENSIONS if tables else [ledger_extension(ledger_url)]
     for name in extensions:
         import_extension(name, con=con)
         con.execute(f"LOAD {name}")
-    if tables and lake.settings.warehouse.startswith("s3://"):
-        _configure_s3(con, lake.settings.s3_endpoint_url)
     if tables:
+        if lake.settings.warehouse.startswith("s3://"):
+            _configure_s3(con, lake.settings.s3_endpoint_url)
         _create_views(con, lake.catalog, as_of)
     _ = lake.ledger  # opening the ledger creates its tables on a lake nothing reached yet
     _attach_ledger(con, ledger_url)

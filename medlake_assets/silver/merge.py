@@ -593,10 +593,11 @@ def keys_within_bounds(
     ]
     if not usable or keys.is_empty():
         return lambda _data_file: keys
-    first = keys.get_column(usable[0].name)
+    name = usable[0].name
     # Sorting already sorted keys again would copy them all (millions in a surge's lab batch).
-    ordered = keys.with_columns(first.set_sorted()) if first.is_sorted() else keys.sort(usable[0].name)
-    first = ordered.get_column(usable[0].name)
+    in_order = keys.get_column(name).is_sorted()
+    ordered = keys.with_columns(pl.col(name).set_sorted()) if in_order else keys.sort(name)
+    first = ordered.get_column(name)
 
     def bounds(data_file: DataFile, field: NestedField) -> tuple[object, object] | None:
         lower = (data_file.lower_bounds or {}).get(field.field_id)

@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from medlake_assets.serving.catalog_info import AsOfError
-from medlake_assets.serving.sql import SHELL_HELP, connect, ledger_extension, relations, render, shell
+from medlake_assets.serving.sql import SHELL_HELP, connect, relations, render, shell
 from medlake_assets_tests.serving.serving_lake import build_serving_lake, sorted_rows
 
 COLUMNS = "facility, patient_id, test_code, value, resulted_on, _record"
@@ -45,8 +45,7 @@ def test_current_state_shows_every_layer_and_the_ledger(serving):
 
 
 def test_a_ledger_only_connection_has_the_ledger_and_no_table(serving):
-    ledger_url = serving.lake.settings.catalog_url
-    con = connect(serving.lake, extensions=[ledger_extension(ledger_url)], tables=False)
+    con = connect(serving.lake, tables=False)
     # What the freshness checks read (their values: defs/test_freshness_check.py), and no lake table.
     assert relations(con) == ["meta.files", "meta.freshness", "meta.held", "meta.processed", "meta.quality"]
 
