@@ -94,6 +94,11 @@ def test_generate_ingest_matches_manifest_and_rerun_changes_nothing(landed):
         (profile,) = [profile for profile in run_profiles(instance) if profile["run_id"] == run.run_id]
         assert set(profile["step_peak_mb"]) == steps
         assert all(peak > 50 for peak in profile["step_peak_mb"].values())
+        # ...and names each source's ledger batch, which it loaded (the soak's latency stages).
+        assert set(profile["batches"]) == set(manifest["sources"])
+        for source, batch in profile["batches"].items():
+            assert {row.source for row in lake.ledger.batch_files(batch)} == {source}
+            assert {row.status for row in lake.ledger.batch_files(batch)} <= {"loaded", "quarantined"}
         snapshots = {
             source: lake.catalog.load_table(f"bronze.{source}").metadata.current_snapshot_id
             for source in manifest["sources"]

@@ -13,7 +13,9 @@ silver equal to bronze (append: the same rows; upsert: one row per distinct key;
 distinct key).
 
 Latency: from the archive's put completing to its batch's `processed_at` for `silver.<source>` in the
-ledger (written right after the silver commit: the rows are queryable from then on).
+ledger (written right after the silver commit: the rows are queryable from then on). A second table cuts
+it into stages per phase (`STAGES`: until registered, until its run was requested, queued, in the run),
+with what the slowest 5% spent in each, and `archives-<time>.json` keeps each archive's times.
 """
 
 from __future__ import annotations
@@ -39,7 +41,11 @@ import dagster as dg
 import psutil
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy import select
 
+from medlake_assets.defs.bronze import batch_tag
+from medlake_assets.defs.flow import sources_in_run
+from medlake_assets.lake.ledger.tables import files
 from medlake_assets.lake.memory import StepMemory
 from medlake_dev.bench.scale import DUMMY_AWS, s3_endpoint, silver_times
 from medlake_dev.workers import (
@@ -183,6 +189,8 @@ class SoakResult:
     load_average: float
     records: int
     machine: str = ""
+    stages: dict[str, tuple[float, ...]] = field(default_factory=dict)  # key -> `STAGES` seconds
+    phase_of: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -304,6 +312,7 @@ def run_profiles(instance: dg.DagsterInstance) -> list[dict]:
             {
                 "run_id": run.run_id,
                 "job": run.job_name,
+                "batches": {source: run.tags[batch_tag(source)] for source in sources_in_run(run.tags)},
                 "status": run.status.value,
                 "created": created,
                 "queued_s": (started - created) if started else None,
@@ -318,6 +327,57 @@ def run_profiles(instance: dg.DagsterInstance) -> list[dict]:
 
 
 QUEUED = "(queued and process start)"
+
+# Where an archive's landing-to-silver time goes, in order.
+STAGES = ("until registered", "registered to run requested", "run queued and starting", "run start to silver")
+
+
+def latency_stages(
+    landed: Mapping[str, float],
+    registered: Mapping[str, tuple[float, str]],
+    in_silver: Mapping[str, float],
+    profiles: Sequence[Mapping],
+) -> dict[str, tuple[float, ...]]:
+    """Per archive in silver, its latency cut into `STAGES`: until the landing sensor registered it, until
+    the run of its batch was requested (claims wait while a run of its source is in flight), in the queue
+    and the run process's start, then in the run until its silver commit. The stages add up to the latency.
+
+    `registered`: key -> (first seen, batch id) from the ledger. A batch's last run (by creation) is the one
+    that loaded it; an archive whose run is unknown (e.g. loaded by a catch-up run) is left out.
+    """
+    run_of = {batch: profile for profile in profiles for batch in profile.get("batches", {}).values()}
+    stages = {}
+    for key, silver_at in in_silver.items():
+        if key not in landed or key not in registered:
+            continue
+        seen, batch = registered[key]
+        run = run_of.get(batch)
+        if run is None or run["queued_s"] is None:
+            continue
+        started = run["created"] + run["queued_s"]
+        stages[key] = (seen - landed[key], run["created"] - seen, run["queued_s"], silver_at - started)
+    return stages
+
+
+def stage_table(stages: Mapping[str, tuple[float, ...]], phase_of: Mapping[str, str]) -> Table:
+    """Per phase and stage: p50, p95 and max, and the stage's mean over the phase's slowest 5% of archives
+    (latency at or above the phase's p95): what the tail is made of."""
+    table = Table(title="bench soak: where the latency went (seconds per archive)")
+    for column in ("phase", "stage", "p50", "p95", "max", "mean in the slowest 5%"):
+        table.add_column(column, justify="left" if column in ("phase", "stage") else "right")
+    for phase in dict.fromkeys(phase_of.values()):
+        rows = [parts for key, parts in stages.items() if phase_of.get(key) == phase]
+        if not rows:
+            continue
+        cutoff = quantile([sum(parts) for parts in rows], 0.95)
+        slowest = [parts for parts in rows if sum(parts) >= cutoff]
+        for index, stage in enumerate(STAGES):
+            values = [parts[index] for parts in rows]
+            table.add_row(
+                phase, stage, f"{quantile(values, 0.5):.1f}", f"{quantile(values, 0.95):.1f}",
+                f"{max(values):.1f}", f"{sum(parts[index] for parts in slowest) / len(slowest):.1f}",
+            )  # fmt: skip
+    return table
 
 
 def step_table(profiles: Sequence[Mapping]) -> Table:
@@ -525,10 +585,19 @@ def run_soak(
                 except WorkersError as error:
                     console.print(f"[red]{error}[/red]")
                 times = {key: at.timestamp() for key, (at, _) in silver_times(workers).items()}
+                registered = registered_times(workers)
                 ended = time.time()
             runs = _run_records(workers)
             profiles = run_profiles(workers.instance())
-            (work_dir / f"runs-{datetime.now(UTC):%Y%m%dT%H%M%S}.json").write_text(json.dumps(profiles))
+            stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}"
+            (work_dir / f"runs-{stamp}.json").write_text(json.dumps(profiles))
+            # Each archive's way (landed, first seen, batch, in silver): to look into a tail afterwards.
+            archives = {
+                key: {"landed": at, "seen": registered.get(key, (None, None))[0],
+                      "batch": registered.get(key, (None, None))[1], "silver": times.get(key)}
+                for key, at in landed.items()
+            }  # fmt: skip
+            (work_dir / f"archives-{stamp}.json").write_text(json.dumps(archives))
             checks = lake_checks(workers, manifest, set(landed))
         return summarize(
             records=sum(entry["records"] for entry in manifest["archives"] if entry["key"] in landed),
@@ -545,7 +614,15 @@ def run_soak(
             window_seconds=window_seconds,
             checks=checks,
             profiles=profiles,
+            stages=latency_stages(landed, registered, times, profiles),
         )
+
+
+def registered_times(workers: Workers) -> dict[str, tuple[float, str]]:
+    """Per archive the ledger holds: when the landing sensor first saw it, and its batch."""
+    query = select(files.c.key, files.c.first_seen_at, files.c.batch_id)
+    with workers.lake.ledger.engine.connect() as connection:
+        return {key: (seen.timestamp(), batch) for key, seen, batch in connection.execute(query)}
 
 
 def summarize(
@@ -564,6 +641,7 @@ def summarize(
     checks: list[tuple[str, bool, str]],
     profiles: list[dict],
     records: int,
+    stages: dict[str, tuple[float, ...]],
 ) -> SoakResult:
     """Per-window figures and the targets, from arrival times, silver times, runs and RSS samples."""
     bounds, start = {}, started
@@ -628,6 +706,8 @@ def summarize(
         load_average=os.getloadavg()[0],
         records=records,
         machine=f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GB",
+        stages=stages,
+        phase_of=dict(phase_of),
     )
 
 
@@ -670,4 +750,4 @@ def render(result: SoakResult) -> list[Table]:
     for verdict in verdicts(result):
         result_cell = "[green]met[/green]" if verdict.passed else "[red]not met[/red]"
         targets.add_row(verdict.name, result_cell, verdict.measured)
-    return [table, step_table(result.profiles), targets]
+    return [table, stage_table(result.stages, result.phase_of), step_table(result.profiles), targets]

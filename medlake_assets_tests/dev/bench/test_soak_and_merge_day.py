@@ -7,10 +7,21 @@ from datetime import date
 from pathlib import Path
 
 import polars as pl
+import pytest
 from rich.console import Console
 
 from medlake_dev.bench.merge import KEY, _catalog, day_batch, run_day_benchmark
-from medlake_dev.bench.soak import QUEUED, SoakResult, cut_order, render, soak_phases, step_table
+from medlake_dev.bench.soak import (
+    QUEUED,
+    STAGES,
+    SoakResult,
+    cut_order,
+    latency_stages,
+    render,
+    soak_phases,
+    stage_table,
+    step_table,
+)
 from medlake_dev.generate import write_feeds
 
 
@@ -44,6 +55,37 @@ def test_the_step_table_gives_each_steps_highest_peak_over_the_runs() -> None:
     ]  # fmt: skip
     assert rows["bronze__adt_events"].split("│")[-2].strip() == "600"
     assert rows[QUEUED].split("│")[-2].strip() == ""  # no step: no peak
+
+
+def test_latency_is_cut_into_stages_that_add_up_and_the_tail_is_shown_by_stage() -> None:
+    # Ten archives land at once and are registered 2 s later. Nine go into a run requested 22 s after that;
+    # one (k9) waits 400 s for its run: the tail is a wait for a run, not the run.
+    landed = {f"k{index}": 100.0 for index in range(10)}
+    registered = {key: (102.0, "b2" if key == "k9" else "b1") for key in landed}
+    profiles = [
+        {"created": 90.0, "queued_s": 1.0, "batches": {"adt_events": "b0"}},
+        {"created": 124.0, "queued_s": 4.0, "batches": {"lab_results": "b1", "adt_events": "b0b"}},
+        {"created": 502.0, "queued_s": 5.0, "batches": {"adt_events": "b2"}},
+    ]
+    in_silver = {key: 150.0 for key in landed} | {"k9": 530.0, "k-not-landed": 1.0}
+    stages = latency_stages(landed, registered, in_silver, profiles)
+    assert set(stages) == set(landed)
+    for key, parts in stages.items():
+        assert sum(parts) == pytest.approx(in_silver[key] - landed[key])
+    assert stages["k0"] == pytest.approx((2.0, 22.0, 4.0, 22.0))
+    assert stages["k9"] == pytest.approx((2.0, 400.0, 5.0, 23.0))
+
+    console = Console(width=200, record=True)
+    console.print(stage_table(stages, dict.fromkeys(landed, "normal")))
+    rows = {
+        cells[1]: cells[2:]
+        for line in console.export_text().splitlines()
+        if "│" in line and (cells := [cell.strip() for cell in line.split("│")[1:-1]])[0] == "normal"
+    }
+    assert list(rows) == list(STAGES)
+    # p50, p95, max, and the mean over the slowest 5% (k9 alone).
+    assert rows["registered to run requested"] == ["22.0", "400.0", "400.0", "400.0"]
+    assert rows["run start to silver"] == ["22.0", "23.0", "23.0", "23.0"]
 
 
 def _soak_result(p95: float, drained: float | None, checks_pass: bool = True) -> SoakResult:
