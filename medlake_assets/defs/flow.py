@@ -6,10 +6,13 @@ sources: a Dagster run is a process of its own (in production a pod), and starti
 the project's 2-core machine (imports, definitions, instance), more than loading the batch itself; a
 run per source and a second run for silver made that cost 8 times per cycle (docs/benchmarks.md).
 
-Batches are sized by the backlog: a source's new archives are claimed only while no `ingest_landed` run
-holding that source is queued or running, so everything that landed during a run goes into the next one
-(a few archives at a quiet hour, hundreds in a surge), and the run queue never holds more runs than
-`runs_in_flight` (backpressure: the backlog waits in the ledger, not as a pile of small queued runs).
+Batches are sized by the backlog: a source's new archives are claimed only when a run can start, no
+`ingest_landed` run holding that source is queued or running, and none of its earlier batches still waits
+for a run. So everything that landed meanwhile goes into the next run as one batch (a few archives at a
+quiet hour, hundreds in a surge), and the run queue never holds more runs than `runs_in_flight`
+(backpressure: the backlog waits in the ledger, not as a pile of small queued runs). A claim on every tick
+instead would cut a source's backlog into a small batch per tick; a run takes one batch per source, so that
+source would stay as many runs behind as it had batches (the soak's archives that waited minutes).
 """
 
 from __future__ import annotations
@@ -92,6 +95,18 @@ def release_parked_batches(instance: dg.DagsterInstance, ledger: Ledger, specs: 
     return released
 
 
+def runnable_batches(instance: dg.DagsterInstance, ledger: Ledger, source: str) -> list[tuple[Batch, int]]:
+    """The source's claimed batches a run may take now, oldest first, with how many runs each had: none of
+    their runs in flight and fewer than `MAX_ATTEMPTS` counted runs (after that a batch is parked until
+    `release_parked_batches`)."""
+    found = []
+    for batch in ledger.unfinished_batches(source):
+        runs = attempts(instance, source, batch.batch_id)
+        if not any(run.status in IN_FLIGHT for run in runs) and len(counted(runs)) < MAX_ATTEMPTS:
+            found.append((batch, len(runs)))
+    return found
+
+
 def flow_run_requests(
     instance: dg.DagsterInstance,
     specs: Sequence[SourceSpec],
@@ -100,12 +115,9 @@ def flow_run_requests(
     busy: set[str],
     free_runs: int,
 ) -> list[dg.RunRequest]:
-    """Up to `free_runs` runs, each for one landing day with the oldest runnable batch of each source.
-
-    A batch is runnable when no run of it is in flight and it has had fewer than `MAX_ATTEMPTS` runs
-    (after that it is parked until `release_parked_batches`). Sources in `busy` wait for
-    their running batch. With more free runs than days, a day's sources are spread over several runs
-    (several workers then load them at once).
+    """Up to `free_runs` runs, each for one landing day with the oldest runnable batch of each source
+    (`runnable_batches`). Sources in `busy` wait for their running batch. With more free runs than days, a
+    day's sources are spread over several runs (several workers then load them at once).
     """
     if free_runs < 1:
         return []
@@ -113,13 +125,8 @@ def flow_run_requests(
     for spec in specs:
         if spec.name in busy:
             continue
-        for batch in ledger.unfinished_batches(spec.name):
-            if spec.name in by_day.get(batch.landing_day, {}):
-                continue
-            runs = attempts(instance, spec.name, batch.batch_id)
-            if any(run.status in IN_FLIGHT for run in runs) or len(counted(runs)) >= MAX_ATTEMPTS:
-                continue
-            by_day.setdefault(batch.landing_day, {})[spec.name] = (batch, len(runs))
+        for batch, tries in runnable_batches(instance, ledger, spec.name):
+            by_day.setdefault(batch.landing_day, {}).setdefault(spec.name, (batch, tries))
     groups: list[tuple[date, dict[str, tuple[Batch, int]]]] = []
     spare = free_runs - len(by_day)  # runs left to spread one day's sources over
     for day, chosen in sorted(by_day.items()):
@@ -176,7 +183,8 @@ def build_flow_defs(
         minimum_interval_seconds=sensor_interval_seconds,
         default_status=SENSOR_STATUS,
         description="Registers new archives in the open landing days of every source, claims them into "
-        "batches while no run of their source is in flight, and requests one run per landing day.",
+        "batches when a run can take them (no run of their source in flight, no earlier batch waiting), and "
+        "requests one run per landing day.",
     )
     def landing(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult:
         opened = lake.lake()
@@ -196,16 +204,16 @@ def build_flow_defs(
             filters=dg.RunsFilter(job_name=FLOW_JOB, statuses=list(IN_FLIGHT))
         )
         busy = {source for run in in_flight for source in sources_in_run(run.tags)}
-        for spec in specs:
-            if spec.name not in busy:
-                opened.ledger.claim_batches(
-                    spec.name,
-                    max_archives=spec.ingest.max_archives_per_run,
-                    max_bytes=spec.ingest.max_bytes_per_run,
-                )
-        requests = flow_run_requests(
-            context.instance, specs, opened.ledger, busy=busy, free_runs=runs_in_flight - len(in_flight)
-        )
+        free_runs = runs_in_flight - len(in_flight)
+        for spec in specs if free_runs > 0 else ():  # claim only what a run can take now
+            if spec.name in busy or runnable_batches(context.instance, opened.ledger, spec.name):
+                continue
+            opened.ledger.claim_batches(
+                spec.name,
+                max_archives=spec.ingest.max_archives_per_run,
+                max_bytes=spec.ingest.max_bytes_per_run,
+            )
+        requests = flow_run_requests(context.instance, specs, opened.ledger, busy=busy, free_runs=free_runs)
         if scan.registered or scan.quarantined or requests:
             context.log.info(
                 f"{scan.registered} new archives, {scan.quarantined} quarantined at landing, "

@@ -10,8 +10,8 @@ import pytest
 from pyiceberg.table import Transaction
 
 from medlake_assets.definitions import build_definitions
-from medlake_assets.defs.bronze import batch_run_config, batch_run_request, job_name
-from medlake_assets.defs.flow import FLOW_JOB, LANDING_SENSOR, release_parked_batches
+from medlake_assets.defs.bronze import batch_run_config, batch_run_request, batch_tag, job_name
+from medlake_assets.defs.flow import FLOW_JOB, LANDING_SENSOR, release_parked_batches, sources_in_run
 from medlake_assets.defs.runner import apply_partition_requests, ingest_once
 from medlake_assets.defs.silver import pending_silver, refine_job_name
 from medlake_assets.lake.ledger import Ledger
@@ -186,8 +186,8 @@ def test_landing_sensor_sizes_batches_by_backlog_one_run_per_cycle(tmp_path, arc
         assert _tick(defs, instance, result.cursor).run_requests == []
         assert {source: lake.ledger.unfinished_batches(source) for source in manifest["sources"]} == claimed
 
-        # When it failed, its batches are pending still: the next run retries them under a new run key,
-        # and what landed meanwhile is claimed now (the backlog), a batch of at most 3 per source.
+        # When it failed, its batches are pending still: the next run retries them under a new run key.
+        # Every archive was claimed at the first tick, in batches of at most 3 per source.
         instance.report_run_failed(queued, "simulated")
         [retry] = _tick(defs, instance, result.cursor).run_requests
         assert retry.run_key != request.run_key
@@ -214,6 +214,46 @@ def test_landing_sensor_sizes_batches_by_backlog_one_run_per_cycle(tmp_path, arc
         assert batch_ids(again) == batch_ids(request)
         earlier_keys = {run.tags.get("dagster/run_key") for run in instance.get_runs()} | {request.run_key}
         assert again.run_key not in earlier_keys | {retry.run_key}
+
+
+def test_archives_landing_while_a_run_is_in_flight_wait_unclaimed_and_go_into_one_batch(
+    tmp_path, archive_password
+):
+    """A source absent from the run in flight is not claimed tick by tick. A run takes one batch per source,
+    so a batch per tick would keep that source as many runs behind as it had batches (soak: minutes)."""
+    home = tmp_path / "home"
+    write_feeds(home, **{**GENERATION, "bad_rate": 0.0})
+    settings = local_settings(home)
+    lake = open_lake(settings)
+    defs = build_definitions(settings)
+    job = defs.resolve_job_def(FLOW_JOB)
+    landing, later = home / "landing" / "bed_census", tmp_path / "bed_census later"
+    shutil.move(landing, later)  # bed_census lands after the first run was requested
+    cursor = json.dumps({"since": DAY.isoformat()})
+    with dg.instance_for_test() as instance:
+        [first] = _tick(defs, instance, cursor).run_requests
+        assert "bed_census" not in sources_in_run(first.tags)
+        in_flight = instance.create_run_for_job(
+            job, run_config=first.run_config, tags=first.tags, status=dg.DagsterRunStatus.NOT_STARTED
+        )
+        archives = sorted(path for path in later.rglob("*.zip"))
+        assert len(archives) >= 2
+        for part in (archives[: len(archives) // 2], archives[len(archives) // 2 :]):
+            for path in part:
+                (landing / path.relative_to(later)).parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(path, landing / path.relative_to(later))
+            assert _tick(defs, instance, cursor).run_requests == []  # no run can start
+        bed = {row.key: row for row in lake.ledger.day_files("bed_census", DAY)}
+        assert len(bed) == len(archives) and {row.batch_id for row in bed.values()} == {None}
+
+        # That run ends (here it fails, and its batches are retried): bed_census goes into the next run,
+        # every archive of it in one batch.
+        instance.report_run_failed(in_flight, "simulated")
+        [second] = _tick(defs, instance, cursor).run_requests
+        assert batch_ids(second) > batch_ids(first)
+        [waiting] = lake.ledger.unfinished_batches("bed_census")
+        assert second.tags[batch_tag("bed_census")] == waiting.batch_id
+        assert {row.key for row in lake.ledger.batch_files(waiting.batch_id)} == set(bed)
 
 
 def test_one_run_loads_every_source_into_bronze_and_silver(landed):
