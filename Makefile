@@ -129,8 +129,8 @@ bench-soak: install $(DEMO_ENV)
 	  export MEDLAKE_BENCH_POSTGRES_URL="$$(scripts/start_postgres.sh)" && \
 	  $(BIN)/medlake bench soak --work-dir $(MEDLAKE_HOME)/bench-soak $(SOAK)
 
-# `medlake bench memory`: peak RSS of each bronze and silver run on a day holding 40 MB archives; exits 1 when
-# a run is above the bound (1.5 GB). The lake stays in $(MEDLAKE_HOME)/bench-memory.
+# `medlake bench memory`: peak RSS of each bronze, silver and maintenance run of a day holding 40 MB archives;
+# exits 1 when a run is above the bound (1.5 GB). The lake stays in $(MEDLAKE_HOME)/bench-memory.
 bench-memory: install $(DEMO_ENV)
 	@set -a && source $(DEMO_ENV) && set +a && \
 	  $(BIN)/medlake bench memory --work-dir $(MEDLAKE_HOME)/bench-memory

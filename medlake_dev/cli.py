@@ -388,7 +388,8 @@ def bench_memory(
     bound_mb: Annotated[float, typer.Option(help="Peak RSS a bronze or silver run may reach")] = 1536,
     work_dir: Annotated[Path | None, typer.Option(help="Scratch folder (default: a temp dir)")] = None,
 ) -> None:
-    """Peak memory of bronze and silver runs on a batch holding 40 MB archives; exits 1 above the bound."""
+    """Peak memory of bronze, silver and maintenance runs of a day holding 40 MB archives; exits 1 above the
+    bound."""
     from medlake_assets.cli import console
     from medlake_dev.bench.memory import run_memory_benchmark
 

@@ -125,6 +125,12 @@ def test_compaction_keeps_rows_and_drops_files(lake, partition_by, compacted_par
     table = small_files_table(lake, partition_by)
     before_rows, before_files = rows_of(table), file_count(table)
     before_snapshot = table.current_snapshot().snapshot_id
+    folders = {task.file.file_path.rsplit("/", 1)[0] for task in table.scan().plan_files()}
+
+    def rows_per_day(table) -> dict[date, int]:
+        return {day: len(table.scan(row_filter=EqualTo("_landing_day", day)).to_arrow()) for day in DAYS}
+
+    per_day = rows_per_day(table)
 
     result = compact_table(table, POLICY)
 
@@ -139,6 +145,12 @@ def test_compaction_keeps_rows_and_drops_files(lake, partition_by, compacted_par
     assert table.current_snapshot().summary["medlake.maintenance"] == "compaction"
     # The snapshot before compaction still reads the same rows (time travel is untouched).
     assert rows_of(table.scan(snapshot_id=before_snapshot).to_arrow()) == before_rows
+    # A compacted file lies in its partition's folder, and carries its partition and column bounds: a
+    # filtered scan (which prunes by them) finds the same rows.
+    written = [task.file for task in table.scan().plan_files() if "-compacted" in task.file.file_path]
+    assert len(written) == result.files_written >= compacted_partitions
+    assert {data_file.file_path.rsplit("/", 1)[0] for data_file in written} <= folders
+    assert rows_per_day(table) == per_day
 
 
 def test_compaction_of_identity_partition_leaves_other_partition_files(lake):

@@ -12,7 +12,9 @@ does it (`MEDLAKE_INGEST_WORKERS=1`), and is sampled every 20 ms (the process an
 - run: on a second copy of the landing day, the landing sensor's first `ingest_landed` run executed as a
   run worker executes it: the largest batch of every source (the sensor's `max_bytes_per_run`, with both
   40 MB archives), bronze, silver and encounters one step after another in one process, with the
-  environment `medlake workers` gives its runs (`lake/memory.py`: Polars' allocator).
+  environment `medlake workers` gives its runs (`lake/memory.py`: Polars' allocator);
+- maintenance: then each bronze and silver table's small files of the day compacted, as the nightly
+  `maintain_tables` run does (`compact_table`; here from two small files, so that every table has some).
 
 The bound (1.5 GB by default) is asserted for every stage: the command exits 1 when one is above.
 """
@@ -41,6 +43,7 @@ LARGE_BYTES = 40_000_000
 
 ENCOUNTERS = "encounters"
 RUN = "run"
+MAINTENANCE = "maintenance"
 FLOW_SOURCES = "ingest_landed (all sources)"
 
 
@@ -109,6 +112,7 @@ def _stage(home: str, stage: str, source: str, day: date) -> tuple[int, float, i
 
     from medlake_assets.ingest.batch import load_batch
     from medlake_assets.lake import Lake
+    from medlake_assets.lake.maintenance import CompactionPolicy, compact_table
     from medlake_assets.lake.settings import load_settings
     from medlake_assets.silver.encounters_load import load_encounters
     from medlake_assets.silver.load import load_silver
@@ -118,6 +122,9 @@ def _stage(home: str, stage: str, source: str, day: date) -> tuple[int, float, i
     os.environ["MEDLAKE_INGEST_WORKERS"] = "1"
     lake = Lake(load_settings({**os.environ, "MEDLAKE_HOME": home}))
     started = time.perf_counter()
+    if stage == MAINTENANCE:  # `source` names the table
+        compacted = compact_table(lake.catalog.load_table(source), CompactionPolicy(min_small_files=2))
+        return compacted.files_rewritten, 0.0, compacted.rows_rewritten, time.perf_counter() - started
     if source == ENCOUNTERS:
         adt = next(spec for spec in lake.sources.values() if spec.format.kind == "hl7v2")
         visits = load_encounters(lake, adt, day)["visits"]
@@ -237,19 +244,22 @@ def run_memory_benchmark(
     results = []
     stages = [("bronze", spec.name) for spec in specs] + [("silver", spec.name) for spec in specs]
     stages.append(("silver", ENCOUNTERS))
+    tables = [f"{layer}.{spec.name}" for layer in ("bronze", "silver") for spec in specs]
+    stages += [(MAINTENANCE, table) for table in [*tables, f"silver.{ENCOUNTERS}"]]
     for stage, source in stages:
         with console.status(f"{stage} {source}"):
             results.append(_measure(home, stage, source, day))
     with console.status("one ingest_landed run of every source's largest batch"):
         results.append(_measure(flow_home, RUN, FLOW_SOURCES, day))
     table = Table(title=f"medlake bench memory: peak RSS, each in a fresh process (bound {bound_mb:,.0f} MB)")
-    for column in ("stage", "source", "archives", "MB in", "rows", "peak RSS MB", "seconds", "within bound"):
+    columns = ("stage", "source", "archives/files", "MB in", "rows", "peak RSS MB", "seconds", "within bound")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("stage", "source") else "right")
     for result in results:
         table.add_row(
             result.stage,
             result.source,
-            str(result.archives) if result.stage in ("bronze", RUN) else "",
+            str(result.archives) if result.stage in ("bronze", RUN, MAINTENANCE) else "",
             f"{result.megabytes_in:.1f}" if result.stage in ("bronze", RUN) else "",
             f"{result.rows:,}",
             f"{result.peak_mb:,.0f}",
