@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
@@ -108,25 +108,18 @@ def runnable_batches(instance: dg.DagsterInstance, ledger: Ledger, source: str) 
 
 
 def flow_run_requests(
-    instance: dg.DagsterInstance,
-    specs: Sequence[SourceSpec],
-    ledger: Ledger,
-    *,
-    busy: set[str],
-    free_runs: int,
+    specs: Sequence[SourceSpec], runnable: Mapping[str, Sequence[tuple[Batch, int]]], free_runs: int
 ) -> list[dg.RunRequest]:
     """Up to `free_runs` runs, each for one landing day with the oldest runnable batch of each source
-    (`runnable_batches`). Sources in `busy` wait for their running batch. With more free runs than days, a
-    day's sources are spread over several runs (several workers then load them at once).
+    (`runnable`: per source, as `runnable_batches` gives them). With more free runs than days, a day's
+    sources are spread over several runs (several workers then load them at once).
     """
     if free_runs < 1:
         return []
     by_day: dict[date, dict[str, tuple[Batch, int]]] = {}
-    for spec in specs:
-        if spec.name in busy:
-            continue
-        for batch, tries in runnable_batches(instance, ledger, spec.name):
-            by_day.setdefault(batch.landing_day, {}).setdefault(spec.name, (batch, tries))
+    for name, batches in runnable.items():
+        for batch, tries in batches:
+            by_day.setdefault(batch.landing_day, {}).setdefault(name, (batch, tries))
     groups: list[tuple[date, dict[str, tuple[Batch, int]]]] = []
     spare = free_runs - len(by_day)  # runs left to spread one day's sources over
     for day, chosen in sorted(by_day.items()):
@@ -205,15 +198,20 @@ def build_flow_defs(
         )
         busy = {source for run in in_flight for source in sources_in_run(run.tags)}
         free_runs = runs_in_flight - len(in_flight)
+        runnable: dict[str, list[tuple[Batch, int]]] = {}
         for spec in specs if free_runs > 0 else ():  # claim only what a run can take now
-            if spec.name in busy or runnable_batches(context.instance, opened.ledger, spec.name):
+            if spec.name in busy:  # it waits for its running batch
                 continue
-            opened.ledger.claim_batches(
-                spec.name,
-                max_archives=spec.ingest.max_archives_per_run,
-                max_bytes=spec.ingest.max_bytes_per_run,
-            )
-        requests = flow_run_requests(context.instance, specs, opened.ledger, busy=busy, free_runs=free_runs)
+            # New archives are claimed only when none of the source's batches waits for a run.
+            runnable[spec.name] = runnable_batches(context.instance, opened.ledger, spec.name) or [
+                (batch, 0)
+                for batch in opened.ledger.claim_batches(
+                    spec.name,
+                    max_archives=spec.ingest.max_archives_per_run,
+                    max_bytes=spec.ingest.max_bytes_per_run,
+                )
+            ]
+        requests = flow_run_requests(specs, runnable, free_runs)
         if scan.registered or scan.quarantined or requests:
             context.log.info(
                 f"{scan.registered} new archives, {scan.quarantined} quarantined at landing, "

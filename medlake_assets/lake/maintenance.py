@@ -260,17 +260,17 @@ def rewrite_partition(
     try:
         for number, group in enumerate(_bins(planned.tasks, policy.target_file_bytes)):
             expected = sum(task.file.record_count for task in group)
-            if (rewritten := _rewrite_bin(table, group, rewrite.commit_uuid, number)) is None:
-                continue
-            data_file, sample = rewritten
-            written.append(data_file)
-            if data_file.record_count != expected:
+            rewritten = _rewrite_bin(table, group, rewrite.commit_uuid, number)
+            if rewritten is not None:
+                written.append(rewritten[0])
+            read = rewritten[0].record_count if rewritten else 0
+            if read != expected:  # checked for a bin read empty too: its files are deleted below
                 raise ValueError(
-                    f"table {'.'.join(table.name())}: read {data_file.record_count} rows from files holding "
-                    f"{expected}"
+                    f"table {'.'.join(table.name())}: read {read} rows from files holding {expected}"
                 )
-            scopes.append(_partition_scope(table, sample))
-            rows_rewritten += data_file.record_count
+            if rewritten is not None:
+                scopes.append(_partition_scope(table, rewritten[1]))
+                rows_rewritten += read
         if scopes:  # scopes pyiceberg's conflict checks to the partition (no rows: to no partition)
             rewrite.delete_by_predicate(reduce(Or, scopes))
         for task in planned.tasks:

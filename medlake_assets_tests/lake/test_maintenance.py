@@ -13,6 +13,7 @@ import pyarrow as pa
 import pytest
 from pyiceberg.exceptions import ValidationException
 from pyiceberg.expressions import EqualTo
+from pyiceberg.io.pyarrow import ArrowScan
 
 from medlake_assets.lake import Lake
 from medlake_assets.lake.commits import BATCH_PROPERTY
@@ -151,6 +152,18 @@ def test_compaction_keeps_rows_and_drops_files(lake, partition_by, compacted_par
     assert len(written) == result.files_written >= compacted_partitions
     assert {data_file.file_path.rsplit("/", 1)[0] for data_file in written} <= folders
     assert rows_per_day(table) == per_day
+
+
+def test_a_bin_read_short_fails_the_rewrite_and_the_table_keeps_its_files(lake, monkeypatch):
+    table = small_files_table(lake, ["_landing_day"])
+    before_rows, before_files = rows_of(table), file_count(table)
+    # Files whose rows cannot be read (here: none come back) are never deleted as if compacted.
+    monkeypatch.setattr(ArrowScan, "to_record_batches", lambda self, tasks: iter(()))
+    with pytest.raises(ValueError, match="read 0 rows from files holding"):
+        compact_table(table, POLICY)
+    monkeypatch.undo()
+    table = lake.catalog.load_table("bronze.visits")
+    assert (rows_of(table), file_count(table)) == (before_rows, before_files)
 
 
 def test_compaction_of_identity_partition_leaves_other_partition_files(lake):

@@ -593,10 +593,10 @@ def run_soak(
             (work_dir / f"runs-{stamp}.json").write_text(json.dumps(profiles))
             # Each archive's way (landed, first seen, batch, in silver): to look into a tail afterwards.
             archives = {
-                key: {"landed": at, "seen": registered.get(key, (None, None))[0],
-                      "batch": registered.get(key, (None, None))[1], "silver": times.get(key)}
+                key: dict(zip(("seen", "batch"), registered.get(key, (None, None)), strict=True))
+                | {"landed": at, "silver": times.get(key)}
                 for key, at in landed.items()
-            }  # fmt: skip
+            }
             (work_dir / f"archives-{stamp}.json").write_text(json.dumps(archives))
             checks = lake_checks(workers, manifest, set(landed))
         return summarize(
