@@ -622,6 +622,25 @@ def test_a_key_in_two_chunks_is_refused(tmp_path: Path) -> None:
     assert rows(table.refresh(), ["order_id", "value"]) == [("O1", "1")]
 
 
+def test_chunks_sharing_a_key_prefix_merge_when_no_whole_key_is_in_two(tmp_path: Path) -> None:
+    # Not what `plan_chunks` gives, but what `merge_chunks` allows: the check compares these keys in full.
+    table = apply(
+        make_table(tmp_path, "upsert"),
+        "upsert",
+        batch("b1", [("F1", "O1", "T1", "1", "P", 1, "U")], arrived=1),
+    )
+    first = batch("b2", [("F1", "O1", "T1", "2", "P", 2, "U")], arrived=2)
+    second = batch(
+        "b2", [("F1", "O1", "T2", "3", "P", 2, "U"), ("F1", None, "T1", "4", "P", 2, "U")], arrived=2
+    )
+    table = merge_chunks(table, [lambda: first, lambda: second], mode="upsert", key=KEY, sequence_by=SEQUENCE)
+    assert rows(table, ["order_id", "test_code", "value"]) == [
+        ("O1", "T1", "2"),
+        ("O1", "T2", "3"),
+        (None, "T1", "4"),
+    ]
+
+
 def _keys(orders: Sequence[str], facility: str | None = "F1") -> pl.DataFrame:
     count = len(orders)
     columns = {"facility_id": [facility] * count, "order_id": list(orders), "test_code": ["T1"] * count}
