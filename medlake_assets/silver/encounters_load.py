@@ -7,7 +7,7 @@ A run costs O(new events + touched encounter rows), whatever the size of the day
 histories, and gives the rows `fold_events` gives over every event folded so far, in any arrival order.
 Re-folding a batch changes nothing, so a run that failed before marking its batches is simply redone.
 
-Bounded memory: the touched visits are cut into chunks of about `CHUNK_ROWS` new events
+Bounded memory: the touched visits are cut into chunks of about `EVENTS_PER_CHUNK` new events
 (`silver/merge.py: plan_chunks`, whole visits); the new events are read one data file at a time into a
 Parquet file per chunk on local disk, then each chunk is folded, combined with the current rows of its
 visits and upserted in turn (`merge_chunks` with `combine`), all in one commit.
@@ -40,7 +40,7 @@ from medlake_assets.lake import Lake
 from medlake_assets.lake.columns import DELETED
 from medlake_assets.lake.files import scan_frames
 from medlake_assets.silver.encounters import LAST_AT, combine_encounters, fold_events
-from medlake_assets.silver.load import CHUNK_ROWS, consumer
+from medlake_assets.silver.load import consumer
 from medlake_assets.silver.merge import Chunk, merge_chunks, plan_chunks
 from medlake_assets.silver.tables import ensure_table
 from medlake_assets.spec import SourceSpec
@@ -50,9 +50,13 @@ ENCOUNTERS = "silver.encounters"
 KEY = ["facility", "visit_number"]
 PARTITION_BY = ["bucket(8, visit_number)"]
 _VISIT = ["_facility", "visit_number"]
+EVENTS_PER_CHUNK = 100_000
+"""New events folded and merged at a time (whole visits): half of silver's `CHUNK_ROWS`, because a chunk's
+fold (a group-by sorting every component) and its visits' current rows (~2 KB each with their state) hold
+several copies of it. A surge's batch of 528k events into 250k visits peaked at 1,035 MB with 200k, 904 MB."""
 
 
-def load_encounters(lake: Lake, spec: SourceSpec, day: date, *, chunk_rows: int = CHUNK_ROWS) -> dict:
+def load_encounters(lake: Lake, spec: SourceSpec, day: date, *, chunk_rows: int = EVENTS_PER_CHUNK) -> dict:
     """Fold the day's ADT batches that encounters has not taken in yet into `silver.encounters`; returns
     counts for the run's metadata (batches, visits touched, whether every event was folded again)."""
     started = time.perf_counter()
