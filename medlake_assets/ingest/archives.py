@@ -192,8 +192,11 @@ class _Budget:
         self.total = 0
 
     def collect(self, member: str, blocks: Iterator[bytes]) -> bytes:
-        """Join a member's blocks, raising `archive.bomb` as soon as a cap is crossed."""
-        chunks: list[bytes] = []
+        """Join a member's blocks, raising `archive.bomb` as soon as a cap is crossed.
+
+        Into one growing buffer that becomes the member's bytes without a copy: a list of blocks joined at
+        the end held the member twice (~920 MB at once for a 40 MB archive's 460 MB CSV)."""
+        joined = io.BytesIO()
         size = 0
         limits = self.limits
         for block in blocks:
@@ -207,8 +210,8 @@ class _Budget:
                 else:
                     cap = f"{limits.max_ratio:g} times the archive's {self.archive_bytes:,} bytes (max_ratio)"
                 raise _bomb(member, f"takes the archive's uncompressed total past {cap}")
-            chunks.append(block)
-        return b"".join(chunks)
+            joined.write(block)
+        return joined.getvalue()
 
 
 def _bomb(member: str, what: str) -> ArchiveRejected:

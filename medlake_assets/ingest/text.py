@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from medlake_assets.ingest.types import MemberRejected
 
 # Longest marks first: the UTF-32-LE mark begins with the UTF-16-LE one.
-_BOMS = (
+BYTE_ORDER_MARKS = (
     (codecs.BOM_UTF32_LE, "utf-32-le"),
     (codecs.BOM_UTF32_BE, "utf-32-be"),
     (codecs.BOM_UTF8, "utf-8"),
@@ -31,7 +31,7 @@ def decode_text(data: bytes, *, member: str, encoding: str, fallbacks: Sequence[
     """
     candidates = [encoding, *fallbacks]
     skipped = 0
-    for bom, bom_encoding in _BOMS:
+    for bom, bom_encoding in BYTE_ORDER_MARKS:
         if data.startswith(bom):
             skipped = len(bom)
             data = data[skipped:]

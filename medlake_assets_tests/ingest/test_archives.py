@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import os
+import posixpath
 import random
 import re
 import struct
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -509,3 +511,37 @@ def test_decrypt_floor_wrong_password() -> None:
     with pytest.raises(ArchiveRejected) as caught:
         decrypt_floor(archive, password="not-the-password")
     assert caught.value.rule == "archive.bad_password"
+
+
+@pytest.mark.parametrize("kind", ["zip", "gzip"])
+def test_a_large_member_is_held_once_while_it_is_read(engine: str, kind: str) -> None:
+    """A member's blocks go into one buffer that becomes its bytes: joined from a list at the end, a 40 MB
+    archive's 460 MB CSV was held twice at once."""
+    text = csv_text(200_000, seed=5)  # ~12 MB
+    archive = zip_aes({"big.csv": text}, PASSWORD) if kind == "zip" else gzip_bytes(text)
+    key = KEY if kind == "zip" else KEY.replace(".zip", ".csv.gz")
+    read_members(
+        archive,
+        name=key,
+        accepted=ALL_KINDS,
+        password=PASSWORD,
+        member_regex=ANY,
+        limits=LIMITS,
+        engine=engine,
+    )  # imports and first-use caches out of the measurement
+    tracemalloc.start()
+    try:
+        members = read_members(
+            archive,
+            name=key,
+            accepted=ALL_KINDS,
+            password=PASSWORD,
+            member_regex=ANY,
+            limits=LIMITS,
+            engine=engine,
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert members == [Member("big.csv" if kind == "zip" else posixpath.basename(key)[:-3], text)]
+    assert peak < 1.5 * len(text), f"peak {peak:,} bytes of Python objects for a member of {len(text):,}"

@@ -16,6 +16,7 @@ record numbers and lines continue across pieces, so the pieces together are exac
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import re
@@ -28,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from medlake_assets.ingest.text import (
+    BYTE_ORDER_MARKS,
     CONTROL_CHARACTER,
     control_character_reason,
     decode_text,
@@ -144,15 +146,25 @@ def parse_csv_arrow_chunks(
     A `MemberRejected` (encoding, header) is raised before the first piece. The cuts are line ends outside
     quoted fields; a member whose quotes are not all well formed (the standard library then reads quotes
     inside unquoted fields literally, so quote parity says nothing) is read in one piece.
+
+    A large member that its declared encoding decodes (after a UTF-8 byte-order mark, if any) is cut on its
+    bytes and each piece decoded alone, so memory holds the member's bytes and one piece, not the whole
+    decoded text as well (~460 MB for a 40 MB lab archive). Any other member is decoded whole first
+    (`decode_text`: fallback encodings, other byte-order marks, the offset of a bad byte).
     """
-    text = decode_text(data, member=member, encoding=encoding, fallbacks=fallbacks)
-    cuts = _piece_ends(text, fmt, chunk_chars or CHUNK_CHARS)
-    first = text[: cuts[0]]
-    layout = _layout(first, member, columns, fmt)
-    start, records, lines = 0, 0, 0
-    for end in cuts:
-        piece = text[start:end]
-        parsed = _parse_piece(piece, member, columns, fmt, None if start == 0 else layout)
+    chunk_chars = chunk_chars or CHUNK_CHARS
+    start = _bytes_start(data, encoding, fmt, chunk_chars) if len(data) > chunk_chars else None
+    if start is None:
+        text: str | bytes = decode_text(data, member=member, encoding=encoding, fallbacks=fallbacks)
+        start, encoding = 0, ""
+    else:
+        text = data
+    cuts = _piece_ends(text, fmt, chunk_chars, start)
+    layout = _layout(_decoded(text, start, cuts[0], encoding), member, columns, fmt)
+    records, lines = 0, 0
+    for number, end in enumerate(cuts):
+        piece = _decoded(text, start, end, encoding)
+        parsed = _parse_piece(piece, member, columns, fmt, layout if number else None)
         if records or lines:
             parsed = parsed.shifted(records, lines)
         yield parsed
@@ -162,25 +174,60 @@ def parse_csv_arrow_chunks(
         start = end
 
 
+def _bytes_start(data: bytes, encoding: str, fmt: CsvFormat, slice_bytes: int) -> int | None:
+    """Where a member's text starts when it can be cut on its bytes (after a UTF-8 byte-order mark), else
+    None. Cutting on bytes is exact when the encoding decodes all of it and a line end, quote or delimiter
+    byte is always that character: UTF-8 or a single-byte encoding, ASCII-compatible. The encoding is tried
+    on `slice_bytes` at a time."""
+    start = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    if start:
+        encoding = "utf-8"  # `decode_text` tries a mark's encoding first
+    elif any(data.startswith(bom) for bom, _ in BYTE_ORDER_MARKS):
+        return None
+    ascii_marks = f"\r\n{fmt.delimiter}{fmt.quote}"
+    if not ascii_marks.isascii() or ascii_marks.encode(encoding, errors="replace") != ascii_marks.encode():
+        return None
+    if codecs.lookup(encoding).name != "utf-8" and len(bytes(range(256)).decode(encoding, "replace")) != 256:
+        return None  # a multi-byte encoding whose later bytes may look like ASCII
+    decoder = codecs.getincrementaldecoder(encoding)()
+    view = memoryview(data)
+    try:
+        for offset in range(start, len(data), slice_bytes):
+            decoder.decode(view[offset : offset + slice_bytes])
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return None  # `decode_text` finds the fallback, or the offset of the bad byte
+    return start
+
+
+def _decoded(text: str | bytes, start: int, end: int, encoding: str) -> str:
+    """`text[start:end]` as text: `text` is the member decoded (`encoding` empty) or its bytes."""
+    return text[start:end] if isinstance(text, str) else text[start:end].decode(encoding)
+
+
 _NOT_A_LINE_END = re.compile(r"[^\r\n]")
+_NOT_A_LINE_END_BYTE = re.compile(rb"[^\r\n]")
 
 
-def _piece_ends(text: str, fmt: CsvFormat, chunk_chars: int) -> list[int]:
-    """Where pieces of `text` end: just after a \\n outside any quoted field, the first piece holding the
-    first record; the last end is len(text)."""
-    quote = fmt.quote
-    if len(text) <= chunk_chars or (quote in text and not _quotes_well_formed(text, fmt.delimiter, quote)):
+def _piece_ends(text: str | bytes, fmt: CsvFormat, chunk_chars: int, begin: int = 0) -> list[int]:
+    """Where pieces of `text[begin:]` (a member's text, or its bytes in an encoding `_bytes_start` allows)
+    end: just after a \\n outside any quoted field, the first piece holding the first record; the last end
+    is len(text)."""
+    newline, quote = _marks(text, "\n", fmt.quote)
+    if len(text) - begin <= chunk_chars or (
+        text.find(quote, begin) != -1 and not _quotes_well_formed(text, fmt.delimiter, fmt.quote, begin)
+    ):
         return [len(text)]
-    first_value = _NOT_A_LINE_END.search(text)
+    first_value = (_NOT_A_LINE_END if isinstance(text, str) else _NOT_A_LINE_END_BYTE).search(text, begin)
     ends: list[int] = []
-    start = 0
-    target = max(chunk_chars, first_value.end() if first_value else 0)
+    start = begin
+    target = max(begin + chunk_chars, first_value.end() if first_value else 0)
     while target < len(text):
-        end = text.find("\n", target)
+        end = text.find(newline, target)
         # Well-formed quoting: a line end is outside every quoted field when the quotes before it pair up.
         quotes = text.count(quote, start, end) if end != -1 else 0
         while end != -1 and quotes % 2:
-            after = text.find("\n", end + 1)
+            after = text.find(newline, end + 1)
             quotes += text.count(quote, end, after) if after != -1 else 0
             end = after
         if end == -1:
@@ -298,22 +345,30 @@ def _read_with_polars(
     )
 
 
-def _quotes_well_formed(text: str, delimiter: str, quote: str) -> bool:
-    """Whether every quote character opens or closes a whole field, or is a doubled quote inside one.
+def _quotes_well_formed(text: str | bytes, delimiter: str, quote: str, begin: int = 0) -> bool:
+    """Whether every quote character opens or closes a whole field, or is a doubled quote inside one
+    (in `text[begin:]`: text, or bytes that `_bytes_start` allows cutting).
 
     Polars finds line ends by quote parity over the whole text, so a stray quote in an unquoted field (read
     literally by the standard library) can make it merge lines; text after a closing quote is read
     differently too. Only quoted fields are visited, each from its opening quote.
     """
     q = re.escape(quote)
-    boundaries = (delimiter, "\r", "\n")
-    for match in re.finditer(f"{q}(?:[^{q}]|{q}{q})*{q}", text):
+    pattern = f"{q}(?:[^{q}]|{q}{q})*{q}"
+    boundaries = _marks(text, delimiter, "\r", "\n")
+    found = re.compile(pattern if isinstance(text, str) else pattern.encode())
+    for match in found.finditer(text, begin):
         start, end = match.span()
-        if start and text[start - 1] not in boundaries:
+        if start > begin and text[start - 1 : start] not in boundaries:
             return False
-        if end < len(text) and text[end] not in boundaries:
+        if end < len(text) and text[end : end + 1] not in boundaries:
             return False
     return True
+
+
+def _marks(text: str | bytes, *characters: str) -> tuple:
+    """ASCII `characters` as `text` holds them: themselves, or their bytes."""
+    return characters if isinstance(text, str) else tuple(mark.encode() for mark in characters)
 
 
 def _parse_text(
