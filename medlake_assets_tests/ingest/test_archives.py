@@ -520,26 +520,17 @@ def test_a_large_member_is_held_once_while_it_is_read(engine: str, kind: str) ->
     text = csv_text(200_000, seed=5)  # ~12 MB
     archive = zip_aes({"big.csv": text}, PASSWORD) if kind == "zip" else gzip_bytes(text)
     key = KEY if kind == "zip" else KEY.replace(".zip", ".csv.gz")
-    read_members(
-        archive,
-        name=key,
-        accepted=ALL_KINDS,
-        password=PASSWORD,
-        member_regex=ANY,
-        limits=LIMITS,
-        engine=engine,
-    )  # imports and first-use caches out of the measurement
+    options = {
+        "name": key,
+        "accepted": ALL_KINDS,
+        "password": PASSWORD,
+        "member_regex": ANY,
+        "limits": LIMITS,
+    }
+    read_members(archive, **options, engine=engine)  # type: ignore[arg-type]  # imports and caches out of it
     tracemalloc.start()
     try:
-        members = read_members(
-            archive,
-            name=key,
-            accepted=ALL_KINDS,
-            password=PASSWORD,
-            member_regex=ANY,
-            limits=LIMITS,
-            engine=engine,
-        )
+        members = read_members(archive, **options, engine=engine)  # type: ignore[arg-type]
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

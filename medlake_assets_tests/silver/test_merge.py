@@ -609,12 +609,17 @@ def test_a_merge_of_many_keys_reads_by_range_and_keeps_every_other_row(tmp_path:
     assert (summary["deleted-records"], summary["added-records"]) == ("600", "600")
 
 
-def test_a_key_in_two_chunks_is_refused(tmp_path: Path) -> None:
-    table = apply(
+def _one_row_table(tmp_path: Path) -> Table:
+    """An upsert table holding (F1, O1, T1) with value "1"."""
+    return apply(
         make_table(tmp_path, "upsert"),
         "upsert",
         batch("b1", [("F1", "O1", "T1", "1", "P", 1, "U")], arrived=1),
     )
+
+
+def test_a_key_in_two_chunks_is_refused(tmp_path: Path) -> None:
+    table = _one_row_table(tmp_path)
     first = batch("b2", [("F1", "O1", "T1", "2", "P", 2, "U")], arrived=2)
     second = batch("b2", [("F1", "O1", "T1", "3", "P", 3, "U")], arrived=2)
     with pytest.raises(ValueError, match="a key is in two chunks of one merge"):
@@ -624,11 +629,7 @@ def test_a_key_in_two_chunks_is_refused(tmp_path: Path) -> None:
 
 def test_chunks_sharing_a_key_prefix_merge_when_no_whole_key_is_in_two(tmp_path: Path) -> None:
     # Not what `plan_chunks` gives, but what `merge_chunks` allows: the check compares these keys in full.
-    table = apply(
-        make_table(tmp_path, "upsert"),
-        "upsert",
-        batch("b1", [("F1", "O1", "T1", "1", "P", 1, "U")], arrived=1),
-    )
+    table = _one_row_table(tmp_path)
     first = batch("b2", [("F1", "O1", "T1", "2", "P", 2, "U")], arrived=2)
     second = batch(
         "b2", [("F1", "O1", "T2", "3", "P", 2, "U"), ("F1", None, "T1", "4", "P", 2, "U")], arrived=2
