@@ -592,11 +592,10 @@ def run_soak(
             stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}"
             (work_dir / f"runs-{stamp}.json").write_text(json.dumps(profiles))
             # Each archive's way (landed, first seen, batch, in silver): to look into a tail afterwards.
-            archives = {
-                key: dict(zip(("seen", "batch"), registered.get(key, (None, None)), strict=True))
-                | {"landed": at, "silver": times.get(key)}
-                for key, at in landed.items()
-            }
+            archives = {}
+            for key, at in landed.items():
+                seen, batch = registered.get(key, (None, None))
+                archives[key] = {"landed": at, "seen": seen, "batch": batch, "silver": times.get(key)}
             (work_dir / f"archives-{stamp}.json").write_text(json.dumps(archives))
             checks = lake_checks(workers, manifest, set(landed))
         return summarize(

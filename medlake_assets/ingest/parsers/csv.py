@@ -159,12 +159,14 @@ def parse_csv_arrow_chunks(
         start, encoding = 0, ""
     else:
         text = data
-    cuts = _piece_ends(text, fmt, chunk_chars, start)
-    layout = _layout(_decoded(text, start, cuts[0], encoding), member, columns, fmt)
+    layout: _Layout | None = None
     records, lines = 0, 0
-    for number, end in enumerate(cuts):
+    for end in _piece_ends(text, fmt, chunk_chars, start):
         piece = _decoded(text, start, end, encoding)
-        parsed = _parse_piece(piece, member, columns, fmt, layout if number else None)
+        first = layout is None
+        if first:  # raises for a bad header before any piece is yielded
+            layout = _layout(piece, member, columns, fmt)
+        parsed = _parse_piece(piece, member, columns, fmt, None if first else layout)
         if records or lines:
             parsed = parsed.shifted(records, lines)
         yield parsed
