@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 from pyiceberg.expressions import AlwaysTrue
@@ -23,9 +24,10 @@ from medlake_assets.lake import Lake
 from medlake_assets.lake.ledger import batch_id_for
 from medlake_assets.lake.objectstore import LocalObjectStore
 from medlake_assets.serving.sql import connect
-from medlake_assets.silver.chunks import chunk_columns, spill_chunks
+from medlake_assets.silver.chunks import ChunkFinder, chunk_columns, spill_chunks
 from medlake_assets.silver.encounters_load import load_encounters
 from medlake_assets.silver.load import batch_filter, consumer, load_silver
+from medlake_assets.silver.merge import plan_chunks
 from medlake_assets_tests.ingest.archive_builders import gzip_bytes
 from medlake_assets_tests.lake_helpers import DAY, local_settings, open_lake
 from medlake_dev.generate import write_feeds
@@ -183,3 +185,32 @@ def test_a_run_plans_only_the_files_of_its_batches(tmp_path, archive_password):
             every = {task.file.file_path for task in table.scan().plan_files()}
             assert planned[0] and planned[1] and not planned[0] & planned[1], table.name()
             assert planned[0] | planned[1] == every, table.name()
+
+
+def test_chunk_finder_places_rows_as_a_join_with_the_plan_would():
+    """Whole facilities, a large one cut by order ranges, and null keys: each row lands in the chunk the
+    plan gave its (facility, order); a row the plan does not know is refused."""
+    rows = pl.DataFrame(
+        {
+            "facility_id": ["F1"] * 3 + ["F2"] * 40 + ["F3"] * 2 + [None, "F3"],
+            "order_id": ["O1", "O2", "O1"] + [f"O{n:03d}" for n in range(40)] + ["O9", "O8", "O1", None],
+        }
+    ).sample(fraction=1.0, shuffle=True, seed=3)
+    columns = ["facility_id", "order_id"]
+    groups = rows.group_by(columns).agg(pl.len().alias("rows"))
+    plan = plan_chunks(groups, columns, max_rows=10).rename({"chunk": "__chunk"})
+    finder = ChunkFinder("silver.lab_results", plan, columns)
+    found = np.concatenate([finder.chunks(rows.slice(0, 20)), finder.chunks(rows.slice(20))])
+    finder.check()
+    joined = rows.join(plan, on=columns, how="left", nulls_equal=True, maintain_order="left")
+    assert found.tolist() == joined.get_column("__chunk").to_list()
+    f2 = (rows.get_column("facility_id") == "F2").fill_null(False).to_numpy()
+    assert len(set(found[f2])) == 4  # 40 rows cut in four
+
+    unknown = ChunkFinder("silver.lab_results", plan, columns)
+    moved = pl.col("order_id").str.replace("^O005$", "O0395")  # from F2's first chunk into its last's range
+    unknown.chunks(rows.with_columns(moved))
+    with pytest.raises(RuntimeError, match="silver.lab_results: rows changed between the two reads"):
+        unknown.check()  # its chunk has a row more than the plan's, another a row fewer
+    with pytest.raises(RuntimeError, match="rows changed"):
+        unknown.chunks(pl.DataFrame({"facility_id": ["F4"], "order_id": ["O1"]}))  # a facility not planned
