@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Polars' jemalloc reads its options from this variable once, when the process first loads Polars, so the
-# process must be started with it (the run workers' environment and the Docker image set it). Decay 0:
-# pages are given back as soon as they are freed, rather than after 10 s; background threads do it.
-POLARS_ALLOCATOR_ENV = {"_RJEM_MALLOC_CONF": "background_thread:true,dirty_decay_ms:0,muzzy_decay_ms:0"}
+# process must be started with it (the run workers' environment and the Docker image set it). Freed pages
+# are given back within a quarter second rather than 10 s, by background threads. Not at once (decay 0):
+# that gave back and faulted in again the pages of every transient frame, and made runs 15% slower (sys
+# time was a third of silver lab_results' CPU) for 20 MB less at the run's peak (docs/benchmarks.md).
+POLARS_ALLOCATOR_ENV = {"_RJEM_MALLOC_CONF": "background_thread:true,dirty_decay_ms:250,muzzy_decay_ms:0"}
 
 
 @functools.cache
