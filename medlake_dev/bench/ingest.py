@@ -33,6 +33,8 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
+from medlake_dev.bench import reusable
+
 PRODUCTION_ARCHIVES_PER_HOUR = 3500
 
 
@@ -143,11 +145,11 @@ def _landed(home: Path) -> list[Path]:
     return sorted(path for path in (home / "landing").rglob("*") if path.is_file())
 
 
-def _generated_landing(work: Path, console: Console, **generation: object) -> Path:
+def _generated_landing(work: Path, console: Console, password: str, **generation: object) -> Path:
     """A folder holding `landing/` for these parameters: generated in a child process, or reused."""
     key = "-".join(f"{name}={value}" for name, value in sorted(generation.items()))
     folder = work / "generated" / key
-    if (folder / "manifest.json").exists():
+    if reusable(folder, password):
         console.print(f"reusing the generated landing in {folder}")
         return folder
     shutil.rmtree(folder, ignore_errors=True)
@@ -195,7 +197,14 @@ def run_ingest_benchmark(
     work = Path(work_dir or tempfile.mkdtemp(prefix="medlake-bench-"))
     day = date(2026, 11, 26)
     generated = _generated_landing(
-        work, console, facilities=facilities, archives=archives, seed=seed, day=day, size_scale=size_scale
+        work,
+        console,
+        password,
+        facilities=facilities,
+        archives=archives,
+        seed=seed,
+        day=day,
+        size_scale=size_scale,
     )
     # A fresh lake every run; the landing files are hard links to the generated ones (never modified).
     home = work / f"run-{datetime.now(UTC):%Y%m%dT%H%M%S%f}"

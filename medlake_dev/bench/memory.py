@@ -37,6 +37,7 @@ from rich.table import Table
 
 from medlake_assets.defs.bronze import BATCH_TAG
 from medlake_assets.lake.memory import POLARS_ALLOCATOR_ENV
+from medlake_dev.bench import reusable
 
 LARGE_BYTES = 40_000_000
 
@@ -223,7 +224,7 @@ def run_memory_benchmark(
     day = datetime.now(UTC).date()
     # Generated once per parameters and day, reused by later runs; every run ingests into a fresh lake.
     generated = work / "generated" / f"{day}-{archives}a-{facilities}f-{seed}s"
-    if not (generated / "manifest.json").exists():
+    if not reusable(generated, os.environ["MEDLAKE_ARCHIVE_PASSWORD"]):
         with console.status("generating a landing day with two 40 MB archives"):
             shutil.rmtree(generated, ignore_errors=True)
             _write_large_archives(generated, day, seed)
