@@ -7,8 +7,8 @@ from pathlib import Path
 
 def reusable(generated: Path, password: str) -> bool:
     """Whether an earlier run's generated data can be measured again: complete (its manifest written last)
-    and encrypted with this run's `MEDLAKE_ARCHIVE_PASSWORD`. Archives of another password would all be
-    quarantined at landing, and the benchmark would measure a lake with nothing in it."""
+    and encrypted with this run's `MEDLAKE_ARCHIVE_PASSWORD`. With another password every zip would be
+    quarantined at landing, and the benchmark would measure little more than the gzip files."""
     from medlake_assets.ingest.archives import decrypt_floor
     from medlake_assets.ingest.types import ArchiveRejected
 
