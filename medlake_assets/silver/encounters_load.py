@@ -41,7 +41,7 @@ from medlake_assets.lake.columns import DELETED
 from medlake_assets.lake.files import scan_frames
 from medlake_assets.silver.encounters import LAST_AT, combine_encounters, fold_events
 from medlake_assets.silver.load import consumer
-from medlake_assets.silver.merge import Chunk, merge_chunks, plan_chunks
+from medlake_assets.silver.merge import Chunk, ChunkFinder, merge_chunks, plan_chunks
 from medlake_assets.silver.tables import ensure_table
 from medlake_assets.spec import SourceSpec
 from medlake_assets.spec.descriptions import table_column_docs
@@ -136,10 +136,11 @@ def _spill_events(
 ) -> list[Path]:
     """The events matching `row_filter` of the planned visits, into one Parquet file per chunk."""
     writers: dict[int, pq.ParquetWriter] = {}
-    numbers = plan.select(*_VISIT, "chunk")
+    finder = ChunkFinder(".".join(events_table.name()), plan, _VISIT)
     try:
         for frame in scan_frames(events_table, row_filter):
-            events = frame.join(numbers, on=_VISIT, how="inner")  # events without a visit: no encounter
+            events = frame.drop_nulls("visit_number")  # an event without a visit makes no encounter
+            events = events.with_columns(chunk=finder.chunks(events.select(_VISIT)))
             for (number,), part in events.partition_by("chunk", as_dict=True).items():
                 rows = part.drop("chunk").to_arrow()
                 if number not in writers:
@@ -148,4 +149,5 @@ def _spill_events(
     finally:
         for writer in writers.values():
             writer.close()
+    finder.check()
     return [folder / f"events-{number:05d}.parquet" for number in sorted(writers)]

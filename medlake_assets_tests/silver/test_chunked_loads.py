@@ -24,10 +24,10 @@ from medlake_assets.lake import Lake
 from medlake_assets.lake.ledger import batch_id_for
 from medlake_assets.lake.objectstore import LocalObjectStore
 from medlake_assets.serving.sql import connect
-from medlake_assets.silver.chunks import ChunkFinder, chunk_columns, spill_chunks
+from medlake_assets.silver.chunks import chunk_columns, spill_chunks
 from medlake_assets.silver.encounters_load import load_encounters
 from medlake_assets.silver.load import batch_filter, consumer, load_silver
-from medlake_assets.silver.merge import plan_chunks
+from medlake_assets.silver.merge import ChunkFinder, plan_chunks
 from medlake_assets_tests.ingest.archive_builders import gzip_bytes
 from medlake_assets_tests.lake_helpers import DAY, local_settings, open_lake
 from medlake_dev.generate import write_feeds
@@ -198,12 +198,12 @@ def test_chunk_finder_places_rows_as_a_join_with_the_plan_would():
     ).sample(fraction=1.0, shuffle=True, seed=3)
     columns = ["facility_id", "order_id"]
     groups = rows.group_by(columns).agg(pl.len().alias("rows"))
-    plan = plan_chunks(groups, columns, max_rows=10).rename({"chunk": "__chunk"})
+    plan = plan_chunks(groups, columns, max_rows=10)
     finder = ChunkFinder("silver.lab_results", plan, columns)
     found = np.concatenate([finder.chunks(rows.slice(0, 20)), finder.chunks(rows.slice(20))])
     finder.check()
     joined = rows.join(plan, on=columns, how="left", nulls_equal=True, maintain_order="left")
-    assert found.tolist() == joined.get_column("__chunk").to_list()
+    assert found.tolist() == joined.get_column("chunk").to_list()
     f2 = (rows.get_column("facility_id") == "F2").fill_null(False).to_numpy()
     assert len(set(found[f2])) == 4  # 40 rows cut in four
 
