@@ -61,9 +61,10 @@ def process_archive(
     The whole archive is quarantined when it cannot be opened or when none of its members yields a record
     and at least one was rejected; otherwise good records load and bad ones become rejects.
 
-    With a `sink`, each member's records go to it a piece at a time as they are parsed (a large CSV member
-    in pieces of about 8 MiB of text) and a member's text is let go once parsed, so memory holds the archive's
-    unpacked text and one piece, not the whole parse. A quarantined archive has sent nothing (no record).
+    With a `sink`, the records go to it a piece at a time as they are parsed (a large CSV member in pieces
+    of about 8 MiB of text; small members' records together, `PIECE_BYTES`) and a member's text is let
+    go once parsed, so memory holds the archive's unpacked text and one piece, not the whole parse. A
+    quarantined archive has sent nothing (no record).
     """
     result = ArchiveResult(context=context)
     landing = spec.landing
@@ -87,6 +88,7 @@ def process_archive(
     result.members = len(members) + len(unmatched_names)
     names = spec.column_names()
     kept: list[pa.Table] = []
+    pending = _Pieces(names, sink if sink is not None else kept.append)
     members.reverse()  # popped in archive order, so each member's text is freed once parsed
     while members:
         member = members.pop()
@@ -99,15 +101,13 @@ def process_archive(
                 arrays += [_repeat(member.name, pa.large_string(), parsed.record_count), parsed.ordinals]
                 piece = pa.Table.from_arrays(arrays, names=[*names, "_member", "_record"])
                 result.records += piece.num_rows
-                if sink is not None:
-                    sink(piece)
-                else:
-                    kept.append(piece)
+                pending.add(piece)
         except MemberRejected as rejected:
             result.rejects.append(
                 RecordReject(member.name, None, rejected.line, rejected.rule, rejected.reason, None)
             )
         del member
+    pending.send()
     if sink is None:
         result.table = _concat_tables(kept, names)
     if not result.records and result.rejects:
@@ -121,6 +121,39 @@ def process_archive(
         RecordReject(name, None, None, "archive.unmatched_member", unmatched) for name in unmatched_names
     )
     return result
+
+
+PIECE_BYTES = 1024**2
+"""Arrow bytes of small members' records (an XML member is one record) sent on together as one table. A
+table per record cost far more than its values: a surge batch of 309 XML archives (26,793 records) peaked
+at 936 MB in its bronze step and left 469 MB in the process, against 284 and 234 MB sent an archive at a
+time (docs/benchmarks.md)."""
+
+
+class _Pieces:
+    """An archive's parsed pieces on their way to `send`: a piece of `PIECE_BYTES` or more (a CSV member's
+    8 MiB of text) goes alone, smaller ones are joined into tables of about `PIECE_BYTES` first."""
+
+    def __init__(self, names: list[str], send: Callable[[pa.Table], None]) -> None:
+        self.names, self._send = names, send
+        self._pieces: list[pa.Table] = []
+        self._bytes = 0
+
+    def add(self, piece: pa.Table) -> None:
+        if piece.nbytes >= PIECE_BYTES:
+            self.send()
+            self._send(piece)
+            return
+        self._pieces.append(piece)
+        self._bytes += piece.nbytes
+        if self._bytes >= PIECE_BYTES:
+            self.send()
+
+    def send(self) -> None:
+        if self._pieces:
+            pieces = self._pieces
+            self._pieces, self._bytes = [], 0
+            self._send(pieces[0] if len(pieces) == 1 else _concat_tables(pieces, self.names))
 
 
 def _concat_tables(tables: list[pa.Table], names: list[str]) -> pa.Table:

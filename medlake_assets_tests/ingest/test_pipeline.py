@@ -11,11 +11,13 @@ from datetime import UTC, date, datetime
 import pyarrow as pa
 import pytest
 
+from medlake_assets.ingest import pipeline
 from medlake_assets.ingest.bronze import bronze_schema
 from medlake_assets.ingest.parsers.csv import ArrowMember, parse_csv, parse_csv_arrow
 from medlake_assets.ingest.pipeline import ArchiveContext, ArchiveWork, bronze_rows, process_archive
 from medlake_assets.ingest.pool import ingest_workers, process_archives
 from medlake_assets.spec import ColumnSpec, CsvFormat, SourceSpec
+from medlake_assets_tests.ingest.archive_builders import zip_aes
 
 COLUMNS = [
     ColumnSpec(name="record_id", source="record_id", nullable=False),
@@ -145,7 +147,7 @@ def test_an_oversized_field_falls_back_to_the_malformed_reject() -> None:
 # --- archives to tables ---
 
 
-def _spec() -> SourceSpec:
+def _spec(archives: tuple[str, ...] = ("gzip", "none")) -> SourceSpec:
     return SourceSpec.model_validate(
         {
             "name": "notes",
@@ -153,8 +155,9 @@ def _spec() -> SourceSpec:
             "landing": {
                 "key_pattern": r"^landing/notes/(?P<yyyy>\d{4})/(?P<mm>\d{2})/(?P<dd>\d{2})/"
                 r"(?P<facility>\w+)/",
-                "archives": ["gzip", "none"],
+                "archives": list(archives),
                 "member_pattern": r"\.csv$",
+                **({"password": {"env": "NOTES_ZIP_PASSWORD"}} if "zip" in archives else {}),
             },
             "format": {"kind": "csv", "null_tokens": ["", "NULL"]},
             "columns": [column.model_dump() for column in COLUMNS],
@@ -193,6 +196,37 @@ def test_bronze_rows_add_lineage_in_schema_order_and_skip_quarantined_archives()
     assert set(rows.column("_landing_day").to_pylist()) == {date(2026, 1, 2)}
     assert set(rows.column("_batch").to_pylist()) == {"b-1"}
     assert rows.column("record_id").to_pylist() == ["R00000", "R00001", "R00002", "R1"]
+
+
+@pytest.mark.parametrize(("piece_bytes", "tables"), [(2**20, 1), (1, 12)])
+def test_small_members_reach_the_sink_together_in_archive_order(
+    monkeypatch: pytest.MonkeyPatch, piece_bytes: int, tables: int
+) -> None:
+    # 12 members of 2 records (one of them ragged: a reject) and a member with no record at all: like an
+    # XML archive's one-record documents, they go on as one table, not one per member (unless each is
+    # large enough to go alone).
+    monkeypatch.setattr(pipeline, "PIECE_BYTES", piece_bytes)
+    members = {f"m{n:02d}.csv": encode(seeded_csv(n, rows=2)) for n in range(12)}
+    members["m05.csv"] = b"record_id,Note,flag\nR1,a,b\nR2\n"
+    members["m13.csv"] = b""
+    spec, context = _spec(("zip",)), _context("landing/notes/2026/01/02/F1/docs.zip")
+    data = zip_aes(members, "pw")
+    received: list[pa.Table] = []
+
+    streamed = process_archive(data, context, spec, password="pw", sink=received.append)
+    whole = process_archive(data, context, spec, password="pw")
+
+    assert (streamed.records, whole.records) == (23, 23)
+    assert len(received) == tables
+    assert pa.concat_tables(received).equals(whole.table)
+    assert whole.table.column("_member").to_pylist() == [
+        f"m{n:02d}.csv" for n in range(12) for _ in range(1 if n == 5 else 2)
+    ]
+    assert [(r.member, r.rule) for r in streamed.rejects] == [
+        ("m05.csv", "csv.field_count"),
+        ("m13.csv", "csv.empty"),
+    ]
+    assert streamed.rejects == whole.rejects
 
 
 def test_worker_processes_return_the_in_process_results_in_input_order() -> None:

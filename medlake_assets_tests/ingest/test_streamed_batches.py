@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from medlake_assets.ingest import batch as batch_module
-from medlake_assets.ingest import pool
+from medlake_assets.ingest import pipeline, pool
 from medlake_assets.ingest.batch import load_batch
 from medlake_assets.ingest.bronze import bronze_table
 from medlake_assets.ingest.landing import day_prefix, register_landed
@@ -93,8 +93,10 @@ def test_small_pieces_and_files_give_the_default_batch(
     expected_counts = load_day(tmp_path / "default")
     expected = contents(tmp_path / "default")
 
-    # Pieces of ~20 KB of CSV, a data file per ~50 KB of records, archives of 8 KB or more in this process.
+    # Pieces of ~20 KB of CSV sent on in tables of ~10 KB of records, a data file per ~50 KB of records,
+    # archives of 8 KB or more in this process.
     monkeypatch.setattr(csv_parser, "CHUNK_CHARS", 20_000)
+    monkeypatch.setattr(pipeline, "PIECE_BYTES", 10_000)
     monkeypatch.setattr(batch_module, "WRITE_BYTES", 50_000)
     monkeypatch.setattr(pool, "IN_PROCESS_BYTES", 8_000)
     assert load_day(tmp_path / "small") == expected_counts
