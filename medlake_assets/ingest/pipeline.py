@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -87,8 +88,10 @@ def process_archive(
     # Every file the archive holds, read or not: the unread ones are named in quarantine below.
     result.members = len(members) + len(unmatched_names)
     names = spec.column_names()
-    kept: list[pa.Table] = []
-    pending = _Pieces(names, sink if sink is not None else kept.append)
+    whole: list[pa.Table] = []  # without a sink: the archive's one table, joined once at the end
+    pending = (
+        _Pieces(names, sink, PIECE_BYTES) if sink is not None else _Pieces(names, whole.append, math.inf)
+    )
     members.reverse()  # popped in archive order, so each member's text is freed once parsed
     while members:
         member = members.pop()
@@ -109,7 +112,7 @@ def process_archive(
         del member
     pending.send()
     if sink is None:
-        result.table = _concat_tables(kept, names)
+        result.table = whole[0] if whole else _concat_tables([], names)
     if not result.records and result.rejects:
         first = result.rejects[0]
         result.rule = first.rule
@@ -124,36 +127,36 @@ def process_archive(
 
 
 PIECE_BYTES = 1024**2
-"""Arrow bytes of small members' records (an XML member is one record) sent on together as one table. A
-table per record cost far more than its values: a surge batch of 309 XML archives (26,793 records) peaked
-at 936 MB in its bronze step and left 469 MB in the process, against 284 and 234 MB sent an archive at a
-time (docs/benchmarks.md)."""
+"""Arrow bytes of small members' records (an XML member is one record) sent to a sink together as one
+table. A table per record cost far more than its values: a surge batch of 309 XML archives (26,793
+records) peaked at 986 MB in its bronze step and left 522 MB in the process, against 351 and 297 MB sent
+together (docs/benchmarks.md, "Small members sent on together")."""
 
 
 class _Pieces:
-    """An archive's parsed pieces on their way to `send`: a piece of `PIECE_BYTES` or more (a CSV member's
-    8 MiB of text) goes alone, smaller ones are joined into tables of about `PIECE_BYTES` first."""
+    """An archive's parsed pieces on their way to `send`: a piece of `limit` bytes or more (a CSV member's
+    8 MiB of text) goes alone, smaller ones are joined into tables of about `limit` bytes first."""
 
-    def __init__(self, names: list[str], send: Callable[[pa.Table], None]) -> None:
-        self.names, self._send = names, send
+    def __init__(self, names: list[str], send: Callable[[pa.Table], None], limit: float) -> None:
+        self._names, self._send, self._limit = names, send, limit
         self._pieces: list[pa.Table] = []
         self._bytes = 0
 
     def add(self, piece: pa.Table) -> None:
-        if piece.nbytes >= PIECE_BYTES:
+        if piece.nbytes >= self._limit:
             self.send()
             self._send(piece)
             return
         self._pieces.append(piece)
         self._bytes += piece.nbytes
-        if self._bytes >= PIECE_BYTES:
+        if self._bytes >= self._limit:
             self.send()
 
     def send(self) -> None:
         if self._pieces:
             pieces = self._pieces
             self._pieces, self._bytes = [], 0
-            self._send(pieces[0] if len(pieces) == 1 else _concat_tables(pieces, self.names))
+            self._send(pieces[0] if len(pieces) == 1 else _concat_tables(pieces, self._names))
 
 
 def _concat_tables(tables: list[pa.Table], names: list[str]) -> pa.Table:
