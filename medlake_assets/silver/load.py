@@ -40,7 +40,7 @@ from medlake_assets.lake.columns import LINEAGE_COLUMNS, MERGE_COLUMNS
 from medlake_assets.lake.commits import BATCH_PROPERTY
 from medlake_assets.lake.files import StagedFiles, replace_with_files
 from medlake_assets.silver.chunks import Chunks, spill_chunks
-from medlake_assets.silver.merge import merge_chunks
+from medlake_assets.silver.merge import Chunk, merge_chunks
 from medlake_assets.silver.quality.gate import evaluate, facility_gate, metadata_version
 from medlake_assets.silver.quality.held import (
     RELEASED,
@@ -353,7 +353,9 @@ def load_silver(
             table = ensure_table(lake.catalog, name, silver_schema(spec), spec.write.partition_by, docs)
             held_keys = held_back.select(SLICE)
 
-            def publish(path: Path):
+            def publish(path: Path) -> Chunk:
+                if held_keys.is_empty():
+                    return path  # every passing row is published: the merge takes the file as it is
                 return lambda: pl.read_parquet(path).join(held_keys, on=SLICE, how="anti")
 
             merged = merge_chunks(

@@ -366,8 +366,9 @@ def _compact_filter(column: str, values: pl.Series) -> BooleanExpression:
     return _values_filter(column, values) if few else _range_filter(column, values)
 
 
-Chunk = Callable[[], pl.DataFrame]
-"""Loads one chunk of a batch's change rows when the merge gets to it."""
+Chunk = Callable[[], pl.DataFrame] | Path
+"""One chunk of a batch's change rows: a Parquet file of them, taken as it is, or a function that loads
+them when the merge gets to it."""
 Combine = Callable[[pl.DataFrame, pl.DataFrame], pl.DataFrame]
 """(current rows of a chunk's keys, its changes) -> the rows to upsert for the changes' keys."""
 
@@ -455,13 +456,13 @@ def _stage_merge(
     the data files they replace (None for append: the filter's rows are deleted)."""
     if mode == "append":
         archives: set[str] = set()
-        for load in chunks:
-            changes = load()
+        for chunk in chunks:
+            changes = _load(chunk)
             archives.update(changes.get_column("_archive").unique().drop_nulls().to_list())
             staged.write_frame(append(changes))
         # Like `archive_filter`: a re-run of the batch replaces its archives' rows.
         return (In("_archive", sorted(archives)) if archives and replace_archives else AlwaysFalse()), None
-    keys = _spill_changes(chunks, key, scratch)
+    keys, change_files = _spill_changes(chunks, key, scratch)
     if keys.is_empty():
         return AlwaysFalse(), []
     scope = merge_scope(keys, partition_by_of(table), key)
@@ -475,7 +476,7 @@ def _stage_merge(
     del keys
     merge = upsert if mode == "upsert" else scd2
     for number in numbers:
-        changes = pl.read_parquet(scratch / f"changes-{number}.parquet")
+        changes = pl.read_parquet(change_files[number])
         path = scratch / _spill_name(number)
         current = pl.read_parquet(path) if path.exists() else empty
         if combine is not None and mode == "upsert":
@@ -497,26 +498,41 @@ def _stage_merge(
 _CHUNK = "__chunk"
 
 
-def _spill_changes(chunks: Sequence[Chunk], key: Sequence[str], scratch: Path) -> pl.DataFrame:
-    """Load each chunk once into `scratch`; returns the batch's distinct keys with their chunk number."""
-    keys, prefixes = [], []
-    for number, load in enumerate(chunks):
-        changes = load()
-        if changes.is_empty():
+def _load(chunk: Chunk) -> pl.DataFrame:
+    return pl.read_parquet(chunk) if isinstance(chunk, Path) else chunk()
+
+
+def _spill_changes(
+    chunks: Sequence[Chunk], key: Sequence[str], scratch: Path
+) -> tuple[pl.DataFrame, dict[int, Path]]:
+    """Have each chunk's changes in a file, loading each chunk once (a chunk given as a file stays where
+    it is: writing it again took a tenth of a surge's lab_results run); returns the batch's distinct keys
+    with their chunk number, and the file of each chunk's changes."""
+    keys, prefixes, files = [], [], {}
+    for number, chunk in enumerate(chunks):
+        if isinstance(chunk, Path):
+            path, distinct = chunk, pl.read_parquet(chunk, columns=list(key)).unique()
+        else:
+            changes = chunk()
+            path, distinct = scratch / f"changes-{number}.parquet", changes.select(key).unique()
+            if not changes.is_empty():
+                changes.write_parquet(path)
+            del changes
+        if distinct.is_empty():
             continue
-        changes.write_parquet(scratch / f"changes-{number}.parquet")
-        distinct = changes.select(key).unique().sort(key[0])
+        files[number] = path
+        distinct = distinct.sort(key[0])
         keys.append(scratch / f"keys-{number}.parquet")
         distinct.with_columns(pl.lit(number, pl.Int64).alias(_CHUNK)).write_parquet(keys[-1])
         prefixes.append(distinct.select(_prefix_hash(key)).unique())
-        del changes, distinct
+        del distinct
     if not keys:
-        return pl.DataFrame()
+        return pl.DataFrame(), files
     # Read back once every chunk is let go: held while chunks come and go, the keys (millions in a surge)
     # pinned the allocator's pages between them, ~300 MB more than the keys themselves.
     distinct = pl.read_parquet(keys, rechunk=False)
     _refuse_keys_in_two_chunks(distinct, pl.concat(prefixes), key)
-    return distinct
+    return distinct, files
 
 
 def _prefix_hash(key: Sequence[str]) -> pl.Expr:

@@ -540,7 +540,7 @@ def test_plan_chunks_number_chunks_in_the_first_columns_order() -> None:
 @pytest.mark.parametrize("partition", ["identity", "bucket", "none"])
 def test_merge_in_chunks_equals_one_merge(tmp_path: Path, partition: str, mode: str) -> None:
     """A batch merged in planned chunks of 2-3 rows (into rows written before, nulls in the key too) gives
-    the table one merge gives, in one commit."""
+    the table one merge gives, in one commit; so do the same chunks given as Parquet files."""
     initial = batch(
         "b1",
         [(f, f"O{n}", "T1", f"v{n}", "P", n, "U") for f in ("F1", "F2", "F3") for n in range(6)]
@@ -564,12 +564,19 @@ def test_merge_in_chunks_equals_one_merge(tmp_path: Path, partition: str, mode: 
     parts = [part.drop("chunk") for _, part in sorted(numbered.partition_by("chunk", as_dict=True).items())]
     assert len(parts) >= 4
 
-    def merged(chunks: list[pl.DataFrame], home: Path) -> list[tuple]:
+    def as_file(part: pl.DataFrame, path: Path) -> Path:
+        part.write_parquet(path)
+        return path
+
+    def merged(chunks: list[pl.DataFrame], home: Path, files: bool = False) -> list[tuple]:
         table = apply(make_table(home, mode, partition), mode, initial)
         before = len(table.snapshots())
         table = merge_chunks(
             table,
-            [lambda part=part: part for part in chunks],
+            [
+                as_file(part, home / f"part-{n}.parquet") if files else lambda part=part: part
+                for n, part in enumerate(chunks)
+            ],
             mode=mode,  # type: ignore[arg-type]
             key=KEY,
             sequence_by=SEQUENCE,
@@ -580,10 +587,11 @@ def test_merge_in_chunks_equals_one_merge(tmp_path: Path, partition: str, mode: 
         assert {s.summary["medlake.batch"] for s in table.snapshots()[before:]} == {"b2"}
         return rows(table, UPSERT_COLUMNS if mode == "upsert" else SCD2_COLUMNS)
 
-    (tmp_path / "one").mkdir()
-    (tmp_path / "chunks").mkdir()
+    for folder in ("one", "chunks", "files"):
+        (tmp_path / folder).mkdir()
     expected = merged([changes], tmp_path / "one")
     assert merged(parts, tmp_path / "chunks") == expected
+    assert merged(parts, tmp_path / "files", files=True) == expected
     if mode == "upsert":
         assert len(expected) == 3 * 6 + 1 + 2  # F2's new order and the row without a facility
     else:  # every version kept; F1's updated orders close their first version at minute 20
