@@ -7,10 +7,10 @@ mix, 1% of them 1.5-40 MB) in real time: `normal` minutes at the production rate
 last put it waits until every archive is in silver (or `drain_limit` runs out), then reports per window
 (5 minutes by default): arrivals, archives reaching silver, backlog at the window's end, landing-to-silver
 latency of the window's arrivals (p50 / p95 / max), peak RSS per kind of process (daemon, code server,
-run worker) and runs finished / failed; and at the end compares the lake with the generator's manifest:
-every archive loaded, bronze rows per source equal to the manifest's records with no duplicate record,
-silver equal to bronze (append: the same rows; upsert: one row per distinct key; scd2: one current row per
-distinct key).
+run worker), CPU cores used (run workers, the S3 server, the rest) and runs finished / failed; and at the
+end compares the lake with the generator's manifest: every archive loaded, bronze rows per source equal
+to the manifest's records with no duplicate record, silver equal to bronze (append: the same rows; upsert:
+one row per distinct key; scd2: one current row per distinct key).
 
 Latency: from the archive's put completing to its batch's `processed_at` for `silver.<source>` in the
 ledger (written right after the silver commit: the rows are queryable from then on). A second table cuts
@@ -93,12 +93,16 @@ def arrival_plan(phases: Sequence[Phase]) -> list[tuple[float, str]]:
 
 
 class ProcessSampler:
-    """Samples the RSS of a process group (the daemon, its code server, the run workers) every second."""
+    """Samples the RSS and CPU time of a process tree every second: the bench's own children (the daemon,
+    its code server, the run workers, and the S3 server when the bench started it)."""
 
     def __init__(self, root_pids: Sequence[int], interval: float = 1.0):
         self.root_pids = list(root_pids)
         self.interval = interval
         self.samples: list[tuple[float, str, int, int]] = []  # (time, kind, pid, rss bytes)
+        self.cpu: dict[int, list[tuple[float, float]]] = defaultdict(list)  # pid -> (time, CPU seconds)
+        self.started_at: dict[int, float] = {}  # pid -> the process's start (epoch seconds)
+        self.kinds: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -111,21 +115,27 @@ class ProcessSampler:
             return "code server"
         if "multiprocessing" in command or "execute_run" in command:
             return "run worker"
+        if "moto_server" in command:
+            return "s3"
         return "other"
 
     def _run(self) -> None:
         while not self._stop.is_set():
             now = time.time()
-            processes = []
+            processes: dict[int, psutil.Process] = {}
             for pid in self.root_pids:
                 try:
                     root = psutil.Process(pid)
-                    processes += [root, *root.children(recursive=True)]
+                    processes |= {child.pid: child for child in root.children(recursive=True)}
                 except psutil.Error:
                     continue
-            for process in processes:
+            for pid, process in processes.items():
                 try:
-                    self.samples.append((now, self.kind(process), process.pid, process.memory_info().rss))
+                    if pid not in self.kinds:
+                        self.kinds[pid], self.started_at[pid] = self.kind(process), process.create_time()
+                    used = process.cpu_times()
+                    self.samples.append((now, self.kinds[pid], pid, process.memory_info().rss))
+                    self.cpu[pid].append((now, used.user + used.system))
                 except psutil.Error:
                     continue
             self._stop.wait(self.interval)
@@ -147,6 +157,21 @@ class ProcessSampler:
                 peaks[kind] = max(peaks[kind], rss / 2**20)
         return dict(peaks)
 
+    def cores(self, start: float, end: float) -> dict[str, float]:
+        """CPU cores each kind of process used on average within [start, end), from the samples: a process
+        started within it counts from zero, one gone within it up to its last sample."""
+        used: dict[str, float] = defaultdict(float)
+        for pid, samples in self.cpu.items():
+            before = [cpu for at, cpu in samples if at < start]
+            within = [cpu for at, cpu in samples if start <= at < end]
+            if not within:
+                continue
+            # Not sampled before the window: from zero if it started within it, else from its first sample.
+            started_within = self.started_at[pid] >= start
+            baseline = before[-1] if before else 0.0 if started_within else within[0]
+            used[self.kinds[pid]] += within[-1] - baseline
+        return {kind: seconds / (end - start) for kind, seconds in used.items()}
+
 
 @dataclass
 class Window:
@@ -159,6 +184,7 @@ class Window:
     latencies: list[float] = field(default_factory=list)
     not_in_silver: int = 0
     rss: dict[str, float] = field(default_factory=dict)
+    cores: dict[str, float] = field(default_factory=dict)
     runs: int = 0
     failed_runs: int = 0
 
@@ -559,7 +585,8 @@ def run_soak(
         landed: dict[str, float] = {}
         phase_of: dict[str, str] = {}
         with workers:
-            with ProcessSampler(workers.pids).watch() as sampler:
+            # The bench's children: the workers' processes and their runs, and the S3 server it started.
+            with ProcessSampler([os.getpid()]).watch() as sampler:
                 started = time.time()
                 last_report = started
                 for (offset, phase), key in zip(plan, keys, strict=False):
@@ -662,6 +689,7 @@ def summarize(
             moment < end for key, moment in times.items() if key in landed
         )
         window.rss = sampler.peaks(at, end)
+        window.cores = sampler.cores(at, end)
         finished = [run for run in runs if run[1] is not None and at <= run[1] < end]
         window.runs = len(finished)
         window.failed_runs = sum(run[2] == "FAILURE" for run in finished)
@@ -710,6 +738,13 @@ def summarize(
     )
 
 
+def _cores_cell(cores: Mapping[str, float]) -> str:
+    """Run workers, the S3 server (when the bench started it) and every other process of the bench."""
+    rest = sum(value for kind, value in cores.items() if kind not in ("run worker", "s3"))
+    s3 = f"{cores['s3']:.2f}" if "s3" in cores else "-"
+    return f"{cores.get('run worker', 0):.2f} / {s3} / {rest:.2f}"
+
+
 def render(result: SoakResult) -> list[Table]:
     description = ", ".join(
         f"{phase.name} {phase.seconds / 60:g} min at {phase.rate_per_hour:,.0f}/h" for phase in result.phases
@@ -724,7 +759,8 @@ def render(result: SoakResult) -> list[Table]:
     )
     columns = [
         "window (min)", "phase", "arrivals", "into silver", "backlog at end", "latency p50 s", "p95 s",
-        "max s", "not in silver", "peak RSS MB: daemon / code server / run", "runs (failed)",
+        "max s", "not in silver", "peak RSS MB: daemon / code server / run",
+        "CPU cores: runs / S3 / the rest", "runs (failed)",
     ]  # fmt: skip
     for column in columns:
         table.add_column(column, justify="left" if column in ("phase",) else "right")
@@ -741,6 +777,7 @@ def render(result: SoakResult) -> list[Table]:
             f"{max(window.latencies, default=math.nan):.1f}",
             str(window.not_in_silver),
             " / ".join(f"{rss.get(kind, 0):.0f}" for kind in ("daemon", "code server", "run worker")),
+            _cores_cell(window.cores),
             f"{window.runs} ({window.failed_runs})",
         )
     targets = Table(title="bench soak: targets and checks")

@@ -14,6 +14,7 @@ from medlake_dev.bench.merge import KEY, _catalog, day_batch, run_day_benchmark
 from medlake_dev.bench.soak import (
     QUEUED,
     STAGES,
+    ProcessSampler,
     SoakResult,
     cut_order,
     latency_stages,
@@ -55,6 +56,22 @@ def test_the_step_table_gives_each_steps_highest_peak_over_the_runs() -> None:
     ]  # fmt: skip
     assert rows["bronze__adt_events"].split("│")[-2].strip() == "600"
     assert rows[QUEUED].split("│")[-2].strip() == ""  # no step: no peak
+
+
+def test_cpu_cores_count_each_process_within_the_window_only() -> None:
+    """Cores per kind over [100, 110): a process running before the window counts from its last sample
+    before it; one started within it from zero; one that left within it up to its last sample."""
+    sampler = ProcessSampler([])
+    runs = {
+        1: ("run worker", 0.0, [(95.0, 50.0), (101.0, 52.0), (109.0, 60.0), (111.0, 61.0)]),  # 10 s
+        2: ("run worker", 104.0, [(105.0, 1.5), (107.0, 4.0)]),  # started within: 4 s, gone at 107
+        3: ("s3", 0.0, [(101.0, 30.0), (109.0, 31.0)]),  # first sampled within, started before: 1 s
+        4: ("daemon", 0.0, [(99.0, 7.0), (103.0, 7.5)]),  # 0.5 s
+        5: ("other", 0.0, [(90.0, 1.0), (112.0, 9.0)]),  # no sample within: not counted
+    }
+    for pid, (kind, started, samples) in runs.items():
+        sampler.kinds[pid], sampler.started_at[pid], sampler.cpu[pid] = kind, started, samples
+    assert sampler.cores(100.0, 110.0) == pytest.approx({"run worker": 1.4, "s3": 0.1, "daemon": 0.05})
 
 
 def test_latency_is_cut_into_stages_that_add_up_and_the_tail_is_shown_by_stage() -> None:
