@@ -300,11 +300,6 @@ class Workers:
         if not self.running():
             raise WorkersError(f"the Dagster daemon or its code server exited; see {self.log_path}")
 
-    @property
-    def pids(self) -> list[int]:
-        """The code server's and the daemon's: every run process descends from the code server."""
-        return [process.pid for process in (self.code_server, self.process) if process is not None]
-
     def instance(self) -> Any:
         """The workers' Dagster instance, opened in this process (its dagster.yaml reads DAGSTER_PG_URL)."""
         import dagster as dg
