@@ -222,7 +222,7 @@ class BronzeWriter:
     (a file per `WRITE_BYTES`), committed together by `commit`."""
 
     def __init__(self, table: Table, write_bytes: int | None = None) -> None:
-        self.staged = StagedFiles(table)
+        self.staged = StagedFiles(table, in_background=True)  # parsing goes on while a file is written
         self.schema = arrow_schema(table)
         self.write_bytes = write_bytes or WRITE_BYTES
         self._buffer: list[pa.Table] = []
