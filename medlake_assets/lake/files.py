@@ -17,6 +17,7 @@ valid for a retry when their rows do not depend on the table's state (bronze, qu
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import uuid
 import warnings
@@ -153,9 +154,8 @@ class StagedFiles:
 
     def discard(self) -> None:
         """Delete the staged files (after a commit that cannot be retried with them, or a failure)."""
-        pending, self._pending = self._pending, None
-        if pending is not None and pending.exception() is None:  # a failed write: the caller has an error
-            self._files.extend(pending.result())
+        with contextlib.suppress(Exception):  # a failed write: the caller is already handling an error
+            self._finish_pending()
         for data_file in self._files:
             self.table.io.delete(data_file.file_path)
         self._files = []
