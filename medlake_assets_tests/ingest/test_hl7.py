@@ -646,6 +646,31 @@ def test_undecodable_and_unknown_charset_messages_are_quarantined() -> None:
     assert parsed.rejects[1].raw == unknown.decode("ascii")
 
 
+@pytest.mark.parametrize(
+    ("charset", "outcome"),
+    [
+        ("PUNYCODE", "loaded"),  # Python's codec raises UnicodeError, not UnicodeDecodeError
+        ("UNDEFINED", "loaded"),  # a codec that refuses everything
+        ("8859/1\x00", "hl7.unknown_charset"),  # a NUL in a codec name makes Python raise ValueError
+    ],
+)
+def test_a_charset_python_fails_on_quarantines_or_falls_back_for_that_message_only(
+    charset: str, outcome: str
+) -> None:
+    # Found by fuzzing: these MSH-18 values raised out of the parser and failed the whole batch's run.
+    data = "\r".join([adt("SYNCTL1"), adt("SYNCTL2", charset=charset), adt("SYNCTL3")])
+    parsed = parse(data, columns(id="MSH-10"))
+    if outcome == "loaded":  # decoded by the member encoding, as a mislabelled message is
+        assert (parsed.columns, parsed.ordinals, parsed.rejects) == (
+            {"id": ["SYNCTL1", "SYNCTL2", "SYNCTL3"]},
+            [1, 2, 3],
+            [],
+        )
+        return
+    assert parsed.columns == {"id": ["SYNCTL1", "SYNCTL3"]}
+    assert [(r.record, r.line, r.rule) for r in parsed.rejects] == [(2, 5, outcome)]
+
+
 # --- message type filter, null tokens -------------------------------------------------------------------
 
 

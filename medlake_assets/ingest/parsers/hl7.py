@@ -123,7 +123,7 @@ def _declared_chain(charset: str, default_chain: tuple[str, ...]) -> tuple[str, 
     """
     try:
         declared = codecs.lookup(_HL7_CHARSETS.get(charset, charset)).name
-    except LookupError:
+    except (LookupError, ValueError):  # ValueError: a name holding a NUL
         return None
     if declared.startswith(_WIDE_CODECS):
         return None
@@ -135,8 +135,9 @@ def _decode(raw: bytes, chain: Sequence[str]) -> tuple[str, str] | None:
     for codec in chain:
         try:
             return raw.decode(codec), codec
-        except (UnicodeDecodeError, LookupError):
-            # LookupError: a name Python knows that is not a text encoding (e.g. MSH-18 `base64`).
+        except (UnicodeError, LookupError):
+            # LookupError: a name Python knows that is not a text encoding (e.g. MSH-18 `base64`);
+            # UnicodeError beyond UnicodeDecodeError: codecs such as `punycode` or `undefined`.
             continue
     return None
 
