@@ -19,6 +19,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import pairwise
 
 from medlake_assets.errors import MedlakeError
 from medlake_assets.ingest.text import apply_control_policy, has_control_characters
@@ -30,7 +31,7 @@ __all__ = ["Hl7Path", "Hl7PathError", "parse_hl7", "parse_hl7_path"]
 # MLLP framing bytes (start block 0x0B, end block 0x1C) sometimes survive into files; treat them as blanks.
 _BLANK_BYTES = b" \t\x0b\x0c\x1c"
 _BLANK_TEXT = _BLANK_BYTES.decode("ascii")
-_ENVELOPES = frozenset({b"FHS", b"BHS", b"BTS", b"FTS"})
+_HEADS = frozenset({b"MSH", b"FHS", b"BHS", b"BTS", b"FTS"})  # a message's first segment, or an envelope's
 _UTF8_BOM = codecs.BOM_UTF8
 
 # HL7 table 0211 (MSH-18) -> Python codec. Wide encodings (UTF-16/32) are left out on purpose: messages are
@@ -95,13 +96,22 @@ def parse_hl7_path(source: str) -> Hl7Path:
     )
 
 
+# A column's path as the extraction loop reads it: (column index, field, whether the inlined common case
+# applies, component, subcomponent, the path itself).
+_Item = tuple[int, int, bool, int | None, int | None, Hl7Path]
+
+
 @lru_cache(maxsize=256)
-def _compile_plan(sources: tuple[str, ...]) -> tuple[tuple[str, int, tuple[tuple[int, Hl7Path], ...]], ...]:
+def _compile_plan(sources: tuple[str, ...]) -> tuple[tuple[str, int, tuple[_Item, ...]], ...]:
     """Group the paths by (segment, occurrence) so each segment is split once per message."""
-    groups: dict[tuple[str, int], list[tuple[int, Hl7Path]]] = {}
+    groups: dict[tuple[str, int], list[_Item]] = {}
     for index, source in enumerate(sources):
         path = parse_hl7_path(source)
-        groups.setdefault((path.segment, path.occurrence), []).append((index, path))
+        # MSH-1 and MSH-2 are atomic (see `_Extractor.value`); any other path asking for a repetition but
+        # the first takes the general path too.
+        common = (path.repetition or 1) == 1 and not (path.segment == "MSH" and path.field <= 2)
+        item = (index, path.field, common, path.component, path.subcomponent, path)
+        groups.setdefault((path.segment, path.occurrence), []).append(item)
     return tuple((segment, occurrence, tuple(items)) for (segment, occurrence), items in groups.items())
 
 
@@ -160,7 +170,7 @@ def _delimiters(msh: str) -> _Delimiters | None:
     if len(msh) < 5:
         return None
     separator = msh[3]
-    return _delimiters_of(separator, msh[4:].split(separator, 1)[0][:4])
+    return _delimiters_of(separator, msh[4:9].split(separator, 1)[0][:4])
 
 
 @lru_cache(maxsize=64)
@@ -219,13 +229,44 @@ class _Extractor:
         self.delimiters: _Delimiters
         self.codec = ""
 
-    def value(self, fields: list[str], path: Hl7Path, is_msh: bool) -> str | None:
+    def fill(self, values: list[str | None], fields: list[str], items: tuple[_Item, ...]) -> None:
+        """Set `values[index]` for each item from one split segment (None stays where nothing is).
+
+        The common case (no repetition in the field, the whole field or one component asked) is inlined: this
+        loop runs for every column of every message.
+        """
+        count = len(fields)
+        delimiters = self.delimiters
+        repetition, component, escape = delimiters.repetition, delimiters.component, delimiters.escape
+        null_tokens = self.null_tokens
+        for index, field, common, wanted, sub, path in items:
+            if field >= count:
+                continue
+            value = fields[field]
+            if not value:
+                continue
+            if not common or (repetition and repetition in value):
+                values[index] = self.value(fields, path)
+                continue
+            if wanted is not None:
+                if sub is not None:
+                    value = self._component(value, path)
+                elif component:
+                    parts = value.split(component, wanted)
+                    value = parts[wanted - 1] if wanted <= len(parts) else None
+                elif wanted > 1:
+                    continue
+            if not value or value in null_tokens:
+                continue
+            values[index] = _unescape(value, delimiters, self.codec) if escape and escape in value else value
+
+    def value(self, fields: list[str], path: Hl7Path) -> str | None:
         if path.field >= len(fields):
             return None
         value = fields[path.field]
         if not value:
             return None
-        if is_msh and path.field <= 2:
+        if path.field <= 2 and path.segment == "MSH":
             # MSH-1 is the field separator and MSH-2 the encoding characters: atomic, never split.
             wanted = (path.repetition or 1, path.component or 1, path.subcomponent or 1)
             return value if wanted == (1, 1, 1) else None
@@ -280,7 +321,7 @@ def _type_filter(message_types: Sequence[str]) -> tuple[frozenset[str], frozense
     return frozenset(types), frozenset(events)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per message, and a frozen one is slower to make
 class _MessageSpan:
     ordinal: int
     line: int  # 1-based line of the MSH segment
@@ -290,31 +331,21 @@ class _MessageSpan:
 
 def _split_member(lines: list[bytes], member: str) -> tuple[list[_MessageSpan], list[tuple[int, int]]]:
     """Messages and runs of orphan lines (start, end) as line-index spans; envelopes are dropped."""
+    # Lines that open a message or an envelope; the comprehensions keep the per-line work at C speed.
+    marks = [index for index, line in enumerate(lines) if line.lstrip(_BLANK_BYTES)[:3] in _HEADS]
     messages: list[_MessageSpan] = []
     orphans: list[tuple[int, int]] = []
-    start: int | None = None  # first line of the open message
-    orphan_start: int | None = None
-
-    def close(end: int) -> None:
-        nonlocal start
-        if start is not None:
-            messages.append(_MessageSpan(len(messages) + 1, start + 1, start, end))
-            start = None
-
-    for index, line in enumerate(lines):
-        head = line.lstrip(_BLANK_BYTES)[:3]
-        if head == b"MSH" or head in _ENVELOPES:
-            close(index)
-            if orphan_start is not None:
-                orphans.append((orphan_start, index))
-                orphan_start = None
-            if head == b"MSH":
-                start = index
-        elif start is None and orphan_start is None and line.strip(_BLANK_BYTES):
-            orphan_start = index
-    close(len(lines))
-    if orphan_start is not None:
-        orphans.append((orphan_start, len(lines)))
+    # What lies before the first mark or between an envelope line and the next mark belongs to no message.
+    loose = [(0, marks[0] if marks else len(lines))]
+    for mark, end in pairwise([*marks, len(lines)]):
+        if lines[mark].lstrip(_BLANK_BYTES)[:3] == b"MSH":
+            messages.append(_MessageSpan(len(messages) + 1, mark + 1, mark, end))
+        else:
+            loose.append((mark + 1, end))
+    for start, end in loose:
+        written = [index for index in range(start, end) if lines[index].strip(_BLANK_BYTES)]
+        if written:
+            orphans.append((written[0], end))
     if not messages:
         raise MemberRejected(
             "hl7.no_msh", "no MSH segment found: the member holds no HL7 v2 message", member=member
@@ -322,7 +353,7 @@ def _split_member(lines: list[bytes], member: str) -> tuple[list[_MessageSpan], 
     return messages, orphans
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, as _MessageSpan
 class _Header:
     """What the MSH segment says before the message is decoded (read from its ASCII-compatible bytes)."""
 
@@ -334,29 +365,33 @@ class _Header:
     charset: str  # MSH-18 first repetition and component, upper-cased, '' when absent
 
 
+def _first_component(value: str, delimiters: _Delimiters, null_tokens: frozenset[str]) -> str:
+    """A header field's first repetition's first component, '' when it is a null token."""
+    if delimiters.repetition:
+        value = value.split(delimiters.repetition, 1)[0]
+    value = value.split(delimiters.component, 1)[0].strip()
+    return "" if value in null_tokens else value
+
+
 def _read_header(msh: str, null_tokens: frozenset[str]) -> _Header | tuple[str, str]:
     """The MSH header, or (rule, reason) when it cannot identify the message."""
     delimiters = _delimiters(msh)
     if delimiters is None:
         return "hl7.malformed_msh", "MSH-1/MSH-2 delimiters are missing or invalid"
-    fields = msh.split(delimiters.field)  # fields[n - 1] is MSH-n for n >= 2
-
-    def first(number: int) -> str:
-        value = fields[number - 1] if len(fields) >= number else ""
-        if delimiters.repetition:
-            value = value.split(delimiters.repetition, 1)[0]
-        value = value.split(delimiters.component, 1)[0].strip()
-        return "" if value in null_tokens else value
-
-    message_type = first(9)
+    fields = msh.split(delimiters.field, 18)  # fields[n - 1] is MSH-n for n >= 2
+    fields += [""] * (18 - len(fields))
+    message_type, control_id, charset = (
+        _first_component(fields[number - 1], delimiters, null_tokens) for number in (9, 10, 18)
+    )
     if not message_type:
         return "hl7.missing_message_type", "MSH-9 message type is empty"
-    type_parts = fields[8].split(delimiters.component)
+    type_parts = fields[8].split(delimiters.component, 2)
     event = type_parts[1].strip().upper() if len(type_parts) > 1 else ""
-    return _Header(delimiters, fields[8], message_type.upper(), event, first(10), first(18).upper())
+    return _Header(delimiters, fields[8], message_type.upper(), event, control_id, charset.upper())
 
 
-def _undeclared_separators(header: _Header) -> str | None:
+@lru_cache(maxsize=256)
+def _undeclared_separators(type_field: str, delimiters: _Delimiters) -> str | None:
     """Why MSH-9 shows that the message uses separators its MSH-2 does not declare, or None.
 
     MSH-9 holds only codes and component separators, so one of HL7's customary separators `^~\\&` in it
@@ -364,9 +399,8 @@ def _undeclared_separators(header: _Header) -> str | None:
     MSH-2 `$~\\&` with `^` in the fields): read with the declared ones, the message would be split wrongly
     or dropped by the type filter.
     """
-    delimiters = header.delimiters
     declared = {delimiters.component, delimiters.repetition, delimiters.subcomponent, delimiters.escape}
-    used = sorted({char for char in header.type_field if char in "^~\\&" and char not in declared})
+    used = sorted({char for char in type_field if char in "^~\\&" and char not in declared})
     if not used:
         return None
     return (
@@ -461,7 +495,8 @@ def parse_hl7(
         if isinstance(header, tuple):
             reject(span, *header, raw, default_chain)
             continue
-        mismatch = _undeclared_separators(header)
+        # Cached: a feed sends few message types, and its delimiters object is shared (`_delimiters_of`).
+        mismatch = _undeclared_separators(header.type_field, header.delimiters)
         if mismatch is not None:
             reject(span, "hl7.delimiter_mismatch", mismatch, raw, default_chain)
             continue
@@ -506,8 +541,7 @@ def parse_hl7(
             fields = occurrences[occurrence - 1].split(separator)
             if is_msh:
                 fields.insert(1, separator)  # MSH-1 is the separator itself: align fields[n] with MSH-n
-            for index, path in items:
-                values[index] = extractor.value(fields, path, is_msh)
+            extractor.fill(values, fields, items)
         if control is not None:
             reason = apply_control_policy(values, names, control)
             if reason is not None:  # no raw text: the archive's original is kept in quarantine/
