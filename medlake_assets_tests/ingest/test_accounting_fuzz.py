@@ -54,7 +54,12 @@ def hl7_messages(draw) -> list[str]:
         )
         message_type = draw(st.sampled_from(["ADT^A01^ADT_A01", "ADT^A08", "ADT", "ORU^R01", "", "adt^a03"]))
         control_id = draw(st.sampled_from(["C1", "C2", ""]))
-        charset = draw(st.sampled_from(["", "", "UNICODE UTF-8", "8859/1", "BOGUS", "UNICODE UTF-16"]))
+        # PUNYCODE and a NUL in the name: codecs that raise beyond UnicodeDecodeError and LookupError.
+        charset = draw(
+            st.sampled_from(
+                ["", "", "UNICODE UTF-8", "8859/1", "BOGUS", "UNICODE UTF-16", "PUNYCODE", "8859/1\x00"]
+            )
+        )
         fields = ["MSH", encoding_characters, "APP", "F1", "LAKE", "X", "20261120", "", message_type]
         fields += [control_id, "P", "2.5", "", "", "", "", "", charset]
         head = separator.join(fields).rstrip(separator)
