@@ -99,7 +99,7 @@ class ProcessSampler:
     def __init__(self, root_pids: Sequence[int], interval: float = 1.0):
         self.root_pids = list(root_pids)
         self.interval = interval
-        self.samples: list[tuple[float, str, int, int]] = []  # (time, kind, pid, rss bytes)
+        self.samples: list[tuple[float, int, int]] = []  # (time, pid, rss bytes); kinds from `kinds`
         self.cpu: dict[int, list[tuple[float, float]]] = defaultdict(list)  # pid -> (time, CPU seconds)
         self.started_at: dict[int, float] = {}  # pid -> the process's start (epoch seconds)
         self.kinds: dict[int, str] = {}
@@ -131,10 +131,13 @@ class ProcessSampler:
                     continue
             for pid, process in processes.items():
                 try:
-                    if pid not in self.kinds:
-                        self.kinds[pid], self.started_at[pid] = self.kind(process), process.create_time()
+                    # Classified at every sample: a run worker first seen between its fork and its exec shows
+                    # its parent's command line, or none, and was counted as another kind for its whole life.
+                    self.kinds[pid] = self.kind(process)
+                    if pid not in self.started_at:
+                        self.started_at[pid] = process.create_time()
                     used = process.cpu_times()
-                    self.samples.append((now, self.kinds[pid], pid, process.memory_info().rss))
+                    self.samples.append((now, pid, process.memory_info().rss))
                     self.cpu[pid].append((now, used.user + used.system))
                 except psutil.Error:
                     continue
@@ -152,9 +155,9 @@ class ProcessSampler:
     def peaks(self, start: float, end: float) -> dict[str, float]:
         """Peak RSS (MB) of one process of each kind within [start, end)."""
         peaks: dict[str, float] = defaultdict(float)
-        for at, kind, _pid, rss in self.samples:
+        for at, pid, rss in self.samples:
             if start <= at < end:
-                peaks[kind] = max(peaks[kind], rss / 2**20)
+                peaks[self.kinds[pid]] = max(peaks[self.kinds[pid]], rss / 2**20)
         return dict(peaks)
 
     def cores(self, start: float, end: float) -> dict[str, float]:

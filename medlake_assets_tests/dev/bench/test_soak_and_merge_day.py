@@ -3,6 +3,10 @@ they measure."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from datetime import date
 from pathlib import Path
 
@@ -72,6 +76,27 @@ def test_cpu_cores_count_each_process_within_the_window_only() -> None:
     for pid, (kind, started, samples) in runs.items():
         sampler.kinds[pid], sampler.started_at[pid], sampler.cpu[pid] = kind, started, samples
     assert sampler.cores(100.0, 110.0) == pytest.approx({"run worker": 1.4, "s3": 0.1, "daemon": 0.05})
+
+
+def test_a_process_seen_before_it_execs_into_a_run_worker_counts_as_a_run_worker() -> None:
+    # A run is launched by fork and exec: sampled in between, it shows its parent's command line (here a
+    # plain `python -c`), and the soak of 2026-12-05 16:36 counted a 187 s surge run as "the rest".
+    become_run = (
+        "import os, sys, time; time.sleep(3.0); "
+        "os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(1.0)', 'execute' + '_run'])"
+    )
+    with ProcessSampler([os.getpid()], interval=0.05).watch() as sampler:
+        started = time.time()
+        child = subprocess.Popen([sys.executable, "-c", become_run])
+        while child.pid not in sampler.kinds and time.time() < started + 2.5:
+            time.sleep(0.05)
+        first_seen_as = sampler.kinds.get(child.pid)
+        assert child.wait(timeout=30) == 0
+    ended = time.time()
+    assert first_seen_as == "other"
+    assert sampler.kinds[child.pid] == "run worker"
+    assert set(sampler.peaks(started, ended)) == {"run worker"}
+    assert set(sampler.cores(started, ended)) == {"run worker"}
 
 
 def test_latency_is_cut_into_stages_that_add_up_and_the_tail_is_shown_by_stage() -> None:
