@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -95,8 +97,10 @@ def process_archive(
     members.reverse()  # popped in archive order, so each member's text is freed once parsed
     while members:
         member = members.pop()
+        sent = False  # whether a piece of this member's records went on already
         try:
             for parsed in parse_member_arrow_pieces(member, spec):
+                sent = True
                 result.rejects.extend(parsed.rejects)
                 if not parsed.record_count:
                     continue
@@ -109,6 +113,14 @@ def process_archive(
             result.rejects.append(
                 RecordReject(member.name, None, rejected.line, rejected.rule, rejected.reason, None)
             )
+        except MemoryError:
+            raise
+        except Exception as error:
+            if sent:  # part of the member is on its way to bronze: fail the run rather than load a part
+                raise
+            # A parser fault on these bytes (a bug, not a known kind of bad input) costs this member only,
+            # not the batch's run. Named by its type and place: an exception's message may quote values.
+            result.rejects.append(RecordReject(member.name, None, None, "member.parse_failed", _fault(error)))
         del member
     pending.send()
     if sink is None:
@@ -124,6 +136,12 @@ def process_archive(
         RecordReject(name, None, None, "archive.unmatched_member", unmatched) for name in unmatched_names
     )
     return result
+
+
+def _fault(error: Exception) -> str:
+    frame = traceback.extract_tb(error.__traceback__)[-1]
+    where = f"{Path(frame.filename).name}:{frame.lineno}"
+    return f"the parser failed on this member ({type(error).__name__} at {where}); the member was not loaded"
 
 
 PIECE_BYTES = 1024**2

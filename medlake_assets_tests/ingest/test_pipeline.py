@@ -169,6 +169,58 @@ def _context(key: str) -> ArchiveContext:
     return ArchiveContext(key, "F1", date(2026, 1, 2), "b-1", datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
 
 
+def _faulty_parser(monkeypatch: pytest.MonkeyPatch, member: str, *, after_pieces: int) -> None:
+    """Fault injection: the parser raises on `member` after sending `after_pieces` of its pieces, with a
+    message quoting a value (as Python's codec errors do)."""
+    real = pipeline.parse_member_arrow_pieces
+
+    def parse(item, spec):
+        pieces = real(item, spec)
+        if item.name == member:
+            for _ in range(after_pieces):
+                yield next(pieces)
+            raise UnicodeError("invalid code point in 'SYNTHETIC-VALUE'")
+        yield from pieces
+
+    monkeypatch.setattr(pipeline, "parse_member_arrow_pieces", parse)
+
+
+def test_a_parser_fault_quarantines_its_member_only_and_names_no_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 103628d fixed two such faults (found by fuzzing) that failed the whole batch's run.
+    _faulty_parser(monkeypatch, "b.csv", after_pieces=0)
+    members = {
+        name: encode(seeded_csv(seed, rows=3)) for seed, name in enumerate(["a.csv", "b.csv", "c.csv"])
+    }
+    context = _context("landing/notes/2026/01/02/F1/docs.zip")
+    result = process_archive(zip_aes(members, "pw"), context, _spec(("zip",)), password="pw")
+
+    assert (result.quarantined, result.records, result.members) == (False, 6, 3)
+    assert result.table.column("_member").to_pylist() == ["a.csv"] * 3 + ["c.csv"] * 3
+    [reject] = result.rejects
+    assert (reject.member, reject.record, reject.line, reject.rule, reject.raw) == (
+        "b.csv",
+        None,
+        None,
+        "member.parse_failed",
+        None,
+    )
+    assert reject.reason.startswith("the parser failed on this member (UnicodeError at test_pipeline.py:")
+    assert "SYNTHETIC-VALUE" not in reject.reason
+
+
+def test_a_parser_fault_after_part_of_a_member_was_sent_fails_the_archive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Half a member must not load: the run fails, and its retry or an operator takes the batch up again.
+    _faulty_parser(monkeypatch, "a.csv", after_pieces=1)
+    context = _context("landing/notes/2026/01/02/F1/docs.zip")
+    data = zip_aes({"a.csv": encode(seeded_csv(1, rows=3))}, "pw")
+    with pytest.raises(UnicodeError):
+        process_archive(data, context, _spec(("zip",)), password="pw")
+
+
 def test_bronze_rows_add_lineage_in_schema_order_and_skip_quarantined_archives() -> None:
     spec = _spec()
     good = process_archive(
