@@ -331,21 +331,24 @@ class _MessageSpan:
 
 def _split_member(lines: list[bytes], member: str) -> tuple[list[_MessageSpan], list[tuple[int, int]]]:
     """Messages and runs of orphan lines (start, end) as line-index spans; envelopes are dropped."""
-    # Lines that open a message or an envelope; the comprehensions keep the per-line work at C speed.
-    marks = [index for index, line in enumerate(lines) if line.lstrip(_BLANK_BYTES)[:3] in _HEADS]
+    # Lines that open a message or an envelope, with their heads; a comprehension keeps the per-line work
+    # at C speed.
+    heads = {
+        index: head for index, line in enumerate(lines) if (head := line.lstrip(_BLANK_BYTES)[:3]) in _HEADS
+    }
     messages: list[_MessageSpan] = []
     orphans: list[tuple[int, int]] = []
     # What lies before the first mark or between an envelope line and the next mark belongs to no message.
-    loose = [(0, marks[0] if marks else len(lines))]
-    for mark, end in pairwise([*marks, len(lines)]):
-        if lines[mark].lstrip(_BLANK_BYTES)[:3] == b"MSH":
+    loose = [(0, next(iter(heads), len(lines)))]
+    for mark, end in pairwise([*heads, len(lines)]):
+        if heads[mark] == b"MSH":
             messages.append(_MessageSpan(len(messages) + 1, mark + 1, mark, end))
         else:
             loose.append((mark + 1, end))
     for start, end in loose:
-        written = [index for index in range(start, end) if lines[index].strip(_BLANK_BYTES)]
-        if written:
-            orphans.append((written[0], end))
+        first_written = next((index for index in range(start, end) if lines[index].strip(_BLANK_BYTES)), None)
+        if first_written is not None:
+            orphans.append((first_written, end))
     if not messages:
         raise MemberRejected(
             "hl7.no_msh", "no MSH segment found: the member holds no HL7 v2 message", member=member
