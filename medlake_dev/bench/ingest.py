@@ -22,7 +22,8 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ class IngestBenchmark:
     parse_seconds: float
     pipeline_seconds: float
     runs: int
+    step_seconds: dict[str, float]
+    """The pipeline's runs' step time summed per layer (`bronze`, `silver`, ...), from the event log."""
     parse_peak_rss_mb: float
     pipeline_peak_rss_mb: float
     silver_seconds: float
@@ -64,6 +67,12 @@ class IngestBenchmark:
     @property
     def parallel_ratio(self) -> float:
         return self.pipeline_seconds / self.parallel_floor_seconds
+
+    @property
+    def bronze_ratio(self) -> float:
+        """Bronze's share of the pipeline against the floor: what the ratio measured before the landing
+        flow's runs took each batch on to silver (2026-11-26 and earlier)."""
+        return self.step_seconds.get("bronze", 0.0) / self.floor_seconds
 
     @property
     def production_hours_per_hour(self) -> float:
@@ -83,6 +92,10 @@ class IngestBenchmark:
             (f"floor: the same on {workers} processes", f"{self.parallel_floor_seconds:.2f} s"),
             (f"unpack + parse only (no writes), {workers} processes", f"{self.parse_seconds:.2f} s"),
             ("pipeline: sensor -> runs -> bronze + silver + ledger", f"{seconds:.2f} s in {self.runs} runs"),
+            *(
+                (f"  of which {layer} steps (summed over the runs)", f"{spent:.2f} s")
+                for layer, spent in sorted(self.step_seconds.items())
+            ),
             ("archives/s", f"{self.archives / seconds:.1f}"),
             ("members/s", f"{self.members / seconds:.0f}"),
             ("records/s", f"{self.records / seconds:.0f}"),
@@ -91,6 +104,10 @@ class IngestBenchmark:
             ("peak RSS, pipeline (this process + workers)", f"{self.pipeline_peak_rss_mb:.0f} MB"),
             ("ratio pipeline / floor (1 process)", f"{self.ratio:.2f}"),
             (f"ratio pipeline / floor ({workers} processes)", f"{self.parallel_ratio:.2f}"),
+            (
+                "ratio bronze steps / floor (1 process): the ratio before silver joined the runs",
+                f"{self.bronze_ratio:.2f}",
+            ),
             ("ratio parse-only / floor (1 process)", f"{self.parse_seconds / self.floor_seconds:.2f}"),
             (
                 f"ratio parse-only / floor ({workers} processes)",
@@ -140,6 +157,16 @@ class PeakRss:
     @property
     def megabytes(self) -> float:
         return self.peak / 2**20
+
+
+def seconds_per_layer(profiles: Sequence[Mapping]) -> dict[str, float]:
+    """Step seconds of runs (`soak.run_profiles`) summed per layer, the step key's part before `__`
+    (`bronze__lab_results` -> `bronze`); steps of no layer (`freshness_checks`) under their own name."""
+    totals: dict[str, float] = defaultdict(float)
+    for profile in profiles:
+        for step, seconds in profile["steps"].items():
+            totals[step.split("__", 1)[0]] += seconds
+    return dict(totals)
 
 
 def _landed(home: Path) -> list[Path]:
@@ -192,6 +219,7 @@ def run_ingest_benchmark(
     from medlake_assets.ingest.pool import ingest_workers, process_archives
     from medlake_assets.lake.objectstore import LocalObjectStore
     from medlake_assets.lake.settings import load_settings
+    from medlake_dev.bench.soak import run_profiles
 
     os.environ.setdefault("MEDLAKE_ARCHIVE_PASSWORD", secrets.token_urlsafe(12))
     password = os.environ["MEDLAKE_ARCHIVE_PASSWORD"]
@@ -264,6 +292,7 @@ def run_ingest_benchmark(
             with console.status("ingesting through the Dagster sensors and runs"):
                 summary = ingest_once(defs, instance, lake, refine_silver=False)
             pipeline_seconds = time.perf_counter() - started
+        step_seconds = seconds_per_layer(run_profiles(instance))
         # What silver's automation still requests afterwards (the flow's runs refine silver themselves).
         with PeakRss().watch() as silver_rss:
             started = time.perf_counter()
@@ -282,6 +311,7 @@ def run_ingest_benchmark(
         parse_seconds=parse_seconds,
         pipeline_seconds=pipeline_seconds,
         runs=summary.runs,
+        step_seconds=step_seconds,
         parse_peak_rss_mb=parse_rss.megabytes,
         pipeline_peak_rss_mb=pipeline_rss.megabytes,
         silver_seconds=silver_seconds,
