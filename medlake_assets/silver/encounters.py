@@ -277,12 +277,14 @@ def _combine_states(states: pl.LazyFrame) -> pl.DataFrame:
     """One encounter row per key from any number of state rows of it (events or earlier encounters)."""
     picks = []
     for component in COMPONENTS:
-        for name in component.values:
-            # A row that does not supply a component has a null key and null values for it: the sort puts
-            # those where first()/last() never takes them while any row supplies the component.
-            ordered = pl.col(name).sort_by(component.at, nulls_last=component.first)
-            picks.append(ordered.first() if component.first else ordered.last())
-        picks.append(pl.col(component.at).min() if component.first else pl.col(component.at).max())
+        # The row whose key is the largest (smallest for a first) supplies the component's values: one
+        # pass over the group (arg_max skips nulls, the keys of rows that do not supply the component), where
+        # sorting the group for each value column took half of a surge run's encounters step. A group where
+        # no row supplies it has no such row, and `get` gives nulls.
+        at = pl.col(component.at)
+        supplier = at.arg_min() if component.first else at.arg_max()
+        picks += [pl.col(name).get(supplier) for name in component.values]
+        picks.append(at.min() if component.first else at.max())
     return (
         states.group_by(KEY)
         .agg(*picks, pl.col(IDS).flatten().drop_nulls().unique().sort())
