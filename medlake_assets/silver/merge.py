@@ -147,10 +147,15 @@ def upsert(
     current, columns = _conform(current, changes)
     competing, untouched = _split(current, changes, key)
     candidates = pl.concat([competing, changes.select(columns)], how="vertical_relaxed")
-    winners = candidates.sort(_order(columns, sequence_by, sequence_ranks), maintain_order=True).unique(
-        subset=list(key), keep="last", maintain_order=True
+    # Only keys with two or more versions need ordering: in a batch most keys are new and arrive once,
+    # and sorting every candidate by the sequence and the arrival columns was most of a merge's time.
+    contested = candidates.select(pl.struct(key).is_duplicated()).to_series()
+    winners = (
+        candidates.filter(contested)
+        .sort(_order(columns, sequence_by, sequence_ranks), maintain_order=True)
+        .unique(subset=list(key), keep="last", maintain_order=True)
     )
-    return pl.concat([untouched, winners], how="vertical_relaxed")
+    return pl.concat([untouched, candidates.filter(~contested), winners], how="vertical_relaxed")
 
 
 def scd2(
