@@ -14,7 +14,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medlake_assets.ingest.parsers.csv import parse_csv
+from medlake_assets.ingest.parsers.csv import parse_csv, text_lines
 from medlake_assets.ingest.text import CONTROL_CHARACTER, decode_text
 from medlake_assets.ingest.types import MemberRejected, ParsedMember, RecordReject
 from medlake_assets.spec import ColumnSpec, CsvFormat, SourceSpec, load_source
@@ -469,3 +469,22 @@ def test_throughput_200k_rows(lab: SourceSpec, capsys: pytest.CaptureFixture[str
             f"\nparse_csv: 200,000 lab rows ({len(data) / 1e6:.1f} MB) in {elapsed:.2f} s "
             f"= {200_000 / elapsed:,.0f} rows/s"
         )
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet='ab,"\r\n\x00 ', max_size=40))
+def test_the_first_record_reader_sees_the_lines_a_string_buffer_gives(text: str) -> None:
+    """`text_lines` replaces `io.StringIO(text, newline="")` under the csv module's reader: the same lines,
+    endings kept (\r\n, a lone \r, \n), so the same records, line numbers and errors."""
+    assert list(text_lines(text)) == io.StringIO(text, newline="").readlines()
+
+    def records(lines) -> tuple[list[list[str]], str | None, int]:
+        reader = csv.reader(lines)
+        rows: list[list[str]] = []
+        try:
+            rows.extend(reader)
+        except csv.Error as error:
+            return rows, str(error), reader.line_num
+        return rows, None, reader.line_num
+
+    assert records(text_lines(text)) == records(io.StringIO(text, newline=""))
