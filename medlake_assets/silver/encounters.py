@@ -278,9 +278,9 @@ def _combine_states(states: pl.LazyFrame) -> pl.DataFrame:
     picks = []
     for component in COMPONENTS:
         # The row whose key is the largest (smallest for a first) supplies the component's values: one
-        # pass over the group (arg_max skips nulls, the keys of rows that do not supply the component), where
-        # sorting the group for each value column took half of a surge run's encounters step. A group where
-        # no row supplies it has no such row, and `get` gives nulls.
+        # pass over the group (arg_max skips nulls, the keys of rows that do not supply the component),
+        # where sorting the group again for each value column took half of the encounters step. A group
+        # where no row supplies it has no such row, and `get` gives nulls.
         at = pl.col(component.at)
         supplier = at.arg_min() if component.first else at.arg_max()
         picks += [pl.col(name).get(supplier) for name in component.values]

@@ -147,8 +147,8 @@ def upsert(
     current, columns = _conform(current, changes)
     competing, untouched = _split(current, changes, key)
     candidates = pl.concat([competing, changes.select(columns)], how="vertical_relaxed")
-    # Only keys with two or more versions need ordering: in a batch most keys are new and arrive once,
-    # and sorting every candidate by the sequence and the arrival columns was most of a merge's time.
+    # Only keys with two or more versions need ordering: in a batch most keys are new and arrive once, and
+    # sorting every candidate by the sequence and the arrival columns was a fifth of a lab batch's merge.
     contested = candidates.select(pl.struct(key).is_duplicated()).to_series()
     winners = (
         candidates.filter(contested)
