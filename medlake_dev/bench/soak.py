@@ -92,6 +92,10 @@ def arrival_plan(phases: Sequence[Phase]) -> list[tuple[float, str]]:
     return plan
 
 
+ProcessKey = tuple[int, float]
+"""A sampled process: its pid and its start (epoch seconds)."""
+
+
 class ProcessSampler:
     """Samples the RSS and CPU time of a process tree every second: the bench's own children (the daemon,
     its code server, the run workers, and the S3 server when the bench started it)."""
@@ -99,10 +103,12 @@ class ProcessSampler:
     def __init__(self, root_pids: Sequence[int], interval: float = 1.0):
         self.root_pids = list(root_pids)
         self.interval = interval
-        self.samples: list[tuple[float, int, int]] = []  # (time, pid, rss bytes); kinds from `kinds`
-        self.cpu: dict[int, list[tuple[float, float]]] = defaultdict(list)  # pid -> (time, CPU seconds)
-        self.started_at: dict[int, float] = {}  # pid -> the process's start (epoch seconds)
-        self.kinds: dict[int, str] = {}
+        # A process is its pid and its start: this machine's pids wrap at 32,768 within an hour's soak, and a
+        # pid taken again counted a run's CPU as another kind's, and a window's CPU below zero.
+        self.samples: list[tuple[float, ProcessKey, int]] = []  # (time, process, rss bytes)
+        self.cpu: dict[ProcessKey, list[tuple[float, float]]] = defaultdict(list)  # (time, CPU seconds)
+        self.started_at: dict[ProcessKey, float] = {}  # the process's start (epoch seconds)
+        self.kinds: dict[ProcessKey, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -131,14 +137,14 @@ class ProcessSampler:
                     continue
             for pid, process in processes.items():
                 try:
+                    key = (pid, process.create_time())
                     # Classified at every sample: a run worker first seen between its fork and its exec shows
                     # its parent's command line, or none, and was counted as another kind for its whole life.
-                    self.kinds[pid] = self.kind(process)
-                    if pid not in self.started_at:
-                        self.started_at[pid] = process.create_time()
+                    self.kinds[key] = self.kind(process)
+                    self.started_at[key] = key[1]
                     used = process.cpu_times()
-                    self.samples.append((now, pid, process.memory_info().rss))
-                    self.cpu[pid].append((now, used.user + used.system))
+                    self.samples.append((now, key, process.memory_info().rss))
+                    self.cpu[key].append((now, used.user + used.system))
                 except psutil.Error:
                     continue
             self._stop.wait(self.interval)
@@ -155,24 +161,24 @@ class ProcessSampler:
     def peaks(self, start: float, end: float) -> dict[str, float]:
         """Peak RSS (MB) of one process of each kind within [start, end)."""
         peaks: dict[str, float] = defaultdict(float)
-        for at, pid, rss in self.samples:
+        for at, key, rss in self.samples:
             if start <= at < end:
-                peaks[self.kinds[pid]] = max(peaks[self.kinds[pid]], rss / 2**20)
+                peaks[self.kinds[key]] = max(peaks[self.kinds[key]], rss / 2**20)
         return dict(peaks)
 
     def cores(self, start: float, end: float) -> dict[str, float]:
         """CPU cores each kind of process used on average within [start, end), from the samples: a process
         started within it counts from zero, one gone within it up to its last sample."""
         used: dict[str, float] = defaultdict(float)
-        for pid, samples in self.cpu.items():
+        for key, samples in self.cpu.items():
             before = [cpu for at, cpu in samples if at < start]
             within = [cpu for at, cpu in samples if start <= at < end]
             if not within:
                 continue
             # Not sampled before the window: from zero if it started within it, else from its first sample.
-            started_within = self.started_at[pid] >= start
+            started_within = self.started_at[key] >= start
             baseline = before[-1] if before else 0.0 if started_within else within[0]
-            used[self.kinds[pid]] += within[-1] - baseline
+            used[self.kinds[key]] += within[-1] - baseline
         return {kind: seconds / (end - start) for kind, seconds in used.items()}
 
 

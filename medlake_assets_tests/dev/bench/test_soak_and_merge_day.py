@@ -74,8 +74,29 @@ def test_cpu_cores_count_each_process_within_the_window_only() -> None:
         5: ("other", 0.0, [(90.0, 1.0), (112.0, 9.0)]),  # no sample within: not counted
     }
     for pid, (kind, started, samples) in runs.items():
-        sampler.kinds[pid], sampler.started_at[pid], sampler.cpu[pid] = kind, started, samples
+        key = (pid, started)
+        sampler.kinds[key], sampler.started_at[key], sampler.cpu[key] = kind, started, samples
     assert sampler.cores(100.0, 110.0) == pytest.approx({"run worker": 1.4, "s3": 0.1, "daemon": 0.05})
+
+
+def test_a_pid_taken_again_by_another_process_is_another_process() -> None:
+    # pids wrap at 32,768 here: in the soak of 2026-12-05 19:17 a run's pid, taken again by a short
+    # process, moved the run's CPU to "the rest" and made a window's "rest" -0.25 cores.
+    with ProcessSampler([os.getpid()], interval=0.05).watch() as sampler:
+        started = time.time()
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)", "execute" + "_run"])
+        assert child.wait(timeout=30) == 0
+        time.sleep(0.2)
+    ended = time.time()
+    (key,) = [key for key in sampler.kinds if key[0] == child.pid]
+    assert sampler.kinds[key] == "run worker"
+    # The same pid again, started later, as a process of another kind with little CPU time.
+    again = (child.pid, ended + 1.0)
+    sampler.kinds[again], sampler.started_at[again] = "other", ended + 1.0
+    sampler.cpu[again] = [(ended + 1.5, 0.01), (ended + 2.0, 0.02)]
+    cores = sampler.cores(started, ended + 3.0)
+    assert set(cores) == {"run worker", "other"} and all(value >= 0 for value in cores.values())
+    assert sampler.kinds[key] == "run worker"
 
 
 def test_a_process_seen_before_it_execs_into_a_run_worker_counts_as_a_run_worker() -> None:
@@ -88,13 +109,16 @@ def test_a_process_seen_before_it_execs_into_a_run_worker_counts_as_a_run_worker
     with ProcessSampler([os.getpid()], interval=0.05).watch() as sampler:
         started = time.time()
         child = subprocess.Popen([sys.executable, "-c", become_run])
-        while child.pid not in sampler.kinds and time.time() < started + 2.5:
+        while (
+            not (seen := [key for key in sampler.kinds if key[0] == child.pid])
+            and time.time() < started + 2.5
+        ):
             time.sleep(0.05)
-        first_seen_as = sampler.kinds.get(child.pid)
+        first_seen_as = sampler.kinds.get(seen[0]) if seen else None
         assert child.wait(timeout=30) == 0
     ended = time.time()
     assert first_seen_as == "other"
-    assert sampler.kinds[child.pid] == "run worker"
+    assert sampler.kinds[seen[0]] == "run worker"
     assert set(sampler.peaks(started, ended)) == {"run worker"}
     assert set(sampler.cores(started, ended)) == {"run worker"}
 
