@@ -18,19 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-# The allocators read these once, when the process first loads Polars or PyArrow, so the process must be
-# started with them (the run workers' environment and the Docker image set them).
-# - Polars' jemalloc gives freed pages back within a quarter second rather than 10 s, by background
-#   threads. Not at once (decay 0): that gave back and faulted in again the pages of every transient frame,
-#   and made runs 15% slower (sys time was a third of silver lab_results' CPU) for 20 MB less at the run's
-#   peak (docs/benchmarks.md).
-# - Arrow allocates from jemalloc instead of its default mimalloc: the silver steps of a surge-sized batch
-#   of each source, one after another in one process, peaked 200-250 MB lower (silver lab_results 1,003-
-#   1,052 -> 817-826 MB) for 4-6% more CPU in silver lab_results (docs/benchmarks.md, 2026-12-05 evening).
-ALLOCATOR_ENV = {
-    "_RJEM_MALLOC_CONF": "background_thread:true,dirty_decay_ms:250,muzzy_decay_ms:0",
-    "ARROW_DEFAULT_MEMORY_POOL": "jemalloc",
-}
+# Polars' jemalloc reads its options from this variable once, when the process first loads Polars, so the
+# process must be started with it (the run workers' environment and the Docker image set it). Freed pages
+# are given back within a quarter second rather than 10 s, by background threads. Not at once (decay 0):
+# that gave back and faulted in again the pages of every transient frame, and made runs 15% slower (sys
+# time was a third of silver lab_results' CPU) for 20 MB less at the run's peak (docs/benchmarks.md).
+POLARS_ALLOCATOR_ENV = {"_RJEM_MALLOC_CONF": "background_thread:true,dirty_decay_ms:250,muzzy_decay_ms:0"}
 
 
 @functools.cache

@@ -77,7 +77,6 @@ def test_worker_environment_is_production_with_one_process_per_run(tmp_path: Pat
     assert result[DAGSTER_PG_URL_ENV] == "postgresql://medlake@db/lake"
     # Runs give Polars' freed pages back soon (read when a run's process loads Polars).
     assert result["_RJEM_MALLOC_CONF"] == "background_thread:true,dirty_decay_ms:250,muzzy_decay_ms:0"
-    assert result["ARROW_DEFAULT_MEMORY_POOL"] == "jemalloc"  # Arrow's pages given back between steps too
     own = worker_environment({**env, "_RJEM_MALLOC_CONF": "dirty_decay_ms:500"}, tmp_path, 5)
     assert own["_RJEM_MALLOC_CONF"] == "dirty_decay_ms:500"  # an operator's own setting stays
 
