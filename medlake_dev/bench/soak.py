@@ -107,7 +107,6 @@ class ProcessSampler:
         # pid taken again counted a run's CPU as another kind's, and a window's CPU below zero.
         self.samples: list[tuple[float, ProcessKey, int]] = []  # (time, process, rss bytes)
         self.cpu: dict[ProcessKey, list[tuple[float, float]]] = defaultdict(list)  # (time, CPU seconds)
-        self.started_at: dict[ProcessKey, float] = {}  # the process's start (epoch seconds)
         self.kinds: dict[ProcessKey, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -141,7 +140,6 @@ class ProcessSampler:
                     # Classified at every sample: a run worker first seen between its fork and its exec shows
                     # its parent's command line, or none, and was counted as another kind for its whole life.
                     self.kinds[key] = self.kind(process)
-                    self.started_at[key] = key[1]
                     used = process.cpu_times()
                     self.samples.append((now, key, process.memory_info().rss))
                     self.cpu[key].append((now, used.user + used.system))
@@ -176,7 +174,7 @@ class ProcessSampler:
             if not within:
                 continue
             # Not sampled before the window: from zero if it started within it, else from its first sample.
-            started_within = self.started_at[key] >= start
+            started_within = key[1] >= start
             baseline = before[-1] if before else 0.0 if started_within else within[0]
             used[self.kinds[key]] += within[-1] - baseline
         return {kind: seconds / (end - start) for kind, seconds in used.items()}

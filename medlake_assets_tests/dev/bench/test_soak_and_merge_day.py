@@ -75,7 +75,7 @@ def test_cpu_cores_count_each_process_within_the_window_only() -> None:
     }
     for pid, (kind, started, samples) in runs.items():
         key = (pid, started)
-        sampler.kinds[key], sampler.started_at[key], sampler.cpu[key] = kind, started, samples
+        sampler.kinds[key], sampler.cpu[key] = kind, samples
     assert sampler.cores(100.0, 110.0) == pytest.approx({"run worker": 1.4, "s3": 0.1, "daemon": 0.05})
 
 
@@ -92,7 +92,7 @@ def test_a_pid_taken_again_by_another_process_is_another_process() -> None:
     assert sampler.kinds[key] == "run worker"
     # The same pid again, started later, as a process of another kind with little CPU time.
     again = (child.pid, ended + 1.0)
-    sampler.kinds[again], sampler.started_at[again] = "other", ended + 1.0
+    sampler.kinds[again] = "other"
     sampler.cpu[again] = [(ended + 1.5, 0.01), (ended + 2.0, 0.02)]
     cores = sampler.cores(started, ended + 3.0)
     assert set(cores) == {"run worker", "other"} and all(value >= 0 for value in cores.values())
