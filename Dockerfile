@@ -30,8 +30,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     MEDLAKE_SOURCES_DIR=/app/metadata/sources \
     MEDLAKE_REPORTS_DIR=/app/metadata/reports \
     MEDLAKE_HOME=/var/lib/medlake
-# Polars' allocator gives freed pages back within 250 ms (medlake_assets/lake/memory.py: POLARS_ALLOCATOR_ENV).
-ENV _RJEM_MALLOC_CONF=background_thread:true,dirty_decay_ms:250,muzzy_decay_ms:0
+# Polars' and Arrow's allocators (both jemalloc) give freed pages back within 250 ms
+# (medlake_assets/lake/memory.py: ALLOCATOR_ENV).
+ENV _RJEM_MALLOC_CONF=background_thread:true,dirty_decay_ms:250,muzzy_decay_ms:0 \
+    ARROW_DEFAULT_MEMORY_POOL=jemalloc \
+    JE_ARROW_MALLOC_CONF=background_thread:true,dirty_decay_ms:250,muzzy_decay_ms:0
 WORKDIR /app
 # Numeric, so Kubernetes can check runAsNonRoot; the chart values run pods as the same uid.
 USER 10001

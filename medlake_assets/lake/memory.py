@@ -18,12 +18,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-# Polars' jemalloc reads its options from this variable once, when the process first loads Polars, so the
-# process must be started with it (the run workers' environment and the Docker image set it). Freed pages
-# are given back within a quarter second rather than 10 s, by background threads. Not at once (decay 0):
-# that gave back and faulted in again the pages of every transient frame, and made runs 15% slower (sys
-# time was a third of silver lab_results' CPU) for 20 MB less at the run's peak (docs/benchmarks.md).
-POLARS_ALLOCATOR_ENV = {"_RJEM_MALLOC_CONF": "background_thread:true,dirty_decay_ms:250,muzzy_decay_ms:0"}
+# The allocators read these once, when the process first loads Polars or PyArrow, so the process must be
+# started with them (the run workers' environment and the Docker image set them).
+# - Polars' jemalloc gives freed pages back within a quarter second rather than 10 s, by background
+#   threads. Not at once (decay 0): that gave back and faulted in again the pages of every transient frame,
+#   and made runs 15% slower (sys time was a third of silver lab_results' CPU) for 20 MB less at the run's
+#   peak (docs/benchmarks.md).
+# - Arrow allocates from its own jemalloc, set the same way, instead of its default mimalloc, which kept
+#   the pages that pyiceberg's reader threads had used: in the run of every source's largest batch the
+#   silver steps peaked 240-260 MB lower (silver lab_results 1,118-1,142 -> 876-889 MB), for 4-5% more
+#   wall time (docs/benchmarks.md, "Arrow's allocator"). Without its decay settings, Arrow's jemalloc kept
+#   up to 250 MB more between steps than mimalloc.
+_JEMALLOC_CONF = "background_thread:true,dirty_decay_ms:250,muzzy_decay_ms:0"
+ALLOCATOR_ENV = {
+    "_RJEM_MALLOC_CONF": _JEMALLOC_CONF,
+    "ARROW_DEFAULT_MEMORY_POOL": "jemalloc",
+    "JE_ARROW_MALLOC_CONF": _JEMALLOC_CONF,
+}
 
 
 @functools.cache

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from packaging.specifiers import SpecifierSet
 
-from medlake_assets.lake.memory import POLARS_ALLOCATOR_ENV
+from medlake_assets.lake.memory import ALLOCATOR_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO_ROOT / "Dockerfile"
@@ -119,8 +119,8 @@ def test_runtime_has_the_venv_metadata_and_libarchive(stages: list[list[tuple[st
     # The package is installed into site-packages: it finds its metadata through these settings.
     assert env["MEDLAKE_SOURCES_DIR"] == "/app/metadata/sources"
     assert env["MEDLAKE_REPORTS_DIR"] == "/app/metadata/reports"
-    # Every process of the image (code server, daemon, run pods) starts with Polars' allocator set.
-    assert POLARS_ALLOCATOR_ENV.items() <= env.items()
+    # Every process of the image (code server, daemon, run pods) starts with the allocators set.
+    assert ALLOCATOR_ENV.items() <= env.items()
     for folder in ("sources", "reports"):
         assert any((REPO_ROOT / "metadata" / folder).iterdir())
     config = (REPO_ROOT / "medlake_assets" / "lake" / "settings.py").read_text()

@@ -75,8 +75,10 @@ def test_worker_environment_is_production_with_one_process_per_run(tmp_path: Pat
     assert result["MEDLAKE_INGEST_WORKERS"] == "1"
     # Dagster's LISTEN/NOTIFY uses psycopg2 directly, which does not know SQLAlchemy's driver suffix.
     assert result[DAGSTER_PG_URL_ENV] == "postgresql://medlake@db/lake"
-    # Runs give Polars' freed pages back soon (read when a run's process loads Polars).
+    # Runs give Polars' freed pages back soon (read when a run's process loads Polars)...
     assert result["_RJEM_MALLOC_CONF"] == "background_thread:true,dirty_decay_ms:250,muzzy_decay_ms:0"
+    assert result["ARROW_DEFAULT_MEMORY_POOL"] == "jemalloc"  # and Arrow's, from its own jemalloc
+    assert result["JE_ARROW_MALLOC_CONF"] == result["_RJEM_MALLOC_CONF"]
     own = worker_environment({**env, "_RJEM_MALLOC_CONF": "dirty_decay_ms:500"}, tmp_path, 5)
     assert own["_RJEM_MALLOC_CONF"] == "dirty_decay_ms:500"  # an operator's own setting stays
 

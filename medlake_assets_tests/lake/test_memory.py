@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
 import sys
 import weakref
 from pathlib import Path
@@ -61,3 +63,31 @@ def test_a_sandbox_that_refuses_the_reset_gets_no_figure_rather_than_a_wrong_one
 ) -> None:
     monkeypatch.setattr(memory, "_CLEAR_REFS", tmp_path / "no-such-dir" / "clear_refs")
     assert release_memory() is None
+
+
+_ALLOCATORS_IN_USE = """
+import polars as pl, pyarrow as pa
+pl.DataFrame({"a": [1, 2]}).sum()
+print(pa.default_memory_pool().backend_name, pa.array([1, 2]).sum())
+"""
+
+
+def _python_with(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {name: value for name, value in os.environ.items() if name not in memory.ALLOCATOR_ENV}
+    return subprocess.run(
+        [sys.executable, "-c", _ALLOCATORS_IN_USE],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+
+def test_a_run_process_started_with_the_allocator_settings_uses_them() -> None:
+    started = _python_with(memory.ALLOCATOR_ENV)
+    assert started.stdout.split() == ["jemalloc", "3"]
+    assert started.stderr == ""  # every option is one the allocator knows
+    # Each variable is read by the allocator it is meant for: a bad option in it is reported, by name.
+    for name in ("_RJEM_MALLOC_CONF", "JE_ARROW_MALLOC_CONF"):
+        refused = _python_with({**memory.ALLOCATOR_ENV, name: "no_such_option:1"})
+        assert "<jemalloc>: Invalid conf pair: no_such_option:1" in refused.stderr, name
