@@ -34,7 +34,7 @@ from sqlalchemy.engine import make_url
 from medlake_assets.defs.bronze import SOURCE_TAG
 from medlake_assets.errors import MedlakeError
 from medlake_assets.lake import Lake
-from medlake_assets.lake.memory import ALLOCATOR_ENV
+from medlake_assets.lake.memory import allocator_environment
 from medlake_assets.lake.objectstore import ObjectStore
 from medlake_assets.lake.settings import PRODUCTION, Settings, load_settings
 
@@ -136,8 +136,7 @@ def worker_environment(
     }
     # Each run is one worker: parallelism comes from N runs, not from a process pool inside each.
     env.setdefault("MEDLAKE_INGEST_WORKERS", "1")
-    for name, value in ALLOCATOR_ENV.items():  # read once, when a run's process loads Polars or Arrow
-        env.setdefault(name, value)
+    env.update(allocator_environment(env))  # read once, when a run's process loads Polars or Arrow
     settings = load_settings(env)  # SettingsError names any missing or embedded variable
     env[DAGSTER_PG_URL_ENV] = dagster_postgres_url(settings, env)
     return env

@@ -14,7 +14,7 @@ import ctypes.util
 import functools
 import gc
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,22 @@ ALLOCATOR_ENV = {
     "ARROW_DEFAULT_MEMORY_POOL": "jemalloc",
     "JE_ARROW_MALLOC_CONF": _JEMALLOC_CONF,
 }
+_POLARS_JEMALLOC_DEFAULTS = "dirty_decay_ms:500,muzzy_decay_ms:1000"
+
+
+def allocator_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """`ALLOCATOR_ENV` for a run process started from `env`, an operator's own setting of a variable kept.
+
+    Importing Polars writes its defaults in front of `_RJEM_MALLOC_CONF` in `os.environ` (polars/__init__.py),
+    so in a process that has imported Polars the variable is set though no operator set it; passed on as
+    it is, it kept run workers on Polars' defaults. Only what follows those defaults is the operator's."""
+    chosen = {}
+    for name, value in ALLOCATOR_ENV.items():
+        own = env.get(name, "")
+        if name == "_RJEM_MALLOC_CONF":
+            own = own.removeprefix(_POLARS_JEMALLOC_DEFAULTS).lstrip(",")
+        chosen[name] = own or value
+    return chosen
 
 
 @functools.cache

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,6 +15,7 @@ import pytest
 
 from medlake_assets.definitions import build_definitions
 from medlake_assets.defs.runner import ingest_once
+from medlake_assets.lake.memory import ALLOCATOR_ENV
 from medlake_assets.lake.objectstore import LocalObjectStore
 from medlake_assets.lake.settings import SettingsError
 from medlake_assets_tests.defs.test_ingest import GENERATION, assert_lake_matches_manifest
@@ -175,3 +179,34 @@ def test_two_workers_match_the_manifest_and_a_sequential_run(
             assert silver.height > 0, source
             assert silver.equals(_silver(reference, f"silver.{source}")), source
         assert _silver(parallel, "silver.encounters").equals(_silver(reference, "silver.encounters"))
+
+
+_WORKER_ALLOCATORS = """
+import json, os, sys
+import polars  # as `medlake workers` has, before it computes the workers' environment
+from medlake_dev.workers import worker_environment
+env = {**os.environ, "MEDLAKE_CATALOG_URL": "postgresql://medlake@db/lake", "MEDLAKE_STORE_URL": "s3://lake/p"}
+print(json.dumps(worker_environment(env, sys.argv[1], 5)))
+"""
+
+
+@pytest.mark.parametrize(
+    ("operator_setting", "expected"),
+    [(None, ALLOCATOR_ENV["_RJEM_MALLOC_CONF"]), ("dirty_decay_ms:700", "dirty_decay_ms:700")],
+)
+def test_run_workers_get_the_allocator_settings_though_polars_rewrote_the_variable(
+    tmp_path: Path, operator_setting: str | None, expected: str
+) -> None:
+    env = {name: value for name, value in os.environ.items() if name not in ALLOCATOR_ENV}
+    if operator_setting is not None:
+        env["_RJEM_MALLOC_CONF"] = operator_setting
+    started = subprocess.run(
+        [sys.executable, "-c", _WORKER_ALLOCATORS, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(started.stdout)
+    assert result["_RJEM_MALLOC_CONF"] == expected
+    assert result["JE_ARROW_MALLOC_CONF"] == ALLOCATOR_ENV["JE_ARROW_MALLOC_CONF"]

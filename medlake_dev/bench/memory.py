@@ -36,7 +36,7 @@ import psutil
 from rich.table import Table
 
 from medlake_assets.defs.bronze import BATCH_TAG
-from medlake_assets.lake.memory import ALLOCATOR_ENV
+from medlake_assets.lake.memory import allocator_environment
 from medlake_dev.bench import reusable
 
 LARGE_BYTES = 40_000_000
@@ -230,7 +230,7 @@ def run_memory_benchmark(
             _write_large_archives(generated, day, seed)
             write_feeds(generated, facilities=facilities, archives=archives, seed=seed, day=day)
     # Runs start with the environment `medlake workers` gives them (spawned children inherit it).
-    os.environ.update({name: os.environ.get(name, value) for name, value in ALLOCATOR_ENV.items()})
+    os.environ.update(allocator_environment(os.environ))
     home = work / f"run-{datetime.now(UTC):%Y%m%dT%H%M%S}"
     shutil.copytree(generated / "landing", home / "landing", copy_function=os.link)
     flow_home = home / RUN
