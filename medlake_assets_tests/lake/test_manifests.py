@@ -3,10 +3,15 @@ every row, every snapshot's rows and the deleted files stay as they were."""
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.catalog import Catalog
 from pyiceberg.expressions import AlwaysFalse, EqualTo
+from pyiceberg.expressions.visitors import _ManifestEvalVisitor
+from pyiceberg.manifest import ManifestFile
 from pyiceberg.table import Table, TableProperties
 from pyiceberg.transforms import IdentityTransform
 
@@ -14,7 +19,7 @@ from medlake_assets.ingest.bronze import TABLE_PROPERTIES
 from medlake_assets.lake import Lake
 from medlake_assets.lake.catalog import ensure_table
 from medlake_assets.lake.files import StagedFiles, commit_files
-from medlake_assets.lake.manifests import MERGE_PROPERTIES
+from medlake_assets.lake.manifests import MERGE_PROPERTIES, merging_overwrite
 from medlake_assets.lake.settings import load_settings
 
 SCHEMA = pa.schema([("key", pa.int64()), ("round", pa.int64()), ("part", pa.string())])
@@ -95,3 +100,46 @@ def test_tables_made_before_get_the_merge_properties_and_keep_their_own(tmp_path
     assert len(ensure_table(catalog, "silver.older", SCHEMA, [], TABLE_PROPERTIES).metadata.metadata_log) == (
         metadata_files
     )  # nothing left to set: no commit
+
+
+def test_an_overwrite_judges_each_manifest_by_its_own_partitions_when_threads_judge_at_once(
+    tmp_path, monkeypatch
+) -> None:
+    """pyiceberg judges the parent snapshot's manifests from a thread pool when an overwrite looks for the
+    files it replaces. Two threads are made to be inside the judgement at once: each must still see its
+    own manifest's partitions (pyiceberg's evaluator, shared, gave both the same answer)."""
+    catalog = _catalog(tmp_path)
+    table = ensure_table(catalog, "silver.judged", SCHEMA, BY_PART, UNMERGED)
+    for part in ("a", "b"):
+        table.append(_rows(range(10), 1, part))
+    table.refresh()
+    manifests = _manifests_by_part(table)
+    [replaced] = [task.file for task in table.scan(row_filter=EqualTo("part", "b")).plan_files()]
+    overwrite = merging_overwrite(table.transaction(), {})  # never committed
+    overwrite.delete_data_file(replaced)
+    overwrite._build_delete_files_partition_predicate()  # as its commit does first: only partition "b"
+    judge = overwrite._build_manifest_evaluator(replaced.spec_id)
+
+    both_inside = threading.Barrier(2)
+    visit_equal = _ManifestEvalVisitor.visit_equal
+
+    def visit_equal_once_both_are_inside(self, term, literal):  # type: ignore[no-untyped-def]
+        both_inside.wait(timeout=10)
+        return visit_equal(self, term, literal)
+
+    monkeypatch.setattr(_ManifestEvalVisitor, "visit_equal", visit_equal_once_both_are_inside)
+    with ThreadPoolExecutor(2) as pool:
+        verdicts = list(pool.map(judge, [manifests["a"], manifests["b"]]))
+
+    assert verdicts == [False, True]
+
+
+def _manifests_by_part(table: Table) -> dict[str, ManifestFile]:
+    """The current snapshot's manifests, each holding one partition, by that partition's value."""
+    snapshot = table.current_snapshot()
+    assert snapshot is not None
+    by_part = {}
+    for manifest in snapshot.manifests(table.io):
+        [part] = {entry.data_file.partition[0] for entry in manifest.fetch_manifest_entry(table.io)}
+        by_part[part] = manifest
+    return by_part
