@@ -26,9 +26,9 @@ from pathlib import Path
 #   peak (docs/benchmarks.md).
 # - Arrow allocates from its own jemalloc, set the same way, instead of its default mimalloc, which kept
 #   the pages that pyiceberg's reader threads had used: in the run of every source's largest batch the
-#   silver steps peaked 240-260 MB lower (silver lab_results 1,118-1,142 -> 876-889 MB), for 4-5% more
-#   wall time (docs/benchmarks.md, "Arrow's allocator"). Without its decay settings, Arrow's jemalloc kept
-#   up to 250 MB more between steps than mimalloc.
+#   silver steps peaked 210-270 MB lower (silver lab_results 1,118 -> 876-889 MB), for 4-5% more wall
+#   time (docs/benchmarks.md, "Both allocators set"). Without its decay settings, Arrow's jemalloc kept
+#   up to 390 MB more after a step than mimalloc.
 _JEMALLOC_CONF = "background_thread:true,dirty_decay_ms:250,muzzy_decay_ms:0"
 ALLOCATOR_ENV = {
     "_RJEM_MALLOC_CONF": _JEMALLOC_CONF,
