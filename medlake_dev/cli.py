@@ -380,6 +380,29 @@ def bench_manifests(
     Console(width=160).print(run_manifest_benchmark(runs=runs, every=every, work_dir=work_dir))
 
 
+@bench_app.command("scan")
+def bench_scan(
+    objects: Annotated[
+        list[int] | None, typer.Option(help="Objects in the open days at each measurement (repeatable)")
+    ] = None,
+    repeats: Annotated[int, typer.Option(help="Timed scans per count (the median is shown)")] = 3,
+    postgres_url: Annotated[
+        str | None,
+        typer.Option(
+            help="A PostgreSQL server for the ledger (else SQLite)", envvar="MEDLAKE_BENCH_POSTGRES_URL"
+        ),
+    ] = None,
+    work_dir: Annotated[Path | None, typer.Option(help="Scratch folder (default: a temp dir)")] = None,
+) -> None:
+    """A landing-sensor scan as a day's archives accumulate: wall time, the sensor's CPU, the S3 server's."""
+    from medlake_dev.bench.scan import run_scan_benchmark
+
+    outcome = run_scan_benchmark(
+        objects or [2_000, 8_000, 20_000], repeats=repeats, postgres_url=postgres_url, work_dir=work_dir
+    )
+    Console(width=160).print(outcome)
+
+
 @bench_app.command("memory")
 def bench_memory(
     archives: Annotated[int, typer.Option(help="Generated archives besides the two 40 MB ones")] = 100,
