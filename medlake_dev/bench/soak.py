@@ -112,8 +112,12 @@ class ProcessSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     @staticmethod
-    def kind(process: psutil.Process) -> str:
+    def kind(process: psutil.Process) -> str | None:
+        """The process's kind by its command line; None when it shows none (a process exiting: Linux empties
+        its command line once its memory is gone, which for a run worker freeing a GB takes a while)."""
         command = " ".join(process.cmdline())
+        if not command:
+            return None
         if "dagster-daemon" in command:
             return "daemon"
         if "api grpc" in command or "code-server" in command or "dagster._grpc" in command:
@@ -137,15 +141,21 @@ class ProcessSampler:
             for pid, process in processes.items():
                 try:
                     key = (pid, process.create_time())
-                    # Classified at every sample: a run worker first seen between its fork and its exec shows
-                    # its parent's command line, or none, and was counted as another kind for its whole life.
-                    self.kinds[key] = self.kind(process)
+                    self.classify(key, process)
                     used = process.cpu_times()
                     self.samples.append((now, key, process.memory_info().rss))
                     self.cpu[key].append((now, used.user + used.system))
                 except psutil.Error:
                     continue
             self._stop.wait(self.interval)
+
+    def classify(self, key: ProcessKey, process: psutil.Process) -> None:
+        """Classified at every sample: a run worker first seen between its fork and its exec shows its
+        parent's command line and was counted as another kind for its whole life. One seen as it exits shows
+        none and keeps its kind: its last sample moved a run's CPU and peak to "the rest"."""
+        kind = self.kind(process)
+        if kind is not None or key not in self.kinds:
+            self.kinds[key] = kind or "other"
 
     @contextmanager
     def watch(self) -> Iterator[ProcessSampler]:
