@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -179,12 +178,6 @@ def wait_until_ingested(
             return state
         time.sleep(2.0)
     raise DemoError(f"the lake was not ingested within {timeout:.0f} s; see {dev.url}/runs")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def demo_environment() -> dict[str, str]:

@@ -15,8 +15,9 @@ from medlake_assets.lake import Lake
 from medlake_assets.lake.settings import load_settings
 from medlake_assets_tests.lake_helpers import DAY
 from medlake_dev.cli import PLANTED, planted_faults
-from medlake_dev.demo import LOCATION, REPOSITORY, DagsterDev, free_port, wait_until_ingested
+from medlake_dev.demo import LOCATION, REPOSITORY, DagsterDev, wait_until_ingested
 from medlake_dev.generate import write_feeds
+from medlake_dev.workers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

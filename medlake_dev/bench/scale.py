@@ -38,6 +38,7 @@ from medlake_dev.workers import (
     Workers,
     WorkersStalled,
     ensure_bucket,
+    free_port,
     replay,
     scratch_database,
     wait_until_settled,
@@ -80,19 +81,13 @@ class ScaleResult:
         return ordered[min(len(ordered) - 1, round(quantile * (len(ordered) - 1)))]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @contextmanager
 def s3_endpoint(given: str | None) -> Iterator[str]:
     """The S3 endpoint to use: `given`, or moto's server started on a free loopback port for the bench."""
     if given:
         yield given
         return
-    port = _free_port()
+    port = free_port()
     server = Path(sys.executable).with_name("moto_server")
     process = subprocess.Popen(
         [str(server), "-H", "127.0.0.1", "-p", str(port)],

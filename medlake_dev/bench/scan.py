@@ -27,6 +27,7 @@ import psutil
 from rich.table import Table as RichTable
 
 from medlake_dev.bench.scale import DUMMY_AWS, s3_endpoint
+from medlake_dev.bench.soak import ProcessSampler
 from medlake_dev.workers import ensure_bucket, scratch_database
 
 
@@ -71,16 +72,9 @@ class ScanBench:
         return table
 
 
-def _server_on(endpoint: str) -> psutil.Process | None:
-    """The process listening on the endpoint's loopback port, when it is this bench's child."""
-    port = int(endpoint.rsplit(":", 1)[1].split("/", 1)[0])
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if any(conn.laddr.port == port for conn in child.net_connections(kind="tcp")):
-                return child
-        except psutil.Error:
-            continue
-    return None
+def _started_server() -> psutil.Process | None:
+    """The S3 server the bench started (its child, as `bench soak`'s sampler tells the kinds apart)."""
+    return next((child for child in psutil.Process().children() if ProcessSampler.kind(child) == "s3"), None)
 
 
 def _cpu(process: psutil.Process | None) -> float:
@@ -121,7 +115,7 @@ def run_scan_benchmark(
         prefixes = [
             day_prefix(spec.name, day) for spec in specs for day in days_to_list(None, today, open_days)
         ]
-        server = None if given else _server_on(endpoint)
+        server = None if given else _started_server()
 
         def put(number: int) -> None:
             spec = specs[number % len(specs)]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from medlake_dev.bench.scan import run_scan_benchmark
 
 
@@ -20,3 +22,13 @@ def test_bench_scan_registers_each_count_then_times_scans_that_find_nothing_new(
     assert all(scan.s3_cpu_seconds is None for scan in outcome.scans)  # the tests' endpoint, not the bench's
     assert outcome.ledger == "SQLite"
     assert "objects in the open days" in str(outcome.__rich__().columns[0].header)
+
+
+def test_bench_scan_reads_the_cpu_of_the_s3_server_it_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MEDLAKE_S3_ENDPOINT_URL", raising=False)  # the bench starts moto's server itself
+    [scan] = run_scan_benchmark([20], repeats=1, work_dir=tmp_path).scans
+
+    assert (scan.objects, scan.registered, scan.listed_new) == (20, 20, 0)
+    assert scan.s3_cpu_seconds is not None and scan.s3_cpu_seconds > 0  # it answered the listing
