@@ -38,7 +38,7 @@ from medlake_assets.defs.policies import SENSOR_STATUS, STEP_HOOKS
 from medlake_assets.defs.resources import LakeResource
 from medlake_assets.defs.silver import derived_keys, silver_key
 from medlake_assets.ingest.batch import MISSING_SECRET, release_holds
-from medlake_assets.ingest.landing import day_prefix, days_to_list, register_landed
+from medlake_assets.ingest.landing import day_prefix, days_to_list, lists_earlier_days, register_landed
 from medlake_assets.lake.ledger import Batch, Ledger
 from medlake_assets.spec import SourceSpec
 
@@ -183,11 +183,18 @@ def build_flow_defs(
         opened = lake.lake()
         cursor = json.loads(context.cursor) if context.cursor else {}
         since = date.fromisoformat(cursor["since"]) if cursor.get("since") else None
-        today = datetime.now(UTC).date()
+        listed_at = cursor.get("earlier_days_listed_at")
+        last_listed = datetime.fromisoformat(listed_at) if listed_at else None
+        now = datetime.now(UTC)
+        today = now.date()
         open_days = max(spec.ingest.open_days for spec in specs)
-        prefixes = [
-            day_prefix(spec.name, day) for spec in specs for day in days_to_list(since, today, open_days)
-        ]
+        every = timedelta(minutes=min(spec.ingest.earlier_days_every_minutes for spec in specs))
+        if since is None or last_listed is None or lists_earlier_days(last_listed, now, every):
+            days = days_to_list(since, today, open_days)
+            since, last_listed = today - timedelta(days=open_days), now
+        else:  # `since` stays: a day leaving the open window between two such listings is listed once more
+            days = [today]
+        prefixes = [day_prefix(spec.name, day) for spec in specs for day in days]
         scan = register_landed(
             opened.store, opened.ledger, list(opened.sources.values()), prefixes, today=today
         )
@@ -221,12 +228,13 @@ def build_flow_defs(
             if held := opened.ledger.held(spec.name, MISSING_SECRET):
                 secrets = sorted({row.reason or "" for row in held})
                 context.log.warning(f"{spec.name}: {len(held)} archives held for a missing secret: {secrets}")
-        next_since = today - timedelta(days=open_days)
         known = set(context.instance.get_dynamic_partitions(LANDING_DAYS.name or ""))
         new_days = sorted({request.partition_key for request in requests if request.partition_key} - known)
         return dg.SensorResult(
             run_requests=requests,
-            cursor=json.dumps({"since": next_since.isoformat()}),
+            cursor=json.dumps(
+                {"since": since.isoformat(), "earlier_days_listed_at": last_listed.isoformat()}
+            ),
             # A run's landing day becomes a partition in the same tick (Dagster adds it before the runs).
             dynamic_partitions_requests=[LANDING_DAYS.build_add_request(new_days)] if new_days else None,
         )

@@ -32,6 +32,13 @@ def days_to_list(since: date | None, today: date, open_days: int) -> list[date]:
     return [first + timedelta(days=offset) for offset in range((today - first).days + 1)]
 
 
+def lists_earlier_days(last_listed: datetime, now: datetime, every: timedelta) -> bool:
+    """Whether a tick lists the open days before today too, not only today: every `every`, and at a day's
+    first tick (what landed in yesterday's folder after yesterday's last tick). A listing costs what the
+    listed days hold, and at the end of a day the days before today hold two thirds of it."""
+    return now - last_listed >= every or last_listed.date() != now.date()
+
+
 def _name(folder: str) -> str:
     return folder.rstrip("/").rsplit("/", 1)[-1]
 

@@ -263,6 +263,12 @@ class IngestSpec(StrictModel):
     max_archives_per_run: int = Field(default=500, ge=1)
     max_bytes_per_run: int = Field(default=64 * 1024**2, ge=1)
     open_days: int = Field(default=2, ge=1, description="landing days before today the sensor still lists")
+    earlier_days_every_minutes: int = Field(
+        default=5,
+        ge=1,
+        description="how often the sensor lists the open days before today (only late files land there); "
+        "today's folder is listed every tick",
+    )
     max_quarantine_rate: float = Field(default=0.05, ge=0, le=1)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
+from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 import pytest
@@ -254,6 +256,50 @@ def test_archives_landing_while_a_run_is_in_flight_wait_unclaimed_and_go_into_on
         [waiting] = lake.ledger.unfinished_batches("bed_census")
         assert second.tags[batch_tag("bed_census")] == waiting.batch_id
         assert {row.key for row in lake.ledger.batch_files(waiting.batch_id)} == set(bed)
+
+
+def test_the_sensor_lists_today_every_tick_and_the_days_before_it_every_few_minutes(
+    tmp_path, archive_password
+):
+    """A listing costs what the listed days hold: late in a day, the open days before today are two thirds
+    of it and take only late files, so a tick lists them once in `ingest.earlier_days_every_minutes` (5)."""
+    if (seconds_left := 86_400 - datetime.now(UTC).timestamp() % 86_400) < 120:
+        time.sleep(seconds_left + 1)  # a day's first tick lists every open day: not this test's ticks
+    today = datetime.now(UTC).date()
+    yesterday = today - timedelta(days=1)
+    home = tmp_path / "home"
+    write_feeds(home, **{**GENERATION, "archives": 8, "bad_rate": 0.0, "day": today})
+    lake = open_lake(local_settings(home))
+    defs = build_definitions(local_settings(home))
+
+    def land_copy(day: date, name: str) -> str:
+        """One of today's archives once more, under a new name in `day`'s folder of its source."""
+        original = next((home / "landing" / "bed_census").rglob("*.zip"))
+        parts = original.relative_to(home).parts  # landing, source, yyyy, mm, dd, facility, file
+        target = home.joinpath(*parts[:2], f"{day:%Y/%m/%d}", parts[5], name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(original, target)
+        return target.relative_to(home).as_posix()
+
+    def known(day: date) -> set[str]:
+        return {row.key for row in lake.ledger.day_files("bed_census", day)}
+
+    with dg.instance_for_test() as instance:
+        first = _tick(defs, instance)  # no cursor: every open day
+        assert len(known(today)) == len(list((home / "landing" / "bed_census").rglob("*.zip")))
+        listed_at = datetime.fromisoformat(json.loads(first.cursor)["earlier_days_listed_at"])
+        assert abs(listed_at - datetime.now(UTC)) < timedelta(minutes=1)
+
+        late, fresh = land_copy(yesterday, "late.zip"), land_copy(today, "fresh.zip")
+        second = _tick(defs, instance, first.cursor)
+        assert fresh in known(today) and known(yesterday) == set()  # today only
+        assert second.cursor == first.cursor  # the days before today still wait for their listing
+
+        cursor = json.loads(second.cursor)
+        cursor["earlier_days_listed_at"] = (listed_at - timedelta(minutes=5)).isoformat()
+        third = _tick(defs, instance, json.dumps(cursor))
+        assert known(yesterday) == {late}
+        assert json.loads(third.cursor)["earlier_days_listed_at"] > listed_at.isoformat()
 
 
 def test_one_run_loads_every_source_into_bronze_and_silver(landed):
