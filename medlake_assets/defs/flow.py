@@ -161,6 +161,7 @@ def build_flow_defs(
 ) -> dg.Definitions:
     """The `ingest_landed` job over every source's bronze and silver assets, and the `landing` sensor."""
     specs = sorted(specs, key=lambda spec: spec.name)
+    ingest = {spec.name: spec.ingest for spec in specs}
     job = dg.define_asset_job(
         name=FLOW_JOB,
         hooks=STEP_HOOKS,
@@ -189,35 +190,43 @@ def build_flow_defs(
         today = now.date()
         open_days = max(spec.ingest.open_days for spec in specs)
         every = timedelta(minutes=min(spec.ingest.earlier_days_every_minutes for spec in specs))
-        if since is None or last_listed is None or lists_earlier_days(last_listed, now, every):
-            days = days_to_list(since, today, open_days)
-            since, last_listed = today - timedelta(days=open_days), now
-        else:  # `since` stays: a day leaving the open window between two such listings is listed once more
-            days = [today]
-        prefixes = [day_prefix(spec.name, day) for spec in specs for day in days]
-        scan = register_landed(
-            opened.store, opened.ledger, list(opened.sources.values()), prefixes, today=today
-        )
-        for spec in specs:  # a secret set, or a future day come, since: they load in this tick's batches
-            release_holds(opened, spec, today)
         in_flight = context.instance.get_runs(
             filters=dg.RunsFilter(job_name=FLOW_JOB, statuses=list(IN_FLIGHT))
         )
         busy = {source for run in in_flight for source in sources_in_run(run.tags)}
         free_runs = runs_in_flight - len(in_flight)
-        runnable: dict[str, list[tuple[Batch, int]]] = {}
-        for spec in specs if free_runs > 0 else ():  # claim only what a run can take now
-            if spec.name in busy:  # it waits for its running batch
-                continue
-            # New archives are claimed only when none of the source's batches waits for a run.
-            runnable[spec.name] = runnable_batches(context.instance, opened.ledger, spec.name) or [
+        # The sources a run can take now (a free run, none of theirs in flight), with their claimed batches
+        # waiting for a run: new archives are claimed only when none waits.
+        waiting = {
+            spec.name: runnable_batches(context.instance, opened.ledger, spec.name)
+            for spec in specs
+            if free_runs > 0 and spec.name not in busy
+        }
+        if since is None or last_listed is None or lists_earlier_days(last_listed, now, every):
+            days = days_to_list(since, today, open_days)
+            since, last_listed = today - timedelta(days=open_days), now
+            prefixes = [day_prefix(spec.name, day) for spec in specs for day in days]
+        else:  # `since` stays: a day leaving the open window between two such listings is listed once more
+            # Backpressure: today is listed only for a source that can claim now. A listing costs what the
+            # day holds, and what it would register waits behind the running and waiting batches anyway.
+            prefixes = [day_prefix(name, today) for name, batches in waiting.items() if not batches]
+        scan = register_landed(
+            opened.store, opened.ledger, list(opened.sources.values()), prefixes, today=today
+        )
+        for spec in specs:  # a secret set, or a future day come, since: they load in this tick's batches
+            release_holds(opened, spec, today)
+        runnable = {
+            name: batches
+            or [
                 (batch, 0)
                 for batch in opened.ledger.claim_batches(
-                    spec.name,
-                    max_archives=spec.ingest.max_archives_per_run,
-                    max_bytes=spec.ingest.max_bytes_per_run,
+                    name,
+                    max_archives=ingest[name].max_archives_per_run,
+                    max_bytes=ingest[name].max_bytes_per_run,
                 )
             ]
+            for name, batches in waiting.items()
+        }
         requests = flow_run_requests(specs, runnable, free_runs)
         if scan.registered or scan.quarantined or requests:
             context.log.info(

@@ -258,19 +258,21 @@ def test_archives_landing_while_a_run_is_in_flight_wait_unclaimed_and_go_into_on
         assert {row.key for row in lake.ledger.batch_files(waiting.batch_id)} == set(bed)
 
 
-def test_the_sensor_lists_today_every_tick_and_the_days_before_it_every_few_minutes(
+def test_the_sensor_lists_today_when_a_run_can_take_it_and_the_days_before_every_few_minutes(
     tmp_path, archive_password
 ):
-    """A listing costs what the listed days hold: late in a day, the open days before today are two thirds
-    of it and take only late files, so a tick lists them once in `ingest.earlier_days_every_minutes` (5)."""
-    if (seconds_left := 86_400 - datetime.now(UTC).timestamp() % 86_400) < 120:
+    """A listing costs what the listed days hold. The open days before today take only late files: listed
+    once in `ingest.earlier_days_every_minutes` (5). Today's folder of a source is listed when a run can
+    take what it finds (backpressure): not while a batch of the source waits for a run."""
+    if (seconds_left := 86_400 - datetime.now(UTC).timestamp() % 86_400) < 180:
         time.sleep(seconds_left + 1)  # a day's first tick lists every open day: not this test's ticks
     today = datetime.now(UTC).date()
     yesterday = today - timedelta(days=1)
     home = tmp_path / "home"
     write_feeds(home, **{**GENERATION, "archives": 8, "bad_rate": 0.0, "day": today})
-    lake = open_lake(local_settings(home))
-    defs = build_definitions(local_settings(home))
+    settings = local_settings(home)
+    lake = open_lake(settings)
+    defs = build_definitions(settings)
 
     def land_copy(day: date, name: str) -> str:
         """One of today's archives once more, under a new name in `day`'s folder of its source."""
@@ -285,20 +287,27 @@ def test_the_sensor_lists_today_every_tick_and_the_days_before_it_every_few_minu
         return {row.key for row in lake.ledger.day_files("bed_census", day)}
 
     with dg.instance_for_test() as instance:
+        assert ingest_once(defs, instance, lake, refresh_reports=False).failed_runs == 0
+        loaded = known(today)
         first = _tick(defs, instance)  # no cursor: every open day
-        assert len(known(today)) == len(list((home / "landing" / "bed_census").rglob("*.zip")))
         listed_at = datetime.fromisoformat(json.loads(first.cursor)["earlier_days_listed_at"])
         assert abs(listed_at - datetime.now(UTC)) < timedelta(minutes=1)
 
         late, fresh = land_copy(yesterday, "late.zip"), land_copy(today, "fresh.zip")
         second = _tick(defs, instance, first.cursor)
-        assert fresh in known(today) and known(yesterday) == set()  # today only
+        assert known(today) == loaded | {fresh} and known(yesterday) == set()  # today only
         assert second.cursor == first.cursor  # the days before today still wait for their listing
+        [request] = second.run_requests  # fresh's batch, waiting for its run
+        assert sources_in_run(request.tags) == {"bed_census"}
 
-        cursor = json.loads(second.cursor)
+        after = land_copy(today, "after.zip")
+        assert _tick(defs, instance, first.cursor).run_requests == [request]  # the same batch, no listing
+        assert after not in known(today)
+
+        cursor = json.loads(first.cursor)
         cursor["earlier_days_listed_at"] = (listed_at - timedelta(minutes=5)).isoformat()
-        third = _tick(defs, instance, json.dumps(cursor))
-        assert known(yesterday) == {late}
+        third = _tick(defs, instance, json.dumps(cursor))  # every open day, whatever waits
+        assert known(yesterday) == {late} and after in known(today)
         assert json.loads(third.cursor)["earlier_days_listed_at"] > listed_at.isoformat()
 
 
