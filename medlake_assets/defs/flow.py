@@ -161,7 +161,7 @@ def build_flow_defs(
 ) -> dg.Definitions:
     """The `ingest_landed` job over every source's bronze and silver assets, and the `landing` sensor."""
     specs = sorted(specs, key=lambda spec: spec.name)
-    ingest = {spec.name: spec.ingest for spec in specs}
+    ingest_of = {spec.name: spec.ingest for spec in specs}
     job = dg.define_asset_job(
         name=FLOW_JOB,
         hooks=STEP_HOOKS,
@@ -221,8 +221,8 @@ def build_flow_defs(
                 (batch, 0)
                 for batch in opened.ledger.claim_batches(
                     name,
-                    max_archives=ingest[name].max_archives_per_run,
-                    max_bytes=ingest[name].max_bytes_per_run,
+                    max_archives=ingest_of[name].max_archives_per_run,
+                    max_bytes=ingest_of[name].max_bytes_per_run,
                 )
             ]
             for name, batches in waiting.items()
