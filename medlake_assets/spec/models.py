@@ -267,7 +267,7 @@ class IngestSpec(StrictModel):
         default=5,
         ge=1,
         description="how often the sensor lists the open days before today (only late files land there); "
-        "today's folder is listed every tick",
+        "a source's folder of today is listed when a run can take what it finds",
     )
     max_quarantine_rate: float = Field(default=0.05, ge=0, le=1)
 
