@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 
 import dagster as dg
 
@@ -38,7 +38,7 @@ from medlake_assets.defs.policies import SENSOR_STATUS, STEP_HOOKS
 from medlake_assets.defs.resources import LakeResource
 from medlake_assets.defs.silver import derived_keys, silver_key
 from medlake_assets.ingest.batch import MISSING_SECRET, release_holds
-from medlake_assets.ingest.landing import day_prefix, days_to_list, lists_earlier_days, register_landed
+from medlake_assets.ingest.landing import plan_listing, register_landed
 from medlake_assets.lake.ledger import Batch, Ledger
 from medlake_assets.spec import SourceSpec
 
@@ -185,11 +185,8 @@ def build_flow_defs(
         cursor = json.loads(context.cursor) if context.cursor else {}
         since = date.fromisoformat(cursor["since"]) if cursor.get("since") else None
         listed_at = cursor.get("earlier_days_listed_at")
-        last_listed = datetime.fromisoformat(listed_at) if listed_at else None
         now = datetime.now(UTC)
         today = now.date()
-        open_days = max(spec.ingest.open_days for spec in specs)
-        every = timedelta(minutes=min(spec.ingest.earlier_days_every_minutes for spec in specs))
         in_flight = context.instance.get_runs(
             filters=dg.RunsFilter(job_name=FLOW_JOB, statuses=list(IN_FLIGHT))
         )
@@ -202,16 +199,15 @@ def build_flow_defs(
             for spec in specs
             if free_runs > 0 and spec.name not in busy
         }
-        if since is None or last_listed is None or lists_earlier_days(last_listed, now, every):
-            days = days_to_list(since, today, open_days)
-            since, last_listed = today - timedelta(days=open_days), now
-            prefixes = [day_prefix(spec.name, day) for spec in specs for day in days]
-        else:  # `since` stays: a day leaving the open window between two such listings is listed once more
-            # Backpressure: today is listed only for a source that can claim now. A listing costs what the
-            # day holds, and what it would register waits behind the running and waiting batches anyway.
-            prefixes = [day_prefix(name, today) for name, batches in waiting.items() if not batches]
+        listing = plan_listing(
+            specs,
+            [name for name, batches in waiting.items() if not batches],
+            since,
+            datetime.fromisoformat(listed_at) if listed_at else None,
+            now,
+        )
         scan = register_landed(
-            opened.store, opened.ledger, list(opened.sources.values()), prefixes, today=today
+            opened.store, opened.ledger, list(opened.sources.values()), listing.prefixes, today=today
         )
         for spec in specs:  # a secret set, or a future day come, since: they load in this tick's batches
             release_holds(opened, spec, today)
@@ -242,7 +238,10 @@ def build_flow_defs(
         return dg.SensorResult(
             run_requests=requests,
             cursor=json.dumps(
-                {"since": since.isoformat(), "earlier_days_listed_at": last_listed.isoformat()}
+                {
+                    "since": listing.since.isoformat(),
+                    "earlier_days_listed_at": listing.earlier_days_listed_at.isoformat(),
+                }
             ),
             # A run's landing day becomes a partition in the same tick (Dagster adds it before the runs).
             dynamic_partitions_requests=[LANDING_DAYS.build_add_request(new_days)] if new_days else None,

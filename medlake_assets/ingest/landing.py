@@ -32,11 +32,38 @@ def days_to_list(since: date | None, today: date, open_days: int) -> list[date]:
     return [first + timedelta(days=offset) for offset in range((today - first).days + 1)]
 
 
-def lists_earlier_days(last_listed: datetime, now: datetime, every: timedelta) -> bool:
-    """Whether a tick lists the open days before today too, not only today: every `every`, and at a day's
-    first tick (what landed in yesterday's folder after yesterday's last tick). A listing costs what the
-    listed days hold, and at the end of a day the days before today hold two thirds of it."""
-    return now - last_listed >= every or last_listed.date() != now.date()
+@dataclass(frozen=True)
+class Listing:
+    """What a landing tick lists, and the cursor it leaves."""
+
+    prefixes: list[str]
+    since: date
+    earlier_days_listed_at: datetime
+
+
+def plan_listing(
+    specs: Sequence[SourceSpec],
+    claimable: Iterable[str],
+    since: date | None,
+    earlier_days_listed_at: datetime | None,
+    now: datetime,
+) -> Listing:
+    """The prefixes a tick lists. A listing costs what the listed days hold: the open days before today
+    (only late files land there; two thirds of a full listing at the end of a day) every
+    `ingest.earlier_days_every_minutes` and at a day's first tick (what landed in yesterday's folder after its
+    last tick); otherwise today's folder of the `claimable` sources only, those a run can take now
+    (backpressure: what it would register waits behind their batches anyway). `since` moves only when the
+    days before today are listed, so a day leaving the open window between two such listings is listed once
+    more."""
+    today = now.date()
+    open_days = max(spec.ingest.open_days for spec in specs)
+    every = timedelta(minutes=min(spec.ingest.earlier_days_every_minutes for spec in specs))
+    last = earlier_days_listed_at
+    if since is None or last is None or now - last >= every or last.date() != today:
+        days = days_to_list(since, today, open_days)
+        prefixes = [day_prefix(spec.name, day) for spec in specs for day in days]
+        return Listing(prefixes, today - timedelta(days=open_days), now)
+    return Listing([day_prefix(name, today) for name in claimable], since, last)
 
 
 def _name(folder: str) -> str:

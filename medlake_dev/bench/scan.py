@@ -1,7 +1,7 @@
 """`medlake bench scan`: what one landing-sensor scan costs as a day's archives accumulate in its open days.
 
-The landing sensor lists every object of its open days on each tick and registers the new ones
-(`ingest/landing.py: register_landed`). Objects of one byte are put into today's folders of every source
+A landing-sensor tick lists every object of today's folders (`ingest/landing.py: plan_listing`) and registers
+the new ones (`register_landed`). Objects of one byte are put into today's folders of every source
 (facilities interleaved, as they land) on an S3 endpoint (moto's server on loopback unless
 `MEDLAKE_S3_ENDPOINT_URL` is set), the ledger on PostgreSQL when a server is given (as deployed), else
 SQLite. At each count, one scan registers what is new, then `repeats` scans find nothing new: the tick of a
@@ -88,7 +88,7 @@ def run_scan_benchmark(
     objects: list[int], *, repeats: int = 3, postgres_url: str | None = None, work_dir: Path | None = None
 ) -> ScanBench:
     from medlake_assets.defs.resources import LakeResource
-    from medlake_assets.ingest.landing import day_prefix, days_to_list, register_landed
+    from medlake_assets.ingest.landing import day_prefix, plan_listing, register_landed
     from medlake_assets.lake.settings import load_settings
 
     work = Path(work_dir or tempfile.mkdtemp(prefix="medlake-bench-scan-"))
@@ -110,11 +110,10 @@ def run_scan_benchmark(
         ensure_bucket(settings)
         lake = LakeResource.from_settings(settings).lake()
         specs = sorted(lake.sources.values(), key=lambda spec: spec.name)
-        today = datetime.now(UTC).date()
-        open_days = max(spec.ingest.open_days for spec in specs)
-        prefixes = [
-            day_prefix(spec.name, day) for spec in specs for day in days_to_list(None, today, open_days)
-        ]
+        now = datetime.now(UTC)
+        today = now.date()
+        # What a tick lists when every source can take new archives and the days before today are not due.
+        prefixes = plan_listing(specs, [spec.name for spec in specs], today, now, now).prefixes
         server = None if given else _started_server()
 
         def put(number: int) -> None:
