@@ -42,6 +42,9 @@ HL7_SHAPE: Final = "YYYY[MM[DD[HH[MM[SS[.S+]]]]]][+/-ZZZZ]"
 ISO_SHAPE: Final = "YYYY-MM-DD[THH:MM[:SS[.f]]][Z|+HH:MM]"
 PRECISIONS: Final = ("year", "month", "day", "hour", "minute", "second", "fraction")
 
+PARSED_TYPES: Final = ("decimal", "date", "timestamp")
+"""Types read by a pattern (a regex, strptime): the costly casts, worth running once per distinct value."""
+
 BOOLEANS: Final = {
     **dict.fromkeys(["true", "t", "yes", "y", "1"], True),
     **dict.fromkeys(["false", "f", "no", "n", "0"], False),

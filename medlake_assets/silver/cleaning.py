@@ -83,13 +83,17 @@ class Transform:
     build: Callable[[pl.Expr, TransformOptions], pl.Expr]
     reason: str
     nulls_on_purpose: bool = False
+    costly: bool = False
+    """A regex or a lookup per value: worth running once per distinct value (`silver/typed.py`)."""
 
 
 TRANSFORMS: dict[str, Transform] = {
     "trim": Transform(lambda expr, _: trim(expr), "trim failed"),
     "upper": Transform(lambda expr, _: upper(expr), "upper failed"),
     "lower": Transform(lambda expr, _: lower(expr), "lower failed"),
-    "collapse_whitespace": Transform(lambda expr, _: collapse_whitespace(expr), "collapse_whitespace failed"),
+    "collapse_whitespace": Transform(
+        lambda expr, _: collapse_whitespace(expr), "collapse_whitespace failed", costly=True
+    ),
     "null_tokens": Transform(
         lambda expr, options: null_tokens(expr, options.null_tokens), "", nulls_on_purpose=True
     ),
@@ -97,8 +101,9 @@ TRANSFORMS: dict[str, Transform] = {
         lambda expr, _: normalize_sex(expr),
         "not a sex/gender code of HL7 v2 (M, F, U, O, A, N), C-CDA (M, F, UN) or a word (male, female, "
         "unknown, other)",
+        costly=True,
     ),
-    "digits_only": Transform(lambda expr, _: digits_only(expr), "holds no digit"),
+    "digits_only": Transform(lambda expr, _: digits_only(expr), "holds no digit", costly=True),
 }
 
 

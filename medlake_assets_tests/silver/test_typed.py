@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 import yaml
 
+from medlake_assets.silver import typed
 from medlake_assets.silver.casts import TIMESTAMP
 from medlake_assets.silver.cleaning import DEFAULT_NULL_TOKENS
 from medlake_assets.silver.transforms import FAILURE_SCHEMA, apply_types, typed_schema
@@ -276,6 +277,33 @@ def test_patient_documents(sources):
         "gender": pl.String,
         "postal_code": pl.String,
     }
+
+
+def test_repeated_values_are_typed_once_each_with_the_same_result(sources, monkeypatch):
+    """A costly column (a parse, a regex) whose values repeat is typed once per distinct value and joined
+    back: every typed value, companion and failure (its row and rule) is what typing each row gives."""
+    rng = random.Random(5)
+    stamps = ["2026-11-26T08:15:00", "2026-11-26 08:15:00.5+02:00", "2026-11-26T25:10:00", None, " NULL "]
+    names = ["Glucose", "  Glucose \t fasting ", "N/A", None, "Creatinine"]
+    rows = lab_rows(rng, 600)
+    for row in rows:
+        row |= {"result_ts": rng.choice(stamps), "test_name": rng.choice(names)}
+    frame = bronze(sources["lab_results"], rows)
+    monkeypatch.setattr(typed, "MAX_DISTINCT_SHARE", 1.0)
+    by_value = apply_types(frame, sources["lab_results"])
+    monkeypatch.setattr(typed, "MAX_DISTINCT_SHARE", -1.0)  # every column typed row by row
+    by_row = apply_types(frame, sources["lab_results"])
+
+    assert by_value.frame.equals(by_row.frame, null_equal=True)
+    assert by_value.failures.equals(by_row.failures, null_equal=True)
+    bad = [index for index, row in enumerate(rows) if row["result_ts"] in ("2026-11-26T25:10:00", " NULL ")]
+    assert bad and failures_of(by_value) == [
+        (index, index + 1, "result_ts", "cast.timestamp") for index in bad
+    ]
+    fasting = [index for index, row in enumerate(rows) if row["test_name"] == names[1]]
+    assert {by_value.frame["test_name"][index] for index in fasting} == {"Glucose fasting"}
+    offsets = by_value.frame.filter(pl.col("result_ts_offset").is_not_null())
+    assert set(offsets["result_ts"]) == {utc(2026, 11, 26, 6, 15, 0, 500_000)}
 
 
 def test_failure_reasons_never_contain_the_value(sources):
