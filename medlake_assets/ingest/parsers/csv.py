@@ -172,7 +172,7 @@ def parse_csv_arrow_chunks(
         yield parsed
         records += parsed.record_count + len(parsed.rejects)
         # Physical lines as the csv reader counts them: \r\n, \r and \n each end one.
-        lines += piece.count("\n") + piece.count("\r") - piece.count("\r\n")
+        lines += piece.count("\n") + (_lone_crs(piece) if "\r" in piece else 0)
         start = end
 
 
@@ -297,7 +297,7 @@ def _read_with_polars(
     delimiter, quote = fmt.delimiter, fmt.quote
     if (
         not (delimiter.isascii() and quote.isascii())
-        or text.count("\r") != text.count("\r\n")
+        or ("\r" in text and _lone_crs(text))
         or (quote in text and not _quotes_well_formed(text, delimiter, quote))
     ):
         return None
@@ -358,6 +358,12 @@ def _read_with_polars(
         rejects=[],
         fast=True,
     )
+
+
+def _lone_crs(text: str) -> int:
+    """The \r not followed by \n. Only called on text holding a \r: finding one is a few times cheaper than
+    counting them, and counting \r\n ten times dearer (14 ms per 8 MiB piece, most of them without any)."""
+    return text.count("\r") - text.count("\r\n")
 
 
 def _quotes_well_formed(text: str | bytes, delimiter: str, quote: str, begin: int = 0) -> bool:
