@@ -23,9 +23,11 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pyiceberg.expressions import AlwaysFalse, AlwaysTrue, BooleanExpression
 from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files
 from pyiceberg.manifest import DataFile
@@ -45,6 +47,12 @@ def scan_batches(
     reader = ArrowScan(scan.table_metadata, scan.io, scan.projection(), scan.row_filter, scan.case_sensitive)
     for task in scan.plan_files():
         yield from reader.to_record_batches([task])
+
+
+def scratch_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
+    """A Parquet writer for a run's scratch file, read back whole and deleted: without column statistics,
+    which were a quarter of writing a silver run's chunks and are never read."""
+    return pq.ParquetWriter(path, schema, write_statistics=False)
 
 
 FileReader = Callable[[Sequence[str] | None], pa.Table]

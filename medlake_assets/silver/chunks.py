@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from pyiceberg.expressions import BooleanExpression
 from pyiceberg.table import Table
 
-from medlake_assets.lake.files import scan_batches, scan_frames
+from medlake_assets.lake.files import scan_batches, scan_frames, scratch_writer
 from medlake_assets.silver.merge import ChunkFinder, plan_chunks
 from medlake_assets.silver.quality.schemas import unique_key
 from medlake_assets.silver.typed import apply_types
@@ -98,7 +98,7 @@ def spill_chunks(
             for number in np.unique(chunk_of_row):
                 part = pa.Table.from_batches([batch.filter(pa.array(chunk_of_row == number))])
                 if number not in writers:
-                    writers[number] = pq.ParquetWriter(folder / f"chunk-{number:05d}.parquet", part.schema)
+                    writers[number] = scratch_writer(folder / f"chunk-{number:05d}.parquet", part.schema)
                 writers[number].write_table(part)
     finally:
         for writer in writers.values():

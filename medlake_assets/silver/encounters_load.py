@@ -38,7 +38,7 @@ from pyiceberg.table import Table
 
 from medlake_assets.lake import Lake
 from medlake_assets.lake.columns import DELETED
-from medlake_assets.lake.files import scan_frames
+from medlake_assets.lake.files import scan_frames, scratch_writer
 from medlake_assets.silver.encounters import LAST_AT, combine_encounters, fold_events
 from medlake_assets.silver.load import consumer
 from medlake_assets.silver.merge import Chunk, ChunkFinder, merge_chunks, plan_chunks
@@ -144,7 +144,7 @@ def _spill_events(
             for (number,), part in events.partition_by("chunk", as_dict=True).items():
                 rows = part.drop("chunk").to_arrow()
                 if number not in writers:
-                    writers[number] = pq.ParquetWriter(folder / f"events-{number:05d}.parquet", rows.schema)
+                    writers[number] = scratch_writer(folder / f"events-{number:05d}.parquet", rows.schema)
                 writers[number].write_table(rows.cast(writers[number].schema))
     finally:
         for writer in writers.values():

@@ -61,7 +61,14 @@ from pyiceberg.types import IntegerType, LongType, NestedField, StringType
 from medlake_assets.errors import MedlakeError
 from medlake_assets.lake.columns import DELETED, IS_CURRENT, SCD2_COLUMNS, TIE_BREAK, VALID_FROM, VALID_TO
 from medlake_assets.lake.commits import CONFLICTS, REDO_ATTEMPTS, wait_before_redo
-from medlake_assets.lake.files import FileReader, StagedFiles, as_table_rows, commit_files, planned_files
+from medlake_assets.lake.files import (
+    FileReader,
+    StagedFiles,
+    as_table_rows,
+    commit_files,
+    planned_files,
+    scratch_writer,
+)
 from medlake_assets.lake.partitions import iceberg_literal, parse_partition, partition_by_of
 
 
@@ -656,7 +663,7 @@ def _spill(
     if not len(rows):
         return
     if number not in writers:
-        writers[number] = pq.ParquetWriter(scratch / _spill_name(number), rows.schema)
+        writers[number] = scratch_writer(scratch / _spill_name(number), rows.schema)
     writers[number].write_table(rows.cast(writers[number].schema))
 
 
