@@ -161,12 +161,15 @@ class _Pieces:
         self._bytes = 0
 
     def add(self, piece: pa.Table) -> None:
-        if piece.nbytes >= self._limit:
+        # Not `nbytes`: it looks for buffers shared between columns, 50 us a call for a one-record member's
+        # piece (a C-CDA document), 7% of parsing it. A shared buffer counted twice only sends a piece sooner.
+        size = piece.get_total_buffer_size()
+        if size >= self._limit:
             self.send()
             self._send(piece)
             return
         self._pieces.append(piece)
-        self._bytes += piece.nbytes
+        self._bytes += size
         if self._bytes >= self._limit:
             self.send()
 
