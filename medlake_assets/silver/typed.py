@@ -191,9 +191,10 @@ def _typed_by_value(frame: pl.DataFrame, name: str, plan: _ColumnPlan) -> pl.Dat
     once per row was half of typing a lab batch."""
     if not plan.costly:
         return None
-    if frame.get_column(name).approx_n_unique() > frame.height * MAX_DISTINCT_SHARE:
+    raw = frame.get_column(name)
+    if raw.approx_n_unique() > frame.height * MAX_DISTINCT_SHARE:
         return None
-    distinct = frame.get_column(name).unique().rechunk()  # one chunk, as `apply_types` gives its frame
+    distinct = raw.unique().rechunk()  # one chunk, as `apply_types` gives its frame
     lazy = distinct.to_frame().lazy()
     for step in plan.steps:
         lazy = lazy.with_columns(**step)

@@ -289,10 +289,23 @@ def test_repeated_values_are_typed_once_each_with_the_same_result(sources, monke
     for row in rows:
         row |= {"result_ts": rng.choice(stamps), "test_name": rng.choice(names)}
     frame = bronze(sources["lab_results"], rows)
-    monkeypatch.setattr(typed, "MAX_DISTINCT_SHARE", 1.0)
+    typing_by_value = typed._typed_by_value
+    chosen: list[str] = []  # the columns typed by distinct value in the last call
+
+    def recorded(frame: pl.DataFrame, name: str, plan) -> pl.DataFrame | None:
+        typed_values = typing_by_value(frame, name, plan)
+        if typed_values is not None:
+            chosen.append(name)
+        return typed_values
+
+    monkeypatch.setattr(typed, "_typed_by_value", recorded)
     by_value = apply_types(frame, sources["lab_results"])
+    # The costly columns only (a regex, a parse), not `trim`'s or `upper`'s, though those values repeat too.
+    assert chosen == ["test_name", "result_ts"]
+    chosen.clear()
     monkeypatch.setattr(typed, "MAX_DISTINCT_SHARE", -1.0)  # every column typed row by row
     by_row = apply_types(frame, sources["lab_results"])
+    assert chosen == []
 
     assert by_value.frame.equals(by_row.frame, null_equal=True)
     assert by_value.failures.equals(by_row.failures, null_equal=True)
