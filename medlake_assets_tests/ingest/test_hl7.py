@@ -10,7 +10,15 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medlake_assets.ingest.parsers.hl7 import Hl7Path, Hl7PathError, parse_hl7, parse_hl7_path
+from medlake_assets.ingest.parsers.hl7 import (
+    Hl7Path,
+    Hl7PathError,
+    _read_clean,
+    _Reading,
+    parse_hl7,
+    parse_hl7_by_message,
+    parse_hl7_path,
+)
 from medlake_assets.ingest.types import MemberRejected, ParsedMember, RecordReject
 from medlake_assets.spec import ColumnSpec, Hl7Format, load_source
 
@@ -65,10 +73,13 @@ def parse(
     encoding: str = "utf-8",
     fallbacks: tuple[str, ...] = ("cp1252", "latin-1"),
 ) -> ParsedMember:
+    """`parse_hl7`'s records, after checking that they equal the message-by-message reading's (whichever way
+    `parse_hl7` read the member: every test here holds both to the same records)."""
     raw = data.encode("utf-8") if isinstance(data, str) else data
-    return parse_hl7(
-        raw, member=MEMBER, columns=cols, fmt=fmt or Hl7Format(), encoding=encoding, fallbacks=fallbacks
-    )
+    given = {"member": MEMBER, "columns": cols, "fmt": fmt or Hl7Format()}
+    parsed = parse_hl7(raw, **given, encoding=encoding, fallbacks=fallbacks)
+    assert parsed == parse_hl7_by_message(raw, **given, encoding=encoding, fallbacks=fallbacks)
+    return parsed
 
 
 # --- the adt_events source, every column ---------------------------------------------------------------
@@ -169,13 +180,12 @@ def test_adt_events_source_every_column_exact() -> None:
     spec = load_source(SOURCES_DIR / "adt_events.yaml", defaults)
     assert isinstance(spec.format, Hl7Format)
 
-    parsed = parse_hl7(
+    parsed = parse(
         adt_events_member(),
-        member=MEMBER,
-        columns=spec.columns,
+        spec.columns,
         fmt=spec.format,
         encoding=spec.landing.encoding,
-        fallbacks=spec.landing.encoding_fallbacks,
+        fallbacks=tuple(spec.landing.encoding_fallbacks),
     )
 
     # The ORU^R01 (message 3) is not an accepted type: quarantined with that rule, never dropped unseen.
@@ -831,3 +841,169 @@ def test_messages_the_type_filter_leaves_out_are_quarantined_with_the_rule() -> 
     [reject] = parsed.rejects
     assert (reject.record, reject.rule) == (3, "hl7.message_type_not_accepted")
     assert reject.reason == "MSH-9 message type is not among the source's message_types ['ADT']"
+
+
+# --- clean members: read a whole member at a time --------------------------------------------------------
+
+
+def reads_whole(data: bytes, cols: list[ColumnSpec], fmt: Hl7Format, fallbacks: tuple[str, ...] = ()) -> bool:
+    """Whether `parse_hl7` reads the member a whole member at a time (else message by message)."""
+    return _read_clean(data, _Reading.of(cols, fmt, "utf-8", fallbacks)) is not None
+
+
+def clean_member(count: int = 30, terminator: str = "\r") -> str:
+    messages, _ = seeded_messages(count, seed=11)
+    return terminator.join(message.replace("\r", terminator) for message in messages) + terminator
+
+
+EVERY_PATH = columns(
+    separator="MSH-1",
+    encoding_characters="MSH-2",
+    event="MSH-9.2",
+    control="MSH-10",
+    charset="MSH-18",
+    patient="PID-3.1",
+    patient_second="PID-3(2).1",
+    patient_authority="PID-3.4.1",
+    family="PID-5.1",
+    given="PID-5.2",
+    point_of_care="PV1-3",
+    bed="PV1-3.3",
+    second_note="ZPV[2]-1",
+)
+
+
+@pytest.mark.parametrize(
+    "member",
+    [
+        pytest.param(clean_member(), id="segments-end-in-cr"),
+        pytest.param(clean_member(terminator="\r\n"), id="segments-end-in-crlf"),
+        pytest.param(clean_member(terminator="\n") + "\n\n", id="blank-lines-after"),
+        pytest.param(
+            clean_member().replace("\rPID|", "\r\rPID|").replace("|I|", "|I| \t"), id="blanks-inside"
+        ),
+        pytest.param(
+            "\r".join(["FHS|^~\\&|SYN", "BHS|^~\\&|SYN", clean_member(), "BTS|30", "FTS|1"]),
+            id="batch-envelopes",
+        ),
+        pytest.param(
+            clean_member()
+            .replace("ICU^101^", "I\\T\\CU^101~ALT^")
+            .replace("^^^SYNHOSP^MR", "^^^SYNHOSP&X^MR~SYNALT^^^ALT^PI")
+            .replace("ZPV|SYNZ", 'ZPV|SYNZ\rZPV|SECOND\rZPV|""'),
+            id="escapes-repetitions-occurrences",
+        ),
+    ],
+)
+@pytest.mark.parametrize("repeat", ["first", "join"])
+def test_a_clean_member_is_read_whole_with_the_message_by_message_records(member: str, repeat: str) -> None:
+    fmt = Hl7Format(repeat=repeat, message_types=["ADT"])
+    assert reads_whole(member.encode(), EVERY_PATH, fmt)
+    parsed = parse(member, EVERY_PATH, fmt=fmt)  # equal to the message-by-message records, as every test here
+    assert parsed.ordinals == list(range(1, 31))
+    assert parsed.columns["separator"] == ["|"] * 30
+    assert parsed.columns["encoding_characters"] == ["^~\\&"] * 30
+    assert parsed.columns["control"] == [f"SYNCTL{n:05d}" for n in range(1, 31)]
+    if "SECOND" in member:
+        expected = {f"I&CU^101~ALT^{bed}" for bed in "ABCD"} if repeat == "join" else {"I&CU^101"}
+        assert set(parsed.columns["point_of_care"]) <= expected
+        assert set(parsed.columns["second_note"]) == {"SECOND"}
+        assert set(parsed.columns["patient_second"]) == {"SYNALT"}
+        assert set(parsed.columns["patient_authority"]) == {"SYNHOSP~ALT" if repeat == "join" else "SYNHOSP"}
+
+
+def test_a_member_in_the_charset_its_messages_declare_is_read_whole() -> None:
+    pid = {1: "1", 3: "SYN000301^^^SYNHOSP^MR", 5: "TESTÉ-SYNTHÜ^ZOË", 8: "F"}
+    data = "\r".join(adt(f"SYNCTL{n}", charset="8859/1", pid=pid) for n in range(3)).encode("latin-1")
+    cols = columns(family="PID-5.1", given="PID-5.2")
+    assert reads_whole(data, cols, Hl7Format())  # not UTF-8, the member's encoding: MSH-18 says latin-1
+    assert parse(data, cols, fallbacks=()).columns == {"family": ["TESTÉ-SYNTHÜ"] * 3, "given": ["ZOË"] * 3}
+
+
+def swap_message(member: str, number: int, message: str) -> str:
+    messages = member.split("\rMSH")
+    messages[number] = message.removeprefix("MSH")
+    return "\rMSH".join(messages)
+
+
+@pytest.mark.parametrize(
+    ("member", "rules"),
+    [
+        pytest.param(
+            clean_member().replace("|SYNV", "|SYN\x01V", 1), ["hl7.control_character"], id="control"
+        ),
+        pytest.param("SYNTHETIC TEXT\r" + clean_member(), ["hl7.orphan_segments"], id="text-before"),
+        pytest.param(clean_member() + "BTS|30\rPID|1\r", ["hl7.orphan_segments"], id="text-after-trailer"),
+        pytest.param(clean_member().replace("\rPID|", "\r PID|", 1), [], id="blank-before-a-segment"),
+        pytest.param(clean_member().replace("\rZPV|", "\r  \rZPV|", 1), [], id="line-of-blanks"),
+        pytest.param(clean_member().replace("\rPID|", "\rPID^", 1), ["hl7.bad_segment"], id="not-a-segment"),
+        pytest.param(
+            swap_message(clean_member(), 3, adt("SYNCTL3", "R01").replace("ADT^", "ORU^")),
+            ["hl7.message_type_not_accepted"],
+            id="type-left-out",
+        ),
+        pytest.param(
+            swap_message(clean_member(), 2, adt("")), ["hl7.missing_control_id"], id="no-control-id"
+        ),
+        pytest.param(
+            swap_message(clean_member(), 4, "\r".join([msh("SYNCTL4", enc="$~\\&"), "PID|1||SYN4"])),
+            ["hl7.delimiter_mismatch"],
+            id="other-delimiters",
+        ),
+        pytest.param(
+            swap_message(clean_member(), 5, adt("SYNCTL5", charset="8859/2")), [], id="two-charsets"
+        ),
+        pytest.param(
+            swap_message(clean_member(), 5, adt("SYNCTL5", charset="UNICODE UTF-16")),
+            ["hl7.unknown_charset"],
+            id="unknown-charset",
+        ),
+        pytest.param(clean_member().replace("SYNADT", "SYNÄDT", 1), [], id="non-ascii-header"),
+    ],
+)
+def test_members_needing_a_look_at_each_message_are_read_message_by_message(
+    member: str, rules: list[str]
+) -> None:
+    fmt = Hl7Format(message_types=["ADT"])
+    assert not reads_whole(member.encode(), SEEDED_COLUMNS, fmt)
+    parsed = parse(member, SEEDED_COLUMNS, fmt=fmt)  # and still equal to the message-by-message records
+    assert [reject.rule for reject in parsed.rejects] == rules
+
+
+HL7_TEXT = st.text(alphabet='ab|^~\\&é \t"XF.', max_size=10)
+
+
+def mostly(usual: str, *odd: str) -> st.SearchStrategy[str]:
+    return st.sampled_from([usual] * 12 * len(odd) + list(odd))
+
+
+@st.composite
+def hl7_members(draw: st.DrawFn) -> bytes:
+    """Members of 1 to 4 messages, most of them clean, with odd parts mixed in: any field text, absent and
+    repeated segments, blanks, line ends, charsets, message types, empty control ids."""
+    member_charset = draw(st.sampled_from(["", "UNICODE UTF-8", "8859/1"]))
+    messages = []
+    for number in range(draw(st.integers(1, 4))):
+        header = msh(
+            draw(mostly(f"SYNCTL{number}", "", '""', f"SYN^{number}")),
+            draw(mostly("ADT^A01^ADT_A01", "ORU^R01", "ADT", "", "adt^a08")),
+            charset=draw(mostly(member_charset, "ASCII", "8859/2")),
+        )
+        lines = [header]
+        for name in draw(st.lists(st.sampled_from(["PID", "PV1", "ZPV", "EVN"]), max_size=5)):
+            fields = draw(st.lists(HL7_TEXT, min_size=0, max_size=6))
+            lines.append(
+                draw(mostly("", " ")) + "|".join([name, *fields]) + draw(st.sampled_from(["", " \t"]))
+            )
+        messages.append(draw(st.sampled_from(["\r", "\n", "\r\n"])).join(lines))
+    text = draw(st.sampled_from(["\r", "\r\n\r\n"])).join(messages)
+    return text.encode(draw(mostly("latin-1" if member_charset == "8859/1" else "utf-8", "latin-1", "utf-8")))
+
+
+@settings(derandomize=True, max_examples=300, deadline=None)
+@given(hl7_members(), st.sampled_from(["first", "join"]), st.sampled_from([[], ["ADT"]]))
+def test_whichever_way_a_member_is_read_its_records_are_the_same(
+    data: bytes, repeat: str, message_types: list[str]
+) -> None:
+    fmt = Hl7Format(repeat=repeat, message_types=message_types)
+    parse(data, EVERY_PATH, fmt=fmt, fallbacks=("cp1252",))  # asserts the two readings are equal
