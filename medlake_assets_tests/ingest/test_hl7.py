@@ -10,6 +10,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from medlake_assets.ingest.parsers import hl7
 from medlake_assets.ingest.parsers.hl7 import (
     Hl7Path,
     Hl7PathError,
@@ -910,6 +911,17 @@ def test_a_clean_member_is_read_whole_with_the_message_by_message_records(member
         assert set(parsed.columns["second_note"]) == {"SECOND"}
         assert set(parsed.columns["patient_second"]) == {"SYNALT"}
         assert set(parsed.columns["patient_authority"]) == {"SYNHOSP~ALT" if repeat == "join" else "SYNHOSP"}
+
+
+def test_a_clean_member_is_read_some_messages_at_a_time_with_the_same_records(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(hl7, "COLUMN_MESSAGES", 7)  # 30 messages: 7, 7, 7, 7 and 2
+    member = clean_member().replace("ZPV|SYNZ", "ZPV|SYNZ\rZPV|SECOND")
+    assert reads_whole(member.encode(), EVERY_PATH, Hl7Format())
+    parsed = parse(member, EVERY_PATH)
+    assert parsed.columns["control"] == [f"SYNCTL{n:05d}" for n in range(1, 31)]
+    assert parsed.columns["second_note"] == ["SECOND"] * 30
 
 
 def test_a_member_in_the_charset_its_messages_declare_is_read_whole() -> None:
