@@ -847,9 +847,9 @@ def test_messages_the_type_filter_leaves_out_are_quarantined_with_the_rule() -> 
 # --- clean members: read a whole member at a time --------------------------------------------------------
 
 
-def reads_whole(data: bytes, cols: list[ColumnSpec], fmt: Hl7Format, fallbacks: tuple[str, ...] = ()) -> bool:
-    """Whether `parse_hl7` reads the member a whole member at a time (else message by message)."""
-    return _read_clean(data, _Reading.of(cols, fmt, "utf-8", fallbacks)) is not None
+def reads_whole(data: bytes, cols: list[ColumnSpec], fmt: Hl7Format) -> bool:
+    """Whether `parse_hl7` reads the UTF-8 member a whole member at a time (else message by message)."""
+    return _read_clean(data, _Reading.of(cols, fmt, "utf-8", ())) is not None
 
 
 def clean_member(count: int = 30, terminator: str = "\r") -> str:
