@@ -10,12 +10,15 @@ from datetime import UTC, date, datetime
 
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from medlake_assets.ingest import pipeline
 from medlake_assets.ingest.bronze import bronze_schema
 from medlake_assets.ingest.parsers.csv import ArrowMember, parse_csv, parse_csv_arrow
 from medlake_assets.ingest.pipeline import ArchiveContext, ArchiveWork, bronze_rows, process_archive
 from medlake_assets.ingest.pool import ingest_workers, process_archives
+from medlake_assets.ingest.types import MemberRejected
 from medlake_assets.spec import ColumnSpec, CsvFormat, SourceSpec
 from medlake_assets_tests.ingest.archive_builders import zip_aes
 
@@ -142,6 +145,52 @@ def test_an_oversized_field_falls_back_to_the_malformed_reject() -> None:
     assert not fast.fast
     assert [r.rule for r in fast.rejects] == ["csv.malformed"] == [r.rule for r in reference.rejects]
     assert fast.columns["record_id"].to_pylist() == ["R2"]
+
+
+FIELD = st.text(alphabet='ab ,"\nNUL', max_size=6)
+QUOTING = st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL, csv.QUOTE_NONNUMERIC])
+
+
+@st.composite
+def csv_members(draw: st.DrawFn) -> bytes:
+    """Members of three fields a record, written by `csv.writer` (well formed: Polars' path) and then
+    perhaps broken by a stray quote, a lone line end or a cut record (the standard library's path)."""
+    # A last field left empty is a short record to Polars: rarely, so that most members take its path.
+    last = st.text(alphabet='ab ,"\nNUL', min_size=1, max_size=6) | FIELD
+    rows = draw(st.lists(st.tuples(FIELD, FIELD, last), max_size=8))
+    buffer = io.StringIO()
+    line_end = draw(st.sampled_from(["\n", "\r\n"]))
+    csv.writer(buffer, quoting=draw(QUOTING), lineterminator=line_end).writerows(
+        [["record_id", "Note", "flag"], *rows]
+    )
+    text = buffer.getvalue()
+    if draw(st.integers(0, 2)) == 0:  # one character anywhere after the header replaced or inserted
+        at = draw(st.integers(min_value=len("record_id,Note,flag"), max_value=len(text)))
+        stray = draw(st.sampled_from(['"', ",", "\r", "\n", "x"]))
+        text = text[:at] + stray + text[at + draw(st.integers(0, 1)) :]
+    return text.encode()
+
+
+@settings(max_examples=400, deadline=None)
+@given(csv_members(), st.sampled_from([[], ["", "NULL"], ["NULL", "N/A"], ['"'], ["a", ""]]))
+def test_polars_path_and_the_standard_library_agree_on_any_member(data: bytes, nulls: list[str]) -> None:
+    options = {
+        "member": "m.csv",
+        "columns": COLUMNS,
+        "fmt": CsvFormat(null_tokens=nulls),
+        "encoding": "utf-8",
+    }
+    try:
+        reference = parse_csv(data, fallbacks=[], **options)
+    except MemberRejected as rejected:  # an empty member, or a header without a declared column
+        with pytest.raises(MemberRejected) as again:
+            parse_csv_arrow(data, fallbacks=[], **options)
+        assert again.value.rule == rejected.rule
+        return
+    fast = parse_csv_arrow(data, fallbacks=[], **options)
+    assert as_lists(fast) == reference.columns
+    assert fast.ordinals.to_pylist() == reference.ordinals
+    assert fast.rejects == reference.rejects
 
 
 # --- archives to tables ---
