@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from medlake_assets.ingest.parsers import xml as xml_parser
 from medlake_assets.ingest.parsers.xml import parse_xml
 from medlake_assets.ingest.types import ParsedMember
 from medlake_assets.spec import ColumnSpec, SourceSpec, XmlFormat, load_source
@@ -505,6 +508,60 @@ def test_network_entities_and_dtds_are_not_fetched(
     assert_single_reject(parsed, spec, "xml.doctype")
     assert "FETCHED-BY-PARSER" not in repr(parsed)
     assert hits == []
+
+
+PLAIN_DOCTYPE = "<!DOCTYPE ClinicalDocument>"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        f'<?xml version="1.0" encoding="UTF-16"?>\n{PLAIN_DOCTYPE}\n{body_with("x")}'.encode("utf-16"),
+        f'<?xml version="1.0" encoding="UTF-16BE"?>\n{PLAIN_DOCTYPE}\n{body_with("x")}'.encode("utf-16-be"),
+        f'<?xml version="1.0" encoding="UTF-16LE"?>\n{PLAIN_DOCTYPE}\n{body_with("x")}'.encode("utf-16-le"),
+        f'<?xml version="1.0" encoding="ISO-8859-1"?>\n{PLAIN_DOCTYPE}\n{body_with("x")}'.encode("latin-1"),
+        f"\ufeff{PLAIN_DOCTYPE}\n{body_with('x')}".encode(),
+    ],
+    ids=["utf-16-bom", "utf-16be", "utf-16le", "latin-1", "utf-8-bom"],
+)
+def test_a_doctype_is_refused_in_any_encoding(spec: SourceSpec, data: bytes) -> None:
+    # The DOCTYPE's bytes are not "<!DOCTYPE" in the wide encodings: the prolog is parsed to find it.
+    assert_single_reject(parse(spec, data), spec, "xml.doctype")
+
+
+def prologs() -> st.SearchStrategy[bytes]:
+    """Documents whose prolog varies the ways a DOCTYPE could hide from a look at the bytes: encodings
+    declared or marked (wide, EBCDIC, UTF-7, ASCII-compatible), a DOCTYPE where it counts or only in a
+    comment or a value, odd case, declarations cut short."""
+    encodings = ["UTF-8", "utf-16", "UTF-16LE", "UTF-16BE", "ISO-8859-1", "windows-1252", "UTF-7", "cp037"]
+    doctypes = ["", PLAIN_DOCTYPE, "<!doctype ClinicalDocument>", "<!-- <!DOCTYPE x> -->", "<!DOCTYPE"]
+
+    @st.composite
+    def build(draw: st.DrawFn) -> bytes:
+        codec = draw(st.sampled_from(encodings))
+        declared = draw(st.sampled_from(["", codec, *encodings]))
+        declaration = f'<?xml version="1.0" encoding="{declared}"?>' if declared else ""
+        declaration = draw(st.sampled_from([declaration, '<?xml version="1.0"?>', "<?xml version=", ""]))
+        body = body_with(draw(st.sampled_from(["x", "&lt;!DOCTYPE x&gt;", "<![CDATA[<!DOCTYPE x>]]>"])))
+        text = f"\n{draw(st.sampled_from(doctypes))}\n{body}"
+        # The declaration in the body's encoding, or in ASCII before a body in another one.
+        head = declaration.encode() if draw(st.booleans()) else declaration.encode(codec)
+        return draw(st.sampled_from([b"", b"\xef\xbb\xbf"])) + head + text.encode(codec)
+
+    return build()
+
+
+@settings(max_examples=300, deadline=None)
+@given(prologs())
+def test_the_bytes_shortcut_never_changes_what_a_document_gives(spec: SourceSpec, data: bytes) -> None:
+    shortcut = parse(spec, data)
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(xml_parser, "_no_doctype_bytes", lambda data: False)
+        parsed_prolog = parse(spec, data)
+
+    assert shortcut == parsed_prolog
+    if xml_parser._no_doctype_bytes(data):
+        assert [reject.rule for reject in shortcut.rejects] != ["xml.doctype"]
 
 
 def test_an_accepted_document_then_still_parses(spec: SourceSpec) -> None:
