@@ -12,8 +12,9 @@ from pathlib import Path
 import pyarrow as pa
 
 from medlake_assets.ingest.archives import unpack
-from medlake_assets.ingest.parsers import parse_member_arrow_pieces
-from medlake_assets.ingest.types import ArchiveRejected, MemberRejected, RecordReject
+from medlake_assets.ingest.parsers import parse_member_pieces
+from medlake_assets.ingest.parsers.csv import ArrowMember
+from medlake_assets.ingest.types import ArchiveRejected, MemberRejected, ParsedMember, RecordReject
 from medlake_assets.spec import SourceSpec
 
 
@@ -99,16 +100,11 @@ def process_archive(
         member = members.pop()
         sent = False  # whether a piece of this member's records went on already
         try:
-            for parsed in parse_member_arrow_pieces(member, spec):
+            for parsed in parse_member_pieces(member, spec):
                 sent = True
                 result.rejects.extend(parsed.rejects)
-                if not parsed.record_count:
-                    continue
-                arrays = [parsed.columns[name] for name in names]
-                arrays += [_repeat(member.name, pa.large_string(), parsed.record_count), parsed.ordinals]
-                piece = pa.Table.from_arrays(arrays, names=[*names, "_member", "_record"])
-                result.records += piece.num_rows
-                pending.add(piece)
+                result.records += parsed.record_count
+                pending.add(parsed, member.name)
         except MemberRejected as rejected:
             result.rejects.append(
                 RecordReject(member.name, None, rejected.line, rejected.rule, rejected.reason, None)
@@ -150,30 +146,67 @@ table. A table per record cost far more than its values: a surge batch of 309 XM
 records) peaked at 986 MB in its bronze step and left 522 MB in the process, against 351 and 297 MB sent
 together (docs/benchmarks.md, "Small members sent on together")."""
 
+LISTED_RECORDS = 8192
+"""Records parsed into lists (HL7 messages, XML documents) held before they are converted to Arrow at once:
+an archive's C-CDA documents together, an HL7 member of thousands of messages alone."""
+
 
 class _Pieces:
-    """An archive's parsed pieces on their way to `send`: a piece of `limit` bytes or more (a CSV member's
-    8 MiB of text) goes alone, smaller ones are joined into tables of about `limit` bytes first."""
+    """An archive's parsed records on their way to `send`: a piece of `limit` bytes or more (a CSV member's
+    8 MiB of text) goes alone, smaller ones are joined into tables of about `limit` bytes first. Records
+    parsed into lists (HL7, XML) are converted to Arrow `LISTED_RECORDS` at a time, not a member at a time:
+    a one-record C-CDA member's conversion cost more than its values (a fifth of parsing the member)."""
 
     def __init__(self, names: list[str], send: Callable[[pa.Table], None], limit: float) -> None:
         self._names, self._send, self._limit = names, send, limit
         self._pieces: list[pa.Table] = []
         self._bytes = 0
+        self._listed: dict[str, list] = {name: [] for name in [*names, "_member", "_record"]}
 
-    def add(self, piece: pa.Table) -> None:
+    def add(self, parsed: ArrowMember | ParsedMember, member: str) -> None:
+        if not parsed.record_count:
+            return
+        if isinstance(parsed, ParsedMember):
+            for name in self._names:
+                self._listed[name] += parsed.columns[name]
+            self._listed["_member"] += [member] * parsed.record_count
+            self._listed["_record"] += parsed.ordinals
+            if len(self._listed["_record"]) >= LISTED_RECORDS:
+                self._convert()
+            return
+        self._convert()  # records stay in archive order
+        arrays = [parsed.columns[name] for name in self._names]
+        arrays += [_repeat(member, pa.large_string(), parsed.record_count), parsed.ordinals]
+        self._add_table(pa.Table.from_arrays(arrays, names=[*self._names, "_member", "_record"]))
+
+    def _convert(self) -> None:
+        if not self._listed["_record"]:
+            return
+        listed = self._listed
+        self._listed = {name: [] for name in listed}
+        arrays = [pa.array(values, pa.large_string()) for name, values in listed.items() if name != "_record"]
+        arrays.append(pa.array(listed["_record"], pa.int64()))
+        self._add_table(pa.Table.from_arrays(arrays, names=list(listed)))
+
+    def _add_table(self, piece: pa.Table) -> None:
         # Not `nbytes`: it looks for buffers shared between columns, 50 us a call for a one-record member's
         # piece (a C-CDA document), 7% of parsing it. A shared buffer counted twice only sends a piece sooner.
         size = piece.get_total_buffer_size()
         if size >= self._limit:
-            self.send()
+            self._flush()
             self._send(piece)
             return
         self._pieces.append(piece)
         self._bytes += size
         if self._bytes >= self._limit:
-            self.send()
+            self._flush()
 
     def send(self) -> None:
+        """Everything held goes on (at the archive's end)."""
+        self._convert()
+        self._flush()
+
+    def _flush(self) -> None:
         if self._pieces:
             pieces = self._pieces
             self._pieces, self._bytes = [], 0

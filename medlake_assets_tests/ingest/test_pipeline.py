@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime
 
 import pyarrow as pa
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,9 +19,10 @@ from medlake_assets.ingest.bronze import bronze_schema
 from medlake_assets.ingest.parsers.csv import ArrowMember, parse_csv, parse_csv_arrow
 from medlake_assets.ingest.pipeline import ArchiveContext, ArchiveWork, bronze_rows, process_archive
 from medlake_assets.ingest.pool import ingest_workers, process_archives
-from medlake_assets.ingest.types import MemberRejected
-from medlake_assets.spec import ColumnSpec, CsvFormat, SourceSpec
+from medlake_assets.ingest.types import MemberRejected, ParsedMember
+from medlake_assets.spec import ColumnSpec, CsvFormat, SourceSpec, load_source
 from medlake_assets_tests.ingest.archive_builders import zip_aes
+from medlake_assets_tests.ingest.test_xml import SOURCES_DIR, Patient, document
 
 COLUMNS = [
     ColumnSpec(name="record_id", source="record_id", nullable=False),
@@ -29,6 +31,7 @@ COLUMNS = [
     ColumnSpec(name="absent", source="not_in_file"),
 ]
 FMT = CsvFormat(null_tokens=["", "NULL"])
+DEFAULTS = SOURCES_DIR / "_defaults.yaml"
 NOTES = ["plain", "Glucose, serum", 'Hb "A1c"', "two\r\nlines", "one\nline", "Müller 5€", "", "NULL", " "]
 
 
@@ -221,7 +224,7 @@ def _context(key: str) -> ArchiveContext:
 def _faulty_parser(monkeypatch: pytest.MonkeyPatch, member: str, *, after_pieces: int) -> None:
     """Fault injection: the parser raises on `member` after sending `after_pieces` of its pieces, with a
     message quoting a value (as Python's codec errors do)."""
-    real = pipeline.parse_member_arrow_pieces
+    real = pipeline.parse_member_pieces
 
     def parse(item, spec):
         pieces = real(item, spec)
@@ -231,7 +234,7 @@ def _faulty_parser(monkeypatch: pytest.MonkeyPatch, member: str, *, after_pieces
             raise UnicodeError("invalid code point in 'SYNTHETIC-VALUE'")
         yield from pieces
 
-    monkeypatch.setattr(pipeline, "parse_member_arrow_pieces", parse)
+    monkeypatch.setattr(pipeline, "parse_member_pieces", parse)
 
 
 def test_a_parser_fault_quarantines_its_member_only_and_names_no_value(
@@ -328,6 +331,55 @@ def test_small_members_reach_the_sink_together_in_archive_order(
         ("m13.csv", "csv.empty"),
     ]
     assert streamed.rejects == whole.rejects
+
+
+@pytest.mark.parametrize(
+    ("listed_records", "piece_bytes", "tables"), [(8192, 2**20, 1), (2, 2**20, 1), (2, 1, 3)]
+)
+def test_documents_parsed_into_lists_reach_the_sink_in_archive_order(
+    monkeypatch: pytest.MonkeyPatch, listed_records: int, piece_bytes: int, tables: int
+) -> None:
+    # One-record C-CDA documents are converted to Arrow `LISTED_RECORDS` at a time, a malformed one among
+    # them rejected alone: the same table, in archive order, however they are grouped.
+    monkeypatch.setattr(pipeline, "LISTED_RECORDS", listed_records)
+    monkeypatch.setattr(pipeline, "PIECE_BYTES", piece_bytes)
+    spec = load_source(SOURCES_DIR / "patient_documents.yaml", yaml.safe_load(DEFAULTS.read_text()))
+    members = {f"ccd_{n:02d}.xml": document(Patient(family=f"Family{n}")) for n in range(7)}
+    members["ccd_03.xml"] = b"<ClinicalDocument"
+    context = _context("landing/patient_documents/2026/01/02/F1/docs.zip")
+    data = zip_aes(members, "pw")
+    received: list[pa.Table] = []
+
+    streamed = process_archive(data, context, spec, password="pw", sink=received.append)
+    whole = process_archive(data, context, spec, password="pw")
+
+    assert (streamed.records, whole.records) == (6, 6)
+    assert len(received) == tables
+    assert pa.concat_tables(received).equals(whole.table)
+    kept = [n for n in range(7) if n != 3]
+    assert whole.table.column("_member").to_pylist() == [f"ccd_{n:02d}.xml" for n in kept]
+    assert whole.table.column("family_name").to_pylist() == [f"Family{n}" for n in kept]
+    assert whole.table.column("_record").to_pylist() == [1] * 6
+    assert [(r.member, r.rule) for r in streamed.rejects] == [("ccd_03.xml", "xml.malformed")]
+
+
+def test_listed_and_arrow_records_keep_their_order_in_one_table() -> None:
+    # A source's members are all of one kind today; were they mixed, the lists held go first.
+    received: list[pa.Table] = []
+    pieces = pipeline._Pieces(["v"], received.append, 2**20)
+    pieces.add(ParsedMember(columns={"v": ["a", None]}, ordinals=[1, 2]), "m1.hl7")
+    arrow = ArrowMember(columns={"v": pa.array(["b"], pa.large_string())}, ordinals=pa.array([1]), rejects=[])
+    pieces.add(arrow, "m2.csv")
+    pieces.add(ParsedMember(columns={"v": ["c"]}, ordinals=[3]), "m3.hl7")
+    pieces.send()
+
+    assert len(received) == 1
+    assert received[0].to_pylist() == [
+        {"v": "a", "_member": "m1.hl7", "_record": 1},
+        {"v": None, "_member": "m1.hl7", "_record": 2},
+        {"v": "b", "_member": "m2.csv", "_record": 1},
+        {"v": "c", "_member": "m3.hl7", "_record": 3},
+    ]
 
 
 def test_worker_processes_return_the_in_process_results_in_input_order() -> None:

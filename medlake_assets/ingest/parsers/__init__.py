@@ -28,26 +28,10 @@ def parse_member(member: Member, spec: SourceSpec) -> ParsedMember:
     raise TypeError(f"source {spec.name}: no parser for format {type(fmt).__name__}")
 
 
-def parse_member_arrow(member: Member, spec: SourceSpec) -> ArrowMember:
-    """The same records as Arrow: CSV straight from Polars when the file is regular, others converted once."""
-    fmt = spec.format
-    if isinstance(fmt, CsvFormat):
-        from medlake_assets.ingest.parsers.csv import parse_csv_arrow
-
-        return parse_csv_arrow(
-            member.data,
-            member=member.name,
-            columns=spec.columns,
-            fmt=fmt,
-            encoding=spec.landing.encoding,
-            fallbacks=spec.landing.encoding_fallbacks,
-        )
-    return ArrowMember.from_parsed(parse_member(member, spec))
-
-
-def parse_member_arrow_pieces(member: Member, spec: SourceSpec) -> Iterator[ArrowMember]:
-    """`parse_member_arrow` in pieces: a large CSV member about 8 MiB of text at a time
-    (`parse_csv_arrow_chunks`), any other member whole. A `MemberRejected` comes before the first piece."""
+def parse_member_pieces(member: Member, spec: SourceSpec) -> Iterator[ArrowMember | ParsedMember]:
+    """A member's records in pieces: a CSV member as Arrow, straight from Polars when the file is regular,
+    about 8 MiB of text at a time (`parse_csv_arrow_chunks`); any other member whole, as lists (converted
+    to Arrow together with other small members', `ingest/pipeline.py`). A `MemberRejected` comes first."""
     fmt = spec.format
     if isinstance(fmt, CsvFormat):
         from medlake_assets.ingest.parsers.csv import parse_csv_arrow_chunks
@@ -61,4 +45,4 @@ def parse_member_arrow_pieces(member: Member, spec: SourceSpec) -> Iterator[Arro
             fallbacks=spec.landing.encoding_fallbacks,
         )
         return
-    yield parse_member_arrow(member, spec)
+    yield parse_member(member, spec)
