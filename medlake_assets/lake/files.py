@@ -55,6 +55,12 @@ def scratch_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
     return pq.ParquetWriter(path, schema, write_statistics=False)
 
 
+def write_scratch(frame: pl.DataFrame, path: Path) -> None:
+    """A frame as a run's scratch file (see `scratch_writer`), uncompressed: Polars' default zstd was a fifth
+    of writing and reading back a silver run's passing rows (on local disk, deleted within the run)."""
+    frame.write_parquet(path, compression="uncompressed", statistics=False)
+
+
 FileReader = Callable[[Sequence[str] | None], pa.Table]
 """Reads one planned data file: all its rows, of every column or only of the named ones."""
 

@@ -38,7 +38,7 @@ from medlake_assets.ingest.bronze import bronze_table, quarantine_table
 from medlake_assets.lake import Lake
 from medlake_assets.lake.columns import LINEAGE_COLUMNS, MERGE_COLUMNS
 from medlake_assets.lake.commits import BATCH_PROPERTY
-from medlake_assets.lake.files import StagedFiles, replace_with_files
+from medlake_assets.lake.files import StagedFiles, replace_with_files, write_scratch
 from medlake_assets.silver.chunks import Chunks, spill_chunks
 from medlake_assets.silver.merge import Chunk, merge_chunks
 from medlake_assets.silver.quality.gate import evaluate, facility_gate, metadata_version
@@ -285,7 +285,7 @@ def _audit_and_quarantine(
         for number, path in enumerate(chunks.paths):
             passed = _audit_chunk(pl.read_parquet(path), spec, schema, result, audit, rejects)
             audit.passed.append(folder / f"passed-{number:05d}.parquet")
-            passed.write_parquet(audit.passed[-1])
+            write_scratch(passed, audit.passed[-1])
             path.unlink()
     except BaseException:
         rejects.discard()

@@ -68,6 +68,7 @@ from medlake_assets.lake.files import (
     commit_files,
     planned_files,
     scratch_writer,
+    write_scratch,
 )
 from medlake_assets.lake.partitions import iceberg_literal, parse_partition, partition_by_of
 
@@ -528,14 +529,14 @@ def _spill_changes(
             changes = chunk()
             path, distinct = scratch / f"changes-{number}.parquet", changes.select(key).unique()
             if not changes.is_empty():
-                changes.write_parquet(path)
+                write_scratch(changes, path)
             del changes
         if distinct.is_empty():
             continue
         files[number] = path
         distinct = distinct.sort(key[0])
         keys.append(scratch / f"keys-{number}.parquet")
-        distinct.with_columns(pl.lit(number, pl.Int64).alias(_CHUNK)).write_parquet(keys[-1])
+        write_scratch(distinct.with_columns(pl.lit(number, pl.Int64).alias(_CHUNK)), keys[-1])
         prefixes.append(distinct.select(_prefix_hash(key)).unique())
         del distinct
     if not keys:
