@@ -10,8 +10,7 @@ Batches are sized by the backlog: a source's new archives are claimed only when 
 `ingest_landed` run holding that source is queued or running, and none of its earlier batches still waits
 for a run. So everything that landed meanwhile goes into the next run as one batch (a few archives at a
 quiet hour, hundreds in a surge), and the run queue never holds more runs than `runs_in_flight`
-(backpressure: the backlog waits in the ledger, not as a pile of small queued runs), but for one run of
-batches already cut that waits for the next free worker (`run_ahead`). A claim on every tick
+(backpressure: the backlog waits in the ledger, not as a pile of small queued runs). A claim on every tick
 instead would cut a source's backlog into a small batch per tick; a run takes one batch per source, so that
 source would stay as many runs behind as it had batches (the soak's archives that waited minutes).
 """
@@ -106,23 +105,6 @@ def runnable_batches(instance: dg.DagsterInstance, ledger: Ledger, source: str) 
         if not any(run.status in IN_FLIGHT for run in runs) and len(counted(runs)) < MAX_ATTEMPTS:
             found.append((batch, len(runs)))
     return found
-
-
-def run_ahead(
-    instance: dg.DagsterInstance,
-    ledger: Ledger,
-    specs: Sequence[SourceSpec],
-    in_flight: Sequence[dg.DagsterRun],
-) -> list[dg.RunRequest]:
-    """While every worker runs an `ingest_landed` run and none waits for one, one run of the batches already
-    cut (a surge's backlog is claimed in several batches at once) waits in the queue: the next run starts as
-    soon as a worker is free, not a sensor tick later and not after a report run queued meanwhile (ingest runs
-    are dequeued first). Nothing new is claimed for it, so batches are cut exactly as without it; each
-    table's pool keeps the run queued until the run writing the same tables ends."""
-    if any(run.status != dg.DagsterRunStatus.STARTED for run in in_flight):
-        return []
-    waiting = {spec.name: runnable_batches(instance, ledger, spec.name) for spec in specs}
-    return flow_run_requests(specs, {name: batches for name, batches in waiting.items() if batches}, 1)
 
 
 def flow_run_requests(
@@ -241,9 +223,7 @@ def build_flow_defs(
             ]
             for name, batches in waiting.items()
         }
-        requests = flow_run_requests(specs, runnable, free_runs) or (
-            run_ahead(context.instance, opened.ledger, specs, in_flight) if free_runs < 1 else []
-        )
+        requests = flow_run_requests(specs, runnable, free_runs)
         if scan.registered or scan.quarantined or requests:
             context.log.info(
                 f"{scan.registered} new archives, {scan.quarantined} quarantined at landing, "

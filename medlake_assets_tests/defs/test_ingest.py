@@ -144,9 +144,7 @@ def batch_ids(request: dg.RunRequest) -> set[str]:
     return {value for key, value in request.tags.items() if key.startswith("medlake/batch/")}
 
 
-def three_archives_a_run(tmp_path):
-    """Feeds of every source and the project's definitions with runs of at most 3 archives per source, so
-    that the landing day's backlog is cut into several batches of each source."""
+def test_landing_sensor_sizes_batches_by_backlog_one_run_per_cycle(tmp_path, archive_password):
     sources_dir = tmp_path / "sources"
     shutil.copytree(SOURCES_DIR, sources_dir)
     defaults = (
@@ -159,11 +157,8 @@ def three_archives_a_run(tmp_path):
     manifest = write_feeds(home, **{**GENERATION, "bad_rate": 0.0})
     settings = local_settings(home, MEDLAKE_SOURCES_DIR=str(sources_dir))
     defs = build_definitions(settings)
-    return manifest, defs, open_lake(settings), defs.resolve_job_def(FLOW_JOB)
-
-
-def test_landing_sensor_sizes_batches_by_backlog_one_run_per_cycle(tmp_path, archive_password):
-    manifest, defs, lake, job = three_archives_a_run(tmp_path)
+    lake = open_lake(settings)
+    job = defs.resolve_job_def(FLOW_JOB)
     with dg.instance_for_test() as instance:
         result = _tick(defs, instance, json.dumps({"since": DAY.isoformat()}))
         # One run for the landing day, carrying the oldest batch (<= 3 archives) of every source, into
@@ -221,34 +216,6 @@ def test_landing_sensor_sizes_batches_by_backlog_one_run_per_cycle(tmp_path, arc
         assert batch_ids(again) == batch_ids(request)
         earlier_keys = {run.tags.get("dagster/run_key") for run in instance.get_runs()} | {request.run_key}
         assert again.run_key not in earlier_keys | {retry.run_key}
-
-
-def test_while_a_run_runs_one_run_of_the_batches_already_cut_waits_for_the_worker(tmp_path, archive_password):
-    """A surge's backlog is claimed in several batches at once. While a run of the first ones runs, a run of
-    the next ones is queued (ahead of report runs), so that it starts as soon as the worker is free; no more
-    than one waits, and nothing new is claimed for it."""
-    manifest, defs, lake, job = three_archives_a_run(tmp_path)
-    with dg.instance_for_test() as instance:
-        [first] = _tick(defs, instance, json.dumps({"since": DAY.isoformat()})).run_requests
-        cursor = json.dumps({"since": DAY.isoformat()})
-        claimed = {source: lake.ledger.unfinished_batches(source) for source in manifest["sources"]}
-        assert all(len(batches) >= 2 for batches in claimed.values())
-        assert batch_ids(first) == {batches[0].batch_id for batches in claimed.values()}
-        running = instance.create_run_for_job(
-            job, run_config=first.run_config, tags=first.tags, status=dg.DagsterRunStatus.STARTED
-        )
-
-        [ahead] = _tick(defs, instance, cursor).run_requests
-        assert batch_ids(ahead) == {batches[1].batch_id for batches in claimed.values()}
-        assert ahead.tags["dagster/priority"] == "10"
-        assert {source: lake.ledger.unfinished_batches(source) for source in manifest["sources"]} == claimed
-
-        instance.create_run_for_job(
-            job, run_config=ahead.run_config, tags=ahead.tags, status=dg.DagsterRunStatus.NOT_STARTED
-        )
-        assert _tick(defs, instance, cursor).run_requests == []  # one waits already
-        instance.report_run_failed(running, "simulated")
-        assert _tick(defs, instance, cursor).run_requests == []  # the queued one takes the worker
 
 
 def test_archives_landing_while_a_run_is_in_flight_wait_unclaimed_and_go_into_one_batch(
