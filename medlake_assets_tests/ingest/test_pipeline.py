@@ -112,6 +112,7 @@ def test_exact_values_through_polars() -> None:
         "record_id,Note,flag\rR1,a,b\rR2,c,d\r",  # old-Mac line ends
         "\n\nrecord_id,Note,flag\nR1,a,b\n",  # blank lines before the header
         'record_id,Note,flag\nR1,"unterminated,b\nR2,c,d\n',
+        "record_id,Note,flag\nR1,a,b\nR2,c,d,",  # an extra empty field, and no line end after it
     ],
     ids=[
         "ragged",
@@ -122,6 +123,7 @@ def test_exact_values_through_polars() -> None:
         "cr",
         "leading-blank",
         "unterminated",
+        "extra-field-at-end",
     ],
 )
 def test_anything_polars_might_read_differently_falls_back(text: str) -> None:

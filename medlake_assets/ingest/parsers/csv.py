@@ -305,6 +305,10 @@ def _read_with_polars(
     encoded = text.encode()
     if has_control_characters(encoded):
         return None
+    if not encoded.endswith(b"\n"):
+        # Polars drops a last record's trailing empty field when no line end follows it (`a,b,` read as two
+        # fields where the standard library reads three): with one, it reads the record as a ragged line.
+        encoded += b"\n"
     # The header (or first record) and the declared positions exactly as the standard library path finds
     # them, MemberRejected included; only the first record is split here. A later piece of a member has
     # the member's layout and starts with a record.
