@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -147,8 +147,9 @@ records) peaked at 986 MB in its bronze step and left 522 MB in the process, aga
 together (docs/benchmarks.md, "Small members sent on together")."""
 
 LISTED_RECORDS = 8192
-"""Records parsed into lists (HL7 messages, XML documents) held before they are converted to Arrow at once:
-an archive's C-CDA documents together, an HL7 member of thousands of messages alone."""
+"""Records parsed into lists (HL7 messages, XML documents) held before they are converted to Arrow at once
+(an archive's C-CDA documents together); a member of as many is converted alone, its lists not copied (an
+HL7 member of 600k messages: 86 MB of list slots)."""
 
 
 class _Pieces:
@@ -164,9 +165,10 @@ class _Pieces:
         self._listed: dict[str, list] = {name: [] for name in [*names, "_member", "_record"]}
 
     def add(self, parsed: ArrowMember | ParsedMember, member: str) -> None:
+        """One member's records (or a piece of them), in archive order."""
         if not parsed.record_count:
             return
-        if isinstance(parsed, ParsedMember):
+        if isinstance(parsed, ParsedMember) and parsed.record_count < LISTED_RECORDS:
             for name in self._names:
                 self._listed[name] += parsed.columns[name]
             self._listed["_member"] += [member] * parsed.record_count
@@ -174,19 +176,24 @@ class _Pieces:
             if len(self._listed["_record"]) >= LISTED_RECORDS:
                 self._convert()
             return
-        self._convert()  # records stay in archive order
+        self._convert()  # the records held go first
+        if isinstance(parsed, ParsedMember):  # a large member alone: its lists are not copied into ours
+            self._add_listed(parsed.columns, [member] * parsed.record_count, parsed.ordinals)
+            return
         arrays = [parsed.columns[name] for name in self._names]
         arrays += [_repeat(member, pa.large_string(), parsed.record_count), parsed.ordinals]
         self._add_table(pa.Table.from_arrays(arrays, names=[*self._names, "_member", "_record"]))
 
     def _convert(self) -> None:
-        if not self._listed["_record"]:
-            return
-        listed = self._listed
-        self._listed = {name: [] for name in listed}
-        arrays = [pa.array(values, pa.large_string()) for name, values in listed.items() if name != "_record"]
-        arrays.append(pa.array(listed["_record"], pa.int64()))
-        self._add_table(pa.Table.from_arrays(arrays, names=list(listed)))
+        if self._listed["_record"]:
+            listed = self._listed
+            self._listed = {name: [] for name in listed}
+            self._add_listed(listed, listed["_member"], listed["_record"])
+
+    def _add_listed(self, columns: Mapping[str, list], members: list[str], ordinals: list[int]) -> None:
+        arrays = [pa.array(columns[name], pa.large_string()) for name in self._names]
+        arrays += [pa.array(members, pa.large_string()), pa.array(ordinals, pa.int64())]
+        self._add_table(pa.Table.from_arrays(arrays, names=[*self._names, "_member", "_record"]))
 
     def _add_table(self, piece: pa.Table) -> None:
         # Not `nbytes`: it looks for buffers shared between columns, 50 us a call for a one-record member's

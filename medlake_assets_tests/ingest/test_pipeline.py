@@ -304,6 +304,15 @@ def test_bronze_rows_add_lineage_in_schema_order_and_skip_quarantined_archives()
     assert rows.column("record_id").to_pylist() == ["R00000", "R00001", "R00002", "R1"]
 
 
+def streamed_and_whole(
+    data: bytes, context: ArchiveContext, spec: SourceSpec
+) -> tuple[pipeline.ArchiveResult, pipeline.ArchiveResult, list[pa.Table]]:
+    """An archive processed twice: its records sent to a sink piece by piece (and those pieces), and kept."""
+    received: list[pa.Table] = []
+    streamed = process_archive(data, context, spec, password="pw", sink=received.append)
+    return streamed, process_archive(data, context, spec, password="pw"), received
+
+
 @pytest.mark.parametrize(("piece_bytes", "tables"), [(2**20, 1), (1, 12)])
 def test_small_members_reach_the_sink_together_in_archive_order(
     monkeypatch: pytest.MonkeyPatch, piece_bytes: int, tables: int
@@ -316,11 +325,7 @@ def test_small_members_reach_the_sink_together_in_archive_order(
     members["m05.csv"] = b"record_id,Note,flag\nR1,a,b\nR2\n"
     members["m13.csv"] = b""
     spec, context = _spec(("zip",)), _context("landing/notes/2026/01/02/F1/docs.zip")
-    data = zip_aes(members, "pw")
-    received: list[pa.Table] = []
-
-    streamed = process_archive(data, context, spec, password="pw", sink=received.append)
-    whole = process_archive(data, context, spec, password="pw")
+    streamed, whole, received = streamed_and_whole(zip_aes(members, "pw"), context, spec)
 
     assert (streamed.records, whole.records) == (23, 23)
     assert len(received) == tables
@@ -349,11 +354,7 @@ def test_documents_parsed_into_lists_reach_the_sink_in_archive_order(
     members = {f"ccd_{n:02d}.xml": document(Patient(family=f"Family{n}")) for n in range(7)}
     members["ccd_03.xml"] = b"<ClinicalDocument"
     context = _context("landing/patient_documents/2026/01/02/F1/docs.zip")
-    data = zip_aes(members, "pw")
-    received: list[pa.Table] = []
-
-    streamed = process_archive(data, context, spec, password="pw", sink=received.append)
-    whole = process_archive(data, context, spec, password="pw")
+    streamed, whole, received = streamed_and_whole(zip_aes(members, "pw"), context, spec)
 
     assert (streamed.records, whole.records) == (6, 6)
     assert len(received) == tables
@@ -365,23 +366,28 @@ def test_documents_parsed_into_lists_reach_the_sink_in_archive_order(
     assert [(r.member, r.rule) for r in streamed.rejects] == [("ccd_03.xml", "xml.malformed")]
 
 
-def test_listed_and_arrow_records_keep_their_order_in_one_table() -> None:
-    # A source's members are all of one kind today; were they mixed, the lists held go first.
+def test_listed_and_arrow_records_keep_their_order_in_one_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Small listed members are held, a large one goes alone after them, an Arrow piece after those (a
+    # source's members are all of one kind today; were they mixed, the order would hold).
+    monkeypatch.setattr(pipeline, "LISTED_RECORDS", 2)
     received: list[pa.Table] = []
     pieces = pipeline._Pieces(["v"], received.append, 2**20)
-    pieces.add(ParsedMember(columns={"v": ["a", None]}, ordinals=[1, 2]), "m1.hl7")
-    arrow = ArrowMember(columns={"v": pa.array(["b"], pa.large_string())}, ordinals=pa.array([1]), rejects=[])
+    pieces.add(ParsedMember(columns={"v": ["a"]}, ordinals=[1]), "m0.hl7")
+    pieces.add(ParsedMember(columns={"v": ["b", None]}, ordinals=[1, 2]), "m1.hl7")
+    arrow = ArrowMember(columns={"v": pa.array(["c"], pa.large_string())}, ordinals=pa.array([1]), rejects=[])
     pieces.add(arrow, "m2.csv")
-    pieces.add(ParsedMember(columns={"v": ["c"]}, ordinals=[3]), "m3.hl7")
+    pieces.add(ParsedMember(columns={"v": ["d"]}, ordinals=[3]), "m3.hl7")
     pieces.send()
 
     assert len(received) == 1
     assert received[0].to_pylist() == [
-        {"v": "a", "_member": "m1.hl7", "_record": 1},
+        {"v": "a", "_member": "m0.hl7", "_record": 1},
+        {"v": "b", "_member": "m1.hl7", "_record": 1},
         {"v": None, "_member": "m1.hl7", "_record": 2},
-        {"v": "b", "_member": "m2.csv", "_record": 1},
-        {"v": "c", "_member": "m3.hl7", "_record": 3},
+        {"v": "c", "_member": "m2.csv", "_record": 1},
+        {"v": "d", "_member": "m3.hl7", "_record": 3},
     ]
+    assert all(column.num_chunks == 1 for column in received[0].columns)
 
 
 def test_worker_processes_return_the_in_process_results_in_input_order() -> None:
