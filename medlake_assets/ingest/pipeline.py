@@ -105,6 +105,7 @@ def process_archive(
                 result.rejects.extend(parsed.rejects)
                 result.records += parsed.record_count
                 pending.add(parsed, member.name)
+                del parsed  # converted: a large HL7 member's lists (hundreds of MB) go before the next member
         except MemberRejected as rejected:
             result.rejects.append(
                 RecordReject(member.name, None, rejected.line, rejected.rule, rejected.reason, None)
