@@ -149,15 +149,15 @@ together (docs/benchmarks.md, "Small members sent on together")."""
 
 LISTED_RECORDS = 8192
 """Records parsed into lists (HL7 messages, XML documents) held before they are converted to Arrow at once
-(an archive's C-CDA documents together); a member of as many is converted alone, its lists not copied (an
-HL7 member of 600k messages: 86 MB of list slots)."""
+(an archive's C-CDA documents together); a member of as many is converted alone, its lists not copied (the
+bench-memory ADT archives peaked 140 MB higher with every member's lists copied)."""
 
 
 class _Pieces:
     """An archive's parsed records on their way to `send`: a piece of `limit` bytes or more (a CSV member's
     8 MiB of text) goes alone, smaller ones are joined into tables of about `limit` bytes first. Records
     parsed into lists (HL7, XML) are converted to Arrow `LISTED_RECORDS` at a time, not a member at a time:
-    a one-record C-CDA member's conversion cost more than its values (a fifth of parsing the member)."""
+    a one-record C-CDA member's conversion cost more than its values (a sixth of parsing the member)."""
 
     def __init__(self, names: list[str], send: Callable[[pa.Table], None], limit: float) -> None:
         self._names, self._send, self._limit = names, send, limit

@@ -170,7 +170,7 @@ def _no_doctype_bytes(data: bytes) -> bool:
 
 def _has_doctype(data: bytes) -> bool:
     """Whether the prolog declares a DOCTYPE; reads only up to the root element's start tag, and nothing
-    when the bytes already say there is none (`_no_doctype_bytes`: most documents; a fifth of parsing one).
+    when the bytes already say there is none (`_no_doctype_bytes`: most documents; a sixth of parsing one).
 
     Raises `etree.XMLSyntaxError` when the prolog itself is not well-formed (or there is no root element).
     """
