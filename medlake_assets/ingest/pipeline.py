@@ -182,8 +182,7 @@ class _Pieces:
             self._add_listed(parsed.columns, [member] * parsed.record_count, parsed.ordinals)
             return
         arrays = [parsed.columns[name] for name in self._names]
-        arrays += [_repeat(member, pa.large_string(), parsed.record_count), parsed.ordinals]
-        self._add_table(pa.Table.from_arrays(arrays, names=[*self._names, "_member", "_record"]))
+        self._add([*arrays, _repeat(member, pa.large_string(), parsed.record_count), parsed.ordinals])
 
     def _convert(self) -> None:
         if self._listed["_record"]:
@@ -193,10 +192,11 @@ class _Pieces:
 
     def _add_listed(self, columns: Mapping[str, list], members: list[str], ordinals: list[int]) -> None:
         arrays = [pa.array(columns[name], pa.large_string()) for name in self._names]
-        arrays += [pa.array(members, pa.large_string()), pa.array(ordinals, pa.int64())]
-        self._add_table(pa.Table.from_arrays(arrays, names=[*self._names, "_member", "_record"]))
+        self._add([*arrays, pa.array(members, pa.large_string()), pa.array(ordinals, pa.int64())])
 
-    def _add_table(self, piece: pa.Table) -> None:
+    def _add(self, arrays: list[pa.Array]) -> None:
+        """A piece: the declared columns, then `_member` and `_record`."""
+        piece = pa.Table.from_arrays(arrays, names=[*self._names, "_member", "_record"])
         # Not `nbytes`: it looks for buffers shared between columns, 50 us a call for a one-record member's
         # piece (a C-CDA document), 7% of parsing it. A shared buffer counted twice only sends a piece sooner.
         size = piece.get_total_buffer_size()

@@ -529,6 +529,28 @@ def test_a_doctype_is_refused_in_any_encoding(spec: SourceSpec, data: bytes) -> 
     assert_single_reject(parse(spec, data), spec, "xml.doctype")
 
 
+@pytest.mark.parametrize(
+    ("data", "skipped"),
+    [
+        (document(Patient()), True),
+        (document(Patient(family="Müller"), encoding="ISO-8859-1"), True),
+        (clinical_document(Patient()).encode(), True),  # no declaration: UTF-8
+        (document(Patient(), encoding="UTF-16"), False),
+        (f'<?xml version="1.0"?>\n<!-- <!DOCTYPE x> -->\n{body_with("x")}'.encode(), False),
+    ],
+    ids=["utf-8", "latin-1", "undeclared", "utf-16", "doctype-in-a-comment"],
+)
+def test_the_prolog_parse_is_skipped_for_the_documents_feeds_send(
+    spec: SourceSpec, data: bytes, skipped: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scanner, prolog_parses = xml_parser._PrologScanner, []
+    monkeypatch.setattr(xml_parser, "_PrologScanner", lambda: prolog_parses.append(data) or scanner())
+    parsed = parse(spec, data)
+
+    assert (prolog_parses == []) is skipped
+    assert parsed.rejects == [] and len(parsed.ordinals) == 1
+
+
 def prologs() -> st.SearchStrategy[bytes]:
     """Documents whose prolog varies the ways a DOCTYPE could hide from a look at the bytes: encodings
     declared or marked (wide, EBCDIC, UTF-7, ASCII-compatible), a DOCTYPE where it counts or only in a
