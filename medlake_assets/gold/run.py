@@ -29,6 +29,8 @@ from medlake_assets.silver.tables import ensure_table
 from medlake_assets.spec.access import FACILITY_COLUMNS, Access, facility_column, load_access
 
 RESULT_VIEW = "report_result"
+# The namespaces whose names are Iceberg tables; `meta.*` (the ledger) is attached to every connection.
+TABLE_NAMESPACES = frozenset({"bronze", "silver", "gold", "quarantine"})
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,15 @@ class ReportRun:
     seconds: float
     rendered: RenderedReport
     customer_pages: CustomerPages
+
+
+def views_read(report: ReportSpec) -> bool | list[str]:
+    """The `namespace.table` views the report's SQL reads, for `connect(tables=...)`; every view (True) when
+    it names anything else, e.g. `silver_deid.*` (built over silver) or a table without its namespace."""
+    reads = [(namespace, table) for namespace, table in report.reads if namespace != "meta"]
+    if any(namespace not in TABLE_NAMESPACES for namespace, _ in reads):
+        return True
+    return [f"{namespace}.{table}" for namespace, table in reads]
 
 
 def query_report(
@@ -215,7 +226,7 @@ def run_report(
         raise ValueError(f"report {report.name}: a partitioned report runs for a window, any other without")
     started = time.perf_counter()
     as_of = as_of or datetime.now(UTC)
-    rows = query_report(connect(lake), report, as_of, window)
+    rows = query_report(connect(lake, tables=views_read(report)), report, as_of, window)
     checks = evaluate_checks(rows, report.header.checks)
     snapshot_id = write_gold(lake.catalog, report, rows, window)
     partition = window.label if window else partition_name(as_of)

@@ -3,12 +3,15 @@ report whose columns changed gets its table recreated."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
 
-from medlake_assets.gold.run import evaluate_checks, write_gold
+from medlake_assets.gold.run import evaluate_checks, query_report, views_read, write_gold
 from medlake_assets.gold.spec import load_report
+from medlake_assets.serving.sql import connect, relations
+from medlake_assets.silver.tables import ensure_table
 from medlake_assets_tests.lake_helpers import local_settings, open_lake, table_rows
 
 HEADER = """-- description: test report
@@ -62,3 +65,23 @@ def test_write_replaces_and_recreates_on_new_columns(tmp_path):
         pa.table({"facility": pa.array([], pa.string()), "beds": pa.array([], pa.int64())}),
     )
     assert table_rows(lake, "gold.sample").num_rows == 0
+
+
+def test_a_report_connects_only_the_tables_it_reads(tmp_path):
+    lake = open_lake(local_settings(tmp_path / "home"))
+    for name, rows in [("silver.read_me", 3), ("silver.other", 5)]:
+        ensure_table(lake.catalog, name, pa.schema([("n", pa.int64())]), []).append(
+            pa.table({"n": list(range(rows))})
+        )
+    path = tmp_path / "counts.sql"
+    path.write_text("-- description: t\n-- schedule: daily\nSELECT count(*) AS n FROM silver.read_me\n")
+    spec = load_report(path)
+    assert views_read(spec) == ["silver.read_me"]
+    con = connect(lake, tables=views_read(spec))
+    names = relations(con)
+    assert "silver.read_me" in names and "silver.other" not in names
+    assert "meta.files" in names, "the ledger is there for any report"
+    assert query_report(con, spec, datetime.now(UTC)).to_pylist() == [{"n": 3}]
+    # Anything but a table or the ledger gets every view: silver_deid.* is built over all of silver.
+    path.write_text("-- description: t\n-- schedule: daily\nSELECT count(*) AS n FROM silver_deid.read_me\n")
+    assert views_read(load_report(path)) is True
