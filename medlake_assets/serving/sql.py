@@ -183,11 +183,11 @@ def connect(
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     con.execute(f"SET extension_directory = {_quote(str(lake.settings.home / 'duckdb_extensions'))}")
     ledger_url = ledger_url or lake.settings.catalog_url
-    every = tables is True
+    only = None if isinstance(tables, bool) else set(tables)  # None: every table, or none
     if extensions is None:
-        if every:
+        if tables is True:
             extensions = EXTENSIONS
-        elif tables:
+        elif only:
             extensions = needed_extensions(lake.settings.warehouse, ledger_url)
         else:
             extensions = [ledger_extension(ledger_url)]
@@ -197,11 +197,11 @@ def connect(
     if tables:
         if lake.settings.warehouse.startswith("s3://"):
             _configure_s3(con, lake.settings.s3_endpoint_url)
-        _create_views(con, lake.catalog, as_of, None if every else set(tables))  # type: ignore[arg-type]
+        _create_views(con, lake.catalog, as_of, only)
     _ = lake.ledger  # opening the ledger creates its tables on a lake nothing reached yet
     _attach_ledger(con, ledger_url)
     register_freshness_view(con, lake.sources)  # meta.freshness: each facility's cadence, lag and limit
-    if every and deid_configured():
+    if tables is True and deid_configured():
         register_deid_views(con, lake.sources)  # silver_deid.*: needs the secret MEDLAKE_DEID_KEY
     return con
 

@@ -115,7 +115,8 @@ class IngestBenchmark:
             ),
             ("hours of production traffic per wall-clock hour", f"{self.production_hours_per_hour:.1f}"),
             (
-                "then silver: type, check, merge the whole day (not in the ratios)",
+                "then silver's automation: the runs it still asks for (none when every run took its "
+                "batches to silver; not in the ratios)",
                 f"{self.silver_seconds:.2f} s in {self.silver_runs} runs, "
                 f"peak RSS {self.silver_peak_rss_mb:.0f} MB",
             ),
