@@ -22,6 +22,7 @@ from medlake_assets.gold.render import RenderedReport, customer_prefix, partitio
 from medlake_assets.gold.spec import NotNullCheck, RangeCheck, ReportCheck, ReportSpec, check_name
 from medlake_assets.ingest.bronze import ALL_ROWS, replace_rows
 from medlake_assets.lake import Lake
+from medlake_assets.lake.catalog import NAMESPACES
 from medlake_assets.lake.objectstore import ObjectStore
 from medlake_assets.serving.sql import connect
 from medlake_assets.serving.tenancy import facility_rows
@@ -29,8 +30,6 @@ from medlake_assets.silver.tables import ensure_table
 from medlake_assets.spec.access import FACILITY_COLUMNS, Access, facility_column, load_access
 
 RESULT_VIEW = "report_result"
-# The namespaces whose names are Iceberg tables; `meta.*` (the ledger) is attached to every connection.
-TABLE_NAMESPACES = frozenset({"bronze", "silver", "gold", "quarantine"})
 
 
 @dataclass(frozen=True)
@@ -82,7 +81,7 @@ def views_read(report: ReportSpec) -> bool | list[str]:
     """The `namespace.table` views the report's SQL reads, for `connect(tables=...)`; every view (True) when
     it names anything else, e.g. `silver_deid.*` (built over silver) or a table without its namespace."""
     reads = [(namespace, table) for namespace, table in report.reads if namespace != "meta"]
-    if any(namespace not in TABLE_NAMESPACES for namespace, _ in reads):
+    if any(namespace not in NAMESPACES for namespace, _ in reads):  # `meta.*` is on every connection
         return True
     return [f"{namespace}.{table}" for namespace, table in reads]
 
