@@ -152,6 +152,27 @@ def test_an_oversized_field_falls_back_to_the_malformed_reject() -> None:
     assert fast.columns["record_id"].to_pylist() == ["R2"]
 
 
+def test_a_field_under_the_limit_in_characters_but_not_in_bytes_stays_on_polars_path() -> None:
+    long_note = "é" * (csv.field_size_limit() // 2 + 1)  # two bytes a character in UTF-8
+    text = f"record_id,Note,flag\nR1,{long_note},b\nR2,c,NULL\n"
+
+    fast, reference = both(text.encode())
+
+    assert fast.fast
+    assert len(long_note.encode()) > csv.field_size_limit() > len(long_note)
+    assert (
+        as_lists(fast)
+        == reference.columns
+        == {
+            "record_id": ["R1", "R2"],
+            "note": [long_note, "c"],
+            "flag": ["b", None],
+            "absent": [None, None],
+        }
+    )
+    assert fast.rejects == reference.rejects == []
+
+
 FIELD = st.text(alphabet='ab ,"\nNUL', max_size=6)
 QUOTING = st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL, csv.QUOTE_NONNUMERIC])
 

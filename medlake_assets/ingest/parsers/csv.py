@@ -23,6 +23,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from itertools import compress
 from operator import itemgetter
 from typing import TYPE_CHECKING
 
@@ -41,6 +42,8 @@ from medlake_assets.spec.models import ColumnSpec, CsvFormat
 
 if TYPE_CHECKING:
     from _csv import Reader
+
+    import polars as pl
 
 
 def parse_csv(
@@ -340,24 +343,36 @@ def _read_with_polars(
         return None
     if tuple("" if value is None else value for value in frame.row(0)) != tuple(first_row):
         return None
-    longest = frame.select(pl.max_horizontal(pl.all().str.len_chars().max())).item()
-    if (longest or 0) >= csv.field_size_limit():
+    limit = csv.field_size_limit()
+    # A value has at least as many bytes as characters: they are counted only when its bytes reach the limit.
+    if (
+        _longest(frame, pl.all().str.len_bytes()) >= limit
+        and _longest(frame, pl.all().str.len_chars()) >= limit
+    ):
         return None
 
     records = frame.slice(1) if header_here else frame
     nulls = list(fmt.null_tokens)
+    declared = {column.name: index for column in columns if (index := positions[column.name]) is not None}
+    # Only a column holding a null token (or, when "" is not one, Polars' null for an unquoted empty field,
+    # the reader's "") is mapped: the others, most of them, go on as read (a third of the selection's time).
+    indexes = sorted(set(declared.values()))
+    holds = [pl.nth(index).is_in(nulls).any() for index in indexes]
+    if "" not in nulls:
+        holds = [held | pl.nth(index).is_null().any() for held, index in zip(holds, indexes, strict=True)]
+    mapped = set(compress(indexes, records.select(holds).row(0))) if indexes else set()
 
     def value(index: int) -> pl.Expr:
         received = pl.nth(index)
-        if "" not in nulls:  # Polars' null for an unquoted empty field is the reader's ""
+        if index not in mapped:
+            return received
+        if "" not in nulls:
             received = received.fill_null("")
         return pl.when(received.is_in(nulls)).then(None).otherwise(received) if nulls else received
 
-    declared = {column.name: index for column in columns if (index := positions[column.name]) is not None}
     # Arrow's large strings straight from Polars (its oldest layout), not its string views cast again.
-    table = records.select([value(index).alias(name) for name, index in declared.items()]).to_arrow(
-        compat_level=pl.CompatLevel.oldest()
-    )
+    selected = [value(index).alias(name) for name, index in declared.items()]
+    table = records.select(selected).to_arrow(compat_level=pl.CompatLevel.oldest())
     count = len(records)
     found = {name: table.column(name).combine_chunks().cast(pa.large_string()) for name in declared}
     return ArrowMember(
@@ -368,6 +383,11 @@ def _read_with_polars(
         rejects=[],
         fast=True,
     )
+
+
+def _longest(frame: pl.DataFrame, lengths: pl.Expr) -> int:
+    """The largest of `lengths` (a length per value of every column) in `frame`, 0 for none."""
+    return frame.select(lengths.max()).max_horizontal().item() or 0
 
 
 def _lone_crs(text: str) -> int:
