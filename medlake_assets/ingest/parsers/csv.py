@@ -374,8 +374,10 @@ def _read_with_polars(
     # one chunk of views (the reader's 17 chunks of a lab piece took twice as long to convert and join).
     selected = [value(index).alias(name) for name, index in declared.items()]
     table = records.select(selected).rechunk().to_arrow(compat_level=pl.CompatLevel.oldest())
+    # A table's `combine_chunks` keeps a column of one chunk as it is (a column's own copies it again).
+    table = table.combine_chunks()
     count = len(records)
-    found = {name: table.column(name).combine_chunks().cast(pa.large_string()) for name in declared}
+    found = {name: table.column(name).chunk(0).cast(pa.large_string()) for name in declared}
     return ArrowMember(
         columns={
             column.name: found.get(column.name, pa.nulls(count, pa.large_string())) for column in columns
