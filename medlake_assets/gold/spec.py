@@ -35,6 +35,7 @@ from sqlglot import exp
 
 from medlake_assets.errors import MedlakeError
 from medlake_assets.lake.partitions import parse_partition
+from medlake_assets.spec.loader import parse_yaml
 
 IDENTIFIER = r"^[a-z][a-z0-9_]*$"
 Schedule = Literal["hourly", "daily", "weekly", "nightly", "on_update"]
@@ -175,12 +176,17 @@ def split_header(text: str) -> tuple[str, str]:
     return header, "\n".join(lines[count:]).strip()
 
 
-def tables_read(sql: str) -> tuple[tuple[str, str], ...]:
-    """Every `namespace.table` the SQL reads, sorted; CTE names and table functions are not tables."""
+def parse_query(sql: str) -> exp.Query:
+    """The SQL's one query, parsed once for every check of it (a report's parse is most of its load)."""
     statements = [statement for statement in sqlglot.parse(sql, dialect="duckdb") if statement is not None]
     if len(statements) != 1 or not isinstance(statements[0], exp.Query):
         raise ValueError("the SQL must be exactly one query (SELECT / WITH ... SELECT)")
-    query = statements[0]
+    return statements[0]
+
+
+def tables_read(sql: str | exp.Query) -> tuple[tuple[str, str], ...]:
+    """Every `namespace.table` the SQL reads, sorted; CTE names and table functions are not tables."""
+    query = parse_query(sql) if isinstance(sql, str) else sql
     ctes = {cte.alias_or_name for cte in query.find_all(exp.CTE)}
     reads = set()
     for table in query.find_all(exp.Table):
@@ -194,9 +200,9 @@ def tables_read(sql: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(reads))
 
 
-def check_output_columns(field: str, columns: list[str], sql: str) -> None:
+def check_output_columns(field: str, columns: list[str], query: exp.Query) -> None:
     """Columns a header field names must be output columns of the query (unknowable for `SELECT *`)."""
-    selected = sqlglot.parse_one(sql, dialect="duckdb").named_selects
+    selected = query.named_selects
     if "*" in selected:
         return
     if missing := [column for column in columns if column not in selected]:
@@ -207,7 +213,7 @@ def load_report(path: Path) -> ReportSpec:
     """Validate one report file; errors name the file and the field."""
     header_text, sql = split_header(path.read_text(encoding="utf-8"))
     try:
-        data = yaml.safe_load(header_text) or {}
+        data = parse_yaml(header_text) or {}
     except yaml.YAMLError as error:
         raise ReportSpecError(f"{path}: header: not valid YAML: {error}") from None
     if not isinstance(data, dict):
@@ -219,14 +225,15 @@ def load_report(path: Path) -> ReportSpec:
     if not sql:
         raise ReportSpecError(f"{path}: sql: no query after the header")
     try:
-        reads = tables_read(sql)
+        query = parse_query(sql)
+        reads = tables_read(query)
     except (sqlglot.errors.ParseError, ValueError) as error:
         raise ReportSpecError(f"{path}: sql: {str(error).splitlines()[0]}") from None
     named = [("chart", header.chart.columns if header.chart else [])]
     named.append(("partitions.column", [header.partitions.column] if header.partitions else []))
     try:
         for field, columns in named:
-            check_output_columns(field, columns, sql)
+            check_output_columns(field, columns, query)
     except ValueError as error:
         raise ReportSpecError(f"{path}: {error}") from None
     try:

@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from medlake_assets.errors import MedlakeError
+from medlake_assets.spec.loader import parse_yaml
 
 Role = Literal["operator", "customer", "deid"]
 ROLES: tuple[Role, ...] = ("operator", "customer", "deid")
@@ -131,7 +132,7 @@ def facility_column(columns: Iterable[str]) -> str | None:
 
 def _read(path: Path) -> AccessFile:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = parse_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
         raise AccessError(f"{path}: not valid YAML: {error}") from None
     try:
