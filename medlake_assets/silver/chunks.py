@@ -14,6 +14,7 @@ Parquet file of its chunk. Rows stay as bronze has them; each chunk is typed aga
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,8 +96,7 @@ def spill_chunks(
                 chunk_of_row = np.zeros(batch.num_rows, dtype=np.int64)
             chunks.rows += batch.num_rows
             chunks.archives.update(pc.unique(batch.column("_archive")).drop_null().to_pylist())
-            for number in np.unique(chunk_of_row):
-                part = pa.Table.from_batches([batch.filter(pa.array(chunk_of_row == number))])
+            for number, part in _parts_by_chunk(batch, chunk_of_row):
                 if number not in writers:
                     writers[number] = scratch_writer(folder / f"chunk-{number:05d}.parquet", part.schema)
                 writers[number].write_table(part)
@@ -107,3 +107,17 @@ def spill_chunks(
         finder.check()
     chunks.paths = [folder / f"chunk-{number:05d}.parquet" for number in sorted(writers)]
     return chunks
+
+
+def _parts_by_chunk(batch: pa.RecordBatch, chunk_of_row: np.ndarray) -> Iterator[tuple[int, pa.Table]]:
+    """Each chunk's rows of `batch`, in batch order: one gather into chunk order, then a slice per chunk (a
+    filter per chunk copied the whole batch once per chunk it touched, and even when it touched one)."""
+    first = chunk_of_row[0]
+    if (chunk_of_row == first).all():
+        yield int(first), pa.Table.from_batches([batch])
+        return
+    order = np.argsort(chunk_of_row, kind="stable")
+    numbers, starts = np.unique(chunk_of_row[order], return_index=True)
+    ordered = batch.take(pa.array(order))
+    for number, start, end in zip(numbers, starts, [*starts[1:], len(order)], strict=True):
+        yield int(number), pa.Table.from_batches([ordered.slice(start, end - start)])
