@@ -3,7 +3,7 @@ chunk by chunk ahead of the single commit that publishes them all.
 
 pyiceberg's `scan().to_arrow()` holds the whole result, and its batch reader hands every planned file to its
 thread pool at once (each file read whole), so reading a day of a table held the day. `scan_batches` reads
-the planned files one after another: at most one data file's rows are in memory.
+the planned files one after another, one ahead: at most two data files' rows are in memory.
 
 `StagedFiles` writes a chunk's rows as Parquet data files of the table as soon as the chunk is ready
 (pyiceberg's own writer, one or more files per partition), so a run holds one chunk, not the whole batch.
@@ -42,11 +42,28 @@ ALL_ROWS = AlwaysTrue()
 def scan_batches(
     table: Table, row_filter: BooleanExpression = ALL_ROWS, selected_fields: Sequence[str] = ("*",)
 ) -> Iterator[pa.RecordBatch]:
-    """The rows of `table` matching `row_filter` (only `selected_fields`), read one data file at a time."""
+    """The rows of `table` matching `row_filter` (only `selected_fields`), read one data file at a time, the
+    next one while the caller works on this one's rows: a silver run waited on each file's read for a quarter
+    of cutting its rows into chunks (`silver/chunks.py`), computing nothing. Two files' rows are held."""
     scan = table.scan(row_filter=row_filter, selected_fields=tuple(selected_fields))
     reader = ArrowScan(scan.table_metadata, scan.io, scan.projection(), scan.row_filter, scan.case_sensitive)
-    for task in scan.plan_files():
-        yield from reader.to_record_batches([task])
+
+    def read(task: FileScanTask) -> list[pa.RecordBatch]:
+        return list(reader.to_record_batches([task]))
+
+    tasks = iter(scan.plan_files())
+    ahead = _READER.submit(read, task) if (task := next(tasks, None)) else None
+    try:
+        while ahead is not None:
+            batches = ahead.result()
+            ahead = _READER.submit(read, task) if (task := next(tasks, None)) else None
+            yield from batches
+    finally:
+        if ahead is not None:  # the caller stopped early: the file being read is not needed
+            ahead.cancel()
+
+
+_READER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medlake-scan-ahead")
 
 
 def scratch_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
