@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pytest
 from pyiceberg.expressions import AlwaysTrue
 
@@ -24,7 +25,7 @@ from medlake_assets.lake import Lake
 from medlake_assets.lake.ledger import batch_id_for
 from medlake_assets.lake.objectstore import LocalObjectStore
 from medlake_assets.serving.sql import connect
-from medlake_assets.silver.chunks import chunk_columns, spill_chunks
+from medlake_assets.silver.chunks import _parts_by_chunk, chunk_columns, spill_chunks
 from medlake_assets.silver.encounters_load import load_encounters
 from medlake_assets.silver.load import batch_filter, consumer, load_silver
 from medlake_assets.silver.merge import ChunkFinder, plan_chunks
@@ -160,6 +161,18 @@ def test_chunks_hold_whole_keys_and_a_large_facility_is_split(tmp_path, archive_
     # About SMALL_CHUNKS rows each: a chunk closes after the group that crosses the size (never split).
     largest_group = rows.group_by("facility_id", "order_id").len().get_column("len").max()
     assert rows.group_by("chunk").len().get_column("len").max() < SMALL_CHUNKS + largest_group
+
+
+def test_a_batch_is_cut_into_its_chunks_each_in_batch_order():
+    batch = pa.record_batch({"key": list(range(8))})
+    parts = _parts_by_chunk(batch, np.array([2, 0, 2, 1, 0, 2, 1, 0]))
+    assert [(number, part.column("key").to_pylist()) for number, part in parts] == [
+        (0, [1, 4, 7]),
+        (1, [3, 6]),
+        (2, [0, 2, 5]),
+    ]
+    [(number, whole)] = _parts_by_chunk(batch, np.full(8, 3))
+    assert number == 3 and whole.column("key").to_pylist() == list(range(8))
 
 
 def test_a_run_plans_only_the_files_of_its_batches(tmp_path, archive_password):
