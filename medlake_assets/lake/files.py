@@ -37,6 +37,7 @@ from medlake_assets.lake.commits import CONFLICTS, REDO_ATTEMPTS, wait_before_re
 from medlake_assets.lake.manifests import merging_overwrite
 
 ALL_ROWS = AlwaysTrue()
+_READER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medlake-scan-ahead")
 
 
 def scan_batches(
@@ -61,9 +62,6 @@ def scan_batches(
     finally:
         if ahead is not None:  # the caller stopped early: the file being read is not needed
             ahead.cancel()
-
-
-_READER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medlake-scan-ahead")
 
 
 def scratch_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
