@@ -184,9 +184,8 @@ def parse_query(sql: str) -> exp.Query:
     return statements[0]
 
 
-def tables_read(sql: str | exp.Query) -> tuple[tuple[str, str], ...]:
-    """Every `namespace.table` the SQL reads, sorted; CTE names and table functions are not tables."""
-    query = parse_query(sql) if isinstance(sql, str) else sql
+def tables_read(query: exp.Query) -> tuple[tuple[str, str], ...]:
+    """Every `namespace.table` the query reads, sorted; CTE names and table functions are not tables."""
     ctes = {cte.alias_or_name for cte in query.find_all(exp.CTE)}
     reads = set()
     for table in query.find_all(exp.Table):

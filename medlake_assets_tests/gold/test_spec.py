@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from medlake_assets.gold.spec import ReportSpecError, load_report, load_reports, split_header, tables_read
+from medlake_assets.gold.spec import (
+    ReportSpecError,
+    load_report,
+    load_reports,
+    parse_query,
+    split_header,
+    tables_read,
+)
 from medlake_assets_tests.conftest import SOURCES_DIR
 
 REPORTS_DIR = Path(__file__).resolve().parents[2] / "metadata" / "reports"
@@ -41,8 +48,10 @@ def test_split_header_and_ctes_are_not_tables():
     assert header == "a: 1\nb: 2"
     assert sql == "WITH x AS (SELECT 1)\n-- trailing\nSELECT * FROM x"
     assert tables_read(
-        "WITH x AS (SELECT * FROM silver.a) SELECT * FROM x JOIN gold.b USING (k), range(3) "
-        "WHERE k IN (SELECT k FROM meta.files)"
+        parse_query(
+            "WITH x AS (SELECT * FROM silver.a) SELECT * FROM x JOIN gold.b USING (k), range(3) "
+            "WHERE k IN (SELECT k FROM meta.files)"
+        )
     ) == (("gold", "b"), ("meta", "files"), ("silver", "a"))
 
 

@@ -3,6 +3,7 @@ reads to the end or stops early, and a failed read raised to the caller after th
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pyarrow as pa
@@ -46,6 +47,30 @@ def test_a_scan_gives_every_matching_row_once_file_by_file(tmp_path: Path) -> No
     reader = ArrowScan(scan.table_metadata, scan.io, scan.projection(), scan.row_filter, scan.case_sensitive)
     one_by_one = [_keys(reader.to_record_batches([task])) for task in scan.plan_files()]
     assert _keys(scan_batches(table)) == [key for keys in one_by_one for key in keys]
+
+
+def test_the_next_file_is_read_before_the_caller_asks_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table = _table(tmp_path)
+    real = ArrowScan.to_record_batches
+    second_read = threading.Event()
+    calls = []
+
+    def counted(self, tasks):
+        calls.append(1)
+        if len(calls) == 2:
+            second_read.set()
+        return real(self, tasks)
+
+    monkeypatch.setattr(ArrowScan, "to_record_batches", counted)
+    batches = scan_batches(table)
+    first = next(batches)
+    assert first.num_rows == 100
+    # The caller holds the first file's rows and asks for nothing more: the second file is being read.
+    assert second_read.wait(timeout=30)
+    assert sorted(_keys([first, *batches])) == list(range(FILES * 100))
+    assert len(calls) == FILES
 
 
 def test_a_caller_that_stops_early_leaves_the_next_scan_whole(tmp_path: Path) -> None:
