@@ -45,6 +45,7 @@ from sqlalchemy import select
 
 from medlake_assets.defs.bronze import batch_tag
 from medlake_assets.defs.flow import sources_in_run
+from medlake_assets.ingest.landing import LANDING, day_prefix
 from medlake_assets.lake.ledger.tables import files
 from medlake_assets.lake.memory import StepMemory
 from medlake_dev.bench.scale import DUMMY_AWS, s3_endpoint, silver_times
@@ -296,6 +297,13 @@ def _run_records(workers: Workers) -> list[tuple[float, float | None, str, str]]
 _CUT = re.compile(r"_(\d{6})_(\d+)\.[^/]*$")  # `<source>_<facility>_<HHMMSS>_<index>.zip`
 
 
+def on_landing_day(key: str, day: date) -> str:
+    """A generated archive's key in the landing folder of `day`: a feed puts a file into the folder of the day
+    it sends it, so a soak running past midnight (UTC) lands the rest of its archives in the next day's."""
+    source, _year, _month, _day, name = key.removeprefix(LANDING).split("/", 4)
+    return day_prefix(source, day) + name
+
+
 def cut_order(key: str) -> tuple[str, str]:
     """An archive's place in the feed: the time of day its facility cut it (from its generated name).
 
@@ -498,8 +506,11 @@ def generate_pool(
     return paths, {"archives": entries}
 
 
-def lake_checks(workers: Workers, manifest: Mapping, landed: set[str]) -> list[tuple[str, bool, str]]:
-    """The lake against the generator's manifest: nothing lost, nothing doubled, bronze to silver."""
+def lake_checks(
+    workers: Workers, manifest: Mapping, landed: Mapping[str, str]
+) -> list[tuple[str, bool, str]]:
+    """The lake against the generator's manifest: nothing lost, nothing doubled, bronze to silver. `landed`
+    maps each landed key to its manifest key (`on_landing_day`)."""
     from medlake_assets.lake.columns import IS_CURRENT
     from medlake_assets.serving.sql import connect
 
@@ -517,7 +528,9 @@ def lake_checks(workers: Workers, manifest: Mapping, landed: set[str]) -> list[t
     )
     for source, spec in sorted(workers.lake.sources.items()):
         expected = sum(
-            by_key[key]["records"] for key in landed if by_key[key]["source"] == source and key in by_key
+            by_key[generated]["records"]
+            for generated in landed.values()
+            if generated in by_key and by_key[generated]["source"] == source
         )
         distinct, rows = con.execute(
             "SELECT count(*), coalesce(sum(n), 0) FROM "
@@ -601,17 +614,20 @@ def run_soak(
         ensure_bucket(workers.settings)
         landed: dict[str, float] = {}
         phase_of: dict[str, str] = {}
+        generated_as: dict[str, str] = {}  # landed key -> the manifest's
         with workers:
             # The bench's children: the workers' processes and their runs, and the S3 server it started.
             with ProcessSampler([os.getpid()]).watch() as sampler:
                 started = time.time()
                 last_report = started
-                for (offset, phase), key in zip(plan, keys, strict=False):
+                for (offset, phase), generated in zip(plan, keys, strict=False):
                     if (wait := started + offset - time.time()) > 0:
                         time.sleep(wait)
-                    workers.lake.store.put(key, paths[key].read_bytes())
+                    key = on_landing_day(generated, datetime.now(UTC).date())
+                    workers.lake.store.put(key, paths[generated].read_bytes())
                     landed[key] = time.time()
                     phase_of[key] = phase
+                    generated_as[key] = generated
                     if time.time() - last_report >= 60:
                         workers.ensure_running()  # feeding a dead daemon for an hour measures nothing
                         last_report = time.time()
@@ -641,9 +657,10 @@ def run_soak(
                 seen, batch = registered.get(key, (None, None))
                 archives[key] = {"landed": at, "seen": seen, "batch": batch, "silver": times.get(key)}
             (work_dir / f"archives-{stamp}.json").write_text(json.dumps(archives))
-            checks = lake_checks(workers, manifest, set(landed))
+            checks = lake_checks(workers, manifest, generated_as)
+        sent = set(generated_as.values())
         return summarize(
-            records=sum(entry["records"] for entry in manifest["archives"] if entry["key"] in landed),
+            records=sum(entry["records"] for entry in manifest["archives"] if entry["key"] in sent),
             phases=list(phases),
             workers_count=workers_count,
             sensor_interval=sensor_interval,

@@ -22,6 +22,7 @@ from medlake_dev.bench.soak import (
     SoakResult,
     cut_order,
     latency_stages,
+    on_landing_day,
     render,
     soak_phases,
     stage_table,
@@ -41,6 +42,15 @@ def test_the_soak_lands_archives_in_the_order_their_facilities_cut_them(
     assert all(cut_times) and cut_times == sorted(cut_times)
     # Facilities interleave: the first ten arrivals already come from more than one facility.
     assert len({key.split("/")[5] for key in keys[:10]}) > 1
+
+
+def test_an_archive_sent_after_midnight_lands_in_the_next_days_folder() -> None:
+    generated = "landing/adt_events/2026/11/26/F0014/adt_events_F0014_000040_0000.zip"
+    assert on_landing_day(generated, date(2026, 11, 26)) == generated
+    assert (
+        on_landing_day(generated, date(2026, 11, 27))
+        == "landing/adt_events/2026/11/27/F0014/adt_events_F0014_000040_0000.zip"
+    )
 
 
 def test_the_step_table_gives_each_steps_highest_peak_over_the_runs() -> None:
