@@ -530,7 +530,7 @@ def lake_checks(
         expected = sum(
             by_key[generated]["records"]
             for generated in landed.values()
-            if generated in by_key and by_key[generated]["source"] == source
+            if by_key[generated]["source"] == source
         )
         distinct, rows = con.execute(
             "SELECT count(*), coalesce(sum(n), 0) FROM "
