@@ -380,6 +380,19 @@ def bench_manifests(
     Console(width=160).print(run_manifest_benchmark(runs=runs, every=every, work_dir=work_dir))
 
 
+@bench_app.command("commits")
+def bench_commits(
+    rounds: Annotated[int, typer.Option(help="Rounds, each a bronze-like and a silver-like commit")] = 600,
+    every: Annotated[int, typer.Option(help="Rounds between checkpoints")] = 100,
+    work_dir: Annotated[Path | None, typer.Option(help="Scratch folder (default: a temp dir)")] = None,
+) -> None:
+    """A commit's cost as a table's history grows: medlake's transaction against pyiceberg's, in the same
+    run."""
+    from medlake_dev.bench.commits import run_commit_benchmark
+
+    Console(width=160).print(run_commit_benchmark(rounds=rounds, every=every, work_dir=work_dir))
+
+
 @bench_app.command("scan")
 def bench_scan(
     objects: Annotated[

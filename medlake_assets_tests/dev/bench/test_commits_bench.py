@@ -1,0 +1,20 @@
+"""`medlake bench commits` compares two tables that took the same commits, one per transaction type."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medlake_dev.bench.commits import run_commit_benchmark
+
+
+def test_bench_commits_compares_the_same_commits_through_both_transactions(tmp_path: Path) -> None:
+    outcome = run_commit_benchmark(rounds=12, every=6, work_dir=tmp_path)
+
+    assert [point.rounds for point in outcome.checkpoints] == [6, 12]
+    last = outcome.checkpoints[-1]
+    # Per round an append and a replace: two snapshots, one new row kept and one row replaced.
+    assert last.snapshots["medlake"] == last.snapshots["pyiceberg"] == 24
+    assert last.rows["medlake"] == last.rows["pyiceberg"] == 12 + 1
+    assert last.metadata_bytes["medlake"] > outcome.checkpoints[0].metadata_bytes["medlake"]
+    assert all(seconds > 0 for seconds in last.commit_seconds.values())
+    assert "ratio" in str(outcome.__rich__().columns[4].header)

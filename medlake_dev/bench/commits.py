@@ -1,0 +1,118 @@
+"""`medlake bench commits`: what a commit costs as a table's history grows, medlake's transaction against
+pyiceberg's.
+
+Two tables alike (the lake's table properties, manifests merged) take the same commits in the same run,
+one through `medlake_assets.lake.commits.Transaction`, the other through pyiceberg's own `Transaction`
+(the baseline): per round, a run's two kinds of commit, a merge append of a new data file (as a bronze
+batch commits) and an overwrite replacing one data file (as a silver merge commits, `merging_overwrite`).
+At each checkpoint: the snapshots each table holds, the size of its metadata file, and the mean seconds of
+a commit since the checkpoint before. Local warehouse and SQLite catalog: what is measured is the
+transaction's own work, not the store's round trips.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+from rich.table import Table as RichTable
+
+SCHEMA = pa.schema([("key", pa.int64()), ("round", pa.int64())])
+KINDS = ("medlake", "pyiceberg")
+
+
+@dataclass
+class CommitCheckpoint:
+    rounds: int
+    snapshots: dict[str, int]  # kind -> snapshots of the table
+    metadata_bytes: dict[str, int]  # kind -> size of the current metadata file
+    commit_seconds: dict[str, float]  # kind -> mean seconds of a commit since the last checkpoint
+    rows: dict[str, int]  # kind -> rows of the current snapshot (equal)
+
+    @property
+    def ratio(self) -> float:
+        return self.commit_seconds["pyiceberg"] / self.commit_seconds["medlake"]
+
+
+@dataclass
+class CommitBench:
+    checkpoints: list[CommitCheckpoint]
+
+    def __rich__(self) -> RichTable:
+        table = RichTable(title="medlake bench commits: pyiceberg's transaction / medlake's, in the same run")
+        for column in ("rounds", "snapshots", "metadata file", "commit s pyiceberg / medlake", "ratio"):
+            table.add_column(column, justify="right")
+        for point in self.checkpoints:
+            table.add_row(
+                str(point.rounds),
+                str(point.snapshots["medlake"]),
+                f"{point.metadata_bytes['medlake'] / 1024:.0f} KiB",
+                f"{point.commit_seconds['pyiceberg']:.3f} / {point.commit_seconds['medlake']:.3f}",
+                f"{point.ratio:.1f}x",
+            )
+        return table
+
+
+def _rows(round_: int, part: int) -> pa.Table:
+    return pa.table({"key": [part * 1_000_000 + round_], "round": [round_]}, SCHEMA)
+
+
+def run_commit_benchmark(rounds: int = 600, every: int = 100, work_dir: Path | None = None) -> CommitBench:
+    from pyiceberg.table import Transaction as PyicebergTransaction
+
+    from medlake_assets.ingest.bronze import TABLE_PROPERTIES
+    from medlake_assets.lake import Lake
+    from medlake_assets.lake.catalog import ensure_table
+    from medlake_assets.lake.commits import Transaction
+    from medlake_assets.lake.files import StagedFiles
+    from medlake_assets.lake.manifests import merging_overwrite
+    from medlake_assets.lake.settings import load_settings
+
+    transactions = {"medlake": Transaction, "pyiceberg": PyicebergTransaction}
+    work = Path(work_dir or tempfile.mkdtemp(prefix="medlake-bench-commits-"))
+    catalog = Lake(load_settings({"MEDLAKE_HOME": str(work)})).catalog
+    tables = {
+        kind: ensure_table(catalog, f"silver.bench_commits_{kind}", SCHEMA, [], TABLE_PROPERTIES)
+        for kind in KINDS
+    }
+    commits: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    checkpoints = []
+    for round_ in range(1, rounds + 1):
+        for kind, table in tables.items():
+            # A bronze batch's commit: one new data file, merge-appended.
+            staged = StagedFiles(table)
+            staged.write(_rows(round_, 1))
+            started = time.perf_counter()
+            transaction = transactions[kind](table)
+            with transaction.update_snapshot().merge_append() as append:
+                for data_file in staged.files:
+                    append.append_data_file(data_file)
+            transaction.commit_transaction()
+            commits[kind].append(time.perf_counter() - started)
+            # A silver merge's commit: the file of the last round's part-2 row replaced by this round's.
+            replaced = [task.file for task in table.scan(row_filter=f"key >= {2_000_000}").plan_files()]
+            staged = StagedFiles(table)
+            staged.write(_rows(round_, 2))
+            started = time.perf_counter()
+            transaction = transactions[kind](table)
+            with merging_overwrite(transaction, {}) as overwrite:
+                for data_file in replaced:
+                    overwrite.delete_data_file(data_file)
+                for data_file in staged.files:
+                    overwrite.append_data_file(data_file)
+            transaction.commit_transaction()
+            commits[kind].append(time.perf_counter() - started)
+        if round_ % every:
+            continue
+        snapshots, sizes, rows, seconds = {}, {}, {}, {}
+        for kind, table in tables.items():
+            snapshots[kind] = len(table.metadata.snapshots)
+            sizes[kind] = len(table.io.new_input(table.metadata_location))
+            rows[kind] = int(table.current_snapshot().summary["total-records"])
+            seconds[kind] = statistics.mean(commits[kind][-2 * every :])
+        checkpoints.append(CommitCheckpoint(round_, snapshots, sizes, seconds, rows))
+    return CommitBench(checkpoints)
