@@ -382,8 +382,8 @@ def bench_manifests(
 
 @bench_app.command("commits")
 def bench_commits(
-    rounds: Annotated[int, typer.Option(help="Rounds, each a bronze-like and a silver-like commit")] = 600,
-    every: Annotated[int, typer.Option(help="Rounds between checkpoints")] = 100,
+    rounds: Annotated[int, typer.Option(help="Rounds, each a bronze-like and a silver-like commit")] = 300,
+    every: Annotated[int, typer.Option(help="Rounds between checkpoints")] = 50,
     work_dir: Annotated[Path | None, typer.Option(help="Scratch folder (default: a temp dir)")] = None,
 ) -> None:
     """A commit's cost as a table's history grows: medlake's transaction against pyiceberg's, in the same

@@ -23,6 +23,7 @@ from rich.table import Table as RichTable
 
 SCHEMA = pa.schema([("key", pa.int64()), ("round", pa.int64())])
 KINDS = ("medlake", "pyiceberg")
+PART = 1_000_000  # keys of part 1 are appended, the one key of part 2 is replaced
 
 
 @dataclass
@@ -58,10 +59,11 @@ class CommitBench:
 
 
 def _rows(round_: int, part: int) -> pa.Table:
-    return pa.table({"key": [part * 1_000_000 + round_], "round": [round_]}, SCHEMA)
+    return pa.table({"key": [part * PART + round_], "round": [round_]}, SCHEMA)
 
 
-def run_commit_benchmark(rounds: int = 600, every: int = 100, work_dir: Path | None = None) -> CommitBench:
+def run_commit_benchmark(rounds: int = 300, every: int = 50, work_dir: Path | None = None) -> CommitBench:
+    from pyiceberg.expressions import GreaterThanOrEqual
     from pyiceberg.table import Transaction as PyicebergTransaction
 
     from medlake_assets.ingest.bronze import TABLE_PROPERTIES
@@ -94,7 +96,7 @@ def run_commit_benchmark(rounds: int = 600, every: int = 100, work_dir: Path | N
             transaction.commit_transaction()
             commits[kind].append(time.perf_counter() - started)
             # A silver merge's commit: the file of the last round's part-2 row replaced by this round's.
-            replaced = [task.file for task in table.scan(row_filter=f"key >= {2_000_000}").plan_files()]
+            replaced = [task.file for task in table.scan(GreaterThanOrEqual("key", 2 * PART)).plan_files()]
             staged = StagedFiles(table)
             staged.write(_rows(round_, 2))
             started = time.perf_counter()
