@@ -1,5 +1,5 @@
-"""A commit works out the table's metadata once per change, not once per read: its cost no longer follows
-the table's history (pyiceberg 0.12 deep-copies every snapshot on each of ~19 reads of an append)."""
+"""A commit works out the table's metadata once per change, not once per read (pyiceberg 0.12 deep-copies
+every snapshot on each of the 23 reads of a merge append), and commits as pyiceberg's transaction does."""
 
 from __future__ import annotations
 
