@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Mapping, Sequence
 
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
-from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.catalog.sql import IcebergTables, SqlCatalog
 from pyiceberg.exceptions import CommitFailedException, NoSuchTableError, TableAlreadyExistsError
 from pyiceberg.schema import Schema
-from pyiceberg.table import Table
+from pyiceberg.table import CommitTableResponse, Table
+from pyiceberg.table.metadata import TableMetadata
+from pyiceberg.table.update import TableRequirement, TableUpdate
 from pyiceberg.transforms import Transform
+from pyiceberg.typedef import Identifier
 from sqlalchemy.exc import IntegrityError
 
 from medlake_assets.lake.docs import apply_column_docs, schema_docs
@@ -39,11 +43,61 @@ def catalog_properties(settings: Settings) -> dict[str, str]:
     return properties
 
 
+class LakeCatalog(SqlCatalog):
+    """pyiceberg's SQL catalog, reading a table's metadata file once per version instead of at every load.
+
+    pyiceberg reads and parses the whole metadata file (every snapshot kept) at each `load_table`, and a
+    run loads its tables ~50 times (`ensure_table`, a commit's check of the current state, the refresh
+    after it). A metadata file never changes once written (each commit writes a new one), so the parsed
+    metadata of each table's latest version is kept by its location: a load still asks the database for
+    the current location, and reads the file only when another process has committed since. A commit of
+    this catalog keeps the metadata it wrote, as pyiceberg's own table does. The metadata is immutable
+    (frozen pydantic models), so tables may share it.
+    """
+
+    def __init__(self, name: str, **properties: str):
+        super().__init__(name, **properties)
+        # (namespace, table name) -> the location and parsed metadata of the latest version this process saw
+        self._latest: dict[tuple[str, str], tuple[str, TableMetadata]] = {}
+        self._latest_lock = threading.Lock()
+
+    def _convert_orm_to_iceberg(self, orm_table: IcebergTables) -> Table:
+        key = (orm_table.table_namespace, orm_table.table_name)
+        with self._latest_lock:
+            location, metadata = self._latest.get(key, (None, None))
+        if metadata is None or location != orm_table.metadata_location:
+            table = super()._convert_orm_to_iceberg(orm_table)
+            self._remember(table.name(), table.metadata_location, table.metadata)
+            return table
+        return Table(
+            identifier=(*Catalog.identifier_to_tuple(key[0]), key[1]),
+            metadata=metadata,
+            metadata_location=location,
+            io=self._load_file_io(metadata.properties, location),
+            catalog=self,
+        )
+
+    def commit_table(
+        self, table: Table, requirements: tuple[TableRequirement, ...], updates: tuple[TableUpdate, ...]
+    ) -> CommitTableResponse:
+        response = super().commit_table(table, requirements, updates)
+        self._remember(table.name(), response.metadata_location, response.metadata)
+        return response
+
+    def _remember(self, identifier: Identifier, location: str, metadata: TableMetadata) -> None:
+        key = (
+            Catalog.namespace_to_string(Catalog.namespace_from(identifier)),
+            Catalog.table_name_from(identifier),
+        )
+        with self._latest_lock:
+            self._latest[key] = (location, metadata)
+
+
 def open_catalog(settings: Settings) -> Catalog:
     """Open the catalog and make sure the medlake namespaces exist."""
     if settings.catalog_url.startswith("sqlite:///"):
         settings.home.mkdir(parents=True, exist_ok=True)
-    catalog = SqlCatalog("medlake", **catalog_properties(settings))
+    catalog = LakeCatalog("medlake", **catalog_properties(settings))
     for namespace in NAMESPACES:
         # IntegrityError: a concurrent process created it between pyiceberg's check and its insert.
         with contextlib.suppress(IntegrityError):
