@@ -1,13 +1,14 @@
-"""`medlake bench commits`: what a commit costs as a table's history grows, medlake's transaction against
-pyiceberg's.
+"""`medlake bench commits`: what a commit and a table load cost as a table's history grows, medlake's
+transaction and catalog against pyiceberg's.
 
 Two tables alike (the lake's table properties, manifests merged) take the same commits in the same run,
-one through `medlake_assets.lake.commits.Transaction`, the other through pyiceberg's own `Transaction`
-(the baseline): per round, a run's two kinds of commit, a merge append of a new data file (as a bronze
-batch commits) and an overwrite replacing one data file (as a silver merge commits, `merging_overwrite`).
-At each checkpoint: the snapshots each table holds, the size of its metadata file, and the mean seconds of
-a commit since the checkpoint before. Local warehouse and SQLite catalog: what is measured is the
-transaction's own work, not the store's round trips.
+one through `medlake_assets.lake.commits.Transaction` and the lake's catalog (`LakeCatalog`), the other
+through pyiceberg's own `Transaction` and `SqlCatalog` (the baseline) on the same database: per round, a
+run's two kinds of commit, a merge append of a new data file (as a bronze batch commits) and an overwrite
+replacing one data file (as a silver merge commits, `merging_overwrite`). At each checkpoint: the snapshots
+each table holds, the size of its metadata file, the mean seconds of a commit since the checkpoint before,
+and of loading the unchanged table (as a run's steps load their tables again and again). Local warehouse
+and SQLite catalog: what is measured is the lake's own work, not the store's round trips.
 """
 
 from __future__ import annotations
@@ -32,11 +33,16 @@ class CommitCheckpoint:
     snapshots: dict[str, int]  # kind -> snapshots of the table
     metadata_bytes: dict[str, int]  # kind -> size of the current metadata file
     commit_seconds: dict[str, float]  # kind -> mean seconds of a commit since the last checkpoint
+    load_seconds: dict[str, float]  # kind -> mean seconds of loading the unchanged table
     rows: dict[str, int]  # kind -> rows of the current snapshot (equal)
 
     @property
     def ratio(self) -> float:
         return self.commit_seconds["pyiceberg"] / self.commit_seconds["medlake"]
+
+    @property
+    def load_ratio(self) -> float:
+        return self.load_seconds["pyiceberg"] / self.load_seconds["medlake"]
 
 
 @dataclass
@@ -44,8 +50,11 @@ class CommitBench:
     checkpoints: list[CommitCheckpoint]
 
     def __rich__(self) -> RichTable:
-        table = RichTable(title="medlake bench commits: pyiceberg's transaction / medlake's, in the same run")
-        for column in ("rounds", "snapshots", "metadata file", "commit s pyiceberg / medlake", "ratio"):
+        table = RichTable(
+            title="medlake bench commits: pyiceberg's transaction and catalog / medlake's, in the same run"
+        )
+        columns = ("rounds", "snapshots", "metadata file", "commit s pyiceberg / medlake", "ratio")
+        for column in (*columns, "table load ms pyiceberg / medlake", "load ratio"):
             table.add_column(column, justify="right")
         for point in self.checkpoints:
             table.add_row(
@@ -54,6 +63,8 @@ class CommitBench:
                 f"{point.metadata_bytes['medlake'] / 1024:.0f} KiB",
                 f"{point.commit_seconds['pyiceberg']:.3f} / {point.commit_seconds['medlake']:.3f}",
                 f"{point.ratio:.1f}x",
+                f"{point.load_seconds['pyiceberg'] * 1000:.1f} / {point.load_seconds['medlake'] * 1000:.1f}",
+                f"{point.load_ratio:.1f}x",
             )
         return table
 
@@ -62,13 +73,24 @@ def _rows(round_: int, part: int) -> pa.Table:
     return pa.table({"key": [part * PART + round_], "round": [round_]}, SCHEMA)
 
 
+LOADS = 10  # loads of the unchanged table timed at each checkpoint
+
+
+def _mean_seconds(action, times: int) -> float:
+    started = time.perf_counter()
+    for _ in range(times):
+        action()
+    return (time.perf_counter() - started) / times
+
+
 def run_commit_benchmark(rounds: int = 300, every: int = 50, work_dir: Path | None = None) -> CommitBench:
+    from pyiceberg.catalog.sql import SqlCatalog
     from pyiceberg.expressions import GreaterThanOrEqual
     from pyiceberg.table import Transaction as PyicebergTransaction
 
     from medlake_assets.ingest.bronze import TABLE_PROPERTIES
     from medlake_assets.lake import Lake
-    from medlake_assets.lake.catalog import ensure_table
+    from medlake_assets.lake.catalog import catalog_properties, ensure_table
     from medlake_assets.lake.commits import Transaction
     from medlake_assets.lake.files import StagedFiles
     from medlake_assets.lake.manifests import merging_overwrite
@@ -76,11 +98,13 @@ def run_commit_benchmark(rounds: int = 300, every: int = 50, work_dir: Path | No
 
     transactions = {"medlake": Transaction, "pyiceberg": PyicebergTransaction}
     work = Path(work_dir or tempfile.mkdtemp(prefix="medlake-bench-commits-"))
-    catalog = Lake(load_settings({"MEDLAKE_HOME": str(work)})).catalog
-    tables = {
-        kind: ensure_table(catalog, f"silver.bench_commits_{kind}", SCHEMA, [], TABLE_PROPERTIES)
-        for kind in KINDS
+    settings = load_settings({"MEDLAKE_HOME": str(work)})
+    catalogs = {
+        "medlake": Lake(settings).catalog,
+        "pyiceberg": SqlCatalog("medlake", **catalog_properties(settings)),  # the same database
     }
+    names = {kind: f"silver.bench_commits_{kind}" for kind in KINDS}
+    tables = {kind: ensure_table(catalogs[kind], names[kind], SCHEMA, [], TABLE_PROPERTIES) for kind in KINDS}
     commits: dict[str, list[float]] = {kind: [] for kind in KINDS}
     checkpoints = []
     for round_ in range(1, rounds + 1):
@@ -110,11 +134,12 @@ def run_commit_benchmark(rounds: int = 300, every: int = 50, work_dir: Path | No
             commits[kind].append(time.perf_counter() - started)
         if round_ % every:
             continue
-        snapshots, sizes, rows, seconds = {}, {}, {}, {}
+        snapshots, sizes, rows, seconds, loads = {}, {}, {}, {}, {}
         for kind, table in tables.items():
             snapshots[kind] = len(table.metadata.snapshots)
             sizes[kind] = len(table.io.new_input(table.metadata_location))
             rows[kind] = int(table.current_snapshot().summary["total-records"])
             seconds[kind] = statistics.mean(commits[kind][-2 * every :])
-        checkpoints.append(CommitCheckpoint(round_, snapshots, sizes, seconds, rows))
+            loads[kind] = _mean_seconds(lambda kind=kind: catalogs[kind].load_table(names[kind]), LOADS)
+        checkpoints.append(CommitCheckpoint(round_, snapshots, sizes, seconds, loads, rows))
     return CommitBench(checkpoints)
