@@ -12,13 +12,15 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import IcebergTables, SqlCatalog
 from pyiceberg.exceptions import CommitFailedException, NoSuchTableError, TableAlreadyExistsError
 from pyiceberg.schema import Schema
-from pyiceberg.table import CommitTableResponse, Table
+from pyiceberg.table import CommitTableResponse, StagedTable, Table
+from pyiceberg.table.locations import load_location_provider
 from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.table.update import TableRequirement, TableUpdate
 from pyiceberg.transforms import Transform
 from pyiceberg.typedef import Identifier
 from sqlalchemy.exc import IntegrityError
 
+from medlake_assets.lake.commits import apply_updates
 from medlake_assets.lake.docs import apply_column_docs, schema_docs
 from medlake_assets.lake.settings import Settings
 
@@ -53,6 +55,9 @@ class LakeCatalog(SqlCatalog):
     the current location, and reads the file only when another process has committed since. A commit of
     this catalog keeps the metadata it wrote, as pyiceberg's own table does. The metadata is immutable
     (frozen pydantic models), so tables may share it.
+
+    A commit to an existing table applies its updates without copying the table's history
+    (`lake/commits.py: apply_updates`); a new table is built and validated by pyiceberg.
     """
 
     def __init__(self, name: str, **properties: str):
@@ -83,6 +88,29 @@ class LakeCatalog(SqlCatalog):
         response = super().commit_table(table, requirements, updates)
         self._remember(table.name(), response.metadata_location, response.metadata)
         return response
+
+    def _update_and_stage_table(
+        self,
+        current_table: Table | None,
+        table_identifier: Identifier,
+        requirements: tuple[TableRequirement, ...],
+        updates: tuple[TableUpdate, ...],
+    ) -> StagedTable:
+        if current_table is None:
+            return super()._update_and_stage_table(current_table, table_identifier, requirements, updates)
+        for requirement in requirements:
+            requirement.validate(current_table.metadata)
+        metadata = apply_updates(current_table.metadata, updates, current_table.metadata_location)
+        version = self._parse_metadata_version(current_table.metadata_location) + 1
+        provider = load_location_provider(metadata.location, metadata.properties)
+        location = provider.new_table_metadata_file_location(version)
+        return StagedTable(
+            identifier=table_identifier,
+            metadata=metadata,
+            metadata_location=location,
+            io=self._load_file_io(properties=metadata.properties, location=location),
+            catalog=self,
+        )
 
     def _remember(self, identifier: Identifier, location: str, metadata: TableMetadata) -> None:
         key = (
