@@ -25,6 +25,7 @@ from rich.table import Table as RichTable
 SCHEMA = pa.schema([("key", pa.int64()), ("round", pa.int64())])
 KINDS = ("medlake", "pyiceberg")
 PART = 1_000_000  # keys of part 1 are appended, the one key of part 2 is replaced
+LOADS = 10  # loads of the unchanged table timed at each checkpoint
 
 
 @dataclass
@@ -71,9 +72,6 @@ class CommitBench:
 
 def _rows(round_: int, part: int) -> pa.Table:
     return pa.table({"key": [part * PART + round_], "round": [round_]}, SCHEMA)
-
-
-LOADS = 10  # loads of the unchanged table timed at each checkpoint
 
 
 def _mean_seconds(action, times: int) -> float:
