@@ -82,7 +82,7 @@ def _staged_updates(table: Table, kind: str) -> tuple:
     if kind == "append":  # bronze, quarantine
         transaction.append(_rows(300))
     elif kind == "overwrite":  # a silver merge replacing a file
-        transaction.overwrite(_rows(301), overwrite_filter=f"round = {11}")
+        transaction.overwrite(_rows(301), overwrite_filter="round = 11")
     elif kind == "properties":  # ensure_table
         transaction.set_properties({"medlake.owner": "data-platform"})
     elif kind == "schema":  # a column added to the source's metadata
