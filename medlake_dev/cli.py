@@ -385,12 +385,18 @@ def bench_commits(
     rounds: Annotated[int, typer.Option(help="Rounds, each a bronze-like and a silver-like commit")] = 300,
     every: Annotated[int, typer.Option(help="Rounds between checkpoints")] = 50,
     work_dir: Annotated[Path | None, typer.Option(help="Scratch folder (default: a temp dir)")] = None,
+    baseline_rounds: Annotated[
+        int | None, typer.Option(help="Rounds the pyiceberg baseline takes (default: all)")
+    ] = None,
 ) -> None:
-    """A commit's cost as a table's history grows: medlake's transaction against pyiceberg's, in the same
-    run."""
+    """A commit's and a table load's cost as a table's history grows: medlake's transaction and catalog
+    against pyiceberg's, in the same run."""
     from medlake_dev.bench.commits import run_commit_benchmark
 
-    Console(width=160).print(run_commit_benchmark(rounds=rounds, every=every, work_dir=work_dir))
+    bench = run_commit_benchmark(
+        rounds=rounds, every=every, work_dir=work_dir, baseline_rounds=baseline_rounds
+    )
+    Console(width=160).print(bench)
 
 
 @bench_app.command("scan")
