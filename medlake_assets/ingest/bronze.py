@@ -22,13 +22,7 @@ from pyiceberg.types import (
 )
 
 from medlake_assets.lake.catalog import ensure_table
-from medlake_assets.lake.commits import (
-    BATCH_PROPERTY,
-    CONFLICTS,
-    REDO_ATTEMPTS,
-    Transaction,
-    wait_before_redo,
-)
+from medlake_assets.lake.commits import BATCH_PROPERTY, CONFLICTS, REDO_ATTEMPTS, wait_before_redo
 from medlake_assets.lake.manifests import MERGE_PROPERTIES
 from medlake_assets.spec import SourceSpec
 from medlake_assets.spec.descriptions import table_column_docs
@@ -117,12 +111,10 @@ def batch_committed(table: Table, batch_id: str) -> bool:
 
 
 def overwrite(table: Table, rows: pa.Table, overwrite_filter, properties: dict[str, str]) -> None:
-    """`table.overwrite` through `Transaction`, without pyiceberg's warning when the filter matches nothing
-    (a first load)."""
+    """`table.overwrite` without pyiceberg's warning when the filter matches nothing (a first load)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Delete operation did not match any records")
-        with Transaction(table) as transaction:
-            transaction.overwrite(rows, overwrite_filter=overwrite_filter, snapshot_properties=properties)
+        table.overwrite(rows, overwrite_filter=overwrite_filter, snapshot_properties=properties)
 
 
 def replace_rows(
@@ -173,8 +165,7 @@ def commit_batch(
     for attempt in range(REDO_ATTEMPTS):
         try:
             if len(rows):
-                with Transaction(table) as transaction:
-                    transaction.append(rows, snapshot_properties=properties)
+                table.append(rows, snapshot_properties=properties)
             return
         except CommitFailedException:
             # pyiceberg retried `commit.retry.num-retries` times already; this guards the exhausted case.

@@ -20,7 +20,7 @@ from pyiceberg.transforms import Transform
 from pyiceberg.typedef import Identifier
 from sqlalchemy.exc import IntegrityError
 
-from medlake_assets.lake.commits import apply_updates
+from medlake_assets.lake.commits import Transaction, apply_updates
 from medlake_assets.lake.docs import apply_column_docs, schema_docs
 from medlake_assets.lake.settings import Settings
 
@@ -45,6 +45,14 @@ def catalog_properties(settings: Settings) -> dict[str, str]:
     return properties
 
 
+class LakeTable(Table):
+    """A table of the lake's catalog: its transactions are the lake's (`lake/commits.py: Transaction`), so
+    `append`, `overwrite`, `delete` and `transaction()` commit without copying the table's history."""
+
+    def transaction(self) -> Transaction:
+        return Transaction(self)
+
+
 class LakeCatalog(SqlCatalog):
     """pyiceberg's SQL catalog, reading a table's metadata file once per version instead of at every load.
 
@@ -57,7 +65,8 @@ class LakeCatalog(SqlCatalog):
     (frozen pydantic models), so tables may share it.
 
     A commit to an existing table applies its updates without copying the table's history
-    (`lake/commits.py: apply_updates`); a new table is built and validated by pyiceberg.
+    (`lake/commits.py: apply_updates`); a new table is built and validated by pyiceberg. Its tables are
+    `LakeTable`s, whose transactions do the same.
     """
 
     def __init__(self, name: str, **properties: str):
@@ -71,10 +80,10 @@ class LakeCatalog(SqlCatalog):
         with self._latest_lock:
             location, metadata = self._latest.get(key, (None, None))
         if metadata is None or location != orm_table.metadata_location:
-            table = super()._convert_orm_to_iceberg(orm_table)
-            self._remember(table.name(), table.metadata_location, table.metadata)
-            return table
-        return Table(
+            read = super()._convert_orm_to_iceberg(orm_table)
+            location, metadata = read.metadata_location, read.metadata
+            self._remember(read.name(), location, metadata)
+        return LakeTable(
             identifier=(*Catalog.identifier_to_tuple(key[0]), key[1]),
             metadata=metadata,
             metadata_location=location,

@@ -33,7 +33,7 @@ from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files
 from pyiceberg.manifest import DataFile
 from pyiceberg.table import FileScanTask, Table
 
-from medlake_assets.lake.commits import CONFLICTS, REDO_ATTEMPTS, Transaction, wait_before_redo
+from medlake_assets.lake.commits import CONFLICTS, REDO_ATTEMPTS, wait_before_redo
 from medlake_assets.lake.manifests import merging_overwrite
 
 ALL_ROWS = AlwaysTrue()
@@ -212,7 +212,7 @@ def commit_files(
     deletes = not isinstance(delete_filter, AlwaysFalse)
     if not deletes and not files:
         return
-    transaction = Transaction(table)
+    transaction = table.transaction()
     if replaced is not None:
         with merging_overwrite(transaction, properties) as overwrite:
             overwrite.delete_by_predicate(delete_filter)

@@ -42,7 +42,7 @@ from pyiceberg.table.snapshots import ancestors_of
 from pyiceberg.typedef import Record
 
 from medlake_assets.errors import MedlakeError
-from medlake_assets.lake.commits import BATCH_PROPERTY, Transaction
+from medlake_assets.lake.commits import BATCH_PROPERTY
 from medlake_assets.lake.manifests import merging_overwrite
 from medlake_assets.lake.objectstore import ObjectStore, S3ObjectStore, open_store
 from medlake_assets.lake.partitions import parse_partition, partition_by_of, touched_partitions
@@ -253,7 +253,7 @@ def rewrite_partition(
     files written for the failed attempt are deleted again.
     """
     properties = {MAINTENANCE_PROPERTY: "compaction"}
-    transaction = Transaction(table)
+    transaction = table.transaction()
     rewrite = merging_overwrite(transaction, properties)
     written: list[DataFile] = []
     rows_rewritten, scopes = 0, []

@@ -12,6 +12,7 @@ from pyiceberg.types import StringType
 from medlake_assets.ingest.bronze import TABLE_PROPERTIES
 from medlake_assets.lake import Lake
 from medlake_assets.lake.catalog import ensure_table
+from medlake_assets.lake.commits import Transaction
 from medlake_assets.lake.settings import load_settings
 
 SCHEMA = pa.schema([("key", pa.int64()), ("round", pa.int64())])
@@ -56,6 +57,8 @@ def test_loads_of_an_unchanged_table_read_its_metadata_file_once(settings, reads
 
     assert reads == [tables[0].metadata_location]
     assert {table.metadata_location for table in tables} == {tables[0].metadata_location}
+    # Its tables commit through the lake's transaction, whatever pyiceberg method they commit by.
+    assert all(type(table.transaction()) is Transaction for table in tables)
     assert all(_rounds(table) == [0, 0, 0] for table in tables)
 
 

@@ -94,19 +94,17 @@ def run_commit_benchmark(
 ) -> CommitBench:
     from pyiceberg.catalog.sql import SqlCatalog
     from pyiceberg.expressions import GreaterThanOrEqual
-    from pyiceberg.table import Transaction as PyicebergTransaction
 
     from medlake_assets.ingest.bronze import TABLE_PROPERTIES
     from medlake_assets.lake import Lake
     from medlake_assets.lake.catalog import catalog_properties, ensure_table
-    from medlake_assets.lake.commits import Transaction
     from medlake_assets.lake.files import StagedFiles
     from medlake_assets.lake.manifests import merging_overwrite
     from medlake_assets.lake.settings import load_settings
 
-    transactions = {"medlake": Transaction, "pyiceberg": PyicebergTransaction}
     work = Path(work_dir or tempfile.mkdtemp(prefix="medlake-bench-commits-"))
     settings = load_settings({"MEDLAKE_HOME": str(work)})
+    # Each catalog's tables take its own transactions: the lake's tables `lake.commits.Transaction`.
     catalogs = {
         "medlake": Lake(settings).catalog,
         "pyiceberg": SqlCatalog("medlake", **catalog_properties(settings)),  # the same database
@@ -124,7 +122,7 @@ def run_commit_benchmark(
             staged = StagedFiles(table)
             staged.write(_rows(round_, 1))
             started = time.perf_counter()
-            transaction = transactions[kind](table)
+            transaction = table.transaction()
             with transaction.update_snapshot().merge_append() as append:
                 for data_file in staged.files:
                     append.append_data_file(data_file)
@@ -135,7 +133,7 @@ def run_commit_benchmark(
             staged = StagedFiles(table)
             staged.write(_rows(round_, 2))
             started = time.perf_counter()
-            transaction = transactions[kind](table)
+            transaction = table.transaction()
             with merging_overwrite(transaction, {}) as overwrite:
                 for data_file in replaced:
                     overwrite.delete_data_file(data_file)
